@@ -1,0 +1,290 @@
+"""Reading spec files: safe YAML with line numbers, `--set` overrides, and errors that name the place.
+
+Every problem is reported as `FILE:LINE:COL: spec.path: what is wrong and what was expected`.
+Only plain YAML is accepted (mappings, lists, strings, numbers, booleans, null): no Python tags,
+no anchors that expand beyond a node budget, no duplicate keys.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, get_args
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from .errors import UserError
+from .layers import did_you_mean
+from .spec import Spec
+
+MAX_BYTES = 1_000_000  # a spec is a few kilobytes; refuse anything near a megabyte
+MAX_NODES = 20_000  # YAML nodes after expanding aliases (stops "billion laughs")
+MAX_DEPTH = 32  # nesting levels
+_PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq", "merge")}
+_PART = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)")
+
+
+def dotted(path: tuple) -> str:
+    """('model', 'layers', 2, 'conv2d') -> 'model.layers[2].conv2d'."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+# ------------------------------------------------------------------------------------ YAML
+
+
+def _read_text(path: Path) -> str:
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    if not path.is_file():
+        raise UserError(f"{path}: not a file")
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        raise UserError(f"{path}: {size:,} bytes is too large for a spec (limit {MAX_BYTES:,})")
+    raw = path.read_bytes()
+    if b"\0" in raw:
+        raise UserError(f"{path}: a binary file, not a YAML spec")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start})") from None
+
+
+def _index(root: yaml.Node, where: str) -> dict[tuple, tuple[int, int]]:
+    """Map each spec path to its (line, column); check tags, duplicate keys, size and depth."""
+    locations: dict[tuple, tuple[int, int]] = {}
+    stack: list[tuple[yaml.Node, tuple]] = [(root, ())]
+    visited = 0
+
+    def fail(node: yaml.Node, message: str):
+        raise UserError(f"{where}:{node.start_mark.line + 1}:{node.start_mark.column + 1}: {message}")
+
+    while stack:
+        node, path = stack.pop()
+        visited += 1
+        if visited > MAX_NODES:
+            fail(node, f"the spec expands to over {MAX_NODES:,} YAML nodes (an alias/anchor bomb?)")
+        if len(path) > MAX_DEPTH:
+            fail(node, f"nested more than {MAX_DEPTH} levels deep")
+        if node.tag not in _PLAIN_TAGS:
+            fail(node, f"{dotted(path)}: the YAML tag '{node.tag}' is not allowed: a spec holds plain data only "
+                       "(mappings, lists, strings, numbers, booleans, null); quote the value if it is text")
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, value_node in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                if not isinstance(key_node, yaml.ScalarNode):
+                    fail(key_node, f"{dotted(path)}: keys must be plain names")
+                if key in seen and key != "<<":
+                    fail(key_node, f"{dotted(path + (key,))}: duplicate key '{key}' (first given on line {seen[key]})")
+                seen[key] = key_node.start_mark.line + 1
+                locations.setdefault(path + (key,), (key_node.start_mark.line + 1, key_node.start_mark.column + 1))
+                stack.append((value_node, path + (key,)))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                locations.setdefault(path + (i,), (item.start_mark.line + 1, item.start_mark.column + 1))
+                stack.append((item, path + (i,)))
+    return locations
+
+
+def parse_yaml(text: str, where: str) -> tuple[Any, dict[tuple, tuple[int, int]]]:
+    """Safe-load one YAML document; return the data and the location of every path in it."""
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None, {}
+        locations = _index(root, where)
+        return loader.construct_document(root), locations
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        what = " ".join(str(x) for x in (err.context, err.problem) if x)
+        raise UserError(f"{where}:{mark.line + 1}:{mark.column + 1}: YAML syntax error: {what}") from None
+    except yaml.YAMLError as err:
+        raise UserError(f"{where}: YAML error: {err}") from None
+    except RecursionError:
+        raise UserError(f"{where}: nested too deeply to be a spec") from None
+    finally:
+        loader.dispose()
+
+
+# ------------------------------------------------------------------------------- overrides
+
+
+def parse_override(text: str) -> tuple[tuple, Any]:
+    """'model.layers[0].conv2d.filters=8' -> (('model', 'layers', 0, 'conv2d', 'filters'), 8)."""
+    key, sep, raw = text.partition("=")
+    path: list = []
+    for part in key.strip().split("."):
+        match = _PART.fullmatch(part)
+        if not sep or not match:
+            raise UserError(f"--set {text}: expected PATH=VALUE, e.g. --set train.epochs=3 "
+                            "or --set model.layers[0].conv2d.filters=8")
+        path.append(match.group(1))
+        path += [int(i) for i in re.findall(r"\d+", match.group(2))]
+    value, _ = parse_yaml(raw, f"--set {text}")
+    return tuple(path), value
+
+
+def apply_override(data: dict, path: tuple, value: Any, text: str) -> None:
+    """Set `path` in `data` to `value`, creating missing mappings on the way."""
+    node: Any = data
+    for depth, key in enumerate(path):
+        here = dotted(path[:depth]) if depth else "the spec"
+        if isinstance(key, int):
+            if not isinstance(node, list):
+                raise UserError(f"--set {text}: {here} is not a list")
+            if key >= len(node):
+                raise UserError(f"--set {text}: {here} has {len(node)} items, so [{key}] does not exist")
+        elif not isinstance(node, dict):
+            raise UserError(f"--set {text}: {here} is {node!r}, not a mapping")
+        if depth == len(path) - 1:
+            node[key] = value
+        else:
+            if isinstance(node, dict) and node.get(key) is None:
+                node[key] = {}
+            node = node[key]
+
+
+# ---------------------------------------------------------------------------- pydantic errors
+
+
+def _candidates(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation can hold (through Annotated, Optional, Union, list)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found: list[type[BaseModel]] = []
+    for arg in get_args(annotation):
+        found += _candidates(arg)
+    return found
+
+
+def _accepted_keys(raw_loc: tuple) -> list[str]:
+    """The keys the schema accepts at the mapping where `raw_loc` (a pydantic loc) ends."""
+    models: list[type[BaseModel]] = [Spec]
+    for part in raw_loc[:-1]:
+        if isinstance(part, int):
+            continue
+        fields = [m.model_fields[part] for m in models if part in m.model_fields]
+        if fields:
+            models = [c for f in fields for c in _candidates(f.annotation)]
+        else:  # a union tag: keep the member it names
+            models = [m for m in models if set(m.model_fields) == {part}
+                      or getattr(m.model_fields.get("type"), "default", None) == part] or models
+    return sorted({k for m in models for k in m.model_fields})
+
+
+def _spec_path(err: dict, data: Any) -> tuple:
+    """Drop pydantic's union labels from an error's loc, keeping the keys that are in the file."""
+    path, node, loc = [], data, err["loc"]
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        elif i < len(loc) - 1 or err["type"] != "missing":
+            continue  # a union member's label, not a key of the file
+        path.append(part)
+    return tuple(path)
+
+
+_EXPECTED = {
+    "model_type": "expected a mapping (key: value)",
+    "dict_type": "expected a mapping (key: value)",
+    "model_attributes_type": "expected a mapping (key: value)",
+    "list_type": "expected a list",
+    "int_type": "expected an integer",
+    "float_type": "expected a number",
+    "string_type": "expected a string",
+    "bool_type": "expected true or false",
+    "finite_number": "expected a finite number (not NaN or infinity)",
+}
+
+
+def _message(err: dict) -> str:
+    kind, msg, value = err["type"], err["msg"], err.get("input")
+    got = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    if kind == "extra_forbidden":
+        key = err["loc"][-1]
+        accepted = _accepted_keys(err["loc"])
+        return f"unknown key '{key}'{did_you_mean(key, accepted)}; expected one of: {', '.join(accepted)}"
+    if kind == "missing":
+        return f"required key '{err['loc'][-1]}' is missing"
+    if kind == "union_tag_invalid":
+        tags = re.findall(r"'([^']*)'", err["ctx"]["expected_tags"])
+        tag = err["ctx"]["tag"]
+        return f"unknown type '{tag}'{did_you_mean(tag, tags)}; expected one of: {', '.join(tags)}"
+    if kind == "literal_error":
+        options = re.findall(r"'([^']*)'", err["ctx"]["expected"])
+        return f"got {got}{did_you_mean(value, options)}; expected one of: {', '.join(options)}"
+    if kind in ("value_error", "assertion_error"):
+        return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if kind in ("unknown_entry", "entry_shape"):
+        return msg
+    return f"{_EXPECTED.get(kind, msg[:1].lower() + msg[1:])}, got {got}"
+
+
+def _problems_from(error: ValidationError, data: Any) -> list[tuple[tuple, str]]:
+    merged: dict[tuple, list[str]] = {}
+    for err in error.errors():
+        path = _spec_path(err, data)
+        if err["type"] == "union_tag_invalid":
+            path += ("type",)
+        messages = merged.setdefault(path, [])
+        if _message(err) not in messages:
+            messages.append(_message(err))
+    return [(path, " or ".join(msgs)) for path, msgs in merged.items()]
+
+
+# ------------------------------------------------------------------------------------ load
+
+
+def _where(path: tuple, file: str, locations: dict, overridden: dict) -> str:
+    for n in range(len(path), -1, -1):
+        if path[:n] in overridden:
+            return f"{file}: --set {overridden[path[:n]]}"
+        if path[:n] in locations:
+            line, col = locations[path[:n]]
+            return f"{file}:{line}:{col}"
+    return f"{file}:1:1"
+
+
+def load_spec(file: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> Spec:
+    """Read, override and validate a spec file; raise UserError listing every problem."""
+    path = Path(file)
+    data, locations = parse_yaml(_read_text(path), str(path))
+    if data is None:
+        raise UserError(f"{path}:1:1: the file is empty; a spec needs at least a `model` section")
+    if not isinstance(data, dict):
+        raise UserError(f"{path}:1:1: a spec is a mapping (key: value) at the top level, "
+                        f"not a {type(data).__name__}")
+    data.setdefault("name", re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem)[:64] or "model")
+    overridden = {}
+    for text in overrides:
+        key, value = parse_override(text)
+        apply_override(data, key, value, text)
+        overridden[key] = text
+    try:
+        spec = Spec.model_validate(data)
+        problems = spec.problems()
+    except ValidationError as err:
+        problems = _problems_from(err, data)
+    if problems:
+        raise UserError(*(f"{_where(p, str(path), locations, overridden)}: {dotted(p)}: {m}" for p, m in problems))
+    return spec
+
+
+def dump_spec(spec: Spec) -> str:
+    """The resolved spec (every default filled in) as YAML, as saved in a run directory."""
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False, default_flow_style=None, width=100)
+
+
+def json_schema() -> dict:
+    """The JSON Schema of spec files, for editors; layer entries may also be a bare name."""
+    schema = Spec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "mnist-keras spec"
+    return schema
