@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from .runtime import tensorflow
 from .spec import Spec
 
 
 def build_model(spec: Spec):
     """The uncompiled keras.Sequential the spec describes, named after the spec."""
+    tensorflow()
     import keras
 
     layers = [keras.Input(shape=spec.input_shape(), name="image")]
