@@ -38,7 +38,7 @@ class ShapeError(Exception):
 
 
 def _fmt(shape: Shape) -> str:
-    return "(" + ", ".join(str(d) for d in shape) + ")"
+    return str(tuple(shape))
 
 
 def _need_image(kind: str, shape: Shape) -> None:
@@ -431,28 +431,32 @@ def did_you_mean(word: str, choices) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def normalize_entry(value: Any, registry: dict[str, type], what: str) -> dict:
+    """`name`, `name: scalar` and `name: null` entries as `{name: {arguments}}`."""
+    if isinstance(value, str):
+        value = {value: None}
+    if not isinstance(value, dict) or len(value) != 1:
+        raise PydanticCustomError(
+            "entry_shape", f"a {what} is written as `name: {{arguments}}` or `name` (a mapping with one key)"
+        )
+    (name, args), = value.items()
+    if name not in registry:
+        raise PydanticCustomError(
+            "unknown_entry", f"unknown {what} '{name}'{did_you_mean(name, registry)}; known: {', '.join(registry)}"
+        )
+    shorthand = registry[name].shorthand
+    if args is None:
+        args = {}
+    elif not isinstance(args, dict) and shorthand:
+        args = {shorthand: args}
+    return {name: args}
+
+
 def _entry_union(registry: dict[str, type], what: str):
     """A pydantic type for `- name: {args}` entries (also `- name` and `- name: scalar`)."""
 
     def normalize(value: Any) -> Any:
-        if isinstance(value, str):
-            value = {value: None}
-        if not isinstance(value, dict) or len(value) != 1:
-            raise PydanticCustomError(
-                "entry_shape", f"a {what} is written as `name: {{arguments}}` or `name` (a mapping with one key)"
-            )
-        (name, args), = value.items()
-        if name not in registry:
-            raise PydanticCustomError(
-                "unknown_entry",
-                f"unknown {what} '{name}'{did_you_mean(name, registry)}; known: {', '.join(registry)}",
-            )
-        shorthand = registry[name].shorthand
-        if args is None:
-            args = {}
-        elif not isinstance(args, dict) and shorthand:
-            args = {shorthand: args}
-        return {name: args}
+        return normalize_entry(value, registry, what)
 
     def tag(value: Any) -> str:
         return next(iter(value)) if isinstance(value, dict) else next(iter(type(value).model_fields))
@@ -503,7 +507,6 @@ def plan_layers(entries: list[tuple[tuple, Any]], input_shape: Shape, num_classe
                 trainable, frozen = layer.weights(shape)
             except ShapeError as err:
                 err.path = base + ((err.field,) if err.field and layer is content else origin)
-                err.args = (f"{err.args[0]} (input {_fmt(shape)})",)
                 raise
             counts[layer.kind] = counts.get(layer.kind, 0) + 1
             label = f"{layer.kind}_{counts[layer.kind]}"

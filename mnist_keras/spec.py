@@ -6,9 +6,10 @@ Structure is checked by pydantic; `Spec.problems()` then checks what needs the w
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BeforeValidator, Discriminator, Field, Tag, model_validator
+from pydantic import AfterValidator, BeforeValidator, Discriminator, Field, Tag, model_validator
 
 from .fields import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, StrictModel
 from .layers import LayerEntry, PlannedLayer, ShapeError, TemplateEntry, entry_content, plan_layers
@@ -287,10 +288,22 @@ class Threads(StrictModel):
     inter_op: NonNegativeInt = 0
 
 
+def _device_name(value: str) -> str:
+    if not re.fullmatch(r"auto|cpu|gpu|gpu:\d+", value):
+        raise ValueError(f"expected auto, cpu, gpu or gpu:N (e.g. gpu:1), got {value!r}")
+    return value
+
+
+def _run_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
+        raise ValueError(f"a name is 1-64 letters, digits, '_', '.' or '-' (it names run directories), got {value!r}")
+    return value
+
+
 class Runtime(StrictModel):
     """Where and how the model runs."""
 
-    device: Annotated[str, Field(pattern=r"^(auto|cpu|gpu|gpu:\d+)$")] = "auto"
+    device: Annotated[str, AfterValidator(_device_name)] = "auto"
     distribute: Literal["none", "mirrored", "multi_worker"] = "none"
     mixed_precision: bool = False
     jit_compile: bool = False
@@ -306,7 +319,7 @@ class Runtime(StrictModel):
 class Spec(StrictModel):
     """A whole spec file."""
 
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] = "model"
+    name: Annotated[str, AfterValidator(_run_name)] = "model"
     description: str | None = None
     seed: NonNegativeInt = 42
     data: Data = Data()
@@ -371,7 +384,7 @@ class Spec(StrictModel):
         expected = 1 if self.loss() == "mse" else self.data.num_classes
         units = last.output_shape[-1]
         if len(last.output_shape) != 1 or units != expected:
-            what = "1 output (regression, loss: mse)" if expected == 1 else f"{expected} logits, one per class"
+            what = "1 value (regression, loss: mse)" if expected == 1 else f"{expected} logits, one per class"
             return [(last.origin, f"the model outputs shape {last.output_shape}, but it must output {what}; "
                      f"end with `dense: {{units: {expected}}}`")]
         return []

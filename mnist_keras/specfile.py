@@ -15,7 +15,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from .errors import UserError
-from .layers import did_you_mean
+from pydantic_core import PydanticCustomError
+
+from .layers import ENTRIES, TEMPLATES, did_you_mean, normalize_entry
 from .spec import Spec
 
 MAX_BYTES = 1_000_000  # a spec is a few kilobytes; refuse anything near a megabyte
@@ -70,7 +72,8 @@ def _index(root: yaml.Node, where: str) -> dict[tuple, tuple[int, int]]:
         if len(path) > MAX_DEPTH:
             fail(node, f"nested more than {MAX_DEPTH} levels deep")
         if node.tag not in _PLAIN_TAGS:
-            fail(node, f"{dotted(path)}: the YAML tag '{node.tag}' is not allowed: a spec holds plain data only "
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            fail(node, f"{dotted(path)}: the YAML tag '{tag}' is not allowed: a spec holds plain data only "
                        "(mappings, lists, strings, numbers, booleans, null); quote the value if it is text")
         if isinstance(node, yaml.MappingNode):
             seen: dict[Any, int] = {}
@@ -127,6 +130,23 @@ def parse_override(text: str) -> tuple[tuple, Any]:
         path += [int(i) for i in re.findall(r"\d+", match.group(2))]
     value, _ = parse_yaml(raw, f"--set {text}")
     return tuple(path), value
+
+
+def _spell_out_entries(data: dict) -> None:
+    """Write shorthand layer entries (`- flatten`, `- dense: 10`) in full, so overrides can reach into them."""
+    model = data.get("model")
+    if not isinstance(model, dict):
+        return
+    for key, registry, what in (("layers", ENTRIES, "layer"), ("template", TEMPLATES, "template")):
+        entries = model.get(key)
+        items = entries if isinstance(entries, list) else [entries]
+        for i, entry in enumerate(items):
+            try:
+                items[i] = normalize_entry(entry, registry, what)
+            except PydanticCustomError:
+                continue  # left for validation to report
+        if not isinstance(entries, list) and entries is not None:
+            model[key] = items[0]
 
 
 def apply_override(data: dict, path: tuple, value: Any, text: str) -> None:
@@ -204,51 +224,64 @@ _EXPECTED = {
 }
 
 
-def _message(err: dict) -> str:
+def _message(err: dict) -> tuple[str, str]:
+    """(what is wrong or expected, what was given) for one pydantic error."""
     kind, msg, value = err["type"], err["msg"], err.get("input")
     got = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
     if kind == "extra_forbidden":
         key = err["loc"][-1]
         accepted = _accepted_keys(err["loc"])
-        return f"unknown key '{key}'{did_you_mean(key, accepted)}; expected one of: {', '.join(accepted)}"
+        return f"unknown key '{key}'{did_you_mean(key, accepted)}; expected one of: {', '.join(accepted)}", ""
     if kind == "missing":
-        return f"required key '{err['loc'][-1]}' is missing"
+        return f"required key '{err['loc'][-1]}' is missing", ""
     if kind == "union_tag_invalid":
         tags = re.findall(r"'([^']*)'", err["ctx"]["expected_tags"])
         tag = err["ctx"]["tag"]
-        return f"unknown type '{tag}'{did_you_mean(tag, tags)}; expected one of: {', '.join(tags)}"
+        return f"unknown type '{tag}'{did_you_mean(tag, tags)}; expected one of: {', '.join(tags)}", ""
     if kind == "literal_error":
         options = re.findall(r"'([^']*)'", err["ctx"]["expected"])
-        return f"got {got}{did_you_mean(value, options)}; expected one of: {', '.join(options)}"
+        return f"expected one of: {', '.join(options)}{did_you_mean(value, options)}", got
     if kind in ("value_error", "assertion_error"):
-        return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        return msg.removeprefix("Value error, ").removeprefix("Assertion failed, "), ""
     if kind in ("unknown_entry", "entry_shape"):
-        return msg
-    return f"{_EXPECTED.get(kind, msg[:1].lower() + msg[1:])}, got {got}"
+        return msg, ""
+    if kind in _EXPECTED:
+        return _EXPECTED[kind], got
+    return re.sub(r"^Input should be (?=greater|less)", "expected a value ", msg).replace("Input should be", "expected"), got
 
 
 def _problems_from(error: ValidationError, data: Any) -> list[tuple[tuple, str]]:
-    merged: dict[tuple, list[str]] = {}
+    merged: dict[tuple, tuple[list[str], str]] = {}
     for err in error.errors():
         path = _spec_path(err, data)
         if err["type"] == "union_tag_invalid":
             path += ("type",)
-        messages = merged.setdefault(path, [])
-        if _message(err) not in messages:
-            messages.append(_message(err))
-    return [(path, " or ".join(msgs)) for path, msgs in merged.items()]
+        what, got = _message(err)
+        whats, _ = merged.setdefault(path, ([], got))
+        if what not in whats:
+            whats.append(what)
+    return [(path, _join(whats) + (f", got {got}" if got else "")) for path, (whats, got) in merged.items()]
+
+
+def _join(alternatives: list[str]) -> str:
+    """['expected an integer', 'expected a number'] -> 'expected an integer or a number'."""
+    if len(alternatives) > 1 and all(a.startswith("expected ") for a in alternatives):
+        return "expected " + " or ".join(a.removeprefix("expected ") for a in alternatives)
+    return " or ".join(alternatives)
 
 
 # ------------------------------------------------------------------------------------ load
 
 
 def _where(path: tuple, file: str, locations: dict, overridden: dict) -> str:
+    """`file:line:col` of a spec path, or the `--set` that put it there."""
     for n in range(len(path), -1, -1):
         if path[:n] in overridden:
             return f"{file}: --set {overridden[path[:n]]}"
         if path[:n] in locations:
             line, col = locations[path[:n]]
-            return f"{file}:{line}:{col}"
+            inside = [text for key, text in overridden.items() if key[: len(path)] == path]
+            return f"{file}:{line}:{col}" + "".join(f" (with --set {text})" for text in inside)
     return f"{file}:1:1"
 
 
@@ -263,6 +296,8 @@ def load_spec(file: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> 
                         f"not a {type(data).__name__}")
     data.setdefault("name", re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem)[:64] or "model")
     overridden = {}
+    if overrides:
+        _spell_out_entries(data)
     for text in overrides:
         key, value = parse_override(text)
         apply_override(data, key, value, text)
@@ -273,7 +308,9 @@ def load_spec(file: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> 
     except ValidationError as err:
         problems = _problems_from(err, data)
     if problems:
-        raise UserError(*(f"{_where(p, str(path), locations, overridden)}: {dotted(p)}: {m}" for p, m in problems))
+        where = [(_where(p, str(path), locations, overridden), dotted(p), m) for p, m in problems]
+        where.sort(key=lambda w: [int(n) if n.isdigit() else n for n in re.split(r"(\d+)", w[0])])
+        raise UserError(*(f"{place}: {spec_path}: {message}" for place, spec_path, message in where))
     return spec
 
 

@@ -1,0 +1,151 @@
+"""The spec language without TensorFlow: loading, validation messages, overrides, schema, CLI."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import ROOT, SHIPPED
+from mnist_keras.cli import main
+from mnist_keras.errors import UserError
+from mnist_keras.specfile import dump_spec, json_schema, load_spec
+
+BAD = sorted((Path(__file__).parent / "bad_specs").glob("*.yaml"))
+
+
+def expected_message(path: Path) -> str:
+    return path.read_text().splitlines()[0].removeprefix("# expect: ")
+
+
+def test_corpus_is_large_enough():
+    assert len(BAD) >= 15
+
+
+@pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
+def test_bad_spec_gets_its_message(path):
+    with pytest.raises(UserError) as caught:
+        load_spec(path)
+    messages = caught.value.messages
+    assert any(expected_message(path) in m for m in messages), messages
+    assert all(m.startswith(str(path)) for m in messages)
+
+
+@pytest.mark.parametrize("path", BAD[:8], ids=[p.stem for p in BAD[:8]])
+def test_cli_exit_code_2_without_traceback(path):
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert expected_message(path) in result.stderr
+
+
+def test_python_tag_runs_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["validate", str(ROOT / "tests/bad_specs/python_tag.yaml")])
+    assert result.exit_code == 2
+    assert not (tmp_path / "pwned-by-spec").exists()
+
+
+def test_validate_reports_every_problem_of_every_file(write_spec):
+    bad = write_spec("model: {layers: [flatten, {dense: 0}, {dense: 10}]}\ntrain: {epochs: -1}\n", "bad.yaml")
+    result = CliRunner().invoke(main, ["validate", str(SHIPPED / "dense.yaml"), str(bad)])
+    assert result.exit_code == 2
+    assert "ok: " in result.output and "dense.yaml" in result.output
+    assert "bad.yaml:1:28: model.layers[1].dense: expected a value greater than 0, got 0" in result.stderr
+    assert "bad.yaml:2:9: train.epochs: expected a value greater than 0, got -1" in result.stderr
+
+
+@pytest.mark.parametrize("name,total", [("lenet5", 61_706), ("dense", 235_146), ("cnn", 422_026)])
+def test_shipped_specs_parameter_counts(name, total):
+    spec = load_spec(SHIPPED / f"{name}.yaml")
+    assert sum(p.trainable + p.non_trainable for p in spec.plan()) == total
+
+
+def test_lenet5_layers_and_input_shape():
+    spec = load_spec(SHIPPED / "lenet5.yaml")
+    assert spec.input_shape() == (32, 32, 1)
+    assert [p.trainable for p in spec.plan() if p.trainable] == [156, 2416, 48120, 10164, 850]
+
+
+def test_lenet5_paper_variant_is_one_line(write_spec):
+    spec = load_spec(write_spec("model: {template: {lenet5: {activation: tanh, pool: avg, padding: same}}}\n"))
+    kinds = [p.layer.kind for p in spec.plan()]
+    assert kinds.count("avg_pool2d") == 2 and "max_pool2d" not in kinds
+    assert {p.layer.activation for p in spec.plan() if p.layer.kind in ("conv2d", "dense")} == {"tanh", None}
+    assert spec.plan()[0].output_shape == (28, 28, 6)  # padding: same keeps 28x28 like the paper's 32x32
+
+
+def test_summary_table_and_total():
+    result = CliRunner().invoke(main, ["summary", str(SHIPPED / "lenet5.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "Total params: 61,706" in result.output
+    assert "(None, 5, 5, 16)" in result.output
+
+
+def test_overrides_apply_and_validate(write_spec):
+    path = write_spec("model:\n  layers:\n    - conv2d: {filters: 4, kernel_size: 3}\n    - flatten\n    - dense: 10\n")
+    spec = load_spec(path, ["train.epochs=3", "model.layers[0].conv2d.filters=8", "train.optimizer={type: sgd}"])
+    assert spec.train.epochs == 3
+    assert spec.plan()[0].output_shape == (26, 26, 8)
+    assert spec.train.optimizer.type == "sgd"
+    with pytest.raises(UserError, match=r"--set train.epochs=0: train.epochs: expected a value greater than 0"):
+        load_spec(path, ["train.epochs=0"])
+    with pytest.raises(UserError, match=r"model.layers has 3 items, so \[7\] does not exist"):
+        load_spec(path, ["model.layers[7].dense.units=3"])
+    with pytest.raises(UserError, match="expected PATH=VALUE"):
+        load_spec(path, ["train.epochs"])
+
+
+def test_override_on_cli(write_spec):
+    path = write_spec("model: {layers: [flatten, {dense: 10}]}\n")
+    result = CliRunner().invoke(main, ["validate", str(path), "--set", "model.layers[1].dense.units=5"])
+    assert result.exit_code == 2
+    assert "--set model.layers[1].dense.units=5" in result.stderr and "must output 10 logits" in result.stderr
+
+
+def test_defaults_fill_every_section(write_spec):
+    spec = load_spec(write_spec("model: {layers: [flatten, {dense: 10}]}\n", "tiny.yaml"))
+    assert spec.name == "tiny"
+    assert spec.data.dataset == "mnist" and spec.data.batch_size == 128
+    assert spec.train.optimizer.type == "adam" and spec.train.lr_schedule.type == "constant"
+    assert spec.runtime.device == "auto" and spec.loss() == "categorical_crossentropy"
+    assert load_spec(write_spec(dump_spec(spec), "again.yaml")) == spec  # the resolved spec round-trips
+
+
+def test_shorthands(write_spec):
+    spec = load_spec(write_spec(
+        "model:\n  layers:\n    - reshape: [784]\n    - dense: 32\n    - dropout: 0.5\n"
+        "    - activation: gelu\n    - dense: 10\ntrain: {optimizer: sgd, lr_schedule: {type: step, every: 2}}\n"
+    ))
+    assert [p.layer.kind for p in spec.plan()] == ["reshape", "dense", "dropout", "activation", "dense"]
+    assert spec.train.optimizer.type == "sgd" and spec.train.optimizer.learning_rate is None
+
+
+def test_regression_spec_is_allowed(write_spec):
+    spec = load_spec(write_spec(
+        "data: {preprocess: {one_hot: false}}\nmodel: {layers: [flatten, {dense: 1}]}\ntrain: {loss: mse}\n"
+    ))
+    assert spec.loss() == "mse"
+
+
+def test_json_schema_covers_sections_and_layers():
+    schema = json_schema()
+    assert set(schema["properties"]) >= {"data", "model", "train", "runtime"}
+    text = json.dumps(schema)
+    for name in ("conv_pool_stack", "dense_stack", "lenet5", "inverse_time", "adamw"):
+        assert name in text
+    result = CliRunner().invoke(main, ["schema"])
+    assert json.loads(result.output)["title"] == "mnist-keras spec"
+
+
+def test_cli_validate_does_not_import_tensorflow():
+    code = (
+        "import sys; from mnist_keras.cli import main\n"
+        f"try: main(['validate', r'{SHIPPED / 'lenet5.yaml'}'])\n"
+        "except SystemExit as e: assert e.code in (0, None)\n"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
