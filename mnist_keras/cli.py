@@ -101,3 +101,67 @@ def schema(out):
             handle.write(text + "\n")
     else:
         click.echo(text)
+
+
+def _spec_diff(old: str, new: str) -> str:
+    import difflib
+
+    lines = difflib.unified_diff(old.splitlines(), new.splitlines(), "run's spec", "new spec", n=0, lineterm="")
+    return "\n".join(line for line in lines if not line.startswith("@@"))
+
+
+@main.command()
+@click.argument("spec", required=False)
+@overrides_option
+@click.option("--epochs", type=click.IntRange(min=1), help="Train for this many epochs (overrides train.epochs).")
+@click.option("--data-dir", type=click.Path(), help="A folder with the dataset's files (IDX or .npz), tried first.")
+@click.option("--device", metavar="auto|cpu|gpu|gpu:N", help="Where to train (overrides runtime.device).")
+@click.option("--runs", "runs_root", default="runs", show_default=True, help="The folder that holds run directories.")
+@click.option("--name", help="The run's name (overrides the spec's name): runs/NAME/TIMESTAMP.")
+@click.option("--resume", "resume_dir", metavar="RUN_DIR", help="Continue an interrupted run from its last checkpoint.")
+def fit(spec, overrides, epochs, data_dir, device, runs_root, name, resume_dir):
+    """Train SPEC and evaluate it on the test set, in a new run directory."""
+    from .runs import create_run_dir, open_run_dir, read_json, write_json, write_text
+    from .specfile import dump_spec, load_spec
+
+    flags = [f"{key}={json.dumps(value)}" for key, value in
+             (("train.epochs", epochs), ("runtime.device", device), ("name", name)) if value is not None]
+    if resume_dir:
+        run = open_run_dir(resume_dir)
+        state = read_json(run / "state.json")
+        loaded = load_spec(run / "spec.yaml", flags)
+        if spec:
+            asked = load_spec(spec, [*overrides, *flags]).model_copy(update={"name": loaded.name})
+            if asked != loaded:
+                raise UserError(f"{run}: refusing to resume with a different spec (only --epochs and --device may "
+                                f"change):\n{_spec_diff(dump_spec(loaded), dump_spec(asked))}")
+        if state.get("epochs_done", 0) >= loaded.train.epochs:
+            raise UserError(f"{run}: all {loaded.train.epochs} epochs are done; pass --epochs N to train further")
+        data_dir = data_dir or state.get("data_dir")
+    elif not spec:
+        raise click.UsageError("give a SPEC to train, or --resume RUN_DIR")
+    else:
+        loaded = load_spec(spec, [*overrides, *flags])
+        run = create_run_dir(runs_root, loaded.name)
+        state = None
+    write_text(run / "spec.yaml", dump_spec(loaded))
+
+    from .train import TrainingFailed, fit as train
+
+    try:
+        metrics = train(loaded, run, data_dir, resume=state)
+    except KeyboardInterrupt:
+        state = read_json(run / "state.json")
+        write_json(run / "state.json", {**state, "status": "interrupted"})
+        click.echo(f"\ninterrupted after epoch {state.get('epochs_done', 0)}; resume with: "
+                   f"mnist-keras fit --resume {run}", err=True)
+        sys.exit(130)
+    except TrainingFailed as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)
+    test = metrics["test"]
+    seconds = sum(metrics["seconds_per_epoch"])
+    click.echo(
+        f"test accuracy {test['accuracy']:.2%}, loss {test['loss']:.4f} | {metrics['epochs_done']} epochs in "
+        f"{seconds:.1f} s, {metrics['images_per_second']:,.0f} images/s | run {run} | tensorboard --logdir {run}"
+    )

@@ -1,0 +1,99 @@
+"""Generate the README's spec reference from the schema itself (run with --check in the tests)."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import sys
+import typing
+from pathlib import Path
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from mnist_keras import fields, layers, spec
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+BEGIN, END = "<!-- spec-reference:begin -->", "<!-- spec-reference:end -->"
+
+
+def type_name(annotation) -> str:
+    """A short, readable name for a field's type."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return type_name(args[0])
+    if origin is typing.Literal:
+        return " \\| ".join(str(a) for a in args)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+        names = [type_name(a) for a in args if a is not type(None)]
+        return " or ".join(names) + (" or null" if type(None) in args else "")
+    if origin is list:
+        return f"list of {type_name(args[0])}"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "mapping"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def comments(cls: type) -> dict[str, str]:
+    """The trailing `# comment` of each field in the class source (and its bases')."""
+    found: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if issubclass(klass, BaseModel) and klass.__module__.startswith("mnist_keras"):
+            for name, text in re.findall(r"^    (\w+):[^#\n]*#\s*(.+)$", inspect.getsource(klass), re.M):
+                found[name] = text.replace("|", "\\|")
+    return found
+
+
+def table(cls: type[BaseModel], title: str) -> list[str]:
+    doc = (cls.__doc__ or "").strip().splitlines()
+    lines = [f"#### `{title}`", ""] + ([doc[0], ""] if doc and cls.__doc__ != BaseModel.__doc__ else [])
+    lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
+    notes = comments(cls)
+    for name, field in cls.model_fields.items():
+        if field.default is PydanticUndefined:
+            default = "**required**"
+        elif isinstance(field.default, BaseModel):
+            default = "(see its table)"
+        else:
+            default = f"`{json.dumps(field.default)}`"
+        lines.append(f"| `{name}` | {type_name(field.annotation)} | {default} | {notes.get(name, '')} |")
+    return lines + [""]
+
+
+def reference() -> str:
+    sections = [
+        (spec.Spec, "top level"), (spec.Data, "data"), (spec.Preprocess, "data.preprocess"),
+        (spec.Normalize, "data.preprocess.normalize"), (spec.Model, "model"), (spec.Train, "train"),
+    ]
+    sections += [(cls, f"train.optimizer: {cls.model_fields['type'].default}") for cls in
+                 typing.get_args(typing.get_args(spec.Optimizer)[0])]
+    sections += [(cls, f"train.lr_schedule: {cls.model_fields['type'].default}") for cls in
+                 typing.get_args(typing.get_args(spec.LRSchedule)[0])]
+    sections += [(spec.Checkpoint, "train.checkpoint"), (spec.TensorBoard, "train.tensorboard"),
+                 (spec.EarlyStopping, "train.early_stopping"), (spec.Runtime, "runtime"), (spec.Threads, "runtime.threads")]
+    sections += [(cls, f"layer: {name}") for name, cls in layers.ENTRIES.items()]
+    sections += [(cls, f"template: {name}") for name, cls in layers.TEMPLATES.items()]
+    sections += [(fields.Initializer, "initializer (or just its name)"), (fields.Regularizer, "regularizer")]
+    out = []
+    for cls, title in sections:
+        out += table(typing.get_args(cls)[0] if typing.get_origin(cls) is typing.Annotated else cls, title)
+    return "\n".join(out)
+
+
+def main() -> int:
+    text = README.read_text()
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    updated = f"{head}{BEGIN}\n{reference()}\n{END}{tail}"
+    if "--check" in sys.argv:
+        if updated != text:
+            print("README.md's spec reference is out of date: run python scripts/spec_reference.py")
+            return 1
+        return 0
+    README.write_text(updated)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
