@@ -137,19 +137,22 @@ def fit(spec, overrides, epochs, data_dir, device, runs_root, name, resume_dir):
                                 f"change):\n{_spec_diff(dump_spec(loaded), dump_spec(asked))}")
         if state.get("epochs_done", 0) >= loaded.train.epochs:
             raise UserError(f"{run}: all {loaded.train.epochs} epochs are done; pass --epochs N to train further")
-        data_dir = data_dir or state.get("data_dir")
+        data_dir = state["data_dir"] = data_dir or state.get("data_dir")
     elif not spec:
         raise click.UsageError("give a SPEC to train, or --resume RUN_DIR")
     else:
         loaded = load_spec(spec, [*overrides, *flags])
-        run = create_run_dir(runs_root, loaded.name)
         state = None
+
+    from .train import TrainingFailed, fit as train, prepare
+
+    prepared = prepare(loaded, data_dir)
+    if not resume_dir:
+        run = create_run_dir(runs_root, loaded.name)
+        state = {"status": "running", "epochs_done": 0, "history": [], "data_dir": data_dir}
     write_text(run / "spec.yaml", dump_spec(loaded))
-
-    from .train import TrainingFailed, fit as train
-
     try:
-        metrics = train(loaded, run, data_dir, resume=state)
+        metrics = train(loaded, run, prepared, state)
     except KeyboardInterrupt:
         state = read_json(run / "state.json")
         write_json(run / "state.json", {**state, "status": "interrupted"})

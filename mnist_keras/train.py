@@ -83,7 +83,7 @@ def make_schedule(spec: Spec, steps_per_epoch: int):
     if sched.type == "step":
         return schedules.ExponentialDecay(lr, steps(sched.every), sched.gamma, staircase=True)
     if sched.type == "multistep":
-        bounds = [steps(m) for m in sched.milestones]
+        bounds = [steps(m) - 1 for m in sched.milestones]  # Keras keeps values[i] while step <= bound
         return schedules.PiecewiseConstantDecay(bounds, [lr * sched.gamma**i for i in range(len(bounds) + 1)])
     if sched.type == "polynomial":
         decay = steps(sched.decay_steps) if sched.decay_steps else total
@@ -163,6 +163,23 @@ class NaNGuard(keras.callbacks.Callback):
         if loss is not None and not math.isfinite(float(loss)):
             self.where = (self.epoch + 1, batch + 1)
             self.model.stop_training = True
+
+
+class GraphWriter(keras.callbacks.Callback):
+    """Writes the model's forward graph for TensorBoard's Graphs tab (Keras 3's callback writes only
+    the model config)."""
+
+    def __init__(self, log_dir: Path):
+        super().__init__()
+        self.log_dir = log_dir
+
+    def on_train_begin(self, logs=None):
+        forward = tf.function(lambda x: self.model(x, training=False))
+        spec = tf.TensorSpec((None, *self.model.input_shape[1:]), "float32")
+        writer = tf.summary.create_file_writer(str(self.log_dir))
+        with writer.as_default():
+            tf.summary.graph(forward.get_concrete_function(spec).graph)
+        writer.close()
 
 
 class Resumable:
@@ -248,6 +265,8 @@ def make_callbacks(spec: Spec, run: Path, state: dict, images_per_epoch: int) ->
             log_dir=str(run / "logs"), histogram_freq=int(tb.histograms), write_graph=tb.graph,
             profile_batch=tuple(tb.profile_batches) if tb.profile_batches else 0,
         ))
+        if tb.graph and not state["epochs_done"]:
+            callbacks.append(GraphWriter(run / "logs" / "train"))
     if spec.train.csv_log:
         callbacks.append(keras.callbacks.CSVLogger(str(run / "history.csv"), append=True))
     return callbacks, guard
@@ -271,17 +290,24 @@ def versions() -> dict[str, str]:
             "keras": keras.__version__}
 
 
-def fit(spec: Spec, run: Path, data_dir: str | None = None, resume: dict | None = None) -> dict:
-    """Train (or resume) the run in `run`; return the final metrics written to metrics.json."""
-    from .data import load_arrays, make_pipelines
+def prepare(spec: Spec, data_dir: str | None):
+    """Check the device and load the data, before any run directory exists: (device, description, arrays)."""
+    from .data import load_arrays
 
-    state = resume or {"status": "running", "epochs_done": 0, "history": [], "data_dir": data_dir}
     device, described = configure(spec.runtime, spec.seed)
-    arrays = load_arrays(spec.data, data_dir)
+    return device, described, load_arrays(spec.data, data_dir)
+
+
+def fit(spec: Spec, run: Path, prepared: tuple, state: dict) -> dict:
+    """Train the run in `run` from `state` (a new run's, or state.json's to resume) with what prepare() gave;
+    return the metrics written to metrics.json."""
+    from .data import make_pipelines
+
+    device, described, arrays = prepared
     start = state["epochs_done"]
     pipes = make_pipelines(spec, arrays, start_epoch=start)
     with tf.device(device):
-        if resume:
+        if start:
             if not state.get("checkpoint"):
                 raise UserError(f"{run}: no checkpoint was saved (train.checkpoint.enabled is false); cannot resume")
             model = load_checkpoint(run / state["checkpoint"])
@@ -298,7 +324,7 @@ def fit(spec: Spec, run: Path, data_dir: str | None = None, resume: dict | None 
         model.fit(
             pipes.train, epochs=spec.train.epochs, initial_epoch=start, steps_per_epoch=pipes.steps_per_epoch,
             validation_data=pipes.validation, validation_freq=spec.train.validation_freq,
-            callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2,
+            callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2, shuffle=False,
         )
         wall = time.perf_counter() - started
         if guard.where:

@@ -1,6 +1,15 @@
-"""The data layer: where images come from (numpy only) and the tf.data pipelines that feed the model."""
+"""The data layer: where images come from (numpy only) and the tf.data pipelines that feed the model.
 
-from .pipeline import Pipelines, make_pipelines
-from .sources import Arrays, load_arrays
+The names load on first use, so that the CLI can register `mnist-keras data` without importing numpy.
+"""
 
-__all__ = ["Arrays", "Pipelines", "load_arrays", "make_pipelines"]
+from importlib import import_module
+
+_HOMES = {"Arrays": "sources", "load_arrays": "sources", "Pipelines": "pipeline", "make_pipelines": "pipeline"}
+__all__ = list(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{_HOMES[name]}", __name__), name)

@@ -88,6 +88,14 @@ def make_pipelines(spec: Spec, arrays: Arrays, start_epoch: int = 0) -> Pipeline
         out = indices.map(take, num_parallel_calls=tf.data.AUTOTUNE).with_options(options)
         return out.prefetch(tf.data.AUTOTUNE) if data.prefetch else out
 
+    def index_batches(order, drop_remainder=False):
+        """`order` cut into batches of indices, one dataset element per batch."""
+        full, rest = divmod(int(order.shape[0]), batch)
+        out = tf.data.Dataset.from_tensor_slices(tf.reshape(order[: full * batch], [full, batch]))
+        if rest and not drop_remainder:
+            out = out.concatenate(tf.data.Dataset.from_tensors(order[full * batch:]))
+        return out
+
     seed = tf.constant(spec.seed, tf.int64)
 
     def epoch(e):
@@ -97,10 +105,10 @@ def make_pipelines(spec: Spec, arrays: Arrays, start_epoch: int = 0) -> Pipeline
         if data.shuffle > 1:
             noise = tf.random.stateless_uniform([n_train], seed=tf.stack([seed, e]), dtype=tf.float64)
             order = tf.argsort(noise if data.shuffle >= n_train else noise + tf.cast(order, tf.float64) / data.shuffle)
-        return tf.data.Dataset.from_tensor_slices(order).batch(batch, drop_remainder=data.drop_remainder)
+        return index_batches(order, data.drop_remainder)
 
     def finite(x, y):
-        return batches(x, y, tf.data.Dataset.range(len(x)).batch(batch))
+        return batches(x, y, index_batches(tf.range(len(x))))
 
     train_x, train_y = arrays.x_train[:n_train], arrays.y_train[:n_train]
     train = batches(train_x, train_y, tf.data.Dataset.range(start_epoch, spec.train.epochs).flat_map(epoch))

@@ -8,6 +8,7 @@ only to download. Every problem is a UserError naming the file.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -30,8 +31,6 @@ IDX_NAMES = dict(zip(KEYS, ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"
                             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")))
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049  # unsigned bytes, 3 and 1 dimensions
 BUNDLED = Path(__file__).with_name("mnist_sample.npz")
-GET_FULL_SET = ("for the full set pass --data-dir DIR (a folder with the four MNIST IDX files, gzipped or raw, "
-                "or mnist.npz) or put mnist.npz in {cache}")
 
 
 @dataclass
@@ -76,8 +75,9 @@ def load_arrays(data: Data, data_dir: str | None = None) -> Arrays:
     arrays = _bundled(data)
     counts = arrays.provenance["counts"]
     print(f"note: MNIST is not on this machine and could not be downloaded; using the bundled sample "
-          f"({counts['train']:,} training, {counts['test']:,} test images); "
-          + GET_FULL_SET.format(cache=cache), file=sys.stderr)
+          f"({counts['train']:,} training, {counts['test']:,} test images); for the full set pass --data-dir DIR "
+          f"(a folder with the four MNIST IDX files, gzipped or raw, or mnist.npz) or put mnist.npz in {cache}",
+          file=sys.stderr)
     return arrays
 
 
@@ -126,7 +126,9 @@ def _download(data: Data) -> Arrays:
     tensorflow()
     import keras
 
-    (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, data.dataset).load_data()
+    with contextlib.redirect_stdout(io.StringIO()):  # Keras' progress bar; one line below says it all
+        (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, data.dataset).load_data()
+    print(f"note: downloaded {data.dataset} with keras.datasets into {keras_cache()}", file=sys.stderr)
     arrays = dict(zip(KEYS, (x_train, y_train, x_test, y_test)))
     where = {key: f"keras.datasets.{data.dataset}: {key}" for key in KEYS}
     return _from_keras_cache(data, "keras-download") or _finish(data, "keras-download", None, (arrays, where, {}))
@@ -142,10 +144,13 @@ def _finish(data: Data, source: str, path: Path | None, read: tuple[dict, dict, 
     """Check what a reader returned against the spec and record where it came from."""
     arrays, where, sha256 = read
     arrays = {key: check_array(key, arrays[key], where[key], data) for key in KEYS}
+    if not len(arrays["x_train"]):
+        raise UserError(f"{where['x_train']}: no training images")
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if len(x) != len(y):
-            raise UserError(f"{where['x_' + split]}: {len(x):,} images, but {where['y_' + split]} has {len(y):,} labels")
+            raise UserError(f"{where[f'x_{split}']}: {len(x):,} images, "
+                            f"but {where[f'y_{split}']} has {len(y):,} labels")
     provenance = {
         "dataset": data.dataset,
         "source": source,
@@ -162,10 +167,12 @@ def check_array(key: str, array: np.ndarray, where: str, data: Data) -> np.ndarr
         if array.ndim == 2 and array.shape[1] == 1:
             array = array[:, 0]
         if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
-            raise UserError(f"{where}: labels are {array.dtype} with shape {array.shape}; expected integers, shape (N,)")
+            raise UserError(f"{where}: labels are {array.dtype} with shape {array.shape}; "
+                            "expected integers, shape (N,)")
         if array.size and (array.min() < 0 or array.max() >= data.num_classes):
-            raise UserError(f"{where}: labels range over {array.min()}..{array.max()}, outside 0..{data.num_classes - 1} "
-                            f"(data.num_classes is {data.num_classes}); set data.num_classes if that is right")
+            raise UserError(f"{where}: labels range over {array.min()}..{array.max()}, outside "
+                            f"0..{data.num_classes - 1} (data.num_classes is {data.num_classes}); "
+                            "set data.num_classes if that is right")
         return array
     if array.dtype != np.uint8 or array.ndim not in (3, 4):
         raise UserError(f"{where}: images are {array.dtype} with shape {array.shape}; "

@@ -1,0 +1,124 @@
+"""`mnist-keras data info | preview`: what a spec's data section reads, and what the model sees.
+
+Imports beyond click happen inside the commands, so that `mnist-keras --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import click
+
+from ..errors import UserError
+
+DEFAULT_MODEL = {"layers": ["flatten", {"dense": {"units": 10}}]}
+
+
+def _data_options(func):
+    func = click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
+                        help="Override a spec value, e.g. --set data.validation=5000.")(func)
+    func = click.option("--data-dir", type=click.Path(file_okay=False),
+                        help="A folder with the dataset's IDX files (or mnist.npz); tried first.")(func)
+    func = click.option("--dataset", help="mnist, fashion_mnist, a folder of IDX files or an .npz file "
+                                          "(default: the spec's, else mnist).")(func)
+    return click.argument("spec", required=False)(func)
+
+
+def _load(spec_file: str | None, dataset: str | None, overrides: tuple[str, ...]):
+    """The spec file, or a default spec for `dataset`, with the overrides applied."""
+    from pydantic import ValidationError
+
+    from ..spec import Spec
+    from ..specfile import _problems_from, apply_override, dotted, load_spec, parse_override
+
+    if spec_file:
+        spec = load_spec(spec_file, overrides)
+        return spec.model_copy(update={"data": spec.data.model_copy(update={"dataset": dataset})}) if dataset else spec
+    raw = {"data": {"dataset": dataset or "mnist"}, "model": DEFAULT_MODEL}
+    for text in overrides:
+        apply_override(raw, *parse_override(text), text)
+    try:
+        return Spec.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(*(f"--set: {dotted(path)}: {message}" for path, message in _problems_from(err, raw))) from None
+
+
+@click.group()
+def data():
+    """Inspect the data a spec reads: sources, shapes, statistics, and a preview of what the model sees."""
+
+
+@data.command()
+@_data_options
+def info(spec, dataset, data_dir, overrides):
+    """Source, shapes, dtypes, class counts and pixel statistics of the dataset."""
+    import numpy as np
+
+    from .pipeline import pixels, split_sizes
+    from .sources import load_arrays
+
+    loaded = _load(spec, dataset, overrides)
+    arrays = load_arrays(loaded.data, data_dir)
+    prov, prep = arrays.provenance, loaded.data.preprocess
+    n_train, n_val = split_sizes(loaded.data, len(arrays.x_train))
+    click.echo(f"dataset   {prov['dataset']} from {prov['source']}: {prov['path'] or 'keras.datasets'}")
+    for name, digest in prov["sha256"].items():
+        click.echo(f"          sha256 {digest}  {name}")
+    for split, x, y in (("train", arrays.x_train, arrays.y_train), ("test", arrays.x_test, arrays.y_test)):
+        click.echo(f"{split:<9} images {x.dtype} {x.shape}, labels {y.dtype} {y.shape}")
+        counts = np.bincount(y, minlength=loaded.data.num_classes)
+        click.echo("          per class: " + "  ".join(f"{c}: {n:,}" for c, n in enumerate(counts)))
+    x = arrays.x_train  # a histogram in slices: exact statistics without large temporary arrays
+    hist = sum(np.bincount(x[i:i + 4096].ravel(), minlength=256) for i in range(0, len(x), 4096))
+    fed = "fed to the model" + (" (before resize)" if prep.resize else "")
+    for name, values in (("pixels    stored", np.arange(256.0)), (" " * 10 + fed, pixels(np.arange(256.0), prep))):
+        mean = hist @ values / hist.sum()
+        std = math.sqrt(hist @ (values - mean) ** 2 / hist.sum())
+        present = values[hist > 0]
+        click.echo(f"{name}: min {present.min():.4g}, max {present.max():.4g}, mean {mean:.4g}, std {std:.4g}")
+    click.echo(f"splits    {n_train:,} training, {n_val:,} validation (held out from the end), "
+               f"{len(arrays.x_test):,} test; model input {loaded.input_shape()}")
+
+
+@data.command()
+@_data_options
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The PNG file to write.")
+@click.option("--count", default=36, show_default=True, type=click.IntRange(1, 400), help="How many images.")
+@click.option("--split", default="train", show_default=True, type=click.Choice(["train", "test"]),
+              help="train: the first images of epoch 0, in training order; test: the first test images.")
+def preview(spec, dataset, data_dir, overrides, out, count, split):
+    """A grid of images as they enter the model (after preprocessing), each titled with its label."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from .pipeline import make_pipelines
+    from .sources import load_arrays
+
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise UserError(f"{out}: the folder {out.parent} does not exist")
+    loaded = _load(spec, dataset, overrides)
+    pipes = make_pipelines(loaded, load_arrays(loaded.data, data_dir))
+    shown = list((pipes.train if split == "train" else pipes.test).unbatch().take(count).as_numpy_iterator())
+    images = np.stack([x for x, _ in shown])
+    labels = [y.argmax() if loaded.data.preprocess.one_hot else y.item() for _, y in shown]
+    low, high = float(images.min()), float(images.max())
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    figure = Figure(figsize=(1.3 * cols, 1.3 * rows + 0.7), dpi=100, layout="constrained")
+    figure.suptitle(f"{loaded.data.dataset} {split}: {len(images)} images as the model sees them\n"
+                    f"shape {pipes.input_shape}, values {low:.3g} to {high:.3g}", fontsize=10)
+    for i, axes in enumerate(figure.subplots(rows, cols, squeeze=False).flat):
+        axes.axis("off")
+        if i < len(images):
+            shown_image = (images[i] - low) / (high - low or 1) if images.ndim == 4 else images[i]
+            axes.imshow(shown_image, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
+            axes.set_title(f"{labels[i]:g}", fontsize=10)
+    try:
+        figure.savefig(out)
+    except OSError as err:
+        raise UserError(f"{out}: cannot write: {err.strerror or err}") from None
+    click.echo(f"wrote {out} ({len(images)} {split} images from {pipes.input_shape} inputs)")
