@@ -8,6 +8,7 @@ import sys
 import click
 
 from . import __version__
+from .data.commands import data
 from .errors import UserError
 
 
@@ -34,6 +35,9 @@ def overrides_option(func):
 @click.version_option(__version__, prog_name="mnist-keras")
 def main():
     """Declarative Keras models: YAML specs in, trained models and TensorBoard runs out."""
+
+
+main.add_command(data)
 
 
 @main.command()
@@ -168,3 +172,52 @@ def fit(spec, overrides, epochs, data_dir, device, runs_root, name, resume_dir):
         f"test accuracy {test['accuracy']:.2%}, loss {test['loss']:.4f} | {metrics['epochs_done']} epochs in "
         f"{seconds:.1f} s, {metrics['images_per_second']:,.0f} images/s | run {run} | tensorboard --logdir {run}"
     )
+
+
+@main.command()
+@click.argument("target", metavar="RUN_DIR|MODEL")
+@click.option("--data-dir", type=click.Path(), help="A folder with the dataset's files (default: the run's).")
+@click.option("--spec", "spec_file", help="The spec the model was trained with (default: the run's spec.yaml).")
+def evaluate(target, data_dir, spec_file):
+    """Test-set loss and accuracy of a trained model."""
+    from .data import load_arrays, make_pipelines
+    from .inference import find_model, load_model
+
+    spec, model_file, state = find_model(target, spec_file)
+    arrays = load_arrays(spec.data, data_dir or state.get("data_dir"))
+    test = make_pipelines(spec, arrays).test
+    model = load_model(model_file)
+    result = model.evaluate(test, verbose=0, return_dict=True)
+    source = arrays.provenance
+    click.echo(f"{model_file}: test accuracy {result['accuracy']:.2%}, loss {result['loss']:.4f} "
+               f"on {len(arrays.x_test):,} {source['dataset']} test images ({source['source']})")
+
+
+@main.command()
+@click.argument("target", metavar="RUN_DIR|MODEL")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--spec", "spec_file", help="The spec the model was trained with (default: the run's spec.yaml).")
+def predict(target, images, spec_file):
+    """Classify image files (PNG, JPEG, GIF, BMP; any size, gray or colour).
+
+    Each image is made MNIST-like before the spec's own preprocessing: converted to gray (transparency
+    laid over white), resized as a whole to the dataset's image size, and inverted when it is dark ink
+    on a light background, since MNIST digits are light on dark.
+    """
+    import numpy as np
+
+    from .data.pipeline import preprocess_images
+    from .inference import find_model, load_model, read_images
+
+    spec, model_file, _ = find_model(target, spec_file)
+    height, width = spec.data.image_shape[:2]
+    pixels = read_images(list(images), height, width)
+    model = load_model(model_file)
+    outputs = model.predict(preprocess_images(spec, pixels), verbose=0)
+    for file, out in zip(images, outputs):
+        if spec.loss() == "mse":
+            click.echo(f"{file}: {round(float(out[0]))} (regression output {float(out[0]):.3f})")
+        else:
+            probs = np.exp(out - out.max())
+            probs /= probs.sum()
+            click.echo(f"{file}: {int(probs.argmax())} (probability {probs.max():.3f})")

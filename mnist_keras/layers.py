@@ -308,6 +308,64 @@ class Rescaling(Layer):
         return keras.layers.Rescaling(self.scale, offset=self.offset, name=name)
 
 
+FillMode = Literal["constant", "nearest", "reflect", "wrap"]
+Factor = Annotated[float, Field(ge=0, le=1)]
+
+
+class Augmentation(Layer):
+    """Random image transforms, active only while training (data augmentation inside the model)."""
+
+    fill_mode: FillMode = "constant"
+    interpolation: Literal["bilinear", "nearest"] = "bilinear"
+
+    def output_shape(self, shape):
+        _need_image(self.kind, shape)
+        return shape
+
+
+class RandomTranslation(Augmentation):
+    kind = "random_translation"
+    shorthand = "height_factor"
+    height_factor: Factor  # shift by up to this fraction of the height
+    width_factor: Factor | None = None  # default: height_factor
+
+    def keras(self, name):
+        import keras
+
+        width = self.height_factor if self.width_factor is None else self.width_factor
+        return keras.layers.RandomTranslation(
+            self.height_factor, width, fill_mode=self.fill_mode, interpolation=self.interpolation, name=name
+        )
+
+
+class RandomRotation(Augmentation):
+    kind = "random_rotation"
+    shorthand = "factor"
+    factor: Factor  # rotate by up to factor * 360 degrees either way
+
+    def keras(self, name):
+        import keras
+
+        return keras.layers.RandomRotation(
+            self.factor, fill_mode=self.fill_mode, interpolation=self.interpolation, name=name
+        )
+
+
+class RandomZoom(Augmentation):
+    kind = "random_zoom"
+    shorthand = "height_factor"
+    height_factor: Factor  # zoom in or out by up to this fraction
+    width_factor: Factor | None = None  # default: the same as height
+
+    def keras(self, name):
+        import keras
+
+        return keras.layers.RandomZoom(
+            self.height_factor, self.width_factor, fill_mode=self.fill_mode, interpolation=self.interpolation,
+            name=name,
+        )
+
+
 class Macro(StrictModel):
     """A spec entry that expands to several layers (a stack or a template)."""
 
@@ -416,7 +474,8 @@ class LeNet5(Macro):
 
 LAYERS: dict[str, type[Layer]] = {
     cls.kind: cls
-    for cls in (Dense, Conv2D, MaxPool2D, AvgPool2D, Flatten, Dropout, BatchNorm, Activation, Reshape, Resizing, Rescaling)
+    for cls in (Dense, Conv2D, MaxPool2D, AvgPool2D, Flatten, Dropout, BatchNorm, Activation, Reshape, Resizing,
+                Rescaling, RandomTranslation, RandomRotation, RandomZoom)
 }
 MACROS: dict[str, type[Macro]] = {cls.kind: cls for cls in (DenseStack, ConvPoolStack, LeNet5)}
 TEMPLATES: dict[str, type[Macro]] = {"lenet5": LeNet5}

@@ -321,7 +321,7 @@ class Spec(StrictModel):
 
     name: Annotated[str, AfterValidator(_run_name)] = "model"
     description: str | None = None
-    seed: NonNegativeInt = 42
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = 42
     data: Data = Data()
     model: Model
     train: Train = Train()

@@ -295,6 +295,11 @@ def load_spec(file: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> 
         raise UserError(f"{path}:1:1: a spec is a mapping (key: value) at the top level, "
                         f"not a {type(data).__name__}")
     data.setdefault("name", re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem)[:64] or "model")
+    return validate_spec(data, str(path), locations, overrides)
+
+
+def validate_spec(data: dict, where: str, locations: dict, overrides: tuple[str, ...] | list[str] = ()) -> Spec:
+    """Apply `--set` overrides to raw spec data and validate it; UserError names `where` and the line."""
     overridden = {}
     if overrides:
         _spell_out_entries(data)
@@ -308,9 +313,9 @@ def load_spec(file: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> 
     except ValidationError as err:
         problems = _problems_from(err, data)
     if problems:
-        where = [(_where(p, str(path), locations, overridden), dotted(p), m) for p, m in problems]
-        where.sort(key=lambda w: [int(n) if n.isdigit() else n for n in re.split(r"(\d+)", w[0])])
-        raise UserError(*(f"{place}: {spec_path}: {message}" for place, spec_path, message in where))
+        placed = [(_where(p, where, locations, overridden), dotted(p), m) for p, m in problems]
+        placed.sort(key=lambda w: [int(n) if n.isdigit() else n for n in re.split(r"(\d+)", w[0])])
+        raise UserError(*(f"{place}: {spec_path}: {message}" for place, spec_path, message in placed))
     return spec
 
 

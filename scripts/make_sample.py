@@ -36,7 +36,8 @@ def main(source: Path) -> None:
     for split in ("train", "test"):
         counts = np.bincount(sample[f"y_{split}"], minlength=10)
         print(f"{split}: {len(sample[f'y_{split}']):,} images, per class {counts.tolist()}")
-    print(f"wrote {BUNDLED} ({BUNDLED.stat().st_size:,} bytes, sha256 {hashlib.sha256(BUNDLED.read_bytes()).hexdigest()})")
+    digest = hashlib.sha256(BUNDLED.read_bytes()).hexdigest()
+    print(f"wrote {BUNDLED} ({BUNDLED.stat().st_size:,} bytes, sha256 {digest})")
 
 
 if __name__ == "__main__":

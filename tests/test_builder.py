@@ -31,6 +31,12 @@ LAYERS = {
       - dense: 3
       - flatten
       - dense: 10""",
+    "augmentation": """
+      - random_translation: 0.1
+      - random_rotation: {factor: 0.05, fill_mode: nearest}
+      - random_zoom: {height_factor: 0.1, width_factor: 0.2}
+      - flatten
+      - dense: 10""",
     "stacks": """
       - conv_pool_stack: {filters: [4, 6], kernel_size: 5, padding: valid, pool: avg, batch_norm: true}
       - flatten

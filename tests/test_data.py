@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -219,10 +221,10 @@ def test_not_an_npz_and_missing_paths(tmp_path):
         load_arrays(Data(source="files"), data_dir=str(tmp_path / "nowhere"))
 
 
-def test_sources_do_not_import_tensorflow(tmp_path):
-    code = f"import sys; from mnist_keras.data import load_arrays; from mnist_keras.spec import Data; " \
-           f"load_arrays(Data(source='bundled')); assert 'tensorflow' not in sys.modules"
-    assert os.system(f"'{os.sys.executable}' -c \"{code}\"") == 0
+def test_sources_do_not_import_tensorflow():
+    code = ("import sys; from mnist_keras.data import load_arrays; from mnist_keras.spec import Data; "
+            "load_arrays(Data(source='bundled')); assert 'tensorflow' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # ------------------------------------------------------------------------------- pipeline
@@ -332,8 +334,8 @@ def test_cache_off_gives_the_same_batches():
 
 
 def test_resumed_run_sees_the_batches_of_the_uninterrupted_run():
-    """model.fit(epochs=E, steps_per_epoch=S) reads the dataset on across epochs, so epoch k of a
-    run equals the first epoch of the pipeline built with start_epoch=k."""
+    """model.fit(epochs=E, initial_epoch=k, steps_per_epoch=S) reads the dataset on across epochs (it does
+    not restart it), so a run resumed at epoch k trains on the batches the uninterrupted run saw from epoch k."""
     from mnist_keras.runtime import tensorflow
 
     tf = tensorflow()
@@ -349,19 +351,25 @@ def test_resumed_run_sees_the_batches_of_the_uninterrupted_run():
 
     spec = make_spec(epochs=3, validation=10, batch_size=16, preprocess={"scale": 1.0, "channel_axis": False})
     arrays = as_arrays(small())
-    pipes = make_pipelines(spec, arrays)
     model = keras.Sequential([keras.Input((28, 28)), Record(), keras.layers.Flatten(), keras.layers.Dense(10)])
     model.compile("sgd", keras.losses.CategoricalCrossentropy(from_logits=True), run_eagerly=True)
-    model.fit(pipes.train, epochs=3, steps_per_epoch=pipes.steps_per_epoch, verbose=0, shuffle=False,
-              validation_data=pipes.validation)
-    steps = pipes.steps_per_epoch
-    assert len(seen) == 3 * steps + 3  # three epochs of training, then one validation batch each
-    trained = [b for i, b in enumerate(seen) if i % (steps + 1) < steps]
-    for k in range(3):
-        resumed = make_pipelines(spec, arrays, start_epoch=k)
-        fresh = [indices(x.numpy()[..., None]) for x, _ in resumed.train]
-        assert len(fresh) == (3 - k) * steps
-        for a, b in zip(fresh[:steps], trained[k * steps:(k + 1) * steps], strict=True):
+
+    def fit(start: int) -> list[np.ndarray]:
+        """The training batches of a run from epoch `start` to 3 (each epoch ends with one validation batch)."""
+        pipes = make_pipelines(spec, arrays, start_epoch=start)
+        seen.clear()
+        model.fit(pipes.train, epochs=3, initial_epoch=start, steps_per_epoch=pipes.steps_per_epoch, verbose=0,
+                  shuffle=False, validation_data=pipes.validation)
+        assert len(seen) == (3 - start) * (pipes.steps_per_epoch + 1)
+        return [b for i, b in enumerate(seen) if i % (pipes.steps_per_epoch + 1) < pipes.steps_per_epoch]
+
+    uninterrupted = fit(0)
+    steps = len(uninterrupted) // 3
+    assert not np.array_equal(uninterrupted[0], uninterrupted[steps])  # epochs differ
+    for k in (1, 2):
+        resumed = fit(k)
+        assert len(resumed) == (3 - k) * steps
+        for a, b in zip(resumed, uninterrupted[k * steps:], strict=True):
             np.testing.assert_array_equal(a, b)
 
 
@@ -382,7 +390,7 @@ def test_info_on_the_bundled_sample_and_bad_overrides():
     result = CliRunner().invoke(data_command, ["info"])
     assert result.exit_code == 0 and "from bundled" in result.output and "using the bundled sample" in result.stderr
     result = CliRunner().invoke(data_command, ["info", "--set", "data.validation=-1"])
-    assert isinstance(result.exception, UserError) and "--set: data.validation" in str(result.exception)
+    assert isinstance(result.exception, UserError) and "--set data.validation=-1: data.validation" in str(result.exception)
 
 
 def test_preview_writes_a_png(tmp_path):

@@ -196,3 +196,43 @@ def test_corrupt_checkpoint_is_reported_and_left_alone(tiny, tmp_path):
     assert result.exit_code == 2
     assert "cannot load this checkpoint" in result.stderr
     assert checkpoint.read_bytes() == b"garbage"
+
+
+def write_images(folder: Path, count: int = 20):
+    """Test images from the bundled sample as files in several forms; returns (paths, labels)."""
+    import tensorflow as tf
+
+    from mnist_keras.data.sources import BUNDLED
+
+    with np.load(BUNDLED) as sample:
+        x, y = sample["x_test"][:count], sample["y_test"][:count]
+    paths = []
+    for i, image in enumerate(x):
+        form = i % 3
+        if form == 0:  # as MNIST stores it: gray, light on dark
+            data, name = tf.io.encode_png(image[..., None]), f"{i}.png"
+        elif form == 1:  # dark ink on white paper, in colour, larger
+            big = tf.image.resize(np.repeat(255 - image[..., None], 3, -1), (84, 84)).numpy().astype("uint8")
+            data, name = tf.io.encode_png(big), f"{i}-paper.png"
+        else:
+            data, name = tf.io.encode_jpeg(np.repeat(image[..., None], 3, -1), quality=95), f"{i}.jpg"
+        paths.append(folder / name)
+        paths[-1].write_bytes(data.numpy())
+    return paths, y
+
+
+def test_evaluate_and_predict_image_files(tiny, tmp_path):
+    assert fit([tiny(epochs=3, max_train=3000)], tmp_path / "runs").exit_code == 0
+    run = only_run(tmp_path / "runs")
+    result = CliRunner().invoke(main, ["evaluate", str(run)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert f"test accuracy {metrics['test']['accuracy']:.2%}" in result.output
+    paths, labels = write_images(tmp_path)
+    result = CliRunner().invoke(main, ["predict", str(run / "model.keras"), *map(str, paths)])
+    assert result.exit_code == 0, result.output
+    predicted = [int(re.search(r": (\d) \(probability", line).group(1)) for line in result.output.splitlines()]
+    assert np.mean(np.array(predicted) == labels) >= 0.7
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    result = CliRunner().invoke(main, ["predict", str(run), str(tmp_path / "broken.png")])
+    assert result.exit_code == 2 and "broken.png: cannot be read as an image" in result.stderr

@@ -5,6 +5,7 @@ Imports beyond click happen inside the commands, so that `mnist-keras --help` st
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -27,21 +28,12 @@ def _data_options(func):
 
 def _load(spec_file: str | None, dataset: str | None, overrides: tuple[str, ...]):
     """The spec file, or a default spec for `dataset`, with the overrides applied."""
-    from pydantic import ValidationError
+    from ..specfile import load_spec, validate_spec
 
-    from ..spec import Spec
-    from ..specfile import _problems_from, apply_override, dotted, load_spec, parse_override
-
+    extra = (f"data.dataset={json.dumps(dataset)}",) if dataset else ()
     if spec_file:
-        spec = load_spec(spec_file, overrides)
-        return spec.model_copy(update={"data": spec.data.model_copy(update={"dataset": dataset})}) if dataset else spec
-    raw = {"data": {"dataset": dataset or "mnist"}, "model": DEFAULT_MODEL}
-    for text in overrides:
-        apply_override(raw, *parse_override(text), text)
-    try:
-        return Spec.model_validate(raw)
-    except ValidationError as err:
-        raise UserError(*(f"--set: {dotted(path)}: {message}" for path, message in _problems_from(err, raw))) from None
+        return load_spec(spec_file, overrides + extra)
+    return validate_spec({"name": "data", "model": DEFAULT_MODEL}, "(default spec)", {}, overrides + extra)
 
 
 @click.group()

@@ -50,6 +50,17 @@ def pixels(x, prep: Preprocess):
     return x
 
 
+def preprocess_images(spec: Spec, x):
+    """Raw images (N, H, W[, C]) in 0..255 as the model takes them: pixels, resize, channel axis."""
+    tf = tensorflow()
+    prep = spec.data.preprocess
+    x = pixels(tf.cast(x, tf.float32), prep)
+    x = x[..., tf.newaxis] if x.shape.rank == 3 else x
+    if prep.resize:
+        x = tf.image.resize(x, prep.resize, method=prep.resize_method)
+    return x if prep.channel_axis or x.shape[-1] != 1 else x[..., 0]
+
+
 def make_pipelines(spec: Spec, arrays: Arrays, start_epoch: int = 0) -> Pipelines:
     """The train (from `start_epoch` on), validation and test datasets the spec's data section describes."""
     tf = tensorflow()
@@ -62,11 +73,7 @@ def make_pipelines(spec: Spec, arrays: Arrays, start_epoch: int = 0) -> Pipeline
                         "data.drop_remainder is true, so an epoch has no batch")
 
     def images(x):
-        x = pixels(tf.cast(x, tf.float32), prep)
-        x = x[..., tf.newaxis] if x.shape.rank == 3 else x
-        if prep.resize:
-            x = tf.image.resize(x, prep.resize, method=prep.resize_method)
-        return x if prep.channel_axis or x.shape[-1] != 1 else x[..., 0]
+        return preprocess_images(spec, x)
 
     def labels(y):
         y = tf.cast(y, tf.int32)

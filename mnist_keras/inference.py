@@ -1,0 +1,71 @@
+"""Using a trained model: find it and its spec, evaluate it, classify image files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .runs import read_json
+from .runtime import tensorflow
+from .spec import Spec
+from .specfile import load_spec
+
+
+def find_model(target: str | Path, spec_file: str | None = None) -> tuple[Spec, Path, dict]:
+    """(spec, model file, run state) for a run directory or a .keras file inside one."""
+    path = Path(target)
+    if path.is_dir():
+        run = path
+        model = run / "model.keras"
+        state = read_json(run / "state.json") if (run / "state.json").is_file() else {}
+        if not model.is_file() and state.get("checkpoint"):
+            model = run / state["checkpoint"]  # an unfinished run: its last checkpoint
+    elif path.is_file():
+        model, run = path, next((p for p in (path.parent, path.parent.parent) if (p / "spec.yaml").is_file()), None)
+        state = read_json(run / "state.json") if run and (run / "state.json").is_file() else {}
+    else:
+        raise UserError(f"{path}: no such run directory or model file")
+    if not model.is_file():
+        raise UserError(f"{path}: no model.keras or checkpoint in this run directory")
+    if spec_file is None and run is None:
+        raise UserError(f"{model}: no spec.yaml beside this model; pass --spec SPEC (the spec it was trained with)")
+    return load_spec(spec_file or run / "spec.yaml"), model, state
+
+
+def load_model(path: Path):
+    tensorflow()
+    import keras
+
+    from . import train  # noqa: F401  (registers the custom schedule and metric for loading)
+
+    try:
+        return keras.models.load_model(path)
+    except Exception as err:  # Keras raises many types for a damaged archive
+        raise UserError(f"{path}: cannot load this model ({type(err).__name__}: {err})") from None
+
+
+def read_images(files: list[str], height: int, width: int) -> np.ndarray:
+    """Image files as MNIST-like uint8 arrays (N, height, width): gray, light digit on a dark background.
+
+    Colour is converted to gray, transparency is laid over white, the whole image is resized to
+    height x width, and an image whose mean is above mid-gray (dark ink on light paper) is inverted.
+    """
+    tf = tensorflow()
+    out = []
+    for file in files:
+        try:
+            image = tf.io.decode_image(tf.io.read_file(file), expand_animations=False).numpy().astype("float32")
+        except (tf.errors.OpError, ValueError) as err:
+            message = getattr(err, "message", str(err)).splitlines()[0]
+            raise UserError(f"{file}: cannot be read as an image (PNG, JPEG, GIF or BMP): {message}") from None
+        if image.shape[-1] in (2, 4):  # alpha: lay over white
+            alpha = image[..., -1:] / 255
+            image = image[..., :-1] * alpha + 255 * (1 - alpha)
+        gray = image.mean(axis=-1, keepdims=True)
+        small = tf.image.resize(gray, (height, width), method="area", antialias=True).numpy()[..., 0]
+        if small.mean() > 127.5:
+            small = 255 - small
+        out.append(np.clip(small.round(), 0, 255).astype("uint8"))
+    return np.stack(out)

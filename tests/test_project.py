@@ -1,0 +1,37 @@
+"""The project's promises about itself: README in sync with the schema and the CLI, CI runs the README's tests."""
+
+import re
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from conftest import ROOT
+from mnist_keras.cli import main
+
+
+def test_readme_spec_reference_is_generated_from_the_schema():
+    result = subprocess.run([sys.executable, str(ROOT / "scripts/spec_reference.py"), "--check"],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_readme_lists_every_command():
+    readme = (ROOT / "README.md").read_text()
+    for name, command in main.commands.items():
+        names = [name] + [f"{name} {sub}" for sub in getattr(command, "commands", {})]
+        for full in names:
+            assert f"mnist-keras {full}" in readme, full
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"pip install -e \"\.\[test\]\" && python -m pytest[^\n`]*", readme).group(0)
+    assert command in (ROOT / ".ci/run").read_text()
+
+
+def test_help_is_quick_and_lists_commands():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for name in ("fit", "validate", "summary", "schema", "evaluate", "predict"):
+        assert name in result.output
