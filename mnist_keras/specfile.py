@@ -325,8 +325,31 @@ def dump_spec(spec: Spec) -> str:
 
 
 def json_schema() -> dict:
-    """The JSON Schema of spec files, for editors; layer entries may also be a bare name."""
+    """The JSON Schema of spec files, for editors, with the short forms the loader accepts:
+    `- flatten`, `- dense: 10`, `optimizer: sgd`."""
     schema = Spec.model_json_schema()
+    defs = schema["$defs"]
+    for name, cls in {**ENTRIES, **TEMPLATES}.items():
+        args = {"$ref": f"#/$defs/{cls.__name__}"}
+        short = [defs[cls.__name__]["properties"][cls.shorthand]] if cls.shorthand else []
+        defs[f"{cls.__name__}Entry"]["properties"][name] = {"anyOf": [args, *short, {"type": "null"}]}
+
+    def bare_names(node: Any) -> None:
+        if isinstance(node, dict):
+            members = [m.get("$ref", "").rsplit("/", 1)[-1] for m in node.get("oneOf", [])]
+            if members and all(members):
+                names = [next(iter(defs[m]["properties"])) if m.endswith("Entry")
+                         else defs[m]["properties"]["type"].get("const", defs[m]["properties"]["type"].get("default"))
+                         for m in members]
+                node["oneOf"].append({"type": "string", "enum": names})
+            for value in list(node.values()):
+                bare_names(value)
+        elif isinstance(node, list):
+            for value in node:
+                bare_names(value)
+
+    bare_names({k: v for k, v in schema.items() if k != "$defs"})
+    bare_names(defs)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "mnist-keras spec"
     return schema

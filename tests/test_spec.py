@@ -149,3 +149,15 @@ def test_cli_validate_does_not_import_tensorflow():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_json_schema_accepts_shipped_specs_and_rejects_bad_ones():
+    import jsonschema
+    import yaml
+
+    validator = jsonschema.Draft202012Validator(json_schema())
+    for path in SHIPPED.glob("*.yaml"):
+        assert not list(validator.iter_errors(yaml.safe_load(path.read_text()))), path
+    for name in ("unknown_layer", "zero_units", "unknown_top_key", "bad_activation"):
+        bad = yaml.safe_load((Path(__file__).parent / "bad_specs" / f"{name}.yaml").read_text())
+        assert list(validator.iter_errors(bad)), name
