@@ -161,3 +161,8 @@ def test_json_schema_accepts_shipped_specs_and_rejects_bad_ones():
     for name in ("unknown_layer", "zero_units", "unknown_top_key", "bad_activation"):
         bad = yaml.safe_load((Path(__file__).parent / "bad_specs" / f"{name}.yaml").read_text())
         assert list(validator.iter_errors(bad)), name
+
+
+def test_shipped_schema_file_is_current():
+    shipped = json.loads((ROOT / "mnist-keras.schema.json").read_text())
+    assert shipped == json.loads(json.dumps(json_schema())), "run: mnist-keras schema --out mnist-keras.schema.json"
