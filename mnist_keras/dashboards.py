@@ -49,15 +49,16 @@ def _lookup(data: Any, path: tuple) -> Any:
 
 
 def hparams(spec: Spec, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, bool | int | float | str]:
-    """The run's hyperparameters for the HParams dashboard: the main ones, then each `--set` path with its
-    resolved value (what the spec holds after validation, so 1 and 1.0 for a float agree across runs)."""
+    """The run's hyperparameters for the HParams dashboard, named by their spec paths: the main ones, then
+    each `--set` path with its resolved value (what the spec holds after validation, so 1 and 1.0 for a
+    float agree across runs, and a `--set` of a main one is the same column)."""
     from .train import base_learning_rate
 
     values: dict[str, Any] = {
-        "optimizer": spec.train.optimizer.type, "learning_rate": base_learning_rate(spec),
-        "lr_schedule": spec.train.lr_schedule.type, "batch_size": spec.data.batch_size,
-        "epochs": spec.train.epochs, "layers": layer_sizes(spec),
-        "params": sum(p.trainable + p.non_trainable for p in spec.plan()), "seed": spec.seed,
+        "train.optimizer.type": spec.train.optimizer.type, "train.optimizer.learning_rate": base_learning_rate(spec),
+        "train.lr_schedule.type": spec.train.lr_schedule.type, "data.batch_size": spec.data.batch_size,
+        "train.epochs": spec.train.epochs, "model.layers": layer_sizes(spec),
+        "model.params": sum(p.trainable + p.non_trainable for p in spec.plan()), "seed": spec.seed,
     }
     resolved = spec.model_dump(mode="json")
     for text in overrides:
