@@ -64,13 +64,12 @@ def summarize(run: Path) -> dict:
     try:
         state = read_json(run / "state.json")
         planned = yaml.safe_load((run / "spec.yaml").read_text())["train"]["epochs"]
+        metrics = read_json(run / "metrics.json") if (run / "metrics.json").is_file() else {}
     except (UserError, OSError, yaml.YAMLError, KeyError, TypeError):
         return {**summary, "state": "unreadable"}
     history = state.get("history", [])
-    metrics_file = run / "metrics.json"
-    test = read_json(metrics_file).get("test", {}) if metrics_file.is_file() else {}
     return {**summary, "epochs": f"{state.get('epochs_done', len(history))}/{planned}",
-            "best val acc": best_validation_accuracy(history), "test acc": test.get("accuracy"),
+            "best val acc": best_validation_accuracy(history), "test acc": metrics.get("test", {}).get("accuracy"),
             "state": run_status(state)}
 
 

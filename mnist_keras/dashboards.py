@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .data.pipeline import split_sizes
-from .plots import confusion_figure, confusion_matrix, misclassified_figure, png_bytes
+from .plots import confusion_figure, confusion_matrix, misclassified_figure, rgba
 from .runtime import tensorflow
 from .spec import Spec
 from .specfile import dump_spec, parse_override
@@ -72,9 +72,9 @@ def hparams(spec: Spec, overrides: list[str] | tuple[str, ...] = ()) -> dict[str
     return values
 
 
-def _image(figure) -> Any:
-    """A matplotlib figure as a [1, H, W, 4] uint8 tensor for tf.summary.image."""
-    return tf.image.decode_png(png_bytes(figure), channels=4)[tf.newaxis]
+def _image(figure) -> np.ndarray:
+    """A matplotlib figure as a [1, H, W, 4] uint8 batch for tf.summary.image."""
+    return rgba(figure)[np.newaxis]
 
 
 class RunDescription(keras.callbacks.Callback):

@@ -50,11 +50,19 @@ def _save(figure, path: Path) -> str:
     return path.name
 
 
+def _legend(label: str, state: dict) -> str:
+    """'tiny/20261125-105842 (learning_rate=0.01)': the run and the last part of each `--set` path."""
+    sets = [f"{key.rpartition('.')[2]}={value}" for key, _, value in
+            (text.partition("=") for text in state.get("overrides", []))]
+    return f"{label} ({', '.join(sets)})" if sets else label
+
+
 def _metrics_rows(state: dict, metrics: dict, spec_epochs: int | None) -> list[tuple[str, str]]:
     test = metrics.get("test", {})
     best = best_validation_accuracy(state.get("history", []))
     rows = [
         ("state", run_status(state)),
+        ("--set", " ".join(state.get("overrides", [])) or "-"),
         ("epochs", f"{state.get('epochs_done', 0)} of {spec_epochs}"),
         ("best validation accuracy", f"{best:.2%}" if best is not None else "-"),
         ("test accuracy (metrics.json)", f"{test['accuracy']:.2%}" if "accuracy" in test else "-"),
@@ -79,7 +87,7 @@ def build_report(run_dirs: list[str], out: Path, data_dir: str | None = None) ->
         raise UserError(f"{out}: cannot create the report folder ({err.strerror})") from None
     labels = [f"{run.parent.name}/{run.name}" for run in runs]
     states = [read_json(run / "state.json") for run in runs]
-    curves = _save(curves_figure({label: s.get("history", []) for label, s in zip(labels, states)}),
+    curves = _save(curves_figure({_legend(label, s): s.get("history", []) for label, s in zip(labels, states)}),
                    out / "curves.png")
     sections, numbers = [], []
     for index, (run, label, state) in enumerate(zip(runs, labels, states), 1):
