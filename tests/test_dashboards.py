@@ -80,6 +80,7 @@ def test_sweep_trains_every_combination_and_ranks_them(sweep):
     assert accuracies == sorted(accuracies, reverse=True)
     for lr, run in runs.items():
         state = json.loads((run / "state.json").read_text())
+        assert state["pid"] == os.getpid() and state["host"] == socket.gethostname()  # CliRunner: this process
         assert state["status"] == "finished" and state["overrides"] == [f"train.optimizer.learning_rate={lr}",
                                                                           "data.batch_size=32"]
         best = max(h["val_accuracy"] for h in state["history"])
@@ -252,7 +253,7 @@ def test_runs_table_shows_each_state(sweep, tmp_path):
     metrics = json.loads((source / "metrics.json").read_text())
     best = max(h["val_accuracy"] for h in metrics["history"])
     copied = shown[str(root / "tiny" / source.name)]
-    assert f" 2/2 " in copied and f"{best:.2%}" in copied and f"{metrics['test']['accuracy']:.2%}" in copied
+    assert " 2/2 " in copied and f"{best:.2%}" in copied and f"{metrics['test']['accuracy']:.2%}" in copied
     assert " finished " in copied
     expected = {"20260101-000001": "interrupted (stale)", "20260101-000002": "running",
                 "20260101-000003": "failed", "20260101-000004": "interrupted", "20260101-000005": "unreadable"}
