@@ -125,7 +125,7 @@ def _spec_diff(old: str, new: str) -> str:
 @click.option("--resume", "resume_dir", metavar="RUN_DIR", help="Continue an interrupted run from its last checkpoint.")
 def fit(spec, overrides, epochs, data_dir, device, runs_root, name, resume_dir):
     """Train SPEC and evaluate it on the test set, in a new run directory."""
-    from .runs import create_run_dir, open_run_dir, read_json, write_json, write_text
+    from .runs import open_run_dir, read_json
     from .specfile import dump_spec, load_spec
 
     flags = [f"{key}={json.dumps(value)}" for key, value in
@@ -146,25 +146,12 @@ def fit(spec, overrides, epochs, data_dir, device, runs_root, name, resume_dir):
         raise click.UsageError("give a SPEC to train, or --resume RUN_DIR")
     else:
         loaded = load_spec(spec, [*overrides, *flags])
-        state = None
-
-    from .train import TrainingFailed, fit as train, prepare
-
-    prepared = prepare(loaded, data_dir)
-    if not resume_dir:
-        run = create_run_dir(runs_root, loaded.name)
-        state = {"status": "running", "epochs_done": 0, "history": [], "data_dir": data_dir}
-    write_text(run / "spec.yaml", dump_spec(loaded))
+        run = state = None
     try:
-        metrics = train(loaded, run, prepared, state)
+        run, metrics = _train(loaded, data_dir, runs_root, overrides, run, state)
     except KeyboardInterrupt:
-        state = read_json(run / "state.json")
-        write_json(run / "state.json", {**state, "status": "interrupted"})
-        click.echo(f"\ninterrupted after epoch {state.get('epochs_done', 0)}; resume with: "
-                   f"mnist-keras fit --resume {run}", err=True)
         sys.exit(130)
-    except TrainingFailed as err:
-        click.echo(f"error: {err}", err=True)
+    if metrics is None:
         sys.exit(1)
     test = metrics["test"]
     seconds = sum(metrics["seconds_per_epoch"])
@@ -172,6 +159,106 @@ def fit(spec, overrides, epochs, data_dir, device, runs_root, name, resume_dir):
         f"test accuracy {test['accuracy']:.2%}, loss {test['loss']:.4f} | {metrics['epochs_done']} epochs in "
         f"{seconds:.1f} s, {metrics['images_per_second']:,.0f} images/s | run {run} | tensorboard --logdir {run}"
     )
+
+
+def _train(loaded, data_dir, runs_root, overrides=(), run=None, state=None):
+    """Train `loaded` in a new run directory (or resume `run` from `state`): (run, metrics), metrics None when
+    the loss became NaN (the run is kept, marked failed). Ctrl-C marks the run interrupted and re-raises."""
+    from .runs import create_run_dir, read_json, write_json, write_text
+    from .specfile import dump_spec
+    from .train import TrainingFailed, fit as train, prepare
+
+    prepared = prepare(loaded, data_dir)
+    if run is None:
+        run = create_run_dir(runs_root, loaded.name)
+        state = {"status": "running", "epochs_done": 0, "history": [], "data_dir": data_dir,
+                 "overrides": list(overrides)}
+    write_text(run / "spec.yaml", dump_spec(loaded))
+    try:
+        return run, train(loaded, run, prepared, state)
+    except KeyboardInterrupt:
+        state = read_json(run / "state.json")
+        write_json(run / "state.json", {**state, "status": "interrupted"})
+        click.echo(f"\ninterrupted after epoch {state.get('epochs_done', 0)}; resume with: "
+                   f"mnist-keras fit --resume {run}", err=True)
+        raise
+    except TrainingFailed as err:
+        click.echo(f"error: {err}", err=True)
+        return run, None
+
+
+@main.command()
+@click.argument("spec")
+@click.option("--grid", "grids", multiple=True, required=True, metavar="PATH=V1,V2,...",
+              help="Values to try for one spec path, e.g. --grid train.optimizer.learning_rate=0.1,0.01; "
+                   "repeat for more paths: every combination is trained.")
+@overrides_option
+@click.option("--random", "sample", type=click.IntRange(min=1), metavar="N",
+              help="Train N combinations drawn at random instead of all of them.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the --random draw.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Train each run for this many epochs.")
+@click.option("--data-dir", type=click.Path(), help="A folder with the dataset's files (IDX or .npz), tried first.")
+@click.option("--runs", "runs_root", default="runs", show_default=True, help="The folder that holds run directories.")
+def sweep(spec, grids, overrides, sample, seed, epochs, data_dir, runs_root):
+    """Train SPEC once per combination of --grid values, one run after another; rank them by validation accuracy.
+
+    Every run is a normal run directory; its grid values are logged as hyperparameters, so
+    `tensorboard --logdir RUNS` compares them in the HParams dashboard.
+    """
+    from .specfile import load_spec
+    from .sweep import combinations, ranked_table
+
+    combos = combinations(grids, sample, seed)
+    flags = [f"train.epochs={epochs}"] if epochs else []
+    loaded, problems = [], []
+    for combo in combos:  # every combination is checked before the first one trains
+        try:
+            loaded.append(load_spec(spec, [*overrides, *combo, *flags]))
+        except UserError as err:
+            problems += [m for m in err.messages if m not in problems]
+    if problems:
+        raise UserError(*problems)
+    results = []
+    for number, (combo, one) in enumerate(zip(combos, loaded), 1):
+        click.echo(f"sweep {number}/{len(combos)}: {' '.join(combo)}", err=True)
+        try:
+            run, _ = _train(one, data_dir, runs_root, [*overrides, *combo])
+        except KeyboardInterrupt:
+            if results:
+                click.echo(ranked_table(results))
+            sys.exit(130)
+        results.append((combo, run))
+    click.echo(ranked_table(results))
+    click.echo(f"compare them: tensorboard --logdir {runs_root}")
+
+
+@main.command()
+@click.argument("root", default="runs", required=False)
+def runs(root):
+    """A table of the runs under ROOT (default: runs): name, start, epochs, accuracies, state, directory."""
+    from .catalog import COLUMNS, find_runs, format_table, summarize
+
+    found = find_runs(root)
+    if not found:
+        raise UserError(f"{root}: no run directories here")
+    click.echo(format_table([summarize(run) for run in found], COLUMNS))
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, metavar="RUN_DIR...")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="The folder to write to (default: RUN_DIR/report for one run; required for several).")
+@click.option("--data-dir", type=click.Path(), help="A folder with the dataset's files (default: each run's).")
+def report(run_dirs, out, data_dir):
+    """Learning curves, test confusion matrix, per-class accuracy and an HTML page for one or several runs."""
+    from pathlib import Path
+
+    from .report import build_report
+
+    if out is None and len(run_dirs) > 1:
+        raise click.UsageError("give --out DIR for a report on several runs")
+    index = build_report(list(run_dirs), Path(out or Path(run_dirs[0]) / "report"), data_dir)
+    click.echo(f"wrote {index} and its figures ({len(run_dirs)} run{'s' if len(run_dirs) > 1 else ''})")
 
 
 @main.command()

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import platform
+import socket
 import sys
 import time
 from pathlib import Path
@@ -301,6 +303,7 @@ def prepare(spec: Spec, data_dir: str | None):
 def fit(spec: Spec, run: Path, prepared: tuple, state: dict) -> dict:
     """Train the run in `run` from `state` (a new run's, or state.json's to resume) with what prepare() gave;
     return the metrics written to metrics.json."""
+    from .dashboards import dashboard_callbacks, write_test_metrics
     from .data import make_pipelines
 
     device, described, arrays = prepared
@@ -316,7 +319,10 @@ def fit(spec: Spec, run: Path, prepared: tuple, state: dict) -> dict:
             compile_model(model, spec, pipes.steps_per_epoch)
         images_per_epoch = pipes.steps_per_epoch * spec.data.batch_size
         callbacks, guard = make_callbacks(spec, run, state, min(images_per_epoch, pipes.n_train))
-        state.update(status="running", device=described, provenance=arrays.provenance)
+        if spec.train.tensorboard.enabled:
+            callbacks += dashboard_callbacks(spec, run / "logs", state, arrays, pipes.validation)
+        state.update(status="running", device=described, provenance=arrays.provenance, pid=os.getpid(),
+                     host=socket.gethostname())
         write_json(run / "state.json", state)
         print(f"mnist-keras: training {spec.name} on {described}, {pipes.n_train:,} train / {pipes.n_val:,} "
               f"validation / {pipes.n_test:,} test images, epochs {start + 1}-{spec.train.epochs}", flush=True)
@@ -336,6 +342,8 @@ def fit(spec: Spec, run: Path, prepared: tuple, state: dict) -> dict:
                 f"{run / 'checkpoints'}. Try a lower learning rate (now {current_lr(model):.3g}) or gradient clipping"
             )
         test = model.evaluate(pipes.test, verbose=0, return_dict=True)
+        if spec.train.tensorboard.enabled:
+            write_test_metrics(run / "logs", test, len(state["history"]) - 1)
     atomic_write(run / "model.keras", model.save)
     history = state["history"]
     epoch_seconds = [h["epoch_seconds"] for h in history]

@@ -1,0 +1,142 @@
+"""TensorBoard dashboards beyond Keras' own scalars, written into the run's `logs/` folder.
+
+  logs/validation  images `confusion_matrix` and `misclassified`, each epoch (classifiers with a
+                   validation set)
+  logs/            text `spec` (the resolved spec, on a fresh start), the HParams session (hyperparameters
+                   and `--set` values) and, at the end, scalars `test/accuracy` and `test/loss`
+
+The HParams metrics are found by the plugin itself from the scalars of logs/ and its train/ and
+validation/ folders. No experiment config is written: with several runs under one --logdir the plugin
+would pick one run's config at random and hide the other runs' hyperparameters; without it, it
+takes the union of all runs' sessions, so every run of a sweep compares side by side.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .data.pipeline import split_sizes
+from .plots import confusion_figure, confusion_matrix, misclassified_figure, rgba
+from .runtime import tensorflow
+from .spec import Spec
+from .specfile import dump_spec, parse_override
+
+tf = tensorflow()
+import keras  # noqa: E402  (after the quiet TensorFlow import)
+from tensorboard.plugins.hparams import api as hp  # noqa: E402
+
+MISCLASSIFIED_SHOWN = 32
+
+
+def layer_sizes(spec: Spec) -> str:
+    """The widths of the weighted layers, e.g. 'conv6 conv16 dense120 dense84 dense10'."""
+    sizes = []
+    for planned in spec.plan():
+        for kind, field in (("conv", "filters"), ("dense", "units")):
+            if planned.name.startswith(kind) and hasattr(planned.layer, field):
+                sizes.append(f"{kind}{getattr(planned.layer, field)}")
+    return " ".join(sizes)
+
+
+def _lookup(data: Any, path: tuple) -> Any:
+    for key in path:
+        data = data[key]
+    return data
+
+
+def hparams(spec: Spec, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, bool | int | float | str]:
+    """The run's hyperparameters for the HParams dashboard, named by their spec paths: the main ones, then
+    each `--set` path with its resolved value (what the spec holds after validation, so 1 and 1.0 for a
+    float agree across runs, and a `--set` of a main one is the same column)."""
+    from .train import base_learning_rate
+
+    values: dict[str, Any] = {
+        "train.optimizer.type": spec.train.optimizer.type, "train.optimizer.learning_rate": base_learning_rate(spec),
+        "train.lr_schedule.type": spec.train.lr_schedule.type, "data.batch_size": spec.data.batch_size,
+        "train.epochs": spec.train.epochs, "model.layers": layer_sizes(spec),
+        "model.params": sum(p.trainable + p.non_trainable for p in spec.plan()), "seed": spec.seed,
+    }
+    resolved = spec.model_dump(mode="json")
+    for text in overrides:
+        path, value = parse_override(text)
+        try:
+            value = _lookup(resolved, path)
+        except (KeyError, IndexError, TypeError):
+            pass  # a path that validation rewrote (e.g. into a shorthand layer entry): the value as given
+        name = text.partition("=")[0].strip()
+        values[name] = value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
+    return values
+
+
+def _image(figure) -> np.ndarray:
+    """A matplotlib figure as a [1, H, W, 4] uint8 batch for tf.summary.image."""
+    return rgba(figure)[np.newaxis]
+
+
+class RunDescription(keras.callbacks.Callback):
+    """At the start of training: the resolved spec as text (fresh runs only) and the HParams session."""
+
+    def __init__(self, log_dir: Path, spec: Spec, overrides: list[str], resumed: bool):
+        super().__init__()
+        self.log_dir, self.spec, self.overrides, self.resumed = log_dir, spec, overrides, resumed
+
+    def on_train_begin(self, logs=None):
+        writer = tf.summary.create_file_writer(str(self.log_dir))
+        with writer.as_default(step=0):
+            if not self.resumed:
+                tf.summary.text("spec", f"```yaml\n{dump_spec(self.spec)}```")
+            hp.hparams(hparams(self.spec, self.overrides))
+        writer.close()
+
+
+class ValidationImages(keras.callbacks.Callback):
+    """Each epoch: one prediction pass over the validation set, drawn as a confusion matrix and a grid
+    of the first misclassified images (true -> predicted)."""
+
+    def __init__(self, log_dir: Path, validation, images: np.ndarray, labels: np.ndarray, classes: int):
+        super().__init__()
+        self.log_dir, self.validation, self.images, self.labels = log_dir, validation, images, labels
+        self.classes = classes
+
+    def on_train_begin(self, logs=None):
+        self.writer = tf.summary.create_file_writer(str(self.log_dir))
+
+    def on_epoch_end(self, epoch, logs=None):
+        predicted = self.model.predict(self.validation, verbose=0).argmax(axis=-1)
+        counts = confusion_matrix(self.labels, predicted, self.classes)
+        wrong = np.flatnonzero(predicted != self.labels)
+        shown = wrong[:MISCLASSIFIED_SHOWN]
+        title = f"epoch {epoch + 1}: {len(wrong):,} of {len(self.labels):,} validation images misclassified"
+        grid = misclassified_figure(self.images[shown], self.labels[shown], predicted[shown],
+                                    title + (f" (first {len(shown)}; true \u2192 predicted)" if len(shown) else ""))
+        with self.writer.as_default(step=epoch):
+            tf.summary.image("confusion_matrix", _image(confusion_figure(counts, f"validation, epoch {epoch + 1}")))
+            tf.summary.image("misclassified", _image(grid))
+        self.writer.flush()
+
+    def on_train_end(self, logs=None):
+        self.writer.close()
+
+
+def dashboard_callbacks(spec: Spec, log_dir: Path, state: dict, arrays, validation) -> list:
+    """The callbacks above for this run; no validation images without a validation set or for a regression."""
+    callbacks: list = [RunDescription(log_dir, spec, list(state.get("overrides", [])), bool(state["epochs_done"]))]
+    n_train, n_val = split_sizes(spec.data, len(arrays.x_train))
+    if validation is not None and spec.loss() != "mse":
+        held_out = slice(n_train, n_train + n_val)
+        callbacks.append(ValidationImages(log_dir / "validation", validation, arrays.x_train[held_out],
+                                          arrays.y_train[held_out].astype(np.int64), spec.data.num_classes))
+    return callbacks
+
+
+def write_test_metrics(log_dir: Path, test: dict[str, float], epoch: int) -> None:
+    """The test set's metrics as scalars `test/<metric>` in logs/, for the HParams table."""
+    writer = tf.summary.create_file_writer(str(log_dir))
+    with writer.as_default(step=epoch):
+        for name, value in test.items():
+            tf.summary.scalar(f"test/{name}", value)
+    writer.close()

@@ -1,0 +1,129 @@
+"""Figures for people: confusion matrix, misclassified digits, learning curves, per-class accuracy.
+
+numpy and matplotlib only (the object-oriented Figure API with the Agg canvas, no pyplot state), so
+TensorBoard callbacks and `mnist-keras report` draw the very same pictures.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import PowerNorm
+from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
+
+TRAIN_STYLE, VALIDATION_STYLE = "-", "--"
+GRAY = colormaps["gray"].with_extremes(bad="white")  # the gaps between tiles
+
+
+def confusion_matrix(true: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
+    """counts[i, j]: images of class i predicted as class j."""
+    true, predicted = np.asarray(true, np.int64), np.asarray(predicted, np.int64)
+    return np.bincount(true * classes + predicted, minlength=classes * classes).reshape(classes, classes)
+
+
+def rgba(figure: Figure) -> np.ndarray:
+    """The figure drawn into an (H, W, 4) uint8 array."""
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())
+
+
+def confusion_figure(counts: np.ndarray, title: str) -> Figure:
+    """The confusion matrix with every count written in its cell; the diagonal is the correct ones."""
+    classes = len(counts)
+    figure = Figure(figsize=(6.4, 5.6), dpi=100)
+    figure.subplots_adjust(left=0.1, right=0.98, bottom=0.09, top=0.9)
+    axes = figure.subplots()
+    shown = axes.imshow(counts, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=max(1, counts.max())))
+    for i in range(classes):
+        for j in range(classes):
+            if counts[i, j]:
+                dark = counts[i, j] > 0.35 * counts.max()
+                axes.text(j, i, f"{counts[i, j]:,}", ha="center", va="center", fontsize=8,
+                          color="white" if dark else ("black" if i == j else "firebrick"))
+    axes.set_xticks(range(classes))
+    axes.set_yticks(range(classes))
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    correct = np.trace(counts)
+    axes.set_title(f"{title}\n{correct:,} of {counts.sum():,} correct ({correct / max(1, counts.sum()):.2%})",
+                   fontsize=10)
+    figure.colorbar(shown, ax=axes, shrink=0.8, label="images (square-root colour scale)")
+    return figure
+
+
+def misclassified_figure(images: np.ndarray, true: np.ndarray, predicted: np.ndarray, title: str,
+                         columns: int = 8) -> Figure:
+    """(N, H, W[, 1]) images tiled in one picture, each captioned 'true -> predicted' (one axes: fast)."""
+    images = images[..., 0] if images.ndim == 4 else images
+    count = len(images)
+    columns = min(columns, max(1, count))
+    rows = max(1, math.ceil(count / columns))
+    height, width = images.shape[1:3] if count else (28, 28)
+    caption, gap = height // 2, max(2, width // 7)
+    cell_height, cell_width = height + caption, width + gap
+    mosaic = np.full((rows * cell_height, columns * cell_width - gap), np.nan)
+    for i, image in enumerate(images):
+        top, left = (i // columns) * cell_height + caption, (i % columns) * cell_width
+        mosaic[top:top + height, left:left + width] = image
+    tile_inches = 1.1
+    figure = Figure(figsize=(tile_inches * columns + 0.2, tile_inches * rows * cell_height / cell_width + 0.6), dpi=100)
+    axes = figure.add_axes((0.01, 0.01, 0.98, 1 - 0.5 / figure.get_figheight()))
+    axes.imshow(mosaic, cmap=GRAY, interpolation="nearest", vmin=images.min() if count else 0,
+                vmax=images.max() if count else 1)
+    for i in range(count):
+        axes.text((i % columns) * cell_width + width / 2, (i // columns) * cell_height + caption * 0.55,
+                  f"{true[i]} \u2192 {predicted[i]}", ha="center", va="center", fontsize=10, color="firebrick")
+    if not count:
+        axes.text(mosaic.shape[1] / 2, mosaic.shape[0] / 2, "no misclassified images", ha="center")
+    axes.axis("off")
+    figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def per_class_figure(counts: np.ndarray, title: str) -> Figure:
+    """Accuracy of each true class (recall), with the count of images of that class."""
+    totals = counts.sum(axis=1)
+    accuracy = np.divide(np.diag(counts), totals, out=np.zeros(len(counts)), where=totals > 0)
+    figure = Figure(figsize=(6.4, 3.6), dpi=100, layout="constrained")
+    axes = figure.subplots()
+    bars = axes.bar(range(len(counts)), accuracy, color="steelblue")
+    axes.bar_label(bars, [f"{a:.1%}\n({n:,})" for a, n in zip(accuracy, totals)], fontsize=7, padding=2)
+    axes.set_xticks(range(len(counts)))
+    axes.set_xlabel("true class (images of it)")
+    axes.set_ylabel("accuracy")
+    bottom = math.floor(max(0.0, min(accuracy.min() - 0.1, 0.9)) * 10) / 10
+    axes.set_ylim(bottom, 1.08)  # room above 100% for the labels
+    axes.set_yticks(np.linspace(bottom, 1.0, round((1.0 - bottom) * 10) + 1))
+    axes.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    axes.set_title(title, fontsize=10)
+    axes.grid(axis="y", alpha=0.3)
+    return figure
+
+
+def curves_figure(histories: dict[str, list[dict]]) -> Figure:
+    """Loss and accuracy per epoch, train solid and validation dashed, one colour per run."""
+    figure = Figure(figsize=(11, 4.4 + 0.25 * len(histories)), dpi=100, layout="constrained")
+    loss_axes, accuracy_axes = figure.subplots(1, 2)
+    colours = [f"C{i % 10}" for i in range(len(histories))]
+    for (label, history), colour in zip(histories.items(), colours):
+        epochs = [h["epoch"] for h in history]
+        for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+            for prefix, style, split in (("", TRAIN_STYLE, "train"), ("val_", VALIDATION_STYLE, "validation")):
+                points = [(e, h[prefix + metric]) for e, h in zip(epochs, history) if prefix + metric in h]
+                if points:
+                    x, y = zip(*points)
+                    axes.plot(x, y, style, color=colour, marker="o", markersize=3, label=f"{label} ({split})")
+    for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(metric)
+        axes.set_title(f"{metric}: train (solid) and validation (dashed)", fontsize=10)
+        axes.grid(alpha=0.3)
+        axes.xaxis.get_major_locator().set_params(integer=True)
+    accuracy_axes.yaxis.set_major_formatter(PercentFormatter(1.0))
+    figure.legend(*loss_axes.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=9)
+    return figure
