@@ -111,6 +111,8 @@ def place(runtime, cluster: dict | None = None) -> Placement:
 
     Call before TensorFlow creates its first tensor (MultiWorkerMirroredStrategy requires it).
     """
+    if cluster and runtime.distribute != "multi_worker":
+        raise UserError("--worker/--task-index describe a cluster: use them with --distribute multi_worker")
     tf = tensorflow()
     gpus = tf.config.list_physical_devices("GPU")
     if runtime.device == "cpu" and gpus:
@@ -122,8 +124,6 @@ def place(runtime, cluster: dict | None = None) -> Placement:
         return mirrored(runtime, gpus)
     if runtime.distribute == "multi_worker":
         return multi_worker(runtime, gpus, cluster or cluster_from_environment())
-    if cluster:
-        raise UserError("--worker/--task-index describe a cluster: use them with --distribute multi_worker")
     if not gpus:
         notice = "" if runtime.device == "cpu" else "; TensorFlow sees no GPU"
         return Placement(f"cpu ({os.cpu_count()} cores{notice})")
