@@ -7,10 +7,13 @@ from .spec import Spec
 
 
 def build_model(spec: Spec):
-    """The uncompiled keras.Sequential the spec describes, named after the spec."""
+    """The uncompiled keras.Sequential the spec describes, named after the spec. Under mixed precision
+    a parameter-free float32 layer ends it, so the logits and the loss stay in float32."""
     tensorflow()
     import keras
 
     layers = [keras.Input(shape=spec.input_shape(), name="image")]
     layers += [planned.layer.keras(planned.name) for planned in spec.plan()]
+    if spec.runtime.mixed_precision:
+        layers.append(keras.layers.Activation("linear", dtype="float32", name="float32_logits"))
     return keras.Sequential(layers, name=spec.name)

@@ -120,16 +120,26 @@ def _spec_diff(old: str, new: str) -> str:
 @click.option("--epochs", type=click.IntRange(min=1), help="Train for this many epochs (overrides train.epochs).")
 @click.option("--data-dir", type=click.Path(), help="A folder with the dataset's files (IDX or .npz), tried first.")
 @click.option("--device", metavar="auto|cpu|gpu|gpu:N", help="Where to train (overrides runtime.device).")
+@click.option("--distribute", type=click.Choice(["none", "mirrored", "multi_worker"]),
+              help="Train on this machine's GPUs (mirrored) or on several machines (multi_worker); overrides "
+                   "runtime.distribute. data.batch_size stays the global batch.")
+@click.option("--worker", "workers", multiple=True, metavar="HOST:PORT",
+              help="multi_worker: one worker's address; repeat it for every worker, in the same order on each "
+                   "(instead of TF_CONFIG). Worker 0 is the chief: it alone writes the run.")
+@click.option("--task-index", type=click.IntRange(min=0), help="multi_worker: this machine's place in the --worker list.")
 @click.option("--runs", "runs_root", default="runs", show_default=True, help="The folder that holds run directories.")
 @click.option("--name", help="The run's name (overrides the spec's name): runs/NAME/TIMESTAMP.")
 @click.option("--resume", "resume_dir", metavar="RUN_DIR", help="Continue an interrupted run from its last checkpoint.")
-def fit(spec, overrides, epochs, data_dir, device, runs_root, name, resume_dir):
+def fit(spec, overrides, epochs, data_dir, device, distribute, workers, task_index, runs_root, name, resume_dir):
     """Train SPEC and evaluate it on the test set, in a new run directory."""
+    from .distribute import cluster_from_flags
     from .runs import open_run_dir, read_json
     from .specfile import dump_spec, load_spec
 
+    cluster = cluster_from_flags(workers, task_index)
     flags = [f"{key}={json.dumps(value)}" for key, value in
-             (("train.epochs", epochs), ("runtime.device", device), ("name", name)) if value is not None]
+             (("train.epochs", epochs), ("runtime.device", device), ("runtime.distribute", distribute),
+              ("name", name)) if value is not None]
     if resume_dir:
         run = open_run_dir(resume_dir)
         state = read_json(run / "state.json")
@@ -137,8 +147,8 @@ def fit(spec, overrides, epochs, data_dir, device, runs_root, name, resume_dir):
         if spec:
             asked = load_spec(spec, [*overrides, *flags]).model_copy(update={"name": loaded.name})
             if asked != loaded:
-                raise UserError(f"{run}: refusing to resume with a different spec (only --epochs and --device may "
-                                f"change):\n{_spec_diff(dump_spec(loaded), dump_spec(asked))}")
+                raise UserError(f"{run}: refusing to resume with a different spec (only --epochs, --device and "
+                                f"--distribute may change):\n{_spec_diff(dump_spec(loaded), dump_spec(asked))}")
         if state.get("epochs_done", 0) >= loaded.train.epochs:
             raise UserError(f"{run}: all {loaded.train.epochs} epochs are done; pass --epochs N to train further")
         data_dir = state["data_dir"] = data_dir or state.get("data_dir")
@@ -148,31 +158,37 @@ def fit(spec, overrides, epochs, data_dir, device, runs_root, name, resume_dir):
         loaded = load_spec(spec, [*overrides, *flags])
         run = state = None
     try:
-        run, metrics = _train(loaded, data_dir, runs_root, overrides, run, state)
+        run, metrics = _train(loaded, data_dir, runs_root, overrides, run, state, cluster)
     except KeyboardInterrupt:
         sys.exit(130)
     if metrics is None:
         sys.exit(1)
     test = metrics["test"]
     seconds = sum(metrics["seconds_per_epoch"])
+    weights = f" | weights {metrics['weights_sha256']}" if loaded.runtime.distribute == "multi_worker" else ""
     click.echo(
         f"test accuracy {test['accuracy']:.2%}, loss {test['loss']:.4f} | {metrics['epochs_done']} epochs in "
-        f"{seconds:.1f} s, {metrics['images_per_second']:,.0f} images/s | run {run} | tensorboard --logdir {run}"
+        f"{seconds:.1f} s, {metrics['images_per_second']:,.0f} images/s{weights} | run {run} | tensorboard --logdir {run}"
     )
 
 
-def _train(loaded, data_dir, runs_root, overrides=(), run=None, state=None):
+def _train(loaded, data_dir, runs_root, overrides=(), run=None, state=None, cluster=None):
     """Train `loaded` in a new run directory (or resume `run` from `state`): (run, metrics), metrics None when
-    the loss became NaN (the run is kept, marked failed). Ctrl-C marks the run interrupted and re-raises."""
+    the loss became NaN (the run is kept, marked failed). Ctrl-C marks the run interrupted and re-raises.
+    A multi_worker worker other than the chief trains in step and exits here, writing no run."""
     from .runs import create_run_dir, read_json, write_json, write_text
     from .specfile import dump_spec
     from .train import TrainingFailed, fit as train, prepare
 
-    prepared = prepare(loaded, data_dir)
-    if run is None:
-        run = create_run_dir(runs_root, loaded.name)
+    prepared = prepare(loaded, data_dir, cluster)
+    if state is None:
         state = {"status": "running", "epochs_done": 0, "history": [], "data_dir": data_dir,
                  "overrides": list(overrides)}
+    if not prepared[0].is_chief:
+        _fit_worker(loaded, run, prepared, state)
+        sys.exit(0)
+    if run is None:
+        run = create_run_dir(runs_root, loaded.name)
     write_text(run / "spec.yaml", dump_spec(loaded))
     try:
         return run, train(loaded, run, prepared, state)
@@ -259,6 +275,35 @@ def report(run_dirs, out, data_dir):
         raise click.UsageError("give --out DIR for a report on several runs")
     index = build_report(list(run_dirs), Path(out or Path(run_dirs[0]) / "report"), data_dir)
     click.echo(f"wrote {index} and its figures ({len(run_dirs)} run{'s' if len(run_dirs) > 1 else ''})")
+
+
+def _fit_worker(spec, chief_run, prepared: tuple, state: dict) -> None:
+    """Train as a worker other than the chief of a multi_worker cluster: in step with the chief, writing
+    nothing into any run directory."""
+    from .distribute import scratch_run_dir
+    from .train import TrainingFailed, fit as train
+
+    described = prepared[0].described
+    with scratch_run_dir(chief_run) as scratch:
+        try:
+            metrics = train(spec, scratch, prepared, state)
+        except TrainingFailed:
+            click.echo(f"error: {described}: the loss became NaN; the chief's run keeps the last good checkpoint", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            sys.exit(130)
+    test = metrics["test"]
+    click.echo(f"{described}: test accuracy {test['accuracy']:.2%}, loss {test['loss']:.4f}, weights "
+               f"{metrics['weights_sha256']} | the chief writes the run")
+
+
+@main.command()
+def devices():
+    """What TensorFlow sees: CPUs, and GPUs with their memory and compute capability."""
+    from .distribute import device_lines
+
+    for line in device_lines():
+        click.echo(line)
 
 
 @main.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,9 @@ def load_model(path: Path):
     from . import train  # noqa: F401  (registers the custom schedule and metric for loading)
 
     try:
-        return keras.models.load_model(path)
+        with warnings.catch_warnings():  # a mixed_float16 model's loss-scale variables: unused here
+            warnings.filterwarnings("ignore", "Skipping variable loading for optimizer")
+            return keras.models.load_model(path)
     except Exception as err:  # Keras raises many types for a damaged archive
         raise UserError(f"{path}: cannot load this model ({type(err).__name__}: {err})") from None
 

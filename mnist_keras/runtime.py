@@ -1,4 +1,4 @@
-"""Runtime set-up: a quiet TensorFlow import, device placement, seeding and threads."""
+"""Runtime set-up: a quiet TensorFlow import, device placement, precision, seeding and threads."""
 
 from __future__ import annotations
 
@@ -27,12 +27,13 @@ def tensorflow():
     return tf
 
 
-def configure(runtime, seed: int) -> tuple[str, str]:
-    """Apply threads, determinism, seeding and device choice; return (tf device name, description).
+def configure(runtime, seed: int, cluster: dict | None = None):
+    """Apply threads, the device or tf.distribute strategy (distribute.place), determinism, the
+    mixed-precision policy and seeding; return the distribute.Placement.
 
     Must run before TensorFlow creates its first tensor. Raises UserError for a device that is not there.
     """
-    from .errors import UserError
+    from .distribute import place, precision_policy
 
     tf = tensorflow()
     import keras
@@ -41,20 +42,12 @@ def configure(runtime, seed: int) -> tuple[str, str]:
         tf.config.threading.set_intra_op_parallelism_threads(runtime.threads.intra_op)
     if runtime.threads.inter_op:
         tf.config.threading.set_inter_op_parallelism_threads(runtime.threads.inter_op)
-    gpus = tf.config.list_physical_devices("GPU")
-    wanted = runtime.device
-    if wanted == "cpu" or (wanted == "auto" and not gpus):
-        if gpus:
-            tf.config.set_visible_devices([], "GPU")
-        device, described = "/CPU:0", f"cpu ({os.cpu_count()} cores)"
-    else:
-        index = int(wanted.partition(":")[2] or 0)
-        if index >= len(gpus):
-            seen = f"{len(gpus)} GPU(s) are visible" if gpus else "TensorFlow sees no GPU on this machine"
-            raise UserError(f"runtime.device: '{wanted}' was asked for, but {seen}; use --device cpu or auto")
-        details = tf.config.experimental.get_device_details(gpus[index])
-        device, described = f"/GPU:{index}", f"gpu:{index} ({details.get('device_name', 'GPU')})"
+    placement = place(runtime, cluster)
     if runtime.deterministic:
         tf.config.experimental.enable_op_determinism()
+    policy = precision_policy(runtime, placement)
+    keras.mixed_precision.set_global_policy(policy)
+    if policy != "float32":
+        placement.described += f", {policy}"
     keras.utils.set_random_seed(seed)
-    return device, described
+    return placement

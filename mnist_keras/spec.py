@@ -50,7 +50,7 @@ class Data(StrictModel):
     max_train: PositiveInt | None = None  # use only the first N training images (quick runs)
     preprocess: Preprocess = Preprocess()
     shuffle: NonNegativeInt = 10000  # shuffle buffer size; 0 turns shuffling off
-    batch_size: PositiveInt = 128
+    batch_size: PositiveInt = 128  # the global batch: one step's images, split across all replicas when distributed
     drop_remainder: bool = False
     cache: bool = True
     prefetch: bool = True
@@ -304,10 +304,11 @@ class Runtime(StrictModel):
     """Where and how the model runs."""
 
     device: Annotated[str, AfterValidator(_device_name)] = "auto"
-    distribute: Literal["none", "mirrored", "multi_worker"] = "none"
-    mixed_precision: bool = False
-    jit_compile: bool = False
-    steps_per_execution: PositiveInt = 1
+    distribute: Literal["none", "mirrored", "multi_worker"] = "none"  # mirrored: this machine's GPUs; multi_worker: several machines
+    gpus: list[NonNegativeInt] | None = None  # the GPUs distribute uses (default: all)
+    mixed_precision: bool | Literal["float16", "bfloat16"] = False  # true: float16 on GPU, bfloat16 on CPU
+    jit_compile: bool = False  # compile each step with XLA
+    steps_per_execution: PositiveInt = 1  # training steps per call into TensorFlow
     deterministic: bool = False  # deterministic TensorFlow ops: bit-exact repeats, slower
     threads: Threads = Threads()
     max_params: PositiveInt = 50_000_000  # refuse to build larger models; raise it to go bigger
@@ -353,7 +354,7 @@ class Spec(StrictModel):
             planned = self.plan()
         except ShapeError as err:
             return problems + [(err.path, str(err))]
-        problems += self._output_problems(planned)
+        problems += self._output_problems(planned) + self._runtime_problems()
         total = sum(p.trainable + p.non_trainable for p in planned)
         if total > self.runtime.max_params:
             problems.append(
@@ -361,6 +362,16 @@ class Spec(StrictModel):
                  f"{self.runtime.max_params:,}; raise runtime.max_params if you mean it")
             )
         return problems
+
+    def _runtime_problems(self) -> list[tuple[Path, str]]:
+        runtime = self.runtime
+        if runtime.distribute == "none" and runtime.gpus is not None:
+            return [(("runtime", "gpus"), "only distribute: mirrored or multi_worker takes a list of GPUs; "
+                     "to train on one GPU, use device: gpu:N")]
+        if runtime.distribute != "none" and runtime.device.startswith("gpu:"):
+            return [(("runtime", "device"), f"'{runtime.device}' picks one GPU, but distribute is "
+                     f"{runtime.distribute}; list its GPUs in runtime.gpus instead")]
+        return []
 
     def _label_problems(self) -> list[tuple[Path, str]]:
         loss, one_hot = self.train.loss, self.data.preprocess.one_hot

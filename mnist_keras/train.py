@@ -8,6 +8,7 @@ step-based schedule), state.json holds the epoch counter and the state of the st
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import math
 import os
@@ -292,12 +293,19 @@ def versions() -> dict[str, str]:
             "keras": keras.__version__}
 
 
-def prepare(spec: Spec, data_dir: str | None):
-    """Check the device and load the data, before any run directory exists: (device, description, arrays)."""
+def weights_digest(model) -> str:
+    """A short fingerprint of the model's weights (every worker of a cluster ends with the same one)."""
+    digest = hashlib.sha256()
+    for weights in model.get_weights():
+        digest.update(weights.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def prepare(spec: Spec, data_dir: str | None, cluster: dict | None = None):
+    """Set up the device or strategy and load the data, before any run directory exists: (placement, arrays)."""
     from .data import load_arrays
 
-    device, described = configure(spec.runtime, spec.seed)
-    return device, described, load_arrays(spec.data, data_dir)
+    return configure(spec.runtime, spec.seed, cluster), load_arrays(spec.data, data_dir)
 
 
 def fit(spec: Spec, run: Path, prepared: tuple, state: dict) -> dict:
@@ -306,10 +314,11 @@ def fit(spec: Spec, run: Path, prepared: tuple, state: dict) -> dict:
     from .dashboards import dashboard_callbacks, write_test_metrics
     from .data import make_pipelines
 
-    device, described, arrays = prepared
+    placement, arrays = prepared
+    described = placement.described
     start = state["epochs_done"]
     pipes = make_pipelines(spec, arrays, start_epoch=start)
-    with tf.device(device):
+    with placement.scope():
         if start:
             if not state.get("checkpoint"):
                 raise UserError(f"{run}: no checkpoint was saved (train.checkpoint.enabled is false); cannot resume")
@@ -354,6 +363,7 @@ def fit(spec: Spec, run: Path, prepared: tuple, state: dict) -> dict:
         "test": {k: float(v) for k, v in test.items()},
         "seconds_per_epoch": epoch_seconds, "wall_seconds_this_session": wall,
         "images_per_second": sum(h["images_per_second"] for h in history) / max(1, len(history)),
+        "weights_sha256": weights_digest(model),
     }
     write_json(run / "metrics.json", metrics)
     state["status"] = "finished"

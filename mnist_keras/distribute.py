@@ -1,0 +1,242 @@
+"""Where training runs: one device, tf.distribute.MirroredStrategy over this machine's GPUs, or
+tf.distribute.MultiWorkerMirroredStrategy across machines; and the mixed-precision policy.
+
+`data.batch_size` is the global batch: each step splits it across all replicas (every GPU of every
+worker), and the learning rate is never rescaled, so a spec takes the same steps on 1 or 8 GPUs.
+Under multi_worker every worker runs the same command; worker 0 (or the `chief` task of TF_CONFIG)
+is the chief: it alone creates and writes the run directory. The other workers write nothing there
+(they save into a scratch folder deleted at the end); to resume, each one is given the chief's run
+directory (a shared folder, or a copy) and only reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import UserError
+from .runtime import tensorflow
+
+NO_GPU = "TensorFlow sees no GPU on this machine (`mnist-keras devices` lists what it sees)"
+
+
+@dataclass
+class Placement:
+    """Where the model lives: a strategy, or one device when `strategy` is None."""
+
+    described: str
+    device: str = "/CPU:0"
+    strategy: Any = None
+    on_gpu: bool = False
+    is_chief: bool = True  # false on the workers of a cluster that write nothing
+
+    def scope(self) -> AbstractContextManager:
+        """Create, compile and load models inside this."""
+        return self.strategy.scope() if self.strategy else tensorflow().device(self.device)
+
+
+def cluster_from_flags(workers: tuple[str, ...], task_index: int | None) -> dict | None:
+    """The TF_CONFIG that `--worker HOST:PORT ... --task-index N` describe; None without those flags."""
+    if not workers and task_index is None:
+        return None
+    if not workers or task_index is None:
+        raise UserError("--worker and --task-index go together: --worker HOST:PORT once per worker "
+                        "(the same list, in the same order, on every worker) and --task-index N for this one")
+    for address in workers:
+        if not re.fullmatch(r"[^\s:]+:\d{1,5}", address):
+            raise UserError(f"--worker: expected HOST:PORT (e.g. 10.0.0.2:12345), got {address!r}")
+    if task_index >= len(workers):
+        raise UserError(f"--task-index: {task_index} is not one of the {len(workers)} workers (0-{len(workers) - 1})")
+    return {"cluster": {"worker": list(workers)}, "task": {"type": "worker", "index": task_index}}
+
+
+def cluster_from_environment() -> dict:
+    """TF_CONFIG, checked enough to give a clear message instead of a TensorFlow traceback."""
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        raise UserError("runtime.distribute: multi_worker needs the cluster: set TF_CONFIG, or pass "
+                        "--worker HOST:PORT once per worker and --task-index N")
+    try:
+        config = json.loads(text)
+        cluster, task = config["cluster"], config["task"]
+        kind, index = task["type"], task["index"]
+        members = cluster[kind]
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"TF_CONFIG: expected {{\"cluster\": {{\"worker\": [\"HOST:PORT\", ...]}}, "
+                        f"\"task\": {{\"type\": \"worker\", \"index\": N}}}} ({type(err).__name__}: {err})") from None
+    if kind not in ("chief", "worker"):
+        raise UserError(f"TF_CONFIG: task type {kind!r} is not supported; use chief or worker")
+    if not isinstance(index, int) or not 0 <= index < len(members):
+        raise UserError(f"TF_CONFIG: task index {index!r} is not one of the {len(members)} {kind} addresses")
+    return config
+
+
+@contextmanager
+def scratch_run_dir(chief_run: Path | None) -> Iterator[Path]:
+    """Where a worker other than the chief saves: Keras 3 runs collective ops in model.save under
+    MultiWorkerMirroredStrategy, so every worker must save what the chief saves, in step with it.
+    A copy of the chief's run directory to resume it (or an empty one), deleted at the end."""
+    with tempfile.TemporaryDirectory(prefix="mnist-keras-worker-") as folder:
+        run = Path(folder) / "run"
+        if chief_run:
+            shutil.copytree(chief_run, run)
+        else:
+            (run / "checkpoints").mkdir(parents=True)
+        yield run
+
+
+def chosen_gpus(runtime, gpus: list) -> list[int]:
+    """The indices of the GPUs a strategy uses: runtime.gpus, else all."""
+    indices = runtime.gpus if runtime.gpus is not None else list(range(len(gpus)))
+    for index in indices:
+        if index >= len(gpus):
+            raise UserError(f"runtime.gpus: GPU {index} was asked for, but {len(gpus)} GPU(s) are visible")
+    return indices
+
+
+def gpu_name(gpu) -> str:
+    return tensorflow().config.experimental.get_device_details(gpu).get("device_name", "GPU")
+
+
+def place(runtime, cluster: dict | None = None) -> Placement:
+    """The device or strategy runtime.device and runtime.distribute ask for; UserError if it is not there.
+
+    Call before TensorFlow creates its first tensor (MultiWorkerMirroredStrategy requires it).
+    """
+    if cluster and runtime.distribute != "multi_worker":
+        raise UserError("--worker/--task-index describe a cluster: use them with --distribute multi_worker")
+    tf = tensorflow()
+    gpus = tf.config.list_physical_devices("GPU")
+    if runtime.device == "cpu" and gpus:
+        tf.config.set_visible_devices([], "GPU")
+        gpus = []
+    if runtime.device.startswith("gpu") and not gpus:
+        raise UserError(f"runtime.device: '{runtime.device}' was asked for, but {NO_GPU}; use --device cpu or auto")
+    if runtime.distribute == "mirrored":
+        return mirrored(runtime, gpus)
+    if runtime.distribute == "multi_worker":
+        return multi_worker(runtime, gpus, cluster or cluster_from_environment())
+    if not gpus:
+        notice = "" if runtime.device == "cpu" else "; TensorFlow sees no GPU"
+        return Placement(f"cpu ({os.cpu_count()} cores{notice})")
+    index = int(runtime.device.partition(":")[2] or 0)
+    if index >= len(gpus):
+        raise UserError(f"runtime.device: '{runtime.device}' was asked for, but {len(gpus)} GPU(s) are visible")
+    return Placement(f"gpu:{index} ({gpu_name(gpus[index])})", f"/GPU:{index}", on_gpu=True)
+
+
+def mirrored(runtime, gpus: list) -> Placement:
+    """MirroredStrategy over the chosen GPUs; over CPU devices only where several are configured
+    (tf.config.set_logical_device_configuration, as the tests do)."""
+    tf = tensorflow()
+    if gpus:
+        indices = chosen_gpus(runtime, gpus)
+        names = ", ".join(f"gpu:{i} ({gpu_name(gpus[i])})" for i in indices)
+        strategy = tf.distribute.MirroredStrategy([f"/GPU:{i}" for i in indices])
+        return Placement(f"mirrored over {len(indices)} GPU(s): {names}", strategy=strategy, on_gpu=True)
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    count = len(tf.config.get_logical_device_configuration(cpu) or [])
+    if count < 2:
+        why = "runtime.device is cpu" if runtime.device == "cpu" else NO_GPU
+        raise UserError(f"runtime.distribute: 'mirrored' splits each batch across this machine's GPUs, but {why}; "
+                        "use distribute: none")
+    strategy = tf.distribute.MirroredStrategy([f"/CPU:{i}" for i in range(count)])
+    return Placement(f"mirrored over {count} logical CPU devices", strategy=strategy)
+
+
+def multi_worker(runtime, gpus: list, cluster: dict) -> Placement:
+    """MultiWorkerMirroredStrategy over every worker of `cluster` (a TF_CONFIG), with the chosen GPUs
+    of this machine, or its CPU."""
+    tf = tensorflow()
+    local = "CPU"
+    if gpus:
+        indices = chosen_gpus(runtime, gpus)
+        tf.config.set_visible_devices([gpus[i] for i in indices], "GPU")
+        local = f"{len(indices)} GPU(s)"
+    os.environ["TF_CONFIG"] = json.dumps(cluster)
+    task, members = cluster["task"], cluster["cluster"]
+    count = sum(len(members.get(kind, [])) for kind in ("chief", "worker"))
+    me = f"{task['type']} {task['index']} of {count}"
+    print(f"mnist-keras: {me} waiting for the other workers ({', '.join(members.get('chief', []) + members['worker'])})",
+          file=sys.stderr, flush=True)
+    work_around_keras_multi_worker_bugs()
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    return Placement(f"multi_worker, {me} ({local}), {strategy.num_replicas_in_sync} replicas in all",
+                     strategy=strategy, on_gpu=bool(gpus), is_chief=strategy.extended.should_checkpoint)
+
+
+def precision_policy(runtime, placement: Placement) -> str:
+    """The Keras dtype policy: float32, or mixed float16 on GPU / bfloat16 on CPU (or as named)."""
+    choice = runtime.mixed_precision
+    if choice is False:
+        return "float32"
+    if choice is True:
+        choice = "float16" if placement.on_gpu else "bfloat16"
+    return f"mixed_{choice}"
+
+
+def work_around_keras_multi_worker_bugs() -> None:
+    """Keras 3's TensorFlow trainer fails under MultiWorkerMirroredStrategy (keras-team/keras#20585):
+    it builds the model from a batch it all-reduces as a tuple, and averages each step's scalar
+    metrics along axis 0. Build from this worker's first replica's batch (only its shapes matter),
+    and average scalars across workers with axis=None. Applied only in multi_worker processes."""
+    from keras import tree
+    from keras.src.backend.tensorflow import trainer
+
+    if getattr(trainer, "_mnist_keras_patched", False):
+        return
+    keras_reduce = trainer.reduce_per_replica
+
+    def maybe_symbolic_build(self, iterator=None, data_batch=None):
+        strategy = self.distribute_strategy
+        if iterator is not None:
+            for _, _, batches in iterator:
+                data_batch = tree.map_structure(lambda v: strategy.experimental_local_results(v)[0], next(batches))
+                break
+        with strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean"):
+            return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return keras_reduce(values, strategy, reduction)
+
+    trainer.TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
+    trainer.reduce_per_replica = reduce_per_replica
+    trainer._mnist_keras_patched = True
+
+
+def device_lines() -> list[str]:
+    """What TensorFlow sees: its build, the CPU, and each GPU with memory and compute capability."""
+    tf = tensorflow()
+    from tensorflow.python.client import device_lib  # the one API that reports each device's memory
+
+    build = tf.sysconfig.get_build_info()
+    cuda = f"CUDA {build.get('cuda_version')}, cuDNN {build.get('cudnn_version')}" if build.get("is_cuda_build") \
+        else "built without CUDA"
+    lines = [f"TensorFlow {tf.__version__} ({cuda})"]
+    for cpu in tf.config.list_physical_devices("CPU"):
+        lines.append(f"{cpu.name.removeprefix('/physical_device:')}  {os.cpu_count()} cores")
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return lines + ["no GPU: TensorFlow sees none; runtime.device auto trains on the CPU"]
+    memory = {d.name.replace("device:", ""): d.memory_limit
+              for d in device_lib.list_local_devices() if d.device_type == "GPU"}
+    for index, gpu in enumerate(gpus):
+        details = tf.config.experimental.get_device_details(gpu)
+        capability = details.get("compute_capability")
+        parts = [details.get("device_name", "GPU")]
+        if capability:
+            parts.append(f"compute capability {capability[0]}.{capability[1]}")
+        if f"/GPU:{index}" in memory:
+            parts.append(f"{memory[f'/GPU:{index}'] / 2**30:.1f} GiB usable")
+        lines.append(f"GPU:{index}  " + ", ".join(parts))
+    return lines

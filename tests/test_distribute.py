@@ -1,0 +1,224 @@
+"""tf.distribute on CPU: mirrored over two logical CPU devices, two workers on 127.0.0.1, mixed precision,
+and clear errors for devices that are not there. Strategies run in subprocesses, so that their
+TensorFlow set-up (logical devices, collective ops) stays out of the other tests' process."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import ROOT
+from mnist_keras.cli import main
+from mnist_keras.distribute import Placement, cluster_from_flags, precision_policy
+from mnist_keras.runtime import tensorflow
+from mnist_keras.spec import Runtime
+
+HAS_GPU = bool(tensorflow().config.list_physical_devices("GPU"))
+without_gpu = pytest.mark.skipif(HAS_GPU, reason="checks the messages for a missing GPU")
+
+# SGD, not Adam: Adam is blind to a constant factor on the gradients, so it would hide a replica
+# count that the loss were not divided by.
+SPEC = """
+name: small
+seed: 3
+data: {source: bundled, max_train: 1536, validation: 256, batch_size: 64, shuffle: 1000}
+model:
+  layers:
+    - flatten
+    - dense: {units: 32, activation: relu}
+    - dense: 10
+train:
+  epochs: 2
+  optimizer: {type: sgd, learning_rate: 0.1, momentum: 0.9}
+  tensorboard: {enabled: false}
+runtime: {deterministic: true}
+"""
+
+# Sets up two logical CPU devices before TensorFlow starts, then runs each argument as a command line
+# (a word with a * is the one path it matches).
+TWO_CPUS = """
+import glob, sys
+from mnist_keras.runtime import tensorflow
+tf = tensorflow()
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from mnist_keras.cli import main
+for args in sys.argv[1:]:
+    main([glob.glob(word)[0] if "*" in word else word for word in args.split()], standalone_mode=False)
+"""
+
+WEIGHTS_TOLERANCE = 1e-4  # max |difference| of any weight after 40 steps; float sums in another order
+LOSS_TOLERANCE = 1e-5  # relative
+
+
+def environment(tmp: Path) -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "TMPDIR": str(tmp)}
+
+
+def run_dir(runs: Path, name: str) -> Path:
+    (run,) = (runs / name).iterdir()
+    return run
+
+
+def weights(run: Path) -> list[np.ndarray]:
+    from mnist_keras.inference import load_model
+
+    return load_model(run / "model.keras").get_weights()
+
+
+def test_mirrored_over_two_cpus_matches_one_device_and_resumes(write_spec, tmp_path):
+    spec, runs = write_spec(SPEC), tmp_path / "runs"
+    fit = f"fit {spec} --runs {runs}"
+    commands = [f"{fit} --name single", f"{fit} --name mirrored --distribute mirrored",
+                f"{fit} --name resumed --distribute mirrored --epochs 1", f"fit --resume {runs}/resumed/* --epochs 2"]
+    result = subprocess.run([sys.executable, "-c", TWO_CPUS, *commands], capture_output=True, text=True,
+                            timeout=300, env=environment(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "epochs 2-2" in result.stdout  # the last run resumed
+
+    metrics = {name: json.loads((run_dir(runs, name) / "metrics.json").read_text())
+               for name in ("single", "mirrored", "resumed")}
+    assert metrics["single"]["device"].startswith("cpu")
+    assert metrics["mirrored"]["device"] == metrics["resumed"]["device"] == "mirrored over 2 logical CPU devices"
+    assert metrics["mirrored"]["test"]["accuracy"] > 0.8  # it trains (chance is 0.1)
+    for name in ("mirrored", "resumed"):
+        for ours, single in zip(metrics[name]["history"], metrics["single"]["history"]):
+            assert ours["loss"] == pytest.approx(single["loss"], rel=LOSS_TOLERANCE)
+        assert metrics[name]["test"]["loss"] == pytest.approx(metrics["single"]["test"]["loss"], rel=LOSS_TOLERANCE)
+        differences = [np.abs(a - b).max() for a, b in zip(weights(run_dir(runs, name)), weights(run_dir(runs, "single")))]
+        assert max(differences) < WEIGHTS_TOLERANCE
+    assert list((tmp_path).glob("mnist-keras-worker-*")) == []
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def test_two_workers_train_in_step_and_only_the_chief_writes(write_spec, tmp_path):
+    from mnist_keras.train import weights_digest
+    from mnist_keras.inference import load_model
+
+    spec, scratch = write_spec(SPEC), tmp_path / "tmp"
+    scratch.mkdir()
+    cluster = [arg for port in free_ports(2) for arg in ("--worker", f"127.0.0.1:{port}")]
+    procs, logs = [], []
+    try:
+        for index in range(2):
+            logs.append((tmp_path / f"worker-{index}.log").open("w+"))
+            command = [sys.executable, "-m", "mnist_keras", "fit", str(spec), "--epochs", "1", "--runs",
+                       str(tmp_path / f"runs-{index}"), "--distribute", "multi_worker", *cluster, "--task-index", str(index)]
+            procs.append(subprocess.Popen(command, stdout=logs[-1], stderr=subprocess.STDOUT, env=environment(scratch)))
+        deadline = time.monotonic() + 240
+        codes = [proc.wait(timeout=max(1.0, deadline - time.monotonic())) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    outputs = []
+    for log in logs:
+        log.seek(0)
+        outputs.append(log.read())
+        log.close()
+    assert codes == [0, 0], "\n".join(outputs)
+
+    chief_run = run_dir(tmp_path / "runs-0", "small")
+    metrics = json.loads((chief_run / "metrics.json").read_text())
+    assert metrics["device"] == "multi_worker, worker 0 of 2 (CPU), 2 replicas in all"
+    assert metrics["test"]["accuracy"] > 0.7 and len(metrics["history"]) == 1
+    digest = weights_digest(load_model(chief_run / "model.keras"))
+    assert metrics["weights_sha256"] == digest
+    assert f"weights {digest}" in outputs[0] and f"weights {digest}" in outputs[1]  # the same weights on both
+    assert "worker 1 of 2" in outputs[1] and "the chief writes the run" in outputs[1]
+    assert not (tmp_path / "runs-1").exists()  # the other worker wrote no run directory
+    assert list(scratch.iterdir()) == []  # and left nothing in its scratch folder
+
+
+@pytest.fixture
+def float32_after():
+    yield
+    import keras
+
+    keras.mixed_precision.set_global_policy("float32")
+
+
+@without_gpu
+def test_mixed_precision_keeps_logits_in_float32(write_spec, tmp_path, float32_after):
+    spec = write_spec(SPEC)
+    args = ["fit", str(spec), "--runs", str(tmp_path / "runs"), "--set", "runtime.mixed_precision=true",
+            "--set", "data.max_train=768", "--epochs", "1"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "on cpu" in result.output and "TensorFlow sees no GPU), mixed_bfloat16" in result.output
+    from mnist_keras.inference import load_model
+
+    model = load_model(run_dir(tmp_path / "runs", "small") / "model.keras")
+    assert model.layers[-1].name == "float32_logits" and model.layers[-1].dtype_policy.name == "float32"
+    assert {layer.dtype_policy.name for layer in model.layers[:-1]} == {"mixed_bfloat16"}
+    assert model.count_params() == 784 * 32 + 32 + 32 * 10 + 10  # the float32 layer adds no parameter
+    assert model(np.zeros((1, 28, 28, 1), "float32")).dtype.name == "float32"
+
+
+def test_precision_policy_follows_the_device():
+    on_gpu, on_cpu = Placement("gpu:0", on_gpu=True), Placement("cpu")
+    assert precision_policy(Runtime(), on_gpu) == "float32"
+    assert precision_policy(Runtime(mixed_precision=True), on_gpu) == "mixed_float16"
+    assert precision_policy(Runtime(mixed_precision=True), on_cpu) == "mixed_bfloat16"
+    assert precision_policy(Runtime(mixed_precision="bfloat16"), on_gpu) == "mixed_bfloat16"
+
+
+def test_worker_flags_give_a_tf_config():
+    assert cluster_from_flags(("a:1", "b:2"), 1) == {"cluster": {"worker": ["a:1", "b:2"]},
+                                                     "task": {"type": "worker", "index": 1}}
+    assert cluster_from_flags((), None) is None
+
+
+@without_gpu
+@pytest.mark.parametrize("args, tf_config, message", [
+    (["--device", "gpu"], None, "runtime.device: 'gpu' was asked for, but TensorFlow sees no GPU"),
+    (["--distribute", "mirrored"], None, "'mirrored' splits each batch across this machine's GPUs, but TensorFlow sees no GPU"),
+    (["--distribute", "mirrored", "--device", "cpu"], None, "but runtime.device is cpu"),
+    (["--distribute", "multi_worker"], None, "multi_worker needs the cluster: set TF_CONFIG"),
+    (["--distribute", "multi_worker"], "{not json", "TF_CONFIG: expected"),
+    (["--distribute", "multi_worker"], '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}',
+     "TF_CONFIG: task index 3 is not one of the 1 worker addresses"),
+    (["--worker", "127.0.0.1:2222"], None, "--worker and --task-index go together"),
+    (["--worker", "localhost", "--task-index", "0"], None, "--worker: expected HOST:PORT"),
+    (["--worker", "a:1", "--task-index", "1"], None, "--task-index: 1 is not one of the 1 workers"),
+    (["--worker", "a:1", "--task-index", "0"], None, "use them with --distribute multi_worker"),
+    (["--set", "runtime.gpus=[0]"], None, "runtime.gpus: only distribute: mirrored or multi_worker takes a list"),
+    (["--distribute", "mirrored", "--device", "gpu:1"], None, "runtime.device: 'gpu:1' picks one GPU"),
+])
+def test_missing_devices_and_bad_clusters_are_clear_errors(write_spec, tmp_path, monkeypatch, args, tf_config, message):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    if tf_config:
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+    result = CliRunner().invoke(main, ["fit", str(write_spec(SPEC)), "--runs", str(tmp_path / "runs"), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_devices_lists_what_tensorflow_sees():
+    result = CliRunner().invoke(main, ["devices"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("TensorFlow 2.") and lines[1].startswith("CPU:0")
+    if HAS_GPU:
+        assert lines[2].startswith("GPU:0") and "GiB usable" in lines[2]
+    else:
+        assert lines[2].startswith("no GPU")
