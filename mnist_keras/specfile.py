@@ -138,22 +138,28 @@ def _index(root: yaml.Node, where: str) -> dict[tuple, tuple[int, int]]:
 
 def parse_yaml(text: str, where: str) -> tuple[Any, dict[tuple, tuple[int, int]]]:
     """Safe-load one YAML document; return the data and the location of every path in it."""
-    loader = yaml.SafeLoader(text)
     try:
         _scan(text, where)
-        root = loader.get_single_node()
-        if root is None:
-            return None, {}
-        locations = _index(root, where)
-        return loader.construct_document(root), locations
+        loader = yaml.SafeLoader(text)
+        try:
+            root = loader.get_single_node()
+            if root is None:
+                return None, {}
+            locations = _index(root, where)
+            return loader.construct_document(root), locations
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         what = " ".join(str(x) for x in (err.context, err.problem) if x)
         raise UserError(f"{where}:{mark.line + 1}:{mark.column + 1}: YAML syntax error: {what}") from None
+    except yaml.reader.ReaderError as err:  # a control character
+        before = text[: err.position]
+        place = f"{before.count(chr(10)) + 1}:{err.position - before.rfind(chr(10))}"
+        raise UserError(f"{where}:{place}: (top level): the control character U+{err.character:04X} is not allowed in "
+                        "a YAML spec") from None
     except yaml.YAMLError as err:
         raise UserError(f"{where}: YAML error: {err}") from None
-    finally:
-        loader.dispose()
 
 
 # ------------------------------------------------------------------------------- overrides
