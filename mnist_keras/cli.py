@@ -22,6 +22,9 @@ class Group(click.Group):
             for message in err.messages:
                 click.echo(f"error: {message}", err=True)
             sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted", err=True)
+            sys.exit(130)
 
 
 def overrides_option(func):
@@ -114,6 +117,21 @@ def _spec_diff(old: str, new: str) -> str:
     return "\n".join(line for line in lines if not line.startswith("@@"))
 
 
+def _mark_stopped(run, status: str) -> int:
+    """Record why the run stopped in state.json, if the disk still allows; return the epochs it finished."""
+    from .runs import read_json, write_json
+
+    try:
+        state = read_json(run / "state.json")
+    except UserError:  # stopped before training began
+        return 0
+    try:
+        write_json(run / "state.json", {**state, "status": status})
+    except OSError:
+        pass  # state.json still names the last finished epoch and its checkpoint
+    return state.get("epochs_done", 0)
+
+
 @main.command()
 @click.argument("spec", required=False)
 @overrides_option
@@ -125,7 +143,7 @@ def _spec_diff(old: str, new: str) -> str:
 @click.option("--resume", "resume_dir", metavar="RUN_DIR", help="Continue an interrupted run from its last checkpoint.")
 def fit(spec, overrides, epochs, data_dir, device, runs_root, name, resume_dir):
     """Train SPEC and evaluate it on the test set, in a new run directory."""
-    from .runs import create_run_dir, open_run_dir, read_json, write_json, write_text
+    from .runs import create_run_dir, open_run_dir, read_json, remove_partial_files, write_text
     from .specfile import dump_spec, load_spec
 
     flags = [f"{key}={json.dumps(value)}" for key, value in
@@ -139,9 +157,10 @@ def fit(spec, overrides, epochs, data_dir, device, runs_root, name, resume_dir):
             if asked != loaded:
                 raise UserError(f"{run}: refusing to resume with a different spec (only --epochs and --device may "
                                 f"change):\n{_spec_diff(dump_spec(loaded), dump_spec(asked))}")
-        if state.get("epochs_done", 0) >= loaded.train.epochs:
+        if state.get("status") == "finished" and state.get("epochs_done", 0) >= loaded.train.epochs:
             raise UserError(f"{run}: all {loaded.train.epochs} epochs are done; pass --epochs N to train further")
         data_dir = state["data_dir"] = data_dir or state.get("data_dir")
+        remove_partial_files(run)
     elif not spec:
         raise click.UsageError("give a SPEC to train, or --resume RUN_DIR")
     else:
@@ -154,17 +173,21 @@ def fit(spec, overrides, epochs, data_dir, device, runs_root, name, resume_dir):
     if not resume_dir:
         run = create_run_dir(runs_root, loaded.name)
         state = {"status": "running", "epochs_done": 0, "history": [], "data_dir": data_dir}
-    write_text(run / "spec.yaml", dump_spec(loaded))
     try:
+        write_text(run / "spec.yaml", dump_spec(loaded))
         metrics = train(loaded, run, prepared, state)
     except KeyboardInterrupt:
-        state = read_json(run / "state.json")
-        write_json(run / "state.json", {**state, "status": "interrupted"})
-        click.echo(f"\ninterrupted after epoch {state.get('epochs_done', 0)}; resume with: "
-                   f"mnist-keras fit --resume {run}", err=True)
+        done = _mark_stopped(run, "interrupted")
+        click.echo(f"\ninterrupted after epoch {done}; resume with: mnist-keras fit --resume {run}", err=True)
         sys.exit(130)
     except TrainingFailed as err:
         click.echo(f"error: {err}", err=True)
+        sys.exit(1)
+    except OSError as err:  # a full disk, a folder made read-only, a removed run directory
+        done = _mark_stopped(run, "failed")
+        click.echo(f"error: cannot write {err.filename or run}: {err.strerror or err}; training stopped after "
+                   f"epoch {done}, whose checkpoint is kept. Free some space (or fix the folder), then resume "
+                   f"with: mnist-keras fit --resume {run}", err=True)
         sys.exit(1)
     test = metrics["test"]
     seconds = sum(metrics["seconds_per_epoch"])

@@ -86,6 +86,12 @@ def create_run_dir(root: str | Path, name: str) -> Path:
     raise UserError(f"{parent}: too many runs started in the same second")
 
 
+def remove_partial_files(run: Path) -> None:
+    """Delete the temporary files of writes that a kill interrupted (never the files they were replacing)."""
+    for partial in [*run.glob(".tmp-*"), *run.glob("checkpoints/.tmp-*")]:
+        partial.unlink(missing_ok=True)
+
+
 def open_run_dir(path: str | Path) -> Path:
     """An existing run directory (one with spec.yaml and state.json); UserError otherwise."""
     run = Path(path)
