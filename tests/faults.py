@@ -11,6 +11,8 @@ FAULT is one of
     kill-after-write:NAME:K  SIGKILL just after the K-th file called NAME was renamed into place
     sigint-at-batch:E:S      SIGINT (Ctrl-C) after training step S of epoch E
     fail-in-write:NAME:K     the K-th write of NAME fails with "No space left on device"
+    run-dir-at:T             no fault: wait until time.time() >= T to create the run directory, so that
+                             several processes create theirs in the same second
 The kill is real (signal 9 to this process), so nothing runs after it: no finally, no atexit.
 """
 
@@ -20,6 +22,7 @@ import errno
 import os
 import signal
 import sys
+import time
 
 from mnist_keras import cli, runs, train  # train first: it imports TensorFlow quietly
 
@@ -98,6 +101,18 @@ def in_write(name: str, nth: int, how: str) -> None:
     runs.atomic_write = train.atomic_write = faulty
 
 
+def run_dir_at(when: float) -> None:
+    create = runs.create_run_dir
+
+    def create_on_time(*args, **kwargs):
+        late = time.time() - when
+        print(f"run-dir-at: {'late by %.1f s' % late if late > 0 else 'on time'}", flush=True)
+        time.sleep(max(0.0, -late))
+        return create(*args, **kwargs)
+
+    runs.create_run_dir = create_on_time
+
+
 def install(fault: str) -> None:
     kind, *args = fault.split(":")
     if kind == "kill-at-batch":
@@ -110,6 +125,8 @@ def install(fault: str) -> None:
         kill_in_test(int(args[0]))
     elif kind in ("kill-in-write", "kill-after-write", "fail-in-write"):
         in_write(args[0], int(args[1]), {"kill-in-write": "in", "kill-after-write": "after", "fail-in-write": "fail"}[kind])
+    elif kind == "run-dir-at":
+        run_dir_at(float(args[0]))
     elif kind != "none":
         raise SystemExit(f"unknown fault {fault!r}")
 
