@@ -69,31 +69,40 @@ _AWAITING_KEY = object()
 
 def _scan(text: str, where: str) -> None:
     """Stream the YAML events once, before any node is built, and stop at the node budget or the nesting
-    limit: composing nodes is recursive and would run out of stack, time or memory first."""
+    limit: composing nodes is recursive and would run out of stack, time or memory first. A syntax
+    error gets the spec path where it happened (as `spec_path`)."""
     open_collections: list[list] = []  # [path, next list index or the mapping's current key]
-    nodes = 0
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
-        if isinstance(event, yaml.CollectionEndEvent):
-            open_collections.pop()
-        if not isinstance(event, yaml.NodeEvent):
-            continue
-        path: tuple = ()
-        if open_collections:
-            parent = open_collections[-1]
-            if isinstance(parent[1], int):
-                path, parent[1] = parent[0] + (parent[1],), parent[1] + 1
-            elif parent[1] is _AWAITING_KEY:
-                path, parent[1] = parent[0], getattr(event, "value", "?")
-            else:
-                path, parent[1] = parent[0] + (parent[1],), _AWAITING_KEY
-        nodes += 1
-        place = f"{where}:{event.start_mark.line + 1}:{event.start_mark.column + 1}: {dotted(path)}"
-        if nodes > MAX_NODES:
-            raise UserError(f"{place}: the spec has over {MAX_NODES:,} YAML nodes; a spec needs a few hundred")
-        if isinstance(event, yaml.CollectionStartEvent):
-            open_collections.append([path, 0 if isinstance(event, yaml.SequenceStartEvent) else _AWAITING_KEY])
-            if len(open_collections) > MAX_DEPTH:
-                raise UserError(f"{place}: nested more than {MAX_DEPTH} levels deep")
+    anchors, nodes = set(), 0
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.CollectionEndEvent):
+                open_collections.pop()
+            if not isinstance(event, yaml.NodeEvent):
+                continue
+            path: tuple = ()
+            if open_collections:
+                parent = open_collections[-1]
+                if isinstance(parent[1], int):
+                    path, parent[1] = parent[0] + (parent[1],), parent[1] + 1
+                elif parent[1] is _AWAITING_KEY:
+                    path, parent[1] = parent[0], getattr(event, "value", "?")
+                else:
+                    path, parent[1] = parent[0] + (parent[1],), _AWAITING_KEY
+            nodes += 1
+            place = f"{where}:{event.start_mark.line + 1}:{event.start_mark.column + 1}: {dotted(path)}"
+            if nodes > MAX_NODES:
+                raise UserError(f"{place}: the spec has over {MAX_NODES:,} YAML nodes; a spec needs a few hundred")
+            if isinstance(event, yaml.AliasEvent) and event.anchor not in anchors:
+                raise UserError(f"{place}: the alias *{event.anchor} names no anchor (&{event.anchor}) before it")
+            anchors.add(event.anchor)
+            if isinstance(event, yaml.CollectionStartEvent):
+                open_collections.append([path, 0 if isinstance(event, yaml.SequenceStartEvent) else _AWAITING_KEY])
+                if len(open_collections) > MAX_DEPTH:
+                    raise UserError(f"{place}: nested more than {MAX_DEPTH} levels deep")
+    except yaml.MarkedYAMLError as err:
+        path, slot = open_collections[-1] if open_collections else ((), 0)
+        err.spec_path = path if isinstance(slot, int) or slot is _AWAITING_KEY else path + (slot,)
+        raise
 
 
 def _index(root: yaml.Node, where: str) -> dict[tuple, tuple[int, int]]:
@@ -124,6 +133,9 @@ def _index(root: yaml.Node, where: str) -> dict[tuple, tuple[int, int]]:
                 key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
                 if not isinstance(key_node, yaml.ScalarNode):
                     fail(key_node, f"{dotted(path)}: keys must be plain names")
+                merged = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                if key == "<<" and not all(isinstance(m, yaml.MappingNode) for m in merged):
+                    fail(value_node, f"{dotted(path)}: `<<` merges a mapping (or a list of mappings) into this one")
                 if key in seen and key != "<<":
                     fail(key_node, f"{dotted(path + (key,))}: duplicate key '{key}' (first given on line {seen[key]})")
                 seen[key] = key_node.start_mark.line + 1
@@ -152,7 +164,8 @@ def parse_yaml(text: str, where: str) -> tuple[Any, dict[tuple, tuple[int, int]]
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         what = " ".join(str(x) for x in (err.context, err.problem) if x)
-        raise UserError(f"{where}:{mark.line + 1}:{mark.column + 1}: YAML syntax error: {what}") from None
+        path = dotted(getattr(err, "spec_path", ()))
+        raise UserError(f"{where}:{mark.line + 1}:{mark.column + 1}: {path}: YAML syntax error: {what}") from None
     except yaml.reader.ReaderError as err:  # a control character
         before = text[: err.position]
         place = f"{before.count(chr(10)) + 1}:{err.position - before.rfind(chr(10))}"

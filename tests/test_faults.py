@@ -280,6 +280,18 @@ def test_diverging_learning_rate_is_reported_in_the_first_epoch(write_spec, tmp_
     assert check_consistent(run)["epochs_done"] == 0 and not list((run / "checkpoints").iterdir())
 
 
+def test_ctrl_c_before_training_exits_130_and_creates_nothing(write_spec, tmp_path, monkeypatch):
+    from mnist_keras import train
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "prepare", interrupted)
+    result = fit(write_spec(TINY.replace("LR", "0.05")), "--runs", tmp_path / "runs")
+    assert result.exit_code == 130 and "interrupted" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.fixture
 def tmpfs(tmp_path):
     """mount(size) -> a fresh tmpfs of that size (skips where mounting is not allowed); remount(options)."""
