@@ -171,7 +171,8 @@ def test_injected_kills_then_resume_end_exactly_like_an_uninterrupted_run(spec, 
                              rf"fit --resume {re.escape(str(run))}", err), err
         else:
             assert rc == -signal.SIGKILL, (fault, rc, err[-2000:])
-        assert state["epochs_done"] == (expected if expected is not None else max(done, state["epochs_done"]))
+        if expected is not None:
+            assert state["epochs_done"] == expected
         assert state["epochs_done"] >= done  # no finished epoch is ever lost
         done, survived = state["epochs_done"], survived + 1
     rc, out, err = finish(mnist_keras("none", "fit", "--resume", run, cwd=tmp_path))
@@ -196,13 +197,13 @@ def test_kill_9_at_random_times_then_resume(spec, reference, tmp_path):
         rc, err = process.wait(timeout=300), process.stderr.read()
         run = run or next((tmp_path / "runs/chain").iterdir())
         state = check_consistent(run)
-        if rc == 0:  # it finished before the signal came
+        if state["status"] == "finished":  # the signal came too late (or never: rc 0)
             break
         assert rc == (-signal.SIGKILL if sig == signal.SIGKILL else 130), err[-2000:]
         kills += 1
         if sig == signal.SIGINT:
             assert f"resume with: mnist-keras fit --resume {run}" in err and state["status"] == "interrupted"
-    if rc != 0:
+    if state["status"] != "finished":
         assert finish(mnist_keras("none", "fit", "--resume", run, cwd=tmp_path))[0] == 0
     check_finished_like(run, reference())
     print(f"\nfault seed {SEED}: {kills} random-time signals survived, identical weights")
