@@ -156,7 +156,7 @@ def test_injected_kills_then_resume_end_exactly_like_an_uninterrupted_run(spec, 
     faults = injected_faults(random.Random(SEED))
     run, done, survived = None, 0, 0
     for fault, expected in faults:
-        args = ["fit", "--resume", run] if run else ["fit", spec, "--runs", "runs"]
+        args = ["fit", "--resume", run] if run else ["fit", spec, "--runs", tmp_path / "runs"]
         rc, out, err = finish(mnist_keras(fault, *args, cwd=tmp_path))
         run = run or next((tmp_path / "runs/chain").iterdir())
         state = check_consistent(run)
@@ -185,14 +185,14 @@ def test_kill_9_at_random_times_then_resume(spec, reference, tmp_path):
     """The parent kills the trainer at a random instant after training starts, three times, then Ctrl-C."""
     rng, run, kills = random.Random(SEED + 1), None, 0
     for sig in (signal.SIGKILL, signal.SIGKILL, signal.SIGKILL, signal.SIGINT):
-        args = ["fit", "--resume", run] if run else ["fit", spec, "--runs", "runs"]
+        args = ["fit", "--resume", run] if run else ["fit", spec, "--runs", tmp_path / "runs"]
         process = mnist_keras("none", *args, cwd=tmp_path)
         lines = []
         reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
         reader.start()
         while not any(line.startswith("mnist-keras: training") for line in lines) and process.poll() is None:
             time.sleep(0.02)
-        time.sleep(rng.uniform(0, 1.5))
+        time.sleep(rng.uniform(0, 0.7))
         process.send_signal(sig)
         rc, err = process.wait(timeout=300), process.stderr.read()
         run = run or next((tmp_path / "runs/chain").iterdir())
