@@ -22,6 +22,9 @@ class Group(click.Group):
             for message in err.messages:
                 click.echo(f"error: {message}", err=True)
             sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted", err=True)
+            sys.exit(130)
 
 
 def overrides_option(func):
@@ -114,6 +117,21 @@ def _spec_diff(old: str, new: str) -> str:
     return "\n".join(line for line in lines if not line.startswith("@@"))
 
 
+def _mark_stopped(run, status: str) -> int:
+    """Record why the run stopped in state.json, if the disk still allows; return the epochs it finished."""
+    from .runs import read_json, write_json
+
+    try:
+        state = read_json(run / "state.json")
+    except UserError:  # stopped before training began
+        return 0
+    try:
+        write_json(run / "state.json", {**state, "status": status})
+    except OSError:
+        pass  # state.json still names the last finished epoch and its checkpoint
+    return state.get("epochs_done", 0)
+
+
 @main.command()
 @click.argument("spec", required=False)
 @overrides_option
@@ -133,7 +151,7 @@ def _spec_diff(old: str, new: str) -> str:
 def fit(spec, overrides, epochs, data_dir, device, distribute, workers, task_index, runs_root, name, resume_dir):
     """Train SPEC and evaluate it on the test set, in a new run directory."""
     from .distribute import cluster_from_flags
-    from .runs import open_run_dir, read_json
+    from .runs import open_run_dir, read_json, remove_partial_files
     from .specfile import dump_spec, load_spec
 
     cluster = cluster_from_flags(workers, task_index)
@@ -149,9 +167,10 @@ def fit(spec, overrides, epochs, data_dir, device, distribute, workers, task_ind
             if asked != loaded:
                 raise UserError(f"{run}: refusing to resume with a different spec (only --epochs, --device and "
                                 f"--distribute may change):\n{_spec_diff(dump_spec(loaded), dump_spec(asked))}")
-        if state.get("epochs_done", 0) >= loaded.train.epochs:
+        if state.get("status") == "finished" and state.get("epochs_done", 0) >= loaded.train.epochs:
             raise UserError(f"{run}: all {loaded.train.epochs} epochs are done; pass --epochs N to train further")
         data_dir = state["data_dir"] = data_dir or state.get("data_dir")
+        remove_partial_files(run)
     elif not spec:
         raise click.UsageError("give a SPEC to train, or --resume RUN_DIR")
     else:
@@ -176,7 +195,7 @@ def _train(loaded, data_dir, runs_root, overrides=(), run=None, state=None, clus
     """Train `loaded` in a new run directory (or resume `run` from `state`): (run, metrics), metrics None when
     the loss became NaN (the run is kept, marked failed). Ctrl-C marks the run interrupted and re-raises.
     A multi_worker worker other than the chief trains in step and exits here, writing no run."""
-    from .runs import create_run_dir, read_json, write_json, write_text
+    from .runs import create_run_dir, write_text
     from .specfile import dump_spec
     from .train import TrainingFailed, fit as train, prepare
 
@@ -189,18 +208,22 @@ def _train(loaded, data_dir, runs_root, overrides=(), run=None, state=None, clus
         sys.exit(0)
     if run is None:
         run = create_run_dir(runs_root, loaded.name)
-    write_text(run / "spec.yaml", dump_spec(loaded))
     try:
+        write_text(run / "spec.yaml", dump_spec(loaded))
         return run, train(loaded, run, prepared, state)
     except KeyboardInterrupt:
-        state = read_json(run / "state.json")
-        write_json(run / "state.json", {**state, "status": "interrupted"})
-        click.echo(f"\ninterrupted after epoch {state.get('epochs_done', 0)}; resume with: "
-                   f"mnist-keras fit --resume {run}", err=True)
+        done = _mark_stopped(run, "interrupted")
+        click.echo(f"\ninterrupted after epoch {done}; resume with: mnist-keras fit --resume {run}", err=True)
         raise
     except TrainingFailed as err:
         click.echo(f"error: {err}", err=True)
         return run, None
+    except OSError as err:  # a full disk, a folder made read-only, a removed run directory
+        done = _mark_stopped(run, "failed")
+        click.echo(f"error: cannot write {err.filename or run}: {err.strerror or err}; training stopped after "
+                   f"epoch {done}, whose checkpoint is kept. Free some space (or fix the folder), then resume "
+                   f"with: mnist-keras fit --resume {run}", err=True)
+        sys.exit(1)
 
 
 @main.command()

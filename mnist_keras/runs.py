@@ -77,13 +77,19 @@ def create_run_dir(root: str | Path, name: str) -> Path:
         run = parent / (stamp if n == 1 else f"{stamp}-{n}")
         try:
             run.mkdir()  # atomic: two runs started in the same second get different directories
+            (run / "checkpoints").mkdir()
         except FileExistsError:
             continue
         except OSError as err:
             raise UserError(f"{run}: cannot create the run directory ({err.strerror})") from None
-        (run / "checkpoints").mkdir()
         return run
     raise UserError(f"{parent}: too many runs started in the same second")
+
+
+def remove_partial_files(run: Path) -> None:
+    """Delete the temporary files of writes that a kill interrupted (never the files they were replacing)."""
+    for partial in [*run.glob(".tmp-*"), *run.glob("checkpoints/.tmp-*")]:
+        partial.unlink(missing_ok=True)
 
 
 def open_run_dir(path: str | Path) -> Path:

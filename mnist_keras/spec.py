@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import AfterValidator, BeforeValidator, Discriminator, Field, Tag, model_validator
 
 from .fields import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, StrictModel
-from .layers import LayerEntry, PlannedLayer, ShapeError, TemplateEntry, entry_content, plan_layers
+from .layers import LayerEntry, PlannedLayer, ShapeError, TemplateEntry, plan_layers
 
 Path = tuple
 

@@ -23,6 +23,7 @@ from .spec import Spec
 MAX_BYTES = 1_000_000  # a spec is a few kilobytes; refuse anything near a megabyte
 MAX_NODES = 20_000  # YAML nodes after expanding aliases (stops "billion laughs")
 MAX_DEPTH = 32  # nesting levels
+MAX_DIGITS = 40  # far beyond any limit of the schema; Python refuses to parse over 4,300 digits
 _PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq", "merge")}
 _PART = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)")
 
@@ -38,6 +39,12 @@ def dotted(path: tuple) -> str:
 # ------------------------------------------------------------------------------------ YAML
 
 
+def _place(raw: bytes, offset: int) -> str:
+    """`line:col` of a byte offset."""
+    newline = b"\n"
+    return f"{raw.count(newline, 0, offset) + 1}:{offset - raw.rfind(newline, 0, offset)}"
+
+
 def _read_text(path: Path) -> str:
     if not path.exists():
         raise UserError(f"{path}: no such file")
@@ -45,14 +52,57 @@ def _read_text(path: Path) -> str:
         raise UserError(f"{path}: not a file")
     size = path.stat().st_size
     if size > MAX_BYTES:
-        raise UserError(f"{path}: {size:,} bytes is too large for a spec (limit {MAX_BYTES:,})")
+        raise UserError(f"{path}:1:1: (top level): {size:,} bytes is too large for a spec (limit {MAX_BYTES:,})")
     raw = path.read_bytes()
-    if b"\0" in raw:
-        raise UserError(f"{path}: a binary file, not a YAML spec")
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        raise UserError(f"{path}:{_place(raw, nul)}: (top level): a binary file, not a YAML spec")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start})") from None
+        raise UserError(f"{path}:{_place(raw, err.start)}: (top level): not UTF-8 text "
+                        f"(byte 0x{raw[err.start]:02x} at offset {err.start})") from None
+
+
+_AWAITING_KEY = object()
+
+
+def _scan(text: str, where: str) -> None:
+    """Stream the YAML events once, before any node is built, and stop at the node budget or the nesting
+    limit: composing nodes is recursive and would run out of stack, time or memory first. A syntax
+    error gets the spec path where it happened (as `spec_path`)."""
+    open_collections: list[list] = []  # [path, next list index or the mapping's current key]
+    anchors, nodes = set(), 0
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.CollectionEndEvent):
+                open_collections.pop()
+            if not isinstance(event, yaml.NodeEvent):
+                continue
+            path: tuple = ()
+            if open_collections:
+                parent = open_collections[-1]
+                if isinstance(parent[1], int):
+                    path, parent[1] = parent[0] + (parent[1],), parent[1] + 1
+                elif parent[1] is _AWAITING_KEY:
+                    path, parent[1] = parent[0], getattr(event, "value", "?")
+                else:
+                    path, parent[1] = parent[0] + (parent[1],), _AWAITING_KEY
+            nodes += 1
+            place = f"{where}:{event.start_mark.line + 1}:{event.start_mark.column + 1}: {dotted(path)}"
+            if nodes > MAX_NODES:
+                raise UserError(f"{place}: the spec has over {MAX_NODES:,} YAML nodes; a spec needs a few hundred")
+            if isinstance(event, yaml.AliasEvent) and event.anchor not in anchors:
+                raise UserError(f"{place}: the alias *{event.anchor} names no anchor (&{event.anchor}) before it")
+            anchors.add(event.anchor)
+            if isinstance(event, yaml.CollectionStartEvent):
+                open_collections.append([path, 0 if isinstance(event, yaml.SequenceStartEvent) else _AWAITING_KEY])
+                if len(open_collections) > MAX_DEPTH:
+                    raise UserError(f"{place}: nested more than {MAX_DEPTH} levels deep")
+    except yaml.MarkedYAMLError as err:
+        path, slot = open_collections[-1] if open_collections else ((), 0)
+        err.spec_path = path if isinstance(slot, int) or slot is _AWAITING_KEY else path + (slot,)
+        raise
 
 
 def _index(root: yaml.Node, where: str) -> dict[tuple, tuple[int, int]]:
@@ -68,19 +118,24 @@ def _index(root: yaml.Node, where: str) -> dict[tuple, tuple[int, int]]:
         node, path = stack.pop()
         visited += 1
         if visited > MAX_NODES:
-            fail(node, f"the spec expands to over {MAX_NODES:,} YAML nodes (an alias/anchor bomb?)")
+            fail(node, f"{dotted(path)}: the spec expands to over {MAX_NODES:,} YAML nodes (an alias/anchor bomb?)")
         if len(path) > MAX_DEPTH:
-            fail(node, f"nested more than {MAX_DEPTH} levels deep")
+            fail(node, f"{dotted(path)}: nested more than {MAX_DEPTH} levels deep")
         if node.tag not in _PLAIN_TAGS:
             tag = node.tag.replace("tag:yaml.org,2002:", "!!")
             fail(node, f"{dotted(path)}: the YAML tag '{tag}' is not allowed: a spec holds plain data only "
                        "(mappings, lists, strings, numbers, booleans, null); quote the value if it is text")
+        if node.tag == "tag:yaml.org,2002:int" and len(node.value) > MAX_DIGITS:
+            fail(node, f"{dotted(path)}: a number of {len(node.value):,} characters is out of range")
         if isinstance(node, yaml.MappingNode):
             seen: dict[Any, int] = {}
             for key_node, value_node in node.value:
                 key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
                 if not isinstance(key_node, yaml.ScalarNode):
                     fail(key_node, f"{dotted(path)}: keys must be plain names")
+                merged = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                if key == "<<" and not all(isinstance(m, yaml.MappingNode) for m in merged):
+                    fail(value_node, f"{dotted(path)}: `<<` merges a mapping (or a list of mappings) into this one")
                 if key in seen and key != "<<":
                     fail(key_node, f"{dotted(path + (key,))}: duplicate key '{key}' (first given on line {seen[key]})")
                 seen[key] = key_node.start_mark.line + 1
@@ -95,23 +150,29 @@ def _index(root: yaml.Node, where: str) -> dict[tuple, tuple[int, int]]:
 
 def parse_yaml(text: str, where: str) -> tuple[Any, dict[tuple, tuple[int, int]]]:
     """Safe-load one YAML document; return the data and the location of every path in it."""
-    loader = yaml.SafeLoader(text)
     try:
-        root = loader.get_single_node()
-        if root is None:
-            return None, {}
-        locations = _index(root, where)
-        return loader.construct_document(root), locations
+        _scan(text, where)
+        loader = yaml.SafeLoader(text)
+        try:
+            root = loader.get_single_node()
+            if root is None:
+                return None, {}
+            locations = _index(root, where)
+            return loader.construct_document(root), locations
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         what = " ".join(str(x) for x in (err.context, err.problem) if x)
-        raise UserError(f"{where}:{mark.line + 1}:{mark.column + 1}: YAML syntax error: {what}") from None
+        path = dotted(getattr(err, "spec_path", ()))
+        raise UserError(f"{where}:{mark.line + 1}:{mark.column + 1}: {path}: YAML syntax error: {what}") from None
+    except yaml.reader.ReaderError as err:  # a control character
+        before = text[: err.position]
+        place = f"{before.count(chr(10)) + 1}:{err.position - before.rfind(chr(10))}"
+        raise UserError(f"{where}:{place}: (top level): the control character U+{err.character:04X} is not allowed in "
+                        "a YAML spec") from None
     except yaml.YAMLError as err:
         raise UserError(f"{where}: YAML error: {err}") from None
-    except RecursionError:
-        raise UserError(f"{where}: nested too deeply to be a spec") from None
-    finally:
-        loader.dispose()
 
 
 # ------------------------------------------------------------------------------- overrides
@@ -290,9 +351,9 @@ def load_spec(file: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> 
     path = Path(file)
     data, locations = parse_yaml(_read_text(path), str(path))
     if data is None:
-        raise UserError(f"{path}:1:1: the file is empty; a spec needs at least a `model` section")
+        raise UserError(f"{path}:1:1: (top level): the file is empty; a spec needs at least a `model` section")
     if not isinstance(data, dict):
-        raise UserError(f"{path}:1:1: a spec is a mapping (key: value) at the top level, "
+        raise UserError(f"{path}:1:1: (top level): a spec is a mapping (key: value) at the top level, "
                         f"not a {type(data).__name__}")
     data.setdefault("name", re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem)[:64] or "model")
     return validate_spec(data, str(path), locations, overrides)

@@ -2,8 +2,8 @@
 
 Resume is exact: checkpoints hold the model and the optimizer (whose step counter drives every
 step-based schedule), state.json holds the epoch counter and the state of the stateful callbacks
-(plateau, early stopping, best checkpoint), and the data pipeline's order depends only on
-(seed, epoch).
+(plateau, early stopping, best checkpoint) and the dropout/augmentation seed states, and the
+data pipeline's order depends only on (seed, epoch).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 from . import __version__
 from .builder import build_model
 from .errors import UserError
-from .runs import atomic_write, read_json, write_json
+from .runs import atomic_write, write_json
 from .runtime import configure, tensorflow
 from .spec import Spec
 
@@ -229,6 +229,8 @@ class RunRecorder(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
+        if not math.isfinite(logs.get("loss", 0.0)):
+            return  # the loss became NaN: keep the last good checkpoint and state.json as they are
         name = f"checkpoints/epoch-{epoch + 1:04d}.keras" if self.enabled else None
         if name:
             atomic_write(self.run / name, self.model.save)
@@ -238,11 +240,30 @@ class RunRecorder(keras.callbacks.Callback):
             self.state.update(best=float(value), best_epoch=epoch + 1)
         self.state["history"].append({"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})
         self.state.update(epochs_done=epoch + 1, checkpoint=name, learning_rate=current_lr(self.model),
+                          rng=rng_state(self.model),
                           callbacks={key: cb.state() for key, cb in self.stateful.items()})
         write_json(self.run / "state.json", self.state)
         for old in (self.run / "checkpoints").glob("epoch-*.keras"):
             if old.name != Path(name or "").name:
                 old.unlink(missing_ok=True)
+
+
+def _seed_states(model) -> dict[str, list]:
+    """The random-number state of each dropout or augmentation layer: Keras keeps it out of checkpoints."""
+    return {layer.name: [v for v in layer.variables if not any(v is w for w in layer.weights)]
+            for layer in model.layers}
+
+
+def rng_state(model) -> dict[str, list]:
+    """The seed states, as saved in state.json beside the checkpoint."""
+    return {name: [keras.ops.convert_to_numpy(v).tolist() for v in states]
+            for name, states in _seed_states(model).items() if states}
+
+
+def restore_rng_state(model, saved: dict[str, list]) -> None:
+    for name, states in _seed_states(model).items():
+        for variable, value in zip(states, saved.get(name, [])):
+            variable.assign(value)
 
 
 def make_callbacks(spec: Spec, run: Path, state: dict, images_per_epoch: int) -> tuple[list, NaNGuard]:
@@ -323,6 +344,7 @@ def fit(spec: Spec, run: Path, prepared: tuple, state: dict) -> dict:
             if not state.get("checkpoint"):
                 raise UserError(f"{run}: no checkpoint was saved (train.checkpoint.enabled is false); cannot resume")
             model = load_checkpoint(run / state["checkpoint"])
+            restore_rng_state(model, state.get("rng", {}))
         else:
             model = build_model(spec)
             compile_model(model, spec, pipes.steps_per_epoch)
@@ -334,7 +356,8 @@ def fit(spec: Spec, run: Path, prepared: tuple, state: dict) -> dict:
                      host=socket.gethostname())
         write_json(run / "state.json", state)
         print(f"mnist-keras: training {spec.name} on {described}, {pipes.n_train:,} train / {pipes.n_val:,} "
-              f"validation / {pipes.n_test:,} test images, epochs {start + 1}-{spec.train.epochs}", flush=True)
+              f"validation / {pipes.n_test:,} test images, " + (f"epochs {start + 1}-{spec.train.epochs}"
+              if start < spec.train.epochs else "all epochs done: evaluating"), flush=True)
         started = time.perf_counter()
         model.fit(
             pipes.train, epochs=spec.train.epochs, initial_epoch=start, steps_per_epoch=pipes.steps_per_epoch,

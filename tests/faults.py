@@ -1,0 +1,136 @@
+"""Run the `mnist-keras` CLI with one fault injected at a chosen moment (used by test_faults.py).
+
+    python tests/faults.py FAULT [mnist-keras arguments...]
+
+FAULT is one of
+    kill-at-batch:E:S        SIGKILL itself after training step S of epoch E (mid-epoch)
+    kill-in-validation:E:S   SIGKILL after validation step S at the end of epoch E
+    kill-in-test:S           SIGKILL after step S of the final test-set evaluation
+    kill-in-write:NAME:K     SIGKILL while writing the K-th file called NAME: its temporary file
+                             is half written and neither fsynced nor renamed
+    kill-after-write:NAME:K  SIGKILL just after the K-th file called NAME was renamed into place
+    sigint-at-batch:E:S      SIGINT (Ctrl-C) after training step S of epoch E
+    fail-in-write:NAME:K     the K-th write of NAME fails with "No space left on device"
+    run-dir-at:T             no fault: wait until time.time() >= T to create the run directory, so that
+                             several processes create theirs in the same second
+The kill is real (signal 9 to this process), so nothing runs after it: no finally, no atexit.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import sys
+import time
+
+from mnist_keras import cli, runs, train  # train first: it imports TensorFlow quietly
+
+import keras  # noqa: E402
+
+
+def die(sig: int = signal.SIGKILL) -> None:
+    sys.stdout.flush()
+    os.kill(os.getpid(), sig)
+
+
+class AtStep(keras.callbacks.Callback):
+    """Sends `sig` after training (or validation) step `step` of epoch `epoch` (both from 1)."""
+
+    def __init__(self, epoch: int, step: int, validation: bool = False, sig: int = signal.SIGKILL):
+        super().__init__()
+        self.target, self.validation, self.sig, self.epoch = (epoch, step), validation, sig, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self.validation and (self.epoch, batch + 1) == self.target:
+            die(self.sig)
+
+    def on_test_batch_end(self, batch, logs=None):
+        if self.validation and (self.epoch, batch + 1) == self.target:
+            die(self.sig)
+
+
+def add_callback(callback) -> None:
+    make = train.make_callbacks
+
+    def with_fault(*args, **kwargs):
+        callbacks, guard = make(*args, **kwargs)
+        return [*callbacks, callback], guard
+
+    train.make_callbacks = with_fault
+
+
+def kill_in_test(step: int) -> None:
+    evaluate = keras.Model.evaluate
+
+    def evaluate_then_die(self, *args, callbacks=None, **kwargs):
+        if callbacks is None:  # the test-set evaluation (fit's validation passes its callbacks)
+            callbacks = [AtStep(0, step, validation=True)]
+        return evaluate(self, *args, callbacks=callbacks, **kwargs)
+
+    keras.Model.evaluate = evaluate_then_die
+
+
+def in_write(name: str, nth: int, how: str) -> None:
+    real = runs.atomic_write
+    count = 0
+
+    def faulty(path, write):
+        nonlocal count
+        count += os.path.basename(path) == name
+        if os.path.basename(path) != name or count != nth:
+            return real(path, write)
+        if how == "fail":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        if how == "after":
+            real(path, write)
+            die()
+
+        def half_then_die(tmp):
+            write(tmp)
+            size = os.path.getsize(tmp)
+            with open(tmp, "r+b") as handle:
+                handle.truncate(size // 2)
+            die()
+
+        real(path, half_then_die)
+
+    runs.atomic_write = train.atomic_write = faulty
+
+
+def run_dir_at(when: float) -> None:
+    create = runs.create_run_dir
+
+    def create_on_time(*args, **kwargs):
+        late = time.time() - when
+        print(f"run-dir-at: {'late by %.1f s' % late if late > 0 else 'on time'}", flush=True)
+        time.sleep(max(0.0, -late))
+        return create(*args, **kwargs)
+
+    runs.create_run_dir = create_on_time
+
+
+def install(fault: str) -> None:
+    kind, *args = fault.split(":")
+    if kind == "kill-at-batch":
+        add_callback(AtStep(int(args[0]), int(args[1])))
+    elif kind == "sigint-at-batch":
+        add_callback(AtStep(int(args[0]), int(args[1]), sig=signal.SIGINT))
+    elif kind == "kill-in-validation":
+        add_callback(AtStep(int(args[0]), int(args[1]), validation=True))
+    elif kind == "kill-in-test":
+        kill_in_test(int(args[0]))
+    elif kind in ("kill-in-write", "kill-after-write", "fail-in-write"):
+        in_write(args[0], int(args[1]), {"kill-in-write": "in", "kill-after-write": "after", "fail-in-write": "fail"}[kind])
+    elif kind == "run-dir-at":
+        run_dir_at(float(args[0]))
+    elif kind != "none":
+        raise SystemExit(f"unknown fault {fault!r}")
+
+
+if __name__ == "__main__":
+    install(sys.argv[1])
+    cli.main(sys.argv[2:], prog_name="mnist-keras")
