@@ -199,7 +199,11 @@ def _train(loaded, data_dir, runs_root, overrides=(), run=None, state=None, clus
     from .specfile import dump_spec
     from .train import TrainingFailed, fit as train, prepare
 
-    prepared = prepare(loaded, data_dir, cluster)
+    try:
+        prepared = prepare(loaded, data_dir, cluster)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted before training began; nothing was written", err=True)
+        raise
     if state is None:
         state = {"status": "running", "epochs_done": 0, "history": [], "data_dir": data_dir,
                  "overrides": list(overrides)}

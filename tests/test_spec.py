@@ -3,11 +3,12 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from conftest import SHIPPED
+from conftest import ROOT, SHIPPED
 from mnist_keras.cli import main
 from mnist_keras.errors import UserError
 from mnist_keras.specfile import dump_spec, json_schema, load_spec
