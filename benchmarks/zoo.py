@@ -121,7 +121,7 @@ def table(rows: list[dict]) -> str:
         "|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
-        reported = f"{r['reported']:.2%}" if r["reported"] is not None else "not stated"
+        reported = f"{r['reported']:.2%}" if r["reported"] is not None else "—"
         lines.append(f"| [`{r['name']}`]({r['file']}) | {r['params']:,} | {r['epochs']} | {r['accuracy']:.2%} | "
                      f"{reported} | {r['seconds']:.1f} | {r['device']} |")
     versions, data = rows[0]["versions"], rows[0]["data"]
