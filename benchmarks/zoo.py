@@ -31,7 +31,6 @@ from mnist_keras.specfile import load_spec  # noqa: E402
 
 BEGIN, END = "<!-- zoo:begin -->", "<!-- zoo:end -->"
 REPORTED = re.compile(r"Reported: (\d+(?:\.\d+)?)%")
-COMMAND = "PYTHONPATH=$PWD python benchmarks/zoo.py --data-dir /work/shared/data/mnist"
 
 
 def zoo_specs() -> list[Path]:
@@ -117,13 +116,15 @@ def regression_notes(rows: list[dict]) -> list[str]:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| spec | parameters | epochs | test accuracy | reported | seconds/epoch | device |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| spec | parameters | epochs | test accuracy | reported | difference | seconds/epoch | device |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
-        reported = f"{r['reported']:.2%}" if r["reported"] is not None else "—"
+        stated = r["reported"] is not None
+        reported = f"{r['reported']:.2%}" if stated else "—"
+        difference = f"{(r['accuracy'] - r['reported']) * 100:+.2f} points" if stated else ""
         lines.append(f"| [`{r['name']}`]({r['file']}) | {r['params']:,} | {r['epochs']} | {r['accuracy']:.2%} | "
-                     f"{reported} | {r['seconds']:.1f} | {r['device']} |")
+                     f"{reported} | {difference} | {r['seconds']:.1f} | {r['device']} |")
     versions, data = rows[0]["versions"], rows[0]["data"]
     sources = {(r["data"]["dataset"], r["data"]["path"], str(r["data"]["counts"])) for r in rows}
     if len(sources) > 1:
@@ -131,8 +132,7 @@ def table(rows: list[dict]) -> str:
     counts = data["counts"]
     header = (f"Measured {time.strftime('%Y-%m-%d', time.gmtime())} on {cpu_model()}, {os.cpu_count()} CPU cores, "
               f"TensorFlow {versions['tensorflow']}, Keras {versions['keras']}; {data['dataset']} from "
-              f"{data['source']} ({counts['train']:,} training and {counts['test']:,} test images). "
-              f"Reproduce with `{COMMAND}`.")
+              f"{data['source']} ({counts['train']:,} training and {counts['test']:,} test images).")
     notes = regression_notes(rows)
     return "\n".join([header, "", *lines, *([""] + notes if notes else [])])
 
