@@ -49,7 +49,7 @@ class Data(StrictModel):
     validation: Union[NonNegativeInt, Fraction] = 0.1  # the last N training images, or a fraction
     max_train: PositiveInt | None = None  # use only the first N training images (quick runs)
     preprocess: Preprocess = Preprocess()
-    shuffle: NonNegativeInt = 10000  # shuffle buffer size; 0 turns shuffling off
+    shuffle: NonNegativeInt | Literal["all"] = "all"  # all: a fresh uniform permutation each epoch; N: a buffer of N (moves each image fewer than N places); 0: off
     batch_size: PositiveInt = 128  # the global batch: one step's images, split across all replicas when distributed
     drop_remainder: bool = False
     cache: bool = True

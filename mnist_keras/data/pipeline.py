@@ -107,11 +107,12 @@ def make_pipelines(spec: Spec, arrays: Arrays, start_epoch: int = 0) -> Pipeline
 
     def epoch(e):
         """Index batches of epoch e. Sorting i / shuffle + U(0, 1) moves each image by fewer than
-        `shuffle` places, like a shuffle buffer of that size; shuffle >= n is a uniform permutation."""
+        `shuffle` places, like a shuffle buffer of that size; `all` (or shuffle >= n) is a uniform permutation."""
         order = tf.range(n_train)
-        if data.shuffle > 1:
+        window = n_train if data.shuffle == "all" else data.shuffle
+        if window > 1:
             noise = tf.random.stateless_uniform([n_train], seed=tf.stack([seed, e]), dtype=tf.float64)
-            order = tf.argsort(noise if data.shuffle >= n_train else noise + tf.cast(order, tf.float64) / data.shuffle)
+            order = tf.argsort(noise if window >= n_train else noise + tf.cast(order, tf.float64) / window)
         return index_batches(order, data.drop_remainder)
 
     def finite(x, y):
