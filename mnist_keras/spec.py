@@ -307,7 +307,9 @@ class Runtime(StrictModel):
     distribute: Literal["none", "mirrored", "multi_worker"] = "none"
     mixed_precision: bool = False
     jit_compile: bool = False
-    steps_per_execution: PositiveInt = 1
+    # Training steps per call into TensorFlow. "epoch" (a whole epoch per call) is the fastest on CPU; the
+    # progress bar and per-batch callbacks then see only the end of each call.
+    steps_per_execution: Union[PositiveInt, Literal["epoch"]] = "epoch"  # or N, a divisor of the epoch's steps
     deterministic: bool = False  # deterministic TensorFlow ops: bit-exact repeats, slower
     threads: Threads = Threads()
     max_params: PositiveInt = 50_000_000  # refuse to build larger models; raise it to go bigger
