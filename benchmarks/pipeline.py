@@ -26,9 +26,9 @@ def main() -> None:
     from mnist_keras.data import load_arrays, make_pipelines
     from mnist_keras.runtime import tensorflow
     from mnist_keras.specfile import load_spec
+    from mnist_keras.train import compile_model
 
     tf = tensorflow()
-    import keras
 
     spec = load_spec(args.spec)
     arrays = load_arrays(spec.data, args.data_dir)
@@ -63,12 +63,8 @@ def main() -> None:
     seconds = best(iterate)
     print(f"  pipeline alone:               {rate(seconds, images)}")
 
-    loss = {"categorical_crossentropy": keras.losses.CategoricalCrossentropy(from_logits=True),
-            "sparse_categorical_crossentropy": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            "mse": keras.losses.MeanSquaredError()}[spec.loss()]
     model = build_model(spec)
-    model.compile(keras.optimizers.Adam(), loss, jit_compile=spec.runtime.jit_compile,
-                  steps_per_execution=spec.runtime.steps_per_execution)
+    compile_model(model, spec, pipes.steps_per_epoch)
     one_batch = tf.data.Dataset.from_tensors(next(iter(pipes.train))).cache().repeat()
     for name, dataset, count in (("training step, batch in memory:", one_batch, steps * batch),
                                  ("model.fit on the pipeline:   ", pipes.train, images)):

@@ -118,9 +118,10 @@ def make_loss_and_metrics(spec: Spec):
 
 def compile_model(model, spec: Spec, steps_per_epoch: int) -> None:
     loss, metrics = make_loss_and_metrics(spec)
+    group = spec.runtime.steps_per_execution
     model.compile(
         optimizer=make_optimizer(spec, steps_per_epoch), loss=loss, metrics=metrics,
-        jit_compile=spec.runtime.jit_compile, steps_per_execution=spec.runtime.steps_per_execution,
+        jit_compile=spec.runtime.jit_compile, steps_per_execution=steps_per_epoch if group == "epoch" else group,
     )
 
 
@@ -152,7 +153,8 @@ class EpochStats(keras.callbacks.Callback):
 
 
 class NaNGuard(keras.callbacks.Callback):
-    """Stops at the first NaN or infinite loss and says where."""
+    """Stops at the first NaN or infinite loss and says where: Keras reports the loss after each group of
+    runtime.steps_per_execution steps, so `where` is the last step of the group that saw it."""
 
     def __init__(self):
         super().__init__()
@@ -370,7 +372,7 @@ def fit(spec: Spec, run: Path, prepared: tuple, state: dict) -> dict:
             write_json(run / "state.json", state)
             epoch, step = guard.where
             raise TrainingFailed(
-                f"the loss became NaN at epoch {epoch}, step {step}; the last good checkpoint is kept in "
+                f"the loss became NaN in epoch {epoch}, by step {step}; the last good checkpoint is kept in "
                 f"{run / 'checkpoints'}. Try a lower learning rate (now {current_lr(model):.3g}) or gradient clipping"
             )
         test = model.evaluate(pipes.test, verbose=0, return_dict=True)

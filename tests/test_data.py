@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from mnist_keras.data import Arrays, load_arrays, make_pipelines, sources
 from mnist_keras.data.commands import data as data_command
 from mnist_keras.errors import UserError
-from mnist_keras.spec import Data, Spec
+from mnist_keras.spec import Data, Runtime, Spec
 
 MODEL = {"layers": ["flatten", {"dense": {"units": 10}}]}
 FIRST_TRAIN_LABELS = [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]  # of the official MNIST training set
@@ -293,6 +293,9 @@ def test_bad_splits_and_shapes():
         make_pipelines(make_spec(validation=50), as_arrays(small()))
     with pytest.raises(UserError, match="data.batch_size: 64 is more than the 45 training images"):
         make_pipelines(make_spec(validation=5, batch_size=64, drop_remainder=True), as_arrays(small()))
+    spec = make_spec(validation=5, batch_size=10).model_copy(update={"runtime": Runtime(steps_per_execution=3)})
+    with pytest.raises(UserError, match="runtime.steps_per_execution: 3 does not divide the 5 steps .* \\[1, 5\\]"):
+        make_pipelines(spec, as_arrays(small()))
     spec = Spec.model_validate({"model": {**MODEL, "input_shape": [32, 32, 1]}})
     with pytest.raises(UserError, match="model.input_shape: the data gives images of shape \\[28, 28, 1\\]"):
         make_pipelines(spec, as_arrays(small()))

@@ -236,3 +236,12 @@ def test_evaluate_and_predict_image_files(tiny, tmp_path):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
     result = CliRunner().invoke(main, ["predict", str(run), str(tmp_path / "broken.png")])
     assert result.exit_code == 2 and "broken.png: cannot be read as an image" in result.stderr
+
+
+@pytest.mark.parametrize("group,step", [("4", 4), ("epoch", 16)])
+def test_nan_loss_stops_with_epoch_and_step_named(group, step, tiny, tmp_path):
+    sets = ["train.optimizer.type=sgd", "train.optimizer.learning_rate=1.0e+30", f"runtime.steps_per_execution={group}"]
+    result = fit([tiny(epochs=3), *[arg for s in sets for arg in ("--set", s)]], tmp_path / "runs")
+    assert result.exit_code == 1, result.output
+    assert f"the loss became NaN in epoch 1, by step {step};" in result.stderr
+    assert json.loads((only_run(tmp_path / "runs") / "state.json").read_text())["status"] == "failed"

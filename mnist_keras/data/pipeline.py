@@ -71,6 +71,11 @@ def make_pipelines(spec: Spec, arrays: Arrays, start_epoch: int = 0) -> Pipeline
     if steps == 0:
         raise UserError(f"data.batch_size: {batch} is more than the {n_train:,} training images and "
                         "data.drop_remainder is true, so an epoch has no batch")
+    group = spec.runtime.steps_per_execution
+    if group != "epoch" and steps % group:  # Keras would carry a last partial group into the next epoch
+        divisors = [d for d in range(1, steps + 1) if steps % d == 0]
+        raise UserError(f"runtime.steps_per_execution: {group} does not divide the {steps} steps of an epoch "
+                        f"({n_train:,} images in batches of {batch}); use one of {divisors} or change data.batch_size")
 
     def images(x):
         return preprocess_images(spec, x)

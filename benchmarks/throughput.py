@@ -1,0 +1,136 @@
+"""mnist-keras fit against a hand-written Keras script and a hand-written PyTorch loop, side by side.
+
+    python benchmarks/throughput.py --data-dir DIR [--models lenet5 dense] [--repeats N] [--epochs N]
+
+For each model, runs A B C A B C ... as subprocesses on the full MNIST, each with the shipped spec's
+batch size, optimizer, learning-rate schedule, epochs and held-out validation images:
+  A  mnist-keras fit model_specs/MODEL.yaml (benchmarks/fit_probe.py: the CLI plus a test-set probe)
+  B  benchmarks/keras_baseline.py  (Keras-tutorial style tf.data + compile + fit)
+  C  benchmarks/torch_baseline.py  (PyTorch CPU loop on preprocessed tensors)
+and prints medians over repeats: seconds per epoch and images/s (epochs after the first), test
+accuracy after the last epoch, time from the command's start to the first epoch at the target test
+accuracy (test evaluation itself excluded), peak resident memory, and the ratios A/B and A/C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET_ACCURACY = {"lenet5": 0.99, "dense": 0.98}
+
+
+def baseline_args(spec, epochs: int) -> list[str]:
+    """The shipped spec's hyperparameters as arguments for the hand-written baselines."""
+    from mnist_keras.data.pipeline import split_sizes
+
+    data, train = spec.data, spec.train
+    assert train.optimizer.type == "adam" and train.lr_schedule.type == "cosine", "baselines implement adam + cosine"
+    n_train, n_val = split_sizes(data, 60000)
+    norm = data.preprocess.normalize
+    return ["--epochs", str(epochs), "--batch-size", str(data.batch_size),
+            "--learning-rate", str(train.optimizer.learning_rate), "--warmup-epochs", str(train.lr_schedule.warmup),
+            "--validation", str(n_val), "--mean", str(norm.mean), "--std", str(norm.std)]
+
+
+def run(command: list[str], log: Path) -> tuple[float, float]:
+    """Run `command`; return (start time, peak resident memory in MiB). Exits if it fails."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "benchmarks")])}
+    with open(log, "w") as out:
+        started = time.time()
+        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        _, status, usage = os.wait4(child.pid, 0)
+    if os.waitstatus_to_exitcode(status):
+        sys.exit(f"failed: {' '.join(command)}\n{log.read_text()[-3000:]}")
+    return started, usage.ru_maxrss / 1024
+
+
+def measure(who: str, model: str, args, spec, epochs: int, work: Path) -> dict:
+    """One run of A, B or C: its per-epoch figures, final test accuracy, time to target, peak RSS."""
+    report, python = work / f"{who}.json", sys.executable
+    if who == "A":
+        command = [python, "benchmarks/fit_probe.py", str(report), "fit", f"model_specs/{model}.yaml",
+                   "--data-dir", args.data_dir, "--runs", str(work / "runs"), "--epochs", str(epochs)]
+    else:
+        script = {"B": "benchmarks/keras_baseline.py", "C": "benchmarks/torch_baseline.py"}[who]
+        command = [python, script, "--model", model, "--data-dir", args.data_dir, "--out", str(report),
+                   *baseline_args(spec, epochs), *(["--threads", str(args.torch_threads)] if who == "C" else [])]
+    started, rss = run(command, work / f"{who}.log")
+    epochs_seen = json.loads(report.read_text())["epochs"]
+    if who == "A":  # the run's own figures, from its metrics.json
+        metrics = json.loads(next((work / "runs").glob("*/*/metrics.json")).read_text())
+        seconds, rates = metrics["seconds_per_epoch"], [h["images_per_second"] for h in metrics["history"]]
+        final = metrics["test"]["accuracy"]
+    else:
+        seconds, rates = [e["epoch_seconds"] for e in epochs_seen], [e["images_per_second"] for e in epochs_seen]
+        final = epochs_seen[-1]["test_accuracy"]
+    reached = [e for e in epochs_seen if e["test_accuracy"] >= TARGET_ACCURACY[model]]
+    to_target = (reached[0]["end_time"] - started - reached[0]["excluded_seconds"], reached[0]["epoch"]) \
+        if reached else None
+    return {"seconds": seconds[1:] or seconds, "rates": rates[1:] or rates, "accuracy": final,
+            "to_target": to_target, "rss": rss}
+
+
+def summarize(model: str, spec, epochs: int, results: dict[str, list[dict]], torch_threads: int) -> str:
+    names = {"A": "A mnist-keras fit", "B": "B Keras script", "C": f"C PyTorch ({torch_threads} thread)"}
+    rate = {}
+    lines = [f"{model}: batch {spec.data.batch_size}, {epochs} epochs, {len(results['A'])} repeats (medians)",
+             f"  {'':22}{'s/epoch':>8}{'images/s':>10}{'test acc':>10}"
+             f"{'to ' + format(TARGET_ACCURACY[model], '.1%'):>16}{'peak RSS':>10}"]
+    for who, runs in results.items():
+        rate[who] = statistics.median(r for run in runs for r in run["rates"])
+        seconds = statistics.median(s for run in runs for s in run["seconds"])
+        reached = [run["to_target"] for run in runs if run["to_target"]]
+        to_target = "not reached" if len(reached) < len(runs) else \
+            f"{statistics.median(t for t, _ in reached):.1f} s (ep {statistics.median(e for _, e in reached):g})"
+        lines.append(f"  {names[who]:22}{seconds:8.2f}{rate[who]:10,.0f}"
+                     f"{statistics.median(r['accuracy'] for r in runs):10.2%}{to_target:>16}"
+                     f"{statistics.median(r['rss'] for r in runs):7,.0f} MiB")
+    lines.append(f"  images/s ratios: A/B {rate['A'] / rate['B']:.2f}x, A/C {rate['A'] / rate['C']:.2f}x")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", required=True, help="a folder with the four MNIST IDX files")
+    parser.add_argument("--models", nargs="+", choices=sorted(TARGET_ACCURACY), default=["lenet5", "dense"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, help="epochs per run (default: the spec's train.epochs)")
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="torch.set_num_threads for C (on a shared 2-core machine 1 is far faster than 2)")
+    args = parser.parse_args()
+    args.data_dir = str(Path(args.data_dir).resolve())
+    sys.path.insert(0, str(ROOT))
+    from mnist_keras.specfile import load_spec
+
+    print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPU cores "
+          f"({platform_cpu()}), python {sys.version.split()[0]}", flush=True)
+    for model in args.models:
+        spec = load_spec(ROOT / "model_specs" / f"{model}.yaml")
+        epochs = args.epochs or spec.train.epochs
+        results: dict[str, list[dict]] = {"A": [], "B": [], "C": []}
+        for _ in range(args.repeats):
+            for who in results:
+                with tempfile.TemporaryDirectory(prefix="mnist-keras-bench-") as work:
+                    results[who].append(measure(who, model, args, spec, epochs, Path(work)))
+        print(summarize(model, spec, epochs, results, args.torch_threads), flush=True)
+
+
+def platform_cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+if __name__ == "__main__":
+    main()
