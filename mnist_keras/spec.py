@@ -308,9 +308,9 @@ class Runtime(StrictModel):
     gpus: list[NonNegativeInt] | None = None  # the GPUs distribute uses (default: all)
     mixed_precision: bool | Literal["float16", "bfloat16"] = False  # true: float16 on GPU, bfloat16 on CPU
     jit_compile: bool = False  # compile each step with XLA
-    # "epoch" (a whole epoch per call into TensorFlow) is the fastest on CPU; the progress bar and per-batch
-    # callbacks then see only the end of each call.
-    steps_per_execution: Union[PositiveInt, Literal["epoch"]] = "epoch"  # or N, a divisor of the epoch's steps
+    # "epoch" (a whole epoch per call into TensorFlow) is 18-50% faster on CPU (benchmarks/throughput.py), but the
+    # progress bar, per-batch callbacks and the NaN check then see only the end of each epoch.
+    steps_per_execution: Union[PositiveInt, Literal["epoch"]] = 1  # N (a divisor of the epoch's steps) or epoch
     deterministic: bool = False  # deterministic TensorFlow ops: bit-exact repeats, slower
     threads: Threads = Threads()
     max_params: PositiveInt = 50_000_000  # refuse to build larger models; raise it to go bigger

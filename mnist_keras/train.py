@@ -371,8 +371,10 @@ def fit(spec: Spec, run: Path, prepared: tuple, state: dict) -> dict:
             state["status"] = "failed"
             write_json(run / "state.json", state)
             epoch, step = guard.where
+            exact = spec.runtime.steps_per_execution == 1
+            where = f"at epoch {epoch}, step {step}" if exact else f"in epoch {epoch}, by step {step}"
             raise TrainingFailed(
-                f"the loss became NaN in epoch {epoch}, by step {step}; the last good checkpoint is kept in "
+                f"the loss became NaN {where}; the last good checkpoint is kept in "
                 f"{run / 'checkpoints'}. Try a lower learning rate (now {current_lr(model):.3g}) or gradient clipping"
             )
         test = model.evaluate(pipes.test, verbose=0, return_dict=True)
