@@ -24,11 +24,10 @@ def main() -> None:
 
     from mnist_keras.builder import build_model
     from mnist_keras.data import load_arrays, make_pipelines
-    from mnist_keras.runtime import tensorflow
-    from mnist_keras.specfile import load_spec
+    from mnist_keras.backend import tf
+    from mnist_keras.spec.loader import load_spec
     from mnist_keras.train import compile_model
 
-    tf = tensorflow()
 
     spec = load_spec(args.spec)
     arrays = load_arrays(spec.data, args.data_dir)

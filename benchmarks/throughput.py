@@ -110,7 +110,7 @@ def main() -> None:
     args = parser.parse_args()
     args.data_dir = str(Path(args.data_dir).resolve())
     sys.path.insert(0, str(ROOT))
-    from mnist_keras.specfile import load_spec
+    from mnist_keras.spec.loader import load_spec
 
     print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPU cores "
           f"({platform_cpu()}), python {sys.version.split()[0]}", flush=True)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from mnist_keras.runs import read_json, write_text  # noqa: E402
 from mnist_keras.spec import Spec  # noqa: E402
-from mnist_keras.specfile import load_spec  # noqa: E402
+from mnist_keras.spec.loader import load_spec  # noqa: E402
 
 BEGIN, END = "<!-- zoo:begin -->", "<!-- zoo:end -->"
 REPORTED = re.compile(r"Reported: (\d+(?:\.\d+)?)%")

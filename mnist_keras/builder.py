@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from .runtime import tensorflow
 from .spec import Spec
 
 
 def build_model(spec: Spec):
     """The uncompiled keras.Sequential the spec describes, named after the spec. Under mixed precision
     a parameter-free float32 layer ends it, so the logits and the loss stay in float32."""
-    tensorflow()
-    import keras
+    from .backend import keras
 
     layers = [keras.Input(shape=spec.input_shape(), name="image")]
     layers += [planned.layer.keras(planned.name) for planned in spec.plan()]

@@ -48,7 +48,7 @@ main.add_command(data)
 @overrides_option
 def validate(specs, overrides):
     """Check spec files; print every problem with its file, line and spec path."""
-    from .specfile import load_spec
+    from .spec import load_spec
 
     failed = []
     for file in specs:
@@ -70,7 +70,7 @@ def validate(specs, overrides):
 @click.option("--keras", "with_keras", is_flag=True, help="Also build the model in Keras and print its own summary.")
 def summary(spec, overrides, with_keras):
     """Layers, output shapes and parameter counts, computed before any training."""
-    from .specfile import dotted, load_spec
+    from .spec import dotted, load_spec
 
     loaded = load_spec(spec, overrides)
     planned = loaded.plan()
@@ -100,7 +100,7 @@ def summary(spec, overrides, with_keras):
 @click.option("--out", type=click.Path(dir_okay=False, writable=True), help="Write to this file instead of stdout.")
 def schema(out):
     """Print the JSON Schema of spec files (for editor completion and checking)."""
-    from .specfile import json_schema
+    from .spec import json_schema
 
     text = json.dumps(json_schema(), indent=2)
     if out:
@@ -152,7 +152,7 @@ def fit(spec, overrides, epochs, data_dir, device, distribute, workers, task_ind
     """Train SPEC and evaluate it on the test set, in a new run directory."""
     from .distribute import cluster_from_flags
     from .runs import open_run_dir, read_json, remove_partial_files
-    from .specfile import dump_spec, load_spec
+    from .spec import dump_spec, load_spec
 
     cluster = cluster_from_flags(workers, task_index)
     flags = [f"{key}={json.dumps(value)}" for key, value in
@@ -196,7 +196,7 @@ def _train(loaded, data_dir, runs_root, overrides=(), run=None, state=None, clus
     the loss became NaN (the run is kept, marked failed). Ctrl-C marks the run interrupted and re-raises.
     A multi_worker worker other than the chief trains in step and exits here, writing no run."""
     from .runs import create_run_dir, write_text
-    from .specfile import dump_spec
+    from .spec import dump_spec
     from .train import TrainingFailed, fit as train, prepare
 
     try:
@@ -248,7 +248,7 @@ def sweep(spec, grids, overrides, sample, seed, epochs, data_dir, runs_root):
     Every run is a normal run directory; its grid values are logged as hyperparameters, so
     `tensorboard --logdir RUNS` compares them in the HParams dashboard.
     """
-    from .specfile import load_spec
+    from .spec import load_spec
     from .sweep import combinations, ranked_table
 
     combos = combinations(grids, sample, seed)
@@ -366,7 +366,8 @@ def predict(target, images, spec_file):
     import numpy as np
 
     from .data.pipeline import preprocess_images
-    from .inference import find_model, load_model, read_images
+    from .data.images import read_images
+    from .inference import find_model, load_model
 
     spec, model_file, _ = find_model(target, spec_file)
     height, width = spec.data.image_shape[:2]

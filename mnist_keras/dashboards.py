@@ -19,15 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from .backend import keras, tf
 from .data.pipeline import split_sizes
 from .plots import confusion_figure, confusion_matrix, misclassified_figure, rgba
-from .runtime import tensorflow
 from .spec import Spec
-from .specfile import dump_spec, parse_override
+from .spec import dump_spec, parse_override
 
-tf = tensorflow()
-import keras  # noqa: E402  (after the quiet TensorFlow import)
-from tensorboard.plugins.hparams import api as hp  # noqa: E402
+from tensorboard.plugins.hparams import api as hp
 
 MISCLASSIFIED_SHOWN = 32
 

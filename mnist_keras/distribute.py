@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import UserError
-from .runtime import tensorflow
 
 NO_GPU = "TensorFlow sees no GPU on this machine (`mnist-keras devices` lists what it sees)"
 
@@ -40,7 +39,9 @@ class Placement:
 
     def scope(self) -> AbstractContextManager:
         """Create, compile and load models inside this."""
-        return self.strategy.scope() if self.strategy else tensorflow().device(self.device)
+        from .backend import tf
+
+        return self.strategy.scope() if self.strategy else tf.device(self.device)
 
 
 def cluster_from_flags(workers: tuple[str, ...], task_index: int | None) -> dict | None:
@@ -103,7 +104,9 @@ def chosen_gpus(runtime, gpus: list) -> list[int]:
 
 
 def gpu_name(gpu) -> str:
-    return tensorflow().config.experimental.get_device_details(gpu).get("device_name", "GPU")
+    from .backend import tf
+
+    return tf.config.experimental.get_device_details(gpu).get("device_name", "GPU")
 
 
 def place(runtime, cluster: dict | None = None) -> Placement:
@@ -113,7 +116,8 @@ def place(runtime, cluster: dict | None = None) -> Placement:
     """
     if cluster and runtime.distribute != "multi_worker":
         raise UserError("--worker/--task-index describe a cluster: use them with --distribute multi_worker")
-    tf = tensorflow()
+    from .backend import tf
+
     gpus = tf.config.list_physical_devices("GPU")
     if runtime.device == "cpu" and gpus:
         tf.config.set_visible_devices([], "GPU")
@@ -136,7 +140,8 @@ def place(runtime, cluster: dict | None = None) -> Placement:
 def mirrored(runtime, gpus: list) -> Placement:
     """MirroredStrategy over the chosen GPUs; over CPU devices only where several are configured
     (tf.config.set_logical_device_configuration, as the tests do)."""
-    tf = tensorflow()
+    from .backend import tf
+
     if gpus:
         indices = chosen_gpus(runtime, gpus)
         names = ", ".join(f"gpu:{i} ({gpu_name(gpus[i])})" for i in indices)
@@ -155,7 +160,8 @@ def mirrored(runtime, gpus: list) -> Placement:
 def multi_worker(runtime, gpus: list, cluster: dict) -> Placement:
     """MultiWorkerMirroredStrategy over every worker of `cluster` (a TF_CONFIG), with the chosen GPUs
     of this machine, or its CPU."""
-    tf = tensorflow()
+    from .backend import tf
+
     local = "CPU"
     if gpus:
         indices = chosen_gpus(runtime, gpus)
@@ -216,7 +222,8 @@ def work_around_keras_multi_worker_bugs() -> None:
 
 def device_lines() -> list[str]:
     """What TensorFlow sees: its build, the CPU, and each GPU with memory and compute capability."""
-    tf = tensorflow()
+    from .backend import tf
+
     from tensorflow.python.client import device_lib  # the one API that reports each device's memory
 
     build = tf.sysconfig.get_build_info()
@@ -240,3 +247,26 @@ def device_lines() -> list[str]:
             parts.append(f"{memory[f'/GPU:{index}'] / 2**30:.1f} GiB usable")
         lines.append(f"GPU:{index}  " + ", ".join(parts))
     return lines
+
+
+def configure(runtime, seed: int, cluster: dict | None = None):
+    """Apply threads, the device or tf.distribute strategy (distribute.place), determinism, the
+    mixed-precision policy and seeding; return the distribute.Placement.
+
+    Must run before TensorFlow creates its first tensor. Raises UserError for a device that is not there.
+    """
+    from .backend import keras, tf
+
+    if runtime.threads.intra_op:
+        tf.config.threading.set_intra_op_parallelism_threads(runtime.threads.intra_op)
+    if runtime.threads.inter_op:
+        tf.config.threading.set_inter_op_parallelism_threads(runtime.threads.inter_op)
+    placement = place(runtime, cluster)
+    if runtime.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    policy = precision_policy(runtime, placement)
+    keras.mixed_precision.set_global_policy(policy)
+    if policy != "float32":
+        placement.described += f", {policy}"
+    keras.utils.set_random_seed(seed)
+    return placement

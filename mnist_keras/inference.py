@@ -5,13 +5,11 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import numpy as np
 
 from .errors import UserError
 from .runs import read_json
-from .runtime import tensorflow
 from .spec import Spec
-from .specfile import load_spec
+from .spec import load_spec
 
 
 def find_model(target: str | Path, spec_file: str | None = None) -> tuple[Spec, Path, dict]:
@@ -36,8 +34,7 @@ def find_model(target: str | Path, spec_file: str | None = None) -> tuple[Spec, 
 
 
 def load_model(path: Path):
-    tensorflow()
-    import keras
+    from .backend import keras
 
     from . import train  # noqa: F401  (registers the custom schedule and metric for loading)
 
@@ -47,28 +44,3 @@ def load_model(path: Path):
             return keras.models.load_model(path)
     except Exception as err:  # Keras raises many types for a damaged archive
         raise UserError(f"{path}: cannot load this model ({type(err).__name__}: {err})") from None
-
-
-def read_images(files: list[str], height: int, width: int) -> np.ndarray:
-    """Image files as MNIST-like uint8 arrays (N, height, width): gray, light digit on a dark background.
-
-    Colour is converted to gray, transparency is laid over white, the whole image is resized to
-    height x width, and an image whose mean is above mid-gray (dark ink on light paper) is inverted.
-    """
-    tf = tensorflow()
-    out = []
-    for file in files:
-        try:
-            image = tf.io.decode_image(tf.io.read_file(file), expand_animations=False).numpy().astype("float32")
-        except (tf.errors.OpError, ValueError) as err:
-            message = getattr(err, "message", str(err)).splitlines()[0]
-            raise UserError(f"{file}: cannot be read as an image (PNG, JPEG, GIF or BMP): {message}") from None
-        if image.shape[-1] in (2, 4):  # alpha: lay over white
-            alpha = image[..., -1:] / 255
-            image = image[..., :-1] * alpha + 255 * (1 - alpha)
-        gray = image.mean(axis=-1, keepdims=True)
-        small = tf.image.resize(gray, (height, width), method="area", antialias=True).numpy()[..., 0]
-        if small.mean() > 127.5:
-            small = 255 - small
-        out.append(np.clip(small.round(), 0, 255).astype("uint8"))
-    return np.stack(out)

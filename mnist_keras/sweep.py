@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .catalog import format_table, summarize
 from .errors import UserError
-from .specfile import parse_override
+from .spec import parse_override
 
 
 def split_values(text: str) -> list[str]:

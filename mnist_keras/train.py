@@ -23,11 +23,10 @@ from . import __version__
 from .builder import build_model
 from .errors import UserError
 from .runs import atomic_write, write_json
-from .runtime import configure, tensorflow
+from .backend import keras, tf
+from .distribute import configure
 from .spec import Spec
 
-tf = tensorflow()
-import keras  # noqa: E402  (after the quiet TensorFlow import)
 
 OPTIMIZERS = {
     "sgd": keras.optimizers.SGD, "adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW,

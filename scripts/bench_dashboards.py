@@ -28,7 +28,7 @@ def main() -> None:
     from mnist_keras.builder import build_model
     from mnist_keras.dashboards import dashboard_callbacks
     from mnist_keras.data import make_pipelines
-    from mnist_keras.specfile import load_spec
+    from mnist_keras.spec.loader import load_spec
     from mnist_keras.train import compile_model, prepare
 
     spec = load_spec(args.spec, ["train.epochs=2"])

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import ROOT, SHIPPED
-from mnist_keras.specfile import load_spec
+from mnist_keras.spec.loader import load_spec
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import learning_rate  # noqa: E402

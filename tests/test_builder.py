@@ -5,7 +5,7 @@ import pytest
 
 from conftest import SHIPPED
 from mnist_keras.builder import build_model
-from mnist_keras.specfile import load_spec
+from mnist_keras.spec.loader import load_spec
 
 LAYERS = {
     "dense_conv_pools": """

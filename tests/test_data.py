@@ -246,9 +246,8 @@ def test_scale_offset_and_normalize():
 
 
 def test_resize_and_channel_axis():
-    from mnist_keras.runtime import tensorflow
+    from mnist_keras.backend import tf
 
-    tf = tensorflow()
     x = small()["x_test"][:8, :, :, None].astype(np.float32) / 255
     pipes, got, _ = first_test_batch(batch_size=8, preprocess={"resize": [32, 32], "resize_method": "nearest"})
     assert got.shape == (8, 32, 32, 1) and pipes.input_shape == (32, 32, 1)
@@ -339,10 +338,7 @@ def test_cache_off_gives_the_same_batches():
 def test_resumed_run_sees_the_batches_of_the_uninterrupted_run():
     """model.fit(epochs=E, initial_epoch=k, steps_per_epoch=S) reads the dataset on across epochs (it does
     not restart it), so a run resumed at epoch k trains on the batches the uninterrupted run saw from epoch k."""
-    from mnist_keras.runtime import tensorflow
-
-    tf = tensorflow()
-    import keras
+    from mnist_keras.backend import keras, tf
 
     seen = []
 

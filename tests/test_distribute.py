@@ -17,10 +17,10 @@ from click.testing import CliRunner
 from conftest import ROOT
 from mnist_keras.cli import main
 from mnist_keras.distribute import Placement, cluster_from_flags, precision_policy
-from mnist_keras.runtime import tensorflow
+from mnist_keras.backend import tf
 from mnist_keras.spec import Runtime
 
-HAS_GPU = bool(tensorflow().config.list_physical_devices("GPU"))
+HAS_GPU = bool(tf.config.list_physical_devices("GPU"))
 without_gpu = pytest.mark.skipif(HAS_GPU, reason="checks the messages for a missing GPU")
 
 # SGD, not Adam: Adam is blind to a constant factor on the gradients, so it would hide a replica
@@ -45,8 +45,7 @@ runtime: {deterministic: true}
 # (a word with a * is the one path it matches).
 TWO_CPUS = """
 import glob, sys
-from mnist_keras.runtime import tensorflow
-tf = tensorflow()
+from mnist_keras.backend import tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from mnist_keras.cli import main

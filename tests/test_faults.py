@@ -63,10 +63,7 @@ def finish(process: subprocess.Popen) -> tuple[int, str, str]:
 
 
 def load(path: Path):
-    from mnist_keras.runtime import tensorflow
-
-    tensorflow()  # quietly, before keras
-    import keras
+    from mnist_keras.backend import keras
 
     return keras.models.load_model(path)
 

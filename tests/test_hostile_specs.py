@@ -17,7 +17,7 @@ from conftest import ROOT
 from hostile import generated_specs
 from mnist_keras.cli import main
 from mnist_keras.errors import UserError
-from mnist_keras.specfile import load_spec
+from mnist_keras.spec.loader import load_spec
 
 COMMITTED = sorted((Path(__file__).parent / "bad_specs").glob("*.yaml"))
 GENERATED = generated_specs()

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from conftest import SHIPPED
 from mnist_keras.cli import main
 from mnist_keras.errors import UserError
-from mnist_keras.layers import ENTRIES
-from mnist_keras.specfile import load_spec
+from mnist_keras.spec.layers import ENTRIES
+from mnist_keras.spec.loader import load_spec
 
 SHIPPED_TEXT = {p.name: p.read_text() for p in sorted(SHIPPED.glob("*.yaml"))}
 WORDS = [*ENTRIES, "data", "model", "train", "runtime", "layers", "template", "lenet5", "relu", "units",

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from conftest import ROOT, SHIPPED
 from mnist_keras.cli import main
 from mnist_keras.errors import UserError
-from mnist_keras.specfile import dump_spec, json_schema, load_spec
+from mnist_keras.spec.loader import dump_spec, json_schema, load_spec
 
 # The bad-spec corpus (tests/bad_specs) is run by test_hostile_specs.py.
 

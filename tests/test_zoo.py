@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from conftest import ROOT, SHIPPED
 from mnist_keras.cli import main
-from mnist_keras.specfile import load_spec
+from mnist_keras.spec.loader import load_spec
 
 ZOO = SHIPPED / "zoo"
 SPECS = sorted(ZOO.glob("*.yaml"))

@@ -28,7 +28,7 @@ def _data_options(func):
 
 def _load(spec_file: str | None, dataset: str | None, overrides: tuple[str, ...]):
     """The spec file, or a default spec for `dataset`, with the overrides applied."""
-    from ..specfile import load_spec, validate_spec
+    from ..spec import load_spec, validate_spec
 
     extra = (f"data.dataset={json.dumps(dataset)}",) if dataset else ()
     if spec_file:

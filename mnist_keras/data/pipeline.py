@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UserError
-from ..runtime import tensorflow
 from ..spec import Data, Preprocess, Spec
 from .sources import Arrays
 
@@ -52,7 +51,7 @@ def pixels(x, prep: Preprocess):
 
 def preprocess_images(spec: Spec, x):
     """Raw images (N, H, W[, C]) in 0..255 as the model takes them: pixels, resize, channel axis."""
-    tf = tensorflow()
+    from ..backend import tf
     prep = spec.data.preprocess
     x = pixels(tf.cast(x, tf.float32), prep)
     x = x[..., tf.newaxis] if x.shape.rank == 3 else x
@@ -63,7 +62,7 @@ def preprocess_images(spec: Spec, x):
 
 def make_pipelines(spec: Spec, arrays: Arrays, start_epoch: int = 0) -> Pipelines:
     """The train (from `start_epoch` on), validation and test datasets the spec's data section describes."""
-    tf = tensorflow()
+    from ..backend import tf
     data, prep = spec.data, spec.data.preprocess
     n_train, n_val = split_sizes(data, len(arrays.x_train))
     batch = data.batch_size

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..layers import did_you_mean
+from ..spec.layers import did_you_mean
 from ..spec import Data
 
 DATASETS = ("mnist", "fashion_mnist")
@@ -121,10 +121,7 @@ def _from_keras_cache(data: Data, source: str) -> Arrays | None:
 
 def _download(data: Data) -> Arrays:
     """keras.datasets.<name>.load_data(), then the files it cached."""
-    from ..runtime import tensorflow
-
-    tensorflow()
-    import keras
+    from ..backend import keras
 
     with contextlib.redirect_stdout(io.StringIO()):  # Keras' progress bar; one line below says it all
         (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, data.dataset).load_data()

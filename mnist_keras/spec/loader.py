@@ -14,11 +14,11 @@ from typing import Any, get_args
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .errors import UserError
+from ..errors import UserError
 from pydantic_core import PydanticCustomError
 
 from .layers import ENTRIES, TEMPLATES, did_you_mean, normalize_entry
-from .spec import Spec
+from .schema import Spec
 
 MAX_BYTES = 1_000_000  # a spec is a few kilobytes; refuse anything near a megabyte
 MAX_NODES = 20_000  # YAML nodes after expanding aliases (stops "billion laughs")
