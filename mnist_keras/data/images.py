@@ -13,7 +13,7 @@ def read_images(files: list[str], height: int, width: int) -> np.ndarray:
     Colour is converted to gray, transparency is laid over white, the whole image is resized to
     height x width, and an image whose mean is above mid-gray (dark ink on light paper) is inverted.
     """
-    from .backend import tf
+    from ..backend import tf
     out = []
     for file in files:
         try:
