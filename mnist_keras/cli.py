@@ -1,27 +1,31 @@
-"""The `mnist-keras` command line. TensorFlow is imported only inside the commands that need it."""
+"""The `mnist-keras` command line: parse, call the API, print, and map its errors to exit codes in one place
+(UserError 2, TrainingFailed 1, Interrupted and Ctrl-C 130). TensorFlow loads only inside the commands
+that train or predict."""
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
 from . import __version__
 from .data.commands import data
-from .errors import UserError
+from .errors import Error, Interrupted, UserError
 
 
 class Group(click.Group):
-    """Turns bad input into its messages on stderr and exit code 2, never a traceback."""
+    """Turns the API's errors into their messages on stderr and their exit codes, never a traceback."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except UserError as err:
+        except Error as err:
+            prefix = "\n" if isinstance(err, Interrupted) else "error: "
             for message in err.messages:
-                click.echo(f"error: {message}", err=True)
-            sys.exit(2)
+                click.echo(f"{prefix}{message}", err=True)
+            sys.exit(err.exit_code)
         except KeyboardInterrupt:
             click.echo("\ninterrupted", err=True)
             sys.exit(130)
@@ -30,8 +34,15 @@ class Group(click.Group):
 def overrides_option(func):
     return click.option(
         "--set", "overrides", multiple=True, metavar="PATH=VALUE",
-        help="Override a spec value, e.g. --set train.epochs=3 --set model.layers[0].conv2d.filters=8.",
+        help="Override a spec value, e.g. --set train.epochs=3 --set data.batch_size=64.",
     )(func)
+
+
+def reporter():
+    """Progress on stderr, with Keras' bar on a terminal and a line per epoch otherwise."""
+    from .api import Reporter
+
+    return Reporter(echo=lambda message: click.echo(message, err=True), verbose=1 if sys.stderr.isatty() else 2)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -88,7 +99,7 @@ def summary(spec, overrides, with_keras):
     click.echo(f"Trainable params: {trainable:,}")
     click.echo(f"Non-trainable params: {frozen:,}")
     if with_keras:
-        from .builder import build_model
+        from .api import build_model
 
         model = build_model(loaded)
         model.summary(print_fn=lambda line, **_: click.echo(line))
@@ -97,39 +108,40 @@ def summary(spec, overrides, with_keras):
 
 
 @main.command()
-@click.option("--out", type=click.Path(dir_okay=False, writable=True), help="Write to this file instead of stdout.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
 def schema(out):
     """Print the JSON Schema of spec files (for editor completion and checking)."""
+    from .runs.files import write_text
     from .spec import json_schema
 
     text = json.dumps(json_schema(), indent=2)
-    if out:
-        with open(out, "w", encoding="utf-8") as handle:
-            handle.write(text + "\n")
-    else:
+    if not out:
         click.echo(text)
-
-
-def _spec_diff(old: str, new: str) -> str:
-    import difflib
-
-    lines = difflib.unified_diff(old.splitlines(), new.splitlines(), "run's spec", "new spec", n=0, lineterm="")
-    return "\n".join(line for line in lines if not line.startswith("@@"))
-
-
-def _mark_stopped(run, status: str) -> int:
-    """Record why the run stopped in state.json, if the disk still allows; return the epochs it finished."""
-    from .runs import read_json, write_json
-
+        return
+    if not Path(out).parent.is_dir():
+        raise UserError(f"{out}: the folder {Path(out).parent} does not exist")
     try:
-        state = read_json(run / "state.json")
-    except UserError:  # stopped before training began
-        return 0
-    try:
-        write_json(run / "state.json", {**state, "status": status})
-    except OSError:
-        pass  # state.json still names the last finished epoch and its checkpoint
-    return state.get("epochs_done", 0)
+        write_text(Path(out), text + "\n")
+    except OSError as err:
+        raise UserError(f"{out}: cannot write: {err.strerror or err}") from None
+
+
+def _flags(epochs=None, device=None, distribute=None, name=None) -> list[str]:
+    """The --epochs/--device/--distribute/--name values as spec overrides."""
+    return [f"{key}={json.dumps(value)}" for key, value in (("train.epochs", epochs), ("runtime.device", device),
+            ("runtime.distribute", distribute), ("name", name)) if value is not None]
+
+
+def _fit_summary(run) -> str:
+    metrics, test = run.metrics, run.metrics["test"]
+    seconds = sum(metrics["seconds_per_epoch"])
+    loss = "nan" if test.get("loss") is None else f"{test['loss']:.4f}"
+    head = f"test accuracy {test['accuracy']:.2%}, loss {loss} | {metrics['epochs_done']} epochs in {seconds:.1f} s, " \
+           f"{metrics['images_per_second']:,.0f} images/s"
+    if run.path is None:
+        return f"{metrics['device']}: {head} | weights {metrics['weights_sha256']} | the chief writes the run"
+    weights = f" | weights {metrics['weights_sha256']}" if run.spec.runtime.distribute == "multi_worker" else ""
+    return f"{head}{weights} | run {run.path} | tensorboard --logdir {run.path}"
 
 
 @main.command()
@@ -150,84 +162,20 @@ def _mark_stopped(run, status: str) -> int:
 @click.option("--resume", "resume_dir", metavar="RUN_DIR", help="Continue an interrupted run from its last checkpoint.")
 def fit(spec, overrides, epochs, data_dir, device, distribute, workers, task_index, runs_root, name, resume_dir):
     """Train SPEC and evaluate it on the test set, in a new run directory."""
-    from .distribute import cluster_from_flags
-    from .runs import open_run_dir, read_json, remove_partial_files
-    from .spec import dump_spec, load_spec
+    from . import api
+    from .train.distribute import cluster_from_flags
 
     cluster = cluster_from_flags(workers, task_index)
-    flags = [f"{key}={json.dumps(value)}" for key, value in
-             (("train.epochs", epochs), ("runtime.device", device), ("runtime.distribute", distribute),
-              ("name", name)) if value is not None]
     if resume_dir:
-        run = open_run_dir(resume_dir)
-        state = read_json(run / "state.json")
-        loaded = load_spec(run / "spec.yaml", flags)
-        if spec:
-            asked = load_spec(spec, [*overrides, *flags]).model_copy(update={"name": loaded.name})
-            if asked != loaded:
-                raise UserError(f"{run}: refusing to resume with a different spec (only --epochs, --device and "
-                                f"--distribute may change):\n{_spec_diff(dump_spec(loaded), dump_spec(asked))}")
-        if state.get("status") == "finished" and state.get("epochs_done", 0) >= loaded.train.epochs:
-            raise UserError(f"{run}: all {loaded.train.epochs} epochs are done; pass --epochs N to train further")
-        data_dir = state["data_dir"] = data_dir or state.get("data_dir")
-        remove_partial_files(run)
+        asked = api.load_spec(spec, overrides) if spec else None
+        run = api.resume(resume_dir, epochs, data_dir=data_dir, device=device, distribute=distribute,
+                         overrides=() if spec else overrides, spec=asked, cluster=cluster, reporter=reporter())
     elif not spec:
         raise click.UsageError("give a SPEC to train, or --resume RUN_DIR")
     else:
-        loaded = load_spec(spec, [*overrides, *flags])
-        run = state = None
-    try:
-        run, metrics = _train(loaded, data_dir, runs_root, overrides, run, state, cluster)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    if metrics is None:
-        sys.exit(1)
-    test = metrics["test"]
-    seconds = sum(metrics["seconds_per_epoch"])
-    weights = f" | weights {metrics['weights_sha256']}" if loaded.runtime.distribute == "multi_worker" else ""
-    click.echo(
-        f"test accuracy {test['accuracy']:.2%}, loss {test['loss']:.4f} | {metrics['epochs_done']} epochs in "
-        f"{seconds:.1f} s, {metrics['images_per_second']:,.0f} images/s{weights} | run {run} | tensorboard --logdir {run}"
-    )
-
-
-def _train(loaded, data_dir, runs_root, overrides=(), run=None, state=None, cluster=None):
-    """Train `loaded` in a new run directory (or resume `run` from `state`): (run, metrics), metrics None when
-    the loss became NaN (the run is kept, marked failed). Ctrl-C marks the run interrupted and re-raises.
-    A multi_worker worker other than the chief trains in step and exits here, writing no run."""
-    from .runs import create_run_dir, write_text
-    from .spec import dump_spec
-    from .train import TrainingFailed, fit as train, prepare
-
-    try:
-        prepared = prepare(loaded, data_dir, cluster)
-    except KeyboardInterrupt:
-        click.echo("\ninterrupted before training began; nothing was written", err=True)
-        raise
-    if state is None:
-        state = {"status": "running", "epochs_done": 0, "history": [], "data_dir": data_dir,
-                 "overrides": list(overrides)}
-    if not prepared[0].is_chief:
-        _fit_worker(loaded, run, prepared, state)
-        sys.exit(0)
-    if run is None:
-        run = create_run_dir(runs_root, loaded.name)
-    try:
-        write_text(run / "spec.yaml", dump_spec(loaded))
-        return run, train(loaded, run, prepared, state)
-    except KeyboardInterrupt:
-        done = _mark_stopped(run, "interrupted")
-        click.echo(f"\ninterrupted after epoch {done}; resume with: mnist-keras fit --resume {run}", err=True)
-        raise
-    except TrainingFailed as err:
-        click.echo(f"error: {err}", err=True)
-        return run, None
-    except OSError as err:  # a full disk, a folder made read-only, a removed run directory
-        done = _mark_stopped(run, "failed")
-        click.echo(f"error: cannot write {err.filename or run}: {err.strerror or err}; training stopped after "
-                   f"epoch {done}, whose checkpoint is kept. Free some space (or fix the folder), then resume "
-                   f"with: mnist-keras fit --resume {run}", err=True)
-        sys.exit(1)
+        loaded = api.load_spec(spec, [*overrides, *_flags(epochs, device, distribute, name)])
+        run = api.fit(loaded, runs_root, data_dir=data_dir, cluster=cluster, reporter=reporter())
+    click.echo(_fit_summary(run))
 
 
 @main.command()
@@ -248,30 +196,17 @@ def sweep(spec, grids, overrides, sample, seed, epochs, data_dir, runs_root):
     Every run is a normal run directory; its grid values are logged as hyperparameters, so
     `tensorboard --logdir RUNS` compares them in the HParams dashboard.
     """
-    from .spec import load_spec
-    from .sweep import combinations, ranked_table
+    from .api import sweep as sweep_runs
+    from .sweep import ranked_table
 
-    combos = combinations(grids, sample, seed)
-    flags = [f"train.epochs={epochs}"] if epochs else []
-    loaded, problems = [], []
-    for combo in combos:  # every combination is checked before the first one trains
-        try:
-            loaded.append(load_spec(spec, [*overrides, *combo, *flags]))
-        except UserError as err:
-            problems += [m for m in err.messages if m not in problems]
-    if problems:
-        raise UserError(*problems)
     results = []
-    for number, (combo, one) in enumerate(zip(combos, loaded), 1):
-        click.echo(f"sweep {number}/{len(combos)}: {' '.join(combo)}", err=True)
-        try:
-            run, _ = _train(one, data_dir, runs_root, [*overrides, *combo])
-        except KeyboardInterrupt:
-            if results:
-                click.echo(ranked_table(results))
-            sys.exit(130)
-        results.append((combo, run))
-    click.echo(ranked_table(results))
+    try:
+        for combo, run in sweep_runs(spec, grids, [*overrides, *_flags(epochs)], sample=sample, seed=seed,
+                                     runs=runs_root, data_dir=data_dir, reporter=reporter()):
+            results.append((combo, run.path))
+    finally:
+        if results:
+            click.echo(ranked_table(results))
     click.echo(f"compare them: tensorboard --logdir {runs_root}")
 
 
@@ -279,12 +214,16 @@ def sweep(spec, grids, overrides, sample, seed, epochs, data_dir, runs_root):
 @click.argument("root", default="runs", required=False)
 def runs(root):
     """A table of the runs under ROOT (default: runs): name, start, epochs, accuracies, state, directory."""
-    from .catalog import COLUMNS, find_runs, format_table, summarize
+    from .runs.table import COLUMNS, find_runs, format_table, summarize
 
     found = find_runs(root)
     if not found:
         raise UserError(f"{root}: no run directories here")
-    click.echo(format_table([summarize(run) for run in found], COLUMNS))
+    rows = [summarize(run) for run in found]
+    click.echo(format_table(rows, COLUMNS))
+    for row in rows:
+        if row.get("reason"):
+            click.echo(f"unreadable: {row['reason']}", err=True)
 
 
 @main.command()
@@ -294,9 +233,7 @@ def runs(root):
 @click.option("--data-dir", type=click.Path(), help="A folder with the dataset's files (default: each run's).")
 def report(run_dirs, out, data_dir):
     """Learning curves, test confusion matrix, per-class accuracy and an HTML page for one or several runs."""
-    from pathlib import Path
-
-    from .report import build_report
+    from .reports.page import build_report
 
     if out is None and len(run_dirs) > 1:
         raise click.UsageError("give --out DIR for a report on several runs")
@@ -304,30 +241,10 @@ def report(run_dirs, out, data_dir):
     click.echo(f"wrote {index} and its figures ({len(run_dirs)} run{'s' if len(run_dirs) > 1 else ''})")
 
 
-def _fit_worker(spec, chief_run, prepared: tuple, state: dict) -> None:
-    """Train as a worker other than the chief of a multi_worker cluster: in step with the chief, writing
-    nothing into any run directory."""
-    from .distribute import scratch_run_dir
-    from .train import TrainingFailed, fit as train
-
-    described = prepared[0].described
-    with scratch_run_dir(chief_run) as scratch:
-        try:
-            metrics = train(spec, scratch, prepared, state)
-        except TrainingFailed:
-            click.echo(f"error: {described}: the loss became NaN; the chief's run keeps the last good checkpoint", err=True)
-            sys.exit(1)
-        except KeyboardInterrupt:
-            sys.exit(130)
-    test = metrics["test"]
-    click.echo(f"{described}: test accuracy {test['accuracy']:.2%}, loss {test['loss']:.4f}, weights "
-               f"{metrics['weights_sha256']} | the chief writes the run")
-
-
 @main.command()
 def devices():
     """What TensorFlow sees: CPUs, and GPUs with their memory and compute capability."""
-    from .distribute import device_lines
+    from .train.distribute import device_lines
 
     for line in device_lines():
         click.echo(line)
@@ -339,17 +256,11 @@ def devices():
 @click.option("--spec", "spec_file", help="The spec the model was trained with (default: the run's spec.yaml).")
 def evaluate(target, data_dir, spec_file):
     """Test-set loss and accuracy of a trained model."""
-    from .data import load_arrays, make_pipelines
-    from .inference import find_model, load_model
+    from .api import evaluate as evaluate_model
 
-    spec, model_file, state = find_model(target, spec_file)
-    arrays = load_arrays(spec.data, data_dir or state.get("data_dir"))
-    test = make_pipelines(spec, arrays).test
-    model = load_model(model_file)
-    result = model.evaluate(test, verbose=0, return_dict=True)
-    source = arrays.provenance
-    click.echo(f"{model_file}: test accuracy {result['accuracy']:.2%}, loss {result['loss']:.4f} "
-               f"on {len(arrays.x_test):,} {source['dataset']} test images ({source['source']})")
+    result = evaluate_model(target, data_dir=data_dir, spec_file=spec_file)
+    click.echo(f"{result['model']}: test accuracy {result['accuracy']:.2%}, loss {result['loss']:.4f} "
+               f"on {result['images']:,} {result['dataset']} test images ({result['source']})")
 
 
 @main.command()
@@ -361,23 +272,27 @@ def predict(target, images, spec_file):
 
     Each image is made MNIST-like before the spec's own preprocessing: converted to gray (transparency
     laid over white), resized as a whole to the dataset's image size, and inverted when it is dark ink
-    on a light background, since MNIST digits are light on dark.
+    on a light background, since MNIST digits are light on dark. Unreadable files are reported and the
+    others classified (exit 2 if any was unreadable).
     """
     import numpy as np
 
-    from .data.pipeline import preprocess_images
     from .data.images import read_images
-    from .inference import find_model, load_model
+    from .data.pipeline import preprocess_images
+    from .runs.run import model_target
+    from .train.objects import load_model
 
-    spec, model_file, _ = find_model(target, spec_file)
+    spec, model_file, _ = model_target(target, spec_file)
     height, width = spec.data.image_shape[:2]
-    pixels = read_images(list(images), height, width)
-    model = load_model(model_file)
-    outputs = model.predict(preprocess_images(spec, pixels), verbose=0)
-    for file, out in zip(images, outputs):
-        if spec.loss() == "mse":
-            click.echo(f"{file}: {round(float(out[0]))} (regression output {float(out[0]):.3f})")
-        else:
-            probs = np.exp(out - out.max())
-            probs /= probs.sum()
-            click.echo(f"{file}: {int(probs.argmax())} (probability {probs.max():.3f})")
+    pixels, files, problems = read_images(list(images), height, width)
+    if len(files):
+        outputs = load_model(model_file, spec).predict(preprocess_images(spec, pixels), verbose=0)
+        for file, out in zip(files, outputs):
+            if spec.loss() == "mse":
+                click.echo(f"{file}: {round(float(out[0]))} (regression output {float(out[0]):.3f})")
+            else:
+                probs = np.exp(out - out.max())
+                probs /= probs.sum()
+                click.echo(f"{file}: {int(probs.argmax())} (probability {probs.max():.3f})")
+    if problems:
+        raise UserError(*problems)

@@ -1,9 +1,29 @@
-"""The one exception type for bad input: the CLI prints its messages and exits with code 2."""
+"""The errors the API raises; each carries the exit code the command line maps it to."""
 
 
-class UserError(Exception):
-    """Bad input from the user (a spec, a path, a data file); each message names the place."""
+class Error(Exception):
+    """A failure the user can act on; `messages` are printed one per line, `exit_code` ends the command."""
+
+    exit_code = 1
 
     def __init__(self, *messages: str):
         super().__init__("\n".join(messages))
         self.messages = list(messages)
+
+
+class UserError(Error):
+    """Bad input (a spec, a path, a data file, a run directory); each message names the place. Exit 2."""
+
+    exit_code = 2
+
+
+class TrainingFailed(Error):
+    """Training stopped on its own (a NaN loss, a write that failed); the run is kept and marked failed. Exit 1."""
+
+    exit_code = 1
+
+
+class Interrupted(Error):
+    """Ctrl-C: the last finished epoch is kept and the run is marked interrupted. Exit 130."""
+
+    exit_code = 130

@@ -6,7 +6,7 @@ import itertools
 import random
 from pathlib import Path
 
-from .catalog import format_table, summarize
+from .runs.table import format_table, summarize
 from .errors import UserError
 from .spec import parse_override
 

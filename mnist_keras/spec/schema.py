@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BeforeValidator, Discriminator, Field, Tag, model_validator
+from pydantic import AfterValidator, BeforeValidator, Discriminator, Field, PrivateAttr, Tag, model_validator
 
 from .fields import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, StrictModel
 from .layers import LayerEntry, PlannedLayer, ShapeError, TemplateEntry, plan_layers
@@ -329,6 +329,12 @@ class Spec(StrictModel):
     model: Model
     train: Train = Train()
     runtime: Runtime = Runtime()
+    _overrides: dict[str, Any] = PrivateAttr(default_factory=dict)  # spec path -> value of each --set
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        """The values set over the file (`--set`, sweep values), by spec path, as the run record keeps them."""
+        return self._overrides
 
     def input_shape(self) -> tuple[int, ...]:
         """The model's input shape: `model.input_shape`, else the dataset's after preprocessing."""

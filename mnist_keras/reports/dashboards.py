@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from .backend import keras, tf
-from .data.pipeline import split_sizes
+from ..backend import keras, tf
+from ..data.pipeline import split_sizes
+from ..runs.record import RunState
+from ..spec import Spec, dump_spec, parse_override
+from ..train.compile import base_learning_rate
 from .plots import confusion_figure, confusion_matrix, misclassified_figure, rgba
-from .spec import Spec
-from .spec import dump_spec, parse_override
 
 from tensorboard.plugins.hparams import api as hp
 
@@ -46,12 +47,10 @@ def _lookup(data: Any, path: tuple) -> Any:
     return data
 
 
-def hparams(spec: Spec, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, bool | int | float | str]:
+def hparams(spec: Spec) -> dict[str, bool | int | float | str]:
     """The run's hyperparameters for the HParams dashboard, named by their spec paths: the main ones, then
-    each `--set` path with its resolved value (what the spec holds after validation, so 1 and 1.0 for a
-    float agree across runs, and a `--set` of a main one is the same column)."""
-    from .train import base_learning_rate
-
+    each overridden path (spec.overrides) with its resolved value (what the spec holds after validation, so
+    1 and 1.0 for a float agree across runs, and an override of a main one is the same column)."""
     values: dict[str, Any] = {
         "train.optimizer.type": spec.train.optimizer.type, "train.optimizer.learning_rate": base_learning_rate(spec),
         "train.lr_schedule.type": spec.train.lr_schedule.type, "data.batch_size": spec.data.batch_size,
@@ -59,13 +58,11 @@ def hparams(spec: Spec, overrides: list[str] | tuple[str, ...] = ()) -> dict[str
         "model.params": sum(p.trainable + p.non_trainable for p in spec.plan()), "seed": spec.seed,
     }
     resolved = spec.model_dump(mode="json")
-    for text in overrides:
-        path, value = parse_override(text)
+    for name, value in spec.overrides.items():
         try:
-            value = _lookup(resolved, path)
+            value = _lookup(resolved, parse_override(f"{name}=null")[0])
         except (KeyError, IndexError, TypeError):
             pass  # a path that validation rewrote (e.g. into a shorthand layer entry): the value as given
-        name = text.partition("=")[0].strip()
         values[name] = value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
     return values
 
@@ -78,16 +75,16 @@ def _image(figure) -> np.ndarray:
 class RunDescription(keras.callbacks.Callback):
     """At the start of training: the resolved spec as text (fresh runs only) and the HParams session."""
 
-    def __init__(self, log_dir: Path, spec: Spec, overrides: list[str], resumed: bool):
+    def __init__(self, log_dir: Path, spec: Spec, resumed: bool):
         super().__init__()
-        self.log_dir, self.spec, self.overrides, self.resumed = log_dir, spec, overrides, resumed
+        self.log_dir, self.spec, self.resumed = log_dir, spec, resumed
 
     def on_train_begin(self, logs=None):
         writer = tf.summary.create_file_writer(str(self.log_dir))
         with writer.as_default(step=0):
             if not self.resumed:
                 tf.summary.text("spec", f"```yaml\n{dump_spec(self.spec)}```")
-            hp.hparams(hparams(self.spec, self.overrides))
+            hp.hparams(hparams(self.spec))
         writer.close()
 
 
@@ -120,9 +117,9 @@ class ValidationImages(keras.callbacks.Callback):
         self.writer.close()
 
 
-def dashboard_callbacks(spec: Spec, log_dir: Path, state: dict, arrays, validation) -> list:
+def dashboard_callbacks(spec: Spec, log_dir: Path, state: RunState, arrays, validation) -> list:
     """The callbacks above for this run; no validation images without a validation set or for a regression."""
-    callbacks: list = [RunDescription(log_dir, spec, list(state.get("overrides", [])), bool(state["epochs_done"]))]
+    callbacks: list = [RunDescription(log_dir, spec, bool(state.epochs_done))]
     n_train, n_val = split_sizes(spec.data, len(arrays.x_train))
     if validation is not None and spec.loss() != "mse":
         held_out = slice(n_train, n_train + n_val)

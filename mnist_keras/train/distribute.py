@@ -15,14 +15,14 @@ import json
 import os
 import re
 import shutil
-import sys
+import signal
 import tempfile
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from .errors import UserError
+from ..errors import UserError
 
 NO_GPU = "TensorFlow sees no GPU on this machine (`mnist-keras devices` lists what it sees)"
 
@@ -39,7 +39,7 @@ class Placement:
 
     def scope(self) -> AbstractContextManager:
         """Create, compile and load models inside this."""
-        from .backend import tf
+        from ..backend import tf
 
         return self.strategy.scope() if self.strategy else tf.device(self.device)
 
@@ -65,18 +65,30 @@ def cluster_from_environment() -> dict:
     if not text:
         raise UserError("runtime.distribute: multi_worker needs the cluster: set TF_CONFIG, or pass "
                         "--worker HOST:PORT once per worker and --task-index N")
+    shape = 'expected {"cluster": {"worker": ["HOST:PORT", ...]}, "task": {"type": "worker", "index": N}}'
     try:
         config = json.loads(text)
-        cluster, task = config["cluster"], config["task"]
-        kind, index = task["type"], task["index"]
-        members = cluster[kind]
-    except (ValueError, KeyError, TypeError) as err:
-        raise UserError(f"TF_CONFIG: expected {{\"cluster\": {{\"worker\": [\"HOST:PORT\", ...]}}, "
-                        f"\"task\": {{\"type\": \"worker\", \"index\": N}}}} ({type(err).__name__}: {err})") from None
-    if kind not in ("chief", "worker"):
-        raise UserError(f"TF_CONFIG: task type {kind!r} is not supported; use chief or worker")
-    if not isinstance(index, int) or not 0 <= index < len(members):
-        raise UserError(f"TF_CONFIG: task index {index!r} is not one of the {len(members)} {kind} addresses")
+    except ValueError as err:
+        raise UserError(f"TF_CONFIG: not JSON ({err}); {shape}") from None
+    cluster = config.get("cluster") if isinstance(config, dict) else None
+    task = config.get("task") if isinstance(config, dict) else None
+    if not isinstance(cluster, dict) or not isinstance(task, dict):
+        raise UserError(f"TF_CONFIG: {shape}")
+    for kind, members in cluster.items():
+        if kind not in ("chief", "worker") or not isinstance(members, list) or not members:
+            raise UserError(f"TF_CONFIG: cluster.{str(kind)[:40]} must be a non-empty list of HOST:PORT "
+                            "addresses, and only chief and worker lists are supported")
+        for address in members:
+            if not isinstance(address, str) or not re.fullmatch(r"[^\s:]+:\d{1,5}", address):
+                raise UserError(f"TF_CONFIG: cluster.{kind}: expected HOST:PORT strings, got {str(address)[:60]!r}")
+    if "worker" not in cluster:
+        raise UserError(f"TF_CONFIG: the cluster has no worker list; {shape}")
+    kind, index = task.get("type"), task.get("index")
+    if kind not in cluster:
+        raise UserError(f"TF_CONFIG: task.type {str(kind)[:40]!r} is not one of the cluster's lists ({', '.join(cluster)})")
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(cluster[kind]):
+        raise UserError(f"TF_CONFIG: task.index {str(index)[:40]!r} is not one of the {len(cluster[kind])} "
+                        f"{kind} addresses (0-{len(cluster[kind]) - 1})")
     return config
 
 
@@ -104,19 +116,19 @@ def chosen_gpus(runtime, gpus: list) -> list[int]:
 
 
 def gpu_name(gpu) -> str:
-    from .backend import tf
+    from ..backend import tf
 
     return tf.config.experimental.get_device_details(gpu).get("device_name", "GPU")
 
 
-def place(runtime, cluster: dict | None = None) -> Placement:
+def place(runtime, cluster: dict | None, notify: Callable[[str], None]) -> Placement:
     """The device or strategy runtime.device and runtime.distribute ask for; UserError if it is not there.
 
     Call before TensorFlow creates its first tensor (MultiWorkerMirroredStrategy requires it).
     """
     if cluster and runtime.distribute != "multi_worker":
         raise UserError("--worker/--task-index describe a cluster: use them with --distribute multi_worker")
-    from .backend import tf
+    from ..backend import tf
 
     gpus = tf.config.list_physical_devices("GPU")
     if runtime.device == "cpu" and gpus:
@@ -127,7 +139,7 @@ def place(runtime, cluster: dict | None = None) -> Placement:
     if runtime.distribute == "mirrored":
         return mirrored(runtime, gpus)
     if runtime.distribute == "multi_worker":
-        return multi_worker(runtime, gpus, cluster or cluster_from_environment())
+        return multi_worker(runtime, gpus, cluster or cluster_from_environment(), notify)
     if not gpus:
         notice = "" if runtime.device == "cpu" else "; TensorFlow sees no GPU"
         return Placement(f"cpu ({os.cpu_count()} cores{notice})")
@@ -140,7 +152,7 @@ def place(runtime, cluster: dict | None = None) -> Placement:
 def mirrored(runtime, gpus: list) -> Placement:
     """MirroredStrategy over the chosen GPUs; over CPU devices only where several are configured
     (tf.config.set_logical_device_configuration, as the tests do)."""
-    from .backend import tf
+    from ..backend import tf
 
     if gpus:
         indices = chosen_gpus(runtime, gpus)
@@ -157,10 +169,10 @@ def mirrored(runtime, gpus: list) -> Placement:
     return Placement(f"mirrored over {count} logical CPU devices", strategy=strategy)
 
 
-def multi_worker(runtime, gpus: list, cluster: dict) -> Placement:
+def multi_worker(runtime, gpus: list, cluster: dict, notify: Callable[[str], None]) -> Placement:
     """MultiWorkerMirroredStrategy over every worker of `cluster` (a TF_CONFIG), with the chosen GPUs
     of this machine, or its CPU."""
-    from .backend import tf
+    from ..backend import tf
 
     local = "CPU"
     if gpus:
@@ -171,10 +183,15 @@ def multi_worker(runtime, gpus: list, cluster: dict) -> Placement:
     task, members = cluster["task"], cluster["cluster"]
     count = sum(len(members.get(kind, [])) for kind in ("chief", "worker"))
     me = f"{task['type']} {task['index']} of {count}"
-    print(f"mnist-keras: {me} waiting for the other workers ({', '.join(members.get('chief', []) + members['worker'])})",
-          file=sys.stderr, flush=True)
+    notify(f"mnist-keras: {me} waiting for the other workers "
+           f"({', '.join(members.get('chief', []) + members['worker'])}); Ctrl-C stops")
     work_around_keras_multi_worker_bugs()
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    handlers = {sig: signal.signal(sig, signal.SIG_DFL) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:  # the wait is in C++, out of reach of Python's handlers: Ctrl-C and SIGTERM end the process at once
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     return Placement(f"multi_worker, {me} ({local}), {strategy.num_replicas_in_sync} replicas in all",
                      strategy=strategy, on_gpu=bool(gpus), is_chief=strategy.extended.should_checkpoint)
 
@@ -222,7 +239,7 @@ def work_around_keras_multi_worker_bugs() -> None:
 
 def device_lines() -> list[str]:
     """What TensorFlow sees: its build, the CPU, and each GPU with memory and compute capability."""
-    from .backend import tf
+    from ..backend import tf
 
     from tensorflow.python.client import device_lib  # the one API that reports each device's memory
 
@@ -249,21 +266,28 @@ def device_lines() -> list[str]:
     return lines
 
 
-def configure(runtime, seed: int, cluster: dict | None = None):
-    """Apply threads, the device or tf.distribute strategy (distribute.place), determinism, the
-    mixed-precision policy and seeding; return the distribute.Placement.
+def configure(runtime, seed: int, cluster: dict | None, notify: Callable[[str], None]) -> Placement:
+    """Apply threads, the device or strategy (place), determinism, the mixed-precision policy and seeding;
+    return the Placement. Every global setting is set either way, so runs in one process (a sweep) do not
+    inherit each other's. Raises UserError for a device that is not there."""
+    from ..backend import keras, tf
+    from tensorflow.python.framework import config as tf_config
 
-    Must run before TensorFlow creates its first tensor. Raises UserError for a device that is not there.
-    """
-    from .backend import keras, tf
-
-    if runtime.threads.intra_op:
-        tf.config.threading.set_intra_op_parallelism_threads(runtime.threads.intra_op)
-    if runtime.threads.inter_op:
-        tf.config.threading.set_inter_op_parallelism_threads(runtime.threads.inter_op)
-    placement = place(runtime, cluster)
+    keras.backend.clear_session()
+    threading = tf.config.threading
+    for name, value in (("intra_op", runtime.threads.intra_op), ("inter_op", runtime.threads.inter_op)):
+        getter = getattr(threading, f"get_{name}_parallelism_threads")
+        if value and value != getter():
+            try:
+                getattr(threading, f"set_{name}_parallelism_threads")(value)
+            except RuntimeError:
+                raise UserError(f"runtime.threads.{name}: TensorFlow has started with {getter()} threads, which "
+                                "cannot change within one process; give every run of a sweep the same threads") from None
+    placement = place(runtime, cluster, notify)
     if runtime.deterministic:
         tf.config.experimental.enable_op_determinism()
+    else:
+        tf_config.disable_op_determinism()  # the public API has no off switch
     policy = precision_policy(runtime, placement)
     keras.mixed_precision.set_global_policy(policy)
     if policy != "float32":

@@ -1,12 +1,14 @@
-"""Run directories: one per run, never overwritten, every file in them written atomically.
+"""Run directories on disk: one per run, never overwritten, every file in them written atomically.
 
 Layout of `runs/<name>/<YYYYmmdd-HHMMSS>/`:
   spec.yaml        the resolved spec (every default filled in)
-  state.json       status (running, finished, interrupted, failed), epochs done, callback state
+  state.json       the run record (runs/record.py): status, epochs, history, callback state, checkpoints
   metrics.json     history per epoch, test metrics, provenance, versions, device, speed
-  checkpoints/     last.keras (every epoch, for --resume) and best.keras (by the monitored metric)
+  checkpoints/     epoch-N.keras (the last finished epoch, for --resume) and best.keras
   model.keras      the final model
   logs/            TensorBoard event files;  history.csv  the CSV log
+
+A command working on a run reads and writes only inside it: a run holding a symbolic link is refused.
 """
 
 from __future__ import annotations
@@ -14,20 +16,25 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import UserError
+from ..errors import UserError
 
 MIN_FREE_BYTES = 50 * 2**20
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK  # what open() would give: atomic files follow the umask like the rest of the run
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp) on a temporary file beside `path`, fsync it, then rename it over `path`."""
     path = Path(path)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    os.fchmod(fd, FILE_MODE)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -52,11 +59,18 @@ def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-def read_json(path: Path) -> dict:
+def read_json(path: Path, limit: int = 64 * 2**20) -> Any:
+    """A JSON file of a run; UserError if it is missing, not a regular file, too large or not JSON."""
+    path = Path(path)
     try:
-        return json.loads(Path(path).read_text())
+        info = path.lstat()
+        if not stat.S_ISREG(info.st_mode):
+            raise UserError(f"{path}: not a regular file")
+        if info.st_size > limit:
+            raise UserError(f"{path}: {info.st_size:,} bytes is too large for this file (limit {limit:,})")
+        return json.loads(path.read_bytes())
     except (OSError, ValueError) as err:
-        raise UserError(f"{path}: cannot be read as JSON ({err})") from None
+        raise UserError(f"{path}: cannot be read as JSON ({getattr(err, 'strerror', None) or err})") from None
 
 
 def create_run_dir(root: str | Path, name: str) -> Path:
@@ -86,12 +100,6 @@ def create_run_dir(root: str | Path, name: str) -> Path:
     raise UserError(f"{parent}: too many runs started in the same second")
 
 
-def remove_partial_files(run: Path) -> None:
-    """Delete the temporary files of writes that a kill interrupted (never the files they were replacing)."""
-    for partial in [*run.glob(".tmp-*"), *run.glob("checkpoints/.tmp-*")]:
-        partial.unlink(missing_ok=True)
-
-
 def open_run_dir(path: str | Path) -> Path:
     """An existing run directory (one with spec.yaml and state.json); UserError otherwise."""
     run = Path(path)
@@ -101,3 +109,27 @@ def open_run_dir(path: str | Path) -> Path:
     if missing:
         raise UserError(f"{run}: not a run directory (no {' or '.join(missing)})")
     return run
+
+
+def check_no_links(run: Path) -> None:
+    """Refuse a run holding a symbolic link anywhere inside: writing through it would reach outside the run."""
+    for folder, dirs, files in os.walk(run):
+        for name in dirs + files:
+            if os.path.islink(os.path.join(folder, name)):
+                raise UserError(f"{os.path.join(folder, name)}: a symbolic link inside the run directory; "
+                                "a run holds its own files only, so this command will not write through it")
+
+
+def run_file(run: Path, relative: str) -> Path:
+    """`relative` (as a run record names it) inside `run`; UserError if it would lead outside."""
+    parts = Path(relative).parts
+    if not parts or Path(relative).is_absolute() or ".." in parts:
+        raise UserError(f"{run / 'state.json'}: names {relative!r}, which is not a file inside the run")
+    return run / relative
+
+
+def remove_partial_files(run: Path) -> None:
+    """Delete the temporary files of writes that a kill interrupted (never the files they were replacing)."""
+    check_no_links(run)
+    for partial in [*run.glob(".tmp-*"), *run.glob("checkpoints/.tmp-*")]:
+        partial.unlink(missing_ok=True)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from pathlib import Path
 
 import yaml
 
-from .errors import UserError
-from .runs import read_json
+from ..errors import UserError
+from .record import read_metrics, read_state
 
 COLUMNS = ("name", "started", "epochs", "best val acc", "test acc", "state", "directory")
 
@@ -29,48 +27,31 @@ def started(run: Path) -> str:
     try:
         return time.strftime("%Y-%m-%d %H:%M:%S", time.strptime(run.name[:15], "%Y%m%d-%H%M%S"))
     except ValueError:
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.stat().st_mtime))
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.lstat().st_mtime))
 
 
-def process_gone(pid: int | None, host: str | None) -> bool:
-    """True when the process that wrote a 'running' state.json no longer exists on this machine."""
-    if not pid or host != socket.gethostname():
-        return False  # an older run without a pid, or another machine's: cannot tell
+def planned_epochs(run: Path) -> int:
+    """train.epochs of the run's spec.yaml as written (without validating the whole spec)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-def run_status(state: dict) -> str:
-    status = state.get("status", "unknown")
-    if status == "running" and process_gone(state.get("pid"), state.get("host")):
-        return "interrupted (stale)"
-    return status
-
-
-def best_validation_accuracy(history: list[dict]) -> float | None:
-    values = [h["val_accuracy"] for h in history if "val_accuracy" in h]
-    return max(values) if values else None
+        epochs = yaml.safe_load((run / "spec.yaml").read_text(encoding="utf-8"))["train"]["epochs"]
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError):
+        epochs = None
+    if not isinstance(epochs, int) or isinstance(epochs, bool):
+        raise UserError(f"{run / 'spec.yaml'}: train.epochs cannot be read")
+    return epochs
 
 
 def summarize(run: Path) -> dict:
-    """name, started, epochs (done/planned), best validation and test accuracy, state, directory."""
+    """name, started, epochs (done/planned), best validation and test accuracy, state, directory;
+    a run whose files cannot be read is `unreadable`, with the first reason."""
     summary = {"name": run.parent.name, "started": started(run), "directory": str(run),
                "epochs": "?", "best val acc": None, "test acc": None}
     try:
-        state = read_json(run / "state.json")
-        planned = yaml.safe_load((run / "spec.yaml").read_text())["train"]["epochs"]
-        metrics = read_json(run / "metrics.json") if (run / "metrics.json").is_file() else {}
-    except (UserError, OSError, yaml.YAMLError, KeyError, TypeError):
-        return {**summary, "state": "unreadable"}
-    history = state.get("history", [])
-    return {**summary, "epochs": f"{state.get('epochs_done', len(history))}/{planned}",
-            "best val acc": best_validation_accuracy(history), "test acc": metrics.get("test", {}).get("accuracy"),
-            "state": run_status(state)}
+        state, metrics, planned = read_state(run), read_metrics(run), planned_epochs(run)
+    except UserError as err:
+        return {**summary, "state": "unreadable", "reason": err.messages[0]}
+    return {**summary, "epochs": f"{state.epochs_done}/{planned}", "best val acc": state.best_validation_accuracy(),
+            "test acc": metrics.test.get("accuracy") if metrics else None, "state": state.shown_status()}
 
 
 def format_table(rows: list[dict], columns: tuple[str, ...] | list[str]) -> str:

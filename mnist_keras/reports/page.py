@@ -19,22 +19,22 @@ from pathlib import Path
 
 import numpy as np
 
-from .catalog import best_validation_accuracy, run_status
-from .errors import UserError
+from ..errors import UserError
+from ..runs.files import write_json, write_text
+from ..runs.run import Run, open_run
+from ..spec import dump_spec
 from .plots import confusion_figure, confusion_matrix, curves_figure, misclassified_figure, per_class_figure
-from .runs import open_run_dir, read_json, write_json, write_text
 
 MISCLASSIFIED_SHOWN = 40
 
 
-def test_predictions(run: Path, data_dir: str | None):
-    """(test images, labels, predicted classes, model file) of the run's model on its test set."""
-    from .data import load_arrays, make_pipelines
-    from .inference import find_model, load_model
+def test_predictions(run: Run, data_dir: str | None):
+    """(test images, labels, predicted classes, model file, classes) of the run's model on its test set."""
+    from ..data import load_arrays, make_pipelines
 
-    spec, model_file, state = find_model(run)
-    arrays = load_arrays(spec.data, data_dir or state.get("data_dir"))
-    outputs = load_model(model_file).predict(make_pipelines(spec, arrays).test, verbose=0)
+    spec, model_file = run.spec, run.model_file()
+    arrays = load_arrays(spec.data, data_dir or run.state.data_dir)
+    outputs = run.load_model().predict(make_pipelines(spec, arrays).test, verbose=0)
     if spec.loss() == "mse":  # a regression on the digit value: its rounded prediction is its class
         predicted = np.clip(np.round(outputs[:, 0]), 0, spec.data.num_classes - 1).astype(np.int64)
     else:
@@ -50,23 +50,23 @@ def _save(figure, path: Path) -> str:
     return path.name
 
 
-def _legend(label: str, state: dict) -> str:
-    """'tiny/20261125-105842 (learning_rate=0.01)': the run and the last part of each `--set` path."""
-    sets = [f"{key.rpartition('.')[2]}={value}" for key, _, value in
-            (text.partition("=") for text in state.get("overrides", []))]
+def _legend(label: str, run: Run) -> str:
+    """'tiny/20261125-105842 (learning_rate=0.01)': the run and the last part of each overridden path."""
+    sets = [f"{path.rpartition('.')[2]}={value}" for path, value in run.state.overrides.items()]
     return f"{label} ({', '.join(sets)})" if sets else label
 
 
-def _metrics_rows(state: dict, metrics: dict, spec_epochs: int | None) -> list[tuple[str, str]]:
+def _metrics_rows(run: Run) -> list[tuple[str, str]]:
+    state, metrics = run.state, run.metrics
     test = metrics.get("test", {})
-    best = best_validation_accuracy(state.get("history", []))
+    best = state.best_validation_accuracy()
     rows = [
-        ("state", run_status(state)),
-        ("--set", " ".join(state.get("overrides", [])) or "-"),
-        ("epochs", f"{state.get('epochs_done', 0)} of {spec_epochs}"),
+        ("state", state.shown_status()),
+        ("--set", " ".join(f"{path}={value}" for path, value in state.overrides.items()) or "-"),
+        ("epochs", f"{state.epochs_done} of {run.spec.train.epochs}"),
         ("best validation accuracy", f"{best:.2%}" if best is not None else "-"),
-        ("test accuracy (metrics.json)", f"{test['accuracy']:.2%}" if "accuracy" in test else "-"),
-        ("test loss", f"{test['loss']:.4f}" if "loss" in test else "-"),
+        ("test accuracy (metrics.json)", f"{test['accuracy']:.2%}" if test.get("accuracy") is not None else "-"),
+        ("test loss", f"{test['loss']:.4f}" if test.get("loss") is not None else "-"),
     ]
     if metrics:
         rows += [("seconds per epoch", f"{np.mean(metrics['seconds_per_epoch']):.1f}"),
@@ -78,20 +78,19 @@ def _metrics_rows(state: dict, metrics: dict, spec_epochs: int | None) -> list[t
 
 def build_report(run_dirs: list[str], out: Path, data_dir: str | None = None) -> Path:
     """Write the report of these runs into `out`; return index.html's path."""
-    import yaml
-
-    runs = [open_run_dir(path) for path in run_dirs]
+    runs = [open_run(path) for path in run_dirs]
+    if out.is_symlink():
+        raise UserError(f"{out}: a symbolic link; the report is written into a real folder only")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"{out}: cannot create the report folder ({err.strerror})") from None
-    labels = [f"{run.parent.name}/{run.name}" for run in runs]
-    states = [read_json(run / "state.json") for run in runs]
-    curves = _save(curves_figure({_legend(label, s): s.get("history", []) for label, s in zip(labels, states)}),
+    labels = [f"{run.path.parent.name}/{run.path.name}" for run in runs]
+    curves = _save(curves_figure({_legend(label, run): run.state.history for label, run in zip(labels, runs)}),
                    out / "curves.png")
     sections, numbers = [], []
-    for index, (run, label, state) in enumerate(zip(runs, labels, states), 1):
-        stem = f"{index}-{run.parent.name}"
+    for index, (run, label) in enumerate(zip(runs, labels), 1):
+        stem = f"{index}-{run.path.parent.name}"
         images, true, predicted, model_file, classes = test_predictions(run, data_dir)
         counts = confusion_matrix(true, predicted, classes)
         wrong = np.flatnonzero(predicted != true)[:MISCLASSIFIED_SHOWN]
@@ -104,14 +103,12 @@ def build_report(run_dirs: list[str], out: Path, data_dir: str | None = None) ->
         ]
         totals = counts.sum(axis=1)
         per_class = (np.diag(counts) / np.maximum(totals, 1)).tolist()
-        numbers.append({"run": str(run), "model": str(model_file), "test_images": int(counts.sum()),
+        numbers.append({"run": str(run.path), "model": str(model_file), "test_images": int(counts.sum()),
                         "test_accuracy": float(np.trace(counts) / counts.sum()),
                         "confusion": counts.tolist(), "per_class_accuracy": per_class})
-        metrics = read_json(run / "metrics.json") if (run / "metrics.json").is_file() else {}
-        spec_text = (run / "spec.yaml").read_text()
-        rows = _metrics_rows(state, metrics, yaml.safe_load(spec_text)["train"]["epochs"])
+        rows = _metrics_rows(run)
         rows.append(("test accuracy (this report)", f"{numbers[-1]['test_accuracy']:.2%} of {counts.sum():,} images"))
-        sections.append(_section(label, run, rows, figures, spec_text))
+        sections.append(_section(label, run.path, rows, figures, dump_spec(run.spec)))
     write_json(out / "report.json", {"runs": numbers})
     index = out / "index.html"
     write_text(index, _page(labels, curves, sections))

@@ -1,0 +1,1 @@
+"""What people look at: TensorBoard dashboards, figures, and the HTML report."""

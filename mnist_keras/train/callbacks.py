@@ -1,0 +1,225 @@
+"""The callbacks of a run: epoch statistics, the NaN stop, the graph, and the stateful callbacks
+(plateau, early stopping) that save and restore their own state, then the recorder that writes the
+checkpoint and the run record at the end of each epoch.
+
+Every write is atomic and state.json is written last, naming the files it belongs to, so a kill at any
+moment leaves the run record and its checkpoints consistent; files no record names are removed after.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..backend import keras, tf
+from ..runs.files import atomic_write, run_file
+from ..runs.record import Best, RunState, write_state
+from ..spec import Spec
+from .compile import current_lr
+
+
+def finite_or_none(logs: dict) -> dict[str, float | None]:
+    """Each logged value as a float, None where it is not finite (a NaN loss has no JSON number)."""
+    return {key: (float(value) if math.isfinite(float(value)) else None) for key, value in logs.items()}
+
+
+class EpochStats(keras.callbacks.Callback):
+    """Adds learning_rate, epoch_seconds and images_per_second to each epoch's logs."""
+
+    def __init__(self, images_per_epoch: int):
+        super().__init__()
+        self.images_per_epoch = images_per_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.lr, self.start, self.train_end = current_lr(self.model), time.perf_counter(), None
+
+    def on_test_begin(self, logs=None):
+        self.train_end = self.train_end or time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.perf_counter()
+        logs["learning_rate"] = self.lr
+        logs["epoch_seconds"] = now - self.start
+        logs["images_per_second"] = self.images_per_epoch / ((self.train_end or now) - self.start)
+
+
+class NaNGuard(keras.callbacks.Callback):
+    """Stops at the first NaN or infinite loss (train.terminate_on_nan) and says where: Keras reports the
+    loss after each group of runtime.steps_per_execution steps, so `where` is the group's last step."""
+
+    def __init__(self):
+        super().__init__()
+        self.where = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.where, self.lr = (self.epoch + 1, batch + 1), current_lr(self.model)
+            self.model.stop_training = True
+
+
+class GraphWriter(keras.callbacks.Callback):
+    """Writes the model's forward graph for TensorBoard's Graphs tab (Keras 3's callback writes only
+    the model config)."""
+
+    def __init__(self, log_dir: Path):
+        super().__init__()
+        self.log_dir = log_dir
+
+    def on_train_begin(self, logs=None):
+        forward = tf.function(lambda x: self.model(x, training=False))
+        spec = tf.TensorSpec((None, *self.model.input_shape[1:]), "float32")
+        writer = tf.summary.create_file_writer(str(self.log_dir))
+        with writer.as_default():
+            tf.summary.graph(forward.get_concrete_function(spec).graph)
+        writer.close()
+
+
+class _OwnState:
+    """A Keras callback that saves its state with get_state() and restores it with set_state() when
+    training (re)starts. An epoch whose logs lack the monitored metric (no validation that epoch) is
+    passed over: nothing is compared, nothing counts."""
+
+    def __init__(self, *args, saved: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.saved = saved or {}
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.set_state(self.saved)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.monitor in (logs or {}):
+            super().on_epoch_end(epoch, logs)
+
+
+def _number(value) -> float | None:
+    return None if value is None else float(value)
+
+
+class Plateau(_OwnState, keras.callbacks.ReduceLROnPlateau):
+    """ReduceLROnPlateau; the reduced rate itself lives in the optimizer, saved in the checkpoint."""
+
+    def get_state(self) -> dict[str, Any]:
+        return {"wait": self.wait, "best": _number(self.best), "cooldown_counter": self.cooldown_counter}
+
+    def set_state(self, state: dict) -> None:
+        self.wait, self.cooldown_counter = int(state.get("wait", 0)), int(state.get("cooldown_counter", 0))
+        self.best = _number(state.get("best"))
+
+
+class EarlyStop(_OwnState, keras.callbacks.EarlyStopping):
+    """EarlyStopping whose best weights outlive the process: with restore_best_weights, they are saved
+    to checkpoints/early-stopping-epoch-N.npz whenever a better epoch comes, and loaded on resume."""
+
+    def __init__(self, *args, run: Path, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.run, self.weights_file = run, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        before = self.best_epoch if self.best_weights is not None else None
+        super().on_epoch_end(epoch, logs)
+        if self.restore_best_weights and self.best_weights is not None and self.best_epoch != before:
+            self.weights_file = f"checkpoints/early-stopping-epoch-{self.best_epoch + 1:04d}.npz"
+            atomic_write(self.run / self.weights_file, lambda tmp: np.savez(tmp, *self.best_weights))
+
+    def get_state(self) -> dict[str, Any]:
+        return {"wait": self.wait, "best": _number(self.best), "best_epoch": self.best_epoch,
+                "weights": self.weights_file}
+
+    def set_state(self, state: dict) -> None:
+        self.wait, self.best_epoch = int(state.get("wait", 0)), int(state.get("best_epoch", 0))
+        self.best, self.weights_file = _number(state.get("best")), state.get("weights")
+        if self.weights_file:
+            with np.load(run_file(self.run, self.weights_file), allow_pickle=False) as saved:
+                self.best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+
+
+def _seed_states(model) -> dict[str, list]:
+    """The random-number state of each dropout or augmentation layer: Keras keeps it out of checkpoints."""
+    return {layer.name: [v for v in layer.variables if not any(v is w for w in layer.weights)]
+            for layer in model.layers}
+
+
+def rng_state(model) -> dict[str, list]:
+    """The seed states, as saved in state.json beside the checkpoint."""
+    return {name: [keras.ops.convert_to_numpy(v).tolist() for v in states]
+            for name, states in _seed_states(model).items() if states}
+
+
+def restore_rng_state(model, saved: dict[str, list]) -> None:
+    for name, states in _seed_states(model).items():
+        for variable, value in zip(states, saved.get(name, [])):
+            variable.assign(value)
+
+
+class RunRecorder(keras.callbacks.Callback):
+    """After each epoch: the model and optimizer to checkpoints/epoch-N.keras, the best one to
+    best.keras, then state.json pointing at them, then the files it no longer names are removed.
+    An epoch whose loss is not finite is not recorded when train.terminate_on_nan stops the run there."""
+
+    def __init__(self, run: Path, spec: Spec, state: RunState, stateful: dict):
+        super().__init__()
+        self.run, self.state, self.stateful, self.spec = run, state, stateful, spec
+        cfg = spec.train.checkpoint
+        self.higher_is_better = cfg.mode == "max" or (cfg.mode == "auto" and "acc" in cfg.monitor)
+
+    def improved(self, value: float) -> bool:
+        best = self.state.best
+        return best is None or (value > best.value if self.higher_is_better else value < best.value)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs, cfg = finite_or_none(logs or {}), self.spec.train.checkpoint
+        if logs.get("loss", 0.0) is None and self.spec.train.terminate_on_nan:
+            return  # the NaN stop: keep the last good checkpoint and state.json as they are
+        name = f"checkpoints/epoch-{epoch + 1:04d}.keras" if cfg.enabled else None
+        if name:
+            atomic_write(self.run / name, self.model.save)
+        value = logs.get(cfg.monitor)
+        if cfg.enabled and cfg.save_best and value is not None and self.improved(value):
+            atomic_write(self.run / "checkpoints/best.keras", self.model.save)
+            self.state.best = Best(monitor=cfg.monitor, value=value, epoch=epoch + 1)
+        self.state.history.append({"epoch": epoch + 1, **logs})
+        self.state.epochs_done, self.state.checkpoint = epoch + 1, name
+        self.state.learning_rate, self.state.rng = current_lr(self.model), rng_state(self.model)
+        self.state.callbacks = {key: callback.get_state() for key, callback in self.stateful.items()}
+        write_state(self.run, self.state)
+        named = {name} | {saved.get("weights") for saved in self.state.callbacks.values()}
+        for old in [*self.run.glob("checkpoints/epoch-*.keras"), *self.run.glob("checkpoints/early-stopping-*.npz")]:
+            if f"checkpoints/{old.name}" not in named:
+                old.unlink(missing_ok=True)
+
+
+def make_callbacks(spec: Spec, run: Path, state: RunState, images_per_epoch: int) -> tuple[list, NaNGuard | None]:
+    """The run's callbacks, in order, and the NaN guard (None when train.terminate_on_nan is false)."""
+    saved, stateful = state.callbacks, {}
+    if spec.train.lr_schedule.type == "plateau":
+        p = spec.train.lr_schedule
+        stateful["plateau"] = Plateau(monitor=p.monitor, factor=p.factor, patience=p.patience, min_delta=p.min_delta,
+                                      cooldown=p.cooldown, min_lr=p.min_lr, saved=saved.get("plateau"))
+    if spec.train.early_stopping:
+        e = spec.train.early_stopping
+        stateful["early_stopping"] = EarlyStop(
+            monitor=e.monitor, mode=e.mode, patience=e.patience, min_delta=e.min_delta,
+            restore_best_weights=e.restore_best_weights, saved=saved.get("early_stopping"), run=run)
+    guard = NaNGuard() if spec.train.terminate_on_nan else None
+    callbacks = [EpochStats(images_per_epoch), *([guard] if guard else []), *stateful.values(),
+                 RunRecorder(run, spec, state, stateful)]
+    tb = spec.train.tensorboard
+    if tb.enabled:
+        callbacks.append(keras.callbacks.TensorBoard(
+            log_dir=str(run / "logs"), histogram_freq=int(tb.histograms), write_graph=tb.graph,
+            profile_batch=tuple(tb.profile_batches) if tb.profile_batches else 0,
+        ))
+        if tb.graph and not state.epochs_done:
+            callbacks.append(GraphWriter(run / "logs" / "train"))
+    if spec.train.csv_log:
+        callbacks.append(keras.callbacks.CSVLogger(str(run / "history.csv"), append=True))
+    return callbacks, guard

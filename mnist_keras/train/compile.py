@@ -1,0 +1,89 @@
+"""Compiling a model as its spec says: the optimizer, the learning-rate schedule, the loss and metrics."""
+
+from __future__ import annotations
+
+import inspect
+
+from ..backend import keras
+from ..spec import Spec
+from .objects import InverseTimePower, rounded_accuracy
+
+OPTIMIZERS = {
+    "sgd": keras.optimizers.SGD, "adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW,
+    "nadam": keras.optimizers.Nadam, "rmsprop": keras.optimizers.RMSprop,
+    "adagrad": keras.optimizers.Adagrad, "adadelta": keras.optimizers.Adadelta,
+}
+
+
+def base_learning_rate(spec: Spec) -> float:
+    """The optimizer's learning rate: the spec's, else Keras' default for that optimizer."""
+    opt = spec.train.optimizer
+    if opt.learning_rate is not None:
+        return opt.learning_rate
+    return inspect.signature(OPTIMIZERS[opt.type]).parameters["learning_rate"].default
+
+
+def spans_the_run(spec: Spec) -> bool:
+    """True for a schedule whose length is the run's (cosine or polynomial without decay_steps)."""
+    sched = spec.train.lr_schedule
+    return sched.type in ("cosine", "polynomial") and not sched.decay_steps
+
+
+def make_schedule(spec: Spec, steps_per_epoch: int):
+    """The learning rate: a float, or a Keras schedule of the optimizer's step counter."""
+    sched, lr = spec.train.lr_schedule, base_learning_rate(spec)
+    if sched.type in ("constant", "plateau"):
+        return lr
+    per_unit = steps_per_epoch if sched.unit == "epoch" else 1
+    total = spec.train.epochs * steps_per_epoch
+
+    def steps(count: float) -> int:
+        return max(1, round(count * per_unit))
+
+    schedules = keras.optimizers.schedules
+    if sched.type == "exponential":
+        return schedules.ExponentialDecay(lr, steps(sched.every), sched.decay_rate, staircase=sched.staircase)
+    if sched.type == "step":
+        return schedules.ExponentialDecay(lr, steps(sched.every), sched.gamma, staircase=True)
+    if sched.type == "multistep":
+        bounds = [steps(m) - 1 for m in sched.milestones]  # Keras keeps values[i] while step <= bound
+        return schedules.PiecewiseConstantDecay(bounds, [lr * sched.gamma**i for i in range(len(bounds) + 1)])
+    if sched.type == "polynomial":
+        decay = steps(sched.decay_steps) if sched.decay_steps else total
+        return schedules.PolynomialDecay(lr, decay, sched.end_learning_rate, power=sched.power)
+    if sched.type == "cosine":
+        warmup = round(sched.warmup * per_unit)
+        decay = steps(sched.decay_steps) if sched.decay_steps else max(1, total - warmup)
+        if not warmup:
+            return schedules.CosineDecay(lr, decay, alpha=sched.alpha)
+        return schedules.CosineDecay(0.0, decay, alpha=sched.alpha, warmup_target=lr, warmup_steps=warmup)
+    return InverseTimePower(lr, sched.gamma / per_unit, sched.power)  # inverse_time; gamma per step
+
+
+def make_optimizer(spec: Spec, steps_per_epoch: int):
+    opt = spec.train.optimizer
+    kwargs = opt.model_dump(exclude={"type", "learning_rate"}, exclude_none=True)
+    return OPTIMIZERS[opt.type](learning_rate=make_schedule(spec, steps_per_epoch), **kwargs)
+
+
+def make_loss_and_metrics(spec: Spec):
+    loss = spec.loss()
+    if loss == "mse":
+        return keras.losses.MeanSquaredError(), [keras.metrics.MeanMetricWrapper(rounded_accuracy, name="accuracy")]
+    if loss == "sparse_categorical_crossentropy":
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"]
+    smoothing = spec.train.label_smoothing
+    return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=smoothing), ["accuracy"]
+
+
+def compile_model(model, spec: Spec, steps_per_epoch: int) -> None:
+    loss, metrics = make_loss_and_metrics(spec)
+    group = spec.runtime.steps_per_execution
+    model.compile(
+        optimizer=make_optimizer(spec, steps_per_epoch), loss=loss, metrics=metrics,
+        jit_compile=spec.runtime.jit_compile, steps_per_execution=steps_per_epoch if group == "epoch" else group,
+    )
+
+
+def current_lr(model) -> float:
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))

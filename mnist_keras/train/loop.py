@@ -1,0 +1,145 @@
+"""The fit loop: one run from its record to its metrics.
+
+Resume is exact: checkpoints hold the model and the optimizer (whose step counter drives every
+step-based schedule), the run record holds the epoch counter, the stateful callbacks' own state and
+the dropout/augmentation seed states, and the data pipeline's order depends only on (seed, epoch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .. import __version__
+from ..backend import keras, tf
+from ..builder import build_model
+from ..errors import TrainingFailed, UserError
+from ..runs.files import atomic_write, run_file
+from ..runs.record import RunMetrics, RunState, write_metrics, write_state
+from ..spec import Spec
+from .callbacks import finite_or_none, make_callbacks, restore_rng_state
+from .compile import base_learning_rate, compile_model, current_lr, make_schedule, spans_the_run
+from .distribute import Placement, configure
+from .objects import load_model
+
+
+@dataclass
+class Prepared:
+    """What training needs before a run directory exists: where it runs and the data in memory."""
+
+    placement: Placement
+    arrays: Any
+
+
+def prepare(spec: Spec, data_dir: str | None, cluster: dict | None, notify: Callable[[str], None]) -> Prepared:
+    """Set up the device or strategy and load the data (UserError for a missing device or bad data)."""
+    from ..data import load_arrays
+
+    placement = configure(spec.runtime, spec.seed, cluster, notify)
+    return Prepared(placement, load_arrays(spec.data, data_dir))
+
+
+def weights_digest(model) -> str:
+    """A short fingerprint of the model's weights (every worker of a cluster ends with the same one)."""
+    digest = hashlib.sha256()
+    for weights in model.get_weights():
+        digest.update(weights.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def versions() -> dict[str, str]:
+    return {"mnist_keras": __version__, "python": platform.python_version(), "tensorflow": tf.__version__,
+            "keras": keras.__version__}
+
+
+def _resumed_model(spec: Spec, run: Path, state: RunState, steps_per_epoch: int, extended_from: int | None,
+                   notify: Callable[[str], None]):
+    """The last checkpoint, with its seed states and the spec's schedule (stretched when the run grows)."""
+    if not state.checkpoint:
+        raise UserError(f"{run}: no checkpoint was saved (train.checkpoint.enabled is false); cannot resume")
+    model = load_model(run_file(run, state.checkpoint), spec)
+    restore_rng_state(model, state.rng)
+    schedule = make_schedule(spec, steps_per_epoch)
+    if not isinstance(schedule, float):
+        ended = current_lr(model)
+        model.optimizer.learning_rate = schedule
+        if extended_from:
+            how = (f"now spans {spec.train.epochs} epochs" if spans_the_run(spec) else "goes on as before")
+            notify(f"note: the run grows from {extended_from} to {spec.train.epochs} epochs; the "
+                   f"{spec.train.lr_schedule.type} schedule {how}: epoch {state.epochs_done + 1} starts at learning "
+                   f"rate {current_lr(model):.3g} (the last epoch ended at {ended:.3g})")
+    return model
+
+
+def _nan_message(spec: Spec, run: Path, state: RunState, guard) -> str:
+    epoch, step = guard.where
+    where = f"at epoch {epoch}, step {step}" if spec.runtime.steps_per_execution == 1 else \
+        f"in epoch {epoch}, by step {step}"
+    kept = (f"the last good checkpoint (epoch {state.epochs_done}) is kept in {run / state.checkpoint}"
+            if state.checkpoint else "no epoch finished, so there is no good checkpoint yet")
+    rates = f"the spec sets {base_learning_rate(spec):.3g}"
+    if abs(guard.lr - base_learning_rate(spec)) > 1e-12:
+        rates += f", and it was {guard.lr:.3g} when the loss became NaN"
+    return f"the loss became NaN {where}; {kept}. Try a lower learning rate ({rates}) or gradient clipping"
+
+
+def train_run(spec: Spec, run: Path, prepared: Prepared, state: RunState, notify: Callable[[str], None],
+              verbose: int = 0, extended_from: int | None = None) -> RunMetrics:
+    """Train the run in `run` from `state` (a new run's, or its record's to resume); write and return its
+    metrics. TrainingFailed for a NaN loss (the run is kept, marked failed)."""
+    from ..data import make_pipelines
+    from ..reports.dashboards import dashboard_callbacks, write_test_metrics
+
+    placement, arrays = prepared.placement, prepared.arrays
+    start = state.epochs_done
+    pipes = make_pipelines(spec, arrays, start_epoch=start)
+    with placement.scope():
+        if start:
+            model = _resumed_model(spec, run, state, pipes.steps_per_epoch, extended_from, notify)
+        else:
+            model = build_model(spec)
+            compile_model(model, spec, pipes.steps_per_epoch)
+        images_per_epoch = pipes.steps_per_epoch * spec.data.batch_size
+        callbacks, guard = make_callbacks(spec, run, state, min(images_per_epoch, pipes.n_train))
+        if spec.train.tensorboard.enabled:
+            callbacks += dashboard_callbacks(spec, run / "logs", state, arrays, pipes.validation)
+        state.status, state.device, state.data = "running", placement.described, arrays.provenance
+        state.pid, state.host = os.getpid(), socket.gethostname()
+        write_state(run, state)
+        notify(f"mnist-keras: training {spec.name} on {placement.described}, {pipes.n_train:,} train / "
+               f"{pipes.n_val:,} validation / {pipes.n_test:,} test images, " +
+               (f"epochs {start + 1}-{spec.train.epochs}" if start < spec.train.epochs else "all epochs done: evaluating"))
+        started = time.perf_counter()
+        model.fit(
+            pipes.train, epochs=spec.train.epochs, initial_epoch=start, steps_per_epoch=pipes.steps_per_epoch,
+            validation_data=pipes.validation, validation_freq=spec.train.validation_freq,
+            callbacks=callbacks, verbose=verbose, shuffle=False,
+        )
+        wall = time.perf_counter() - started
+        if guard and guard.where:
+            state.status = "failed"
+            write_state(run, state)
+            raise TrainingFailed(_nan_message(spec, run, state, guard))
+        test = model.evaluate(pipes.test, verbose=0, return_dict=True)
+        if spec.train.tensorboard.enabled:
+            write_test_metrics(run / "logs", test, len(state.history) - 1)
+    atomic_write(run / "model.keras", model.save)
+    history = state.history
+    metrics = RunMetrics(
+        name=spec.name, run_dir=str(run), seed=spec.seed, epochs_done=len(history), device=placement.described,
+        versions=versions(), data=arrays.provenance, history=history,
+        test=finite_or_none(test),
+        seconds_per_epoch=[h["epoch_seconds"] for h in history], wall_seconds_this_session=wall,
+        images_per_second=sum(h["images_per_second"] for h in history) / max(1, len(history)),
+        weights_sha256=weights_digest(model),
+    )
+    write_metrics(run, metrics)
+    state.status = "finished"
+    write_state(run, state)
+    return metrics

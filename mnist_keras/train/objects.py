@@ -1,0 +1,66 @@
+"""Keras objects of our own (a schedule, a metric), registered for saving, and loading a saved model.
+
+Cheap to import beside TensorFlow: loading a model never needs the training modules.
+"""
+
+from __future__ import annotations
+
+import stat
+import warnings
+from pathlib import Path
+
+from ..backend import keras
+from ..errors import UserError
+
+
+@keras.saving.register_keras_serializable(package="mnist_keras")
+class InverseTimePower(keras.optimizers.schedules.LearningRateSchedule):
+    """Caffe's "inv" policy: lr * (1 + gamma * step) ** -power."""
+
+    def __init__(self, initial_learning_rate: float, gamma: float, power: float):
+        self.initial_learning_rate, self.gamma, self.power = initial_learning_rate, gamma, power
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        return self.initial_learning_rate * keras.ops.power(1.0 + self.gamma * step, -self.power)
+
+    def get_config(self):
+        return {"initial_learning_rate": self.initial_learning_rate, "gamma": self.gamma, "power": self.power}
+
+
+@keras.saving.register_keras_serializable(package="mnist_keras")
+def rounded_accuracy(y_true, y_pred):
+    """Accuracy of a regression on the digit value: the rounded prediction equals the label."""
+    return keras.ops.cast(keras.ops.equal(keras.ops.round(y_pred), keras.ops.round(y_true)), "float32")
+
+
+def check_model_fits(model, spec, where: str) -> None:
+    """UserError unless the model takes the spec's input shape and gives its number of outputs."""
+    taken, given = tuple(model.input_shape[1:]), tuple(spec.input_shape())
+    outputs, expected = model.output_shape[-1], 1 if spec.loss() == "mse" else spec.data.num_classes
+    if taken != given:
+        raise UserError(f"{where}: the spec does not fit the model: the model takes images of shape {list(taken)}, "
+                        f"the spec gives {list(given)}")
+    if outputs != expected:
+        raise UserError(f"{where}: the spec does not fit the model: the model outputs {outputs} values, the spec "
+                        f"expects {expected}")
+
+
+def load_model(path: Path, spec=None):
+    """A saved .keras model (with its optimizer), loaded in Keras' safe mode and, given the spec it is used
+    with, checked against it; UserError if it cannot be loaded or does not fit."""
+    try:
+        if not stat.S_ISREG(Path(path).stat().st_mode):
+            raise UserError(f"{path}: not a regular file")
+    except OSError as err:
+        raise UserError(f"{path}: cannot read this model ({err.strerror})") from None
+    try:
+        with warnings.catch_warnings():  # a mixed_float16 model's loss-scale variables: unused here
+            warnings.filterwarnings("ignore", "Skipping variable loading for optimizer")
+            model = keras.models.load_model(path, safe_mode=True)
+    except Exception as err:  # Keras raises many types for a damaged archive
+        message = str(err).splitlines()[0][:300] if str(err) else ""
+        raise UserError(f"{path}: cannot load this model ({type(err).__name__}: {message})") from None
+    if spec is not None:
+        check_model_fits(model, spec, str(path))
+    return model
