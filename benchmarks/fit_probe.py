@@ -12,7 +12,9 @@ import time
 
 import mnist_keras.data
 from common import Report
-from mnist_keras import cli, train
+from mnist_keras import cli
+from mnist_keras.backend import keras
+from mnist_keras.train import loop
 
 out, argv = sys.argv[1], sys.argv[2:]
 test_sets = []
@@ -24,7 +26,7 @@ def make_pipelines(*args, **kwargs):
     return pipes
 
 
-class TestProbe(train.keras.callbacks.Callback):
+class TestProbe(keras.callbacks.Callback):
     def __init__(self, images_per_epoch):
         super().__init__()
         self.report = Report(out, images_per_epoch)
@@ -42,5 +44,5 @@ def make_callbacks(spec, run, state, images_per_epoch):
 
 
 original_make_pipelines, mnist_keras.data.make_pipelines = mnist_keras.data.make_pipelines, make_pipelines
-original_make_callbacks, train.make_callbacks = train.make_callbacks, make_callbacks
+original_make_callbacks, loop.make_callbacks = loop.make_callbacks, make_callbacks
 cli.main(argv, prog_name="mnist-keras")

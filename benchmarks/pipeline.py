@@ -26,7 +26,7 @@ def main() -> None:
     from mnist_keras.data import load_arrays, make_pipelines
     from mnist_keras.backend import tf
     from mnist_keras.spec.loader import load_spec
-    from mnist_keras.train import compile_model
+    from mnist_keras.train.compile import compile_model
 
 
     spec = load_spec(args.spec)

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mnist_keras.runs import read_json, write_text  # noqa: E402
+from mnist_keras.runs.files import read_json, write_text  # noqa: E402
 from mnist_keras.spec import Spec  # noqa: E402
 from mnist_keras.spec.loader import load_spec  # noqa: E402
 

@@ -39,10 +39,11 @@ def overrides_option(func):
 
 
 def reporter():
-    """Progress on stderr, with Keras' bar on a terminal and a line per epoch otherwise."""
+    """Progress on stdout (notes on stderr), with Keras' bar on a terminal and a line per epoch otherwise."""
     from .api import Reporter
 
-    return Reporter(echo=lambda message: click.echo(message, err=True), verbose=1 if sys.stderr.isatty() else 2)
+    return Reporter(echo=lambda message: click.echo(message, err=message.startswith("note:")),
+                    verbose=1 if sys.stdout.isatty() else 2)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

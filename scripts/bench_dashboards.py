@@ -26,13 +26,16 @@ def main() -> None:
     args = parser.parse_args()
 
     from mnist_keras.builder import build_model
-    from mnist_keras.dashboards import dashboard_callbacks
+    from mnist_keras.reports.dashboards import dashboard_callbacks
     from mnist_keras.data import make_pipelines
     from mnist_keras.spec.loader import load_spec
-    from mnist_keras.train import compile_model, prepare
+    from mnist_keras.train.compile import compile_model
+    from mnist_keras.runs.record import RunState
+    from mnist_keras.train.loop import prepare
 
     spec = load_spec(args.spec, ["train.epochs=2"])
-    _, described, arrays = prepare(spec, args.data_dir)
+    prepared = prepare(spec, args.data_dir, None, print)
+    described, arrays = prepared.placement.described, prepared.arrays
     pipes = make_pipelines(spec, arrays)
     model = build_model(spec)
     compile_model(model, spec, pipes.steps_per_epoch)
@@ -41,7 +44,7 @@ def main() -> None:
     model.fit(pipes.train, epochs=2, initial_epoch=1, steps_per_epoch=pipes.steps_per_epoch, verbose=0, shuffle=False)
     epoch = time.perf_counter() - started
     with tempfile.TemporaryDirectory() as logs:
-        (images,) = dashboard_callbacks(spec, Path(logs), {"epochs_done": 1}, arrays, pipes.validation)[1:]
+        (images,) = dashboard_callbacks(spec, Path(logs), RunState(epochs_done=1), arrays, pipes.validation)[1:]
         images.set_model(model)
         images.on_train_begin()
         times = []

@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from mnist_keras import fields, layers, spec
+from mnist_keras.spec import fields, layers, schema as spec
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BEGIN, END = "<!-- spec-reference:begin -->", "<!-- spec-reference:end -->"

@@ -24,9 +24,10 @@ import signal
 import sys
 import time
 
-from mnist_keras import cli, runs, train  # train first: it imports TensorFlow quietly
-
-import keras  # noqa: E402
+from mnist_keras import api, cli
+from mnist_keras.backend import keras
+from mnist_keras.runs import files
+from mnist_keras.train import callbacks, loop
 
 
 def die(sig: int = signal.SIGKILL) -> None:
@@ -54,13 +55,13 @@ class AtStep(keras.callbacks.Callback):
 
 
 def add_callback(callback) -> None:
-    make = train.make_callbacks
+    make = loop.make_callbacks
 
     def with_fault(*args, **kwargs):
         callbacks, guard = make(*args, **kwargs)
         return [*callbacks, callback], guard
 
-    train.make_callbacks = with_fault
+    loop.make_callbacks = with_fault
 
 
 def kill_in_test(step: int) -> None:
@@ -75,7 +76,7 @@ def kill_in_test(step: int) -> None:
 
 
 def in_write(name: str, nth: int, how: str) -> None:
-    real = runs.atomic_write
+    real = files.atomic_write
     count = 0
 
     def faulty(path, write):
@@ -98,11 +99,11 @@ def in_write(name: str, nth: int, how: str) -> None:
 
         real(path, half_then_die)
 
-    runs.atomic_write = train.atomic_write = faulty
+    files.atomic_write = callbacks.atomic_write = loop.atomic_write = faulty
 
 
 def run_dir_at(when: float) -> None:
-    create = runs.create_run_dir
+    create = api.create_run_dir
 
     def create_on_time(*args, **kwargs):
         late = time.time() - when
@@ -110,7 +111,7 @@ def run_dir_at(when: float) -> None:
         time.sleep(max(0.0, -late))
         return create(*args, **kwargs)
 
-    runs.create_run_dir = create_on_time
+    api.create_run_dir = create_on_time
 
 
 def install(fault: str) -> None:

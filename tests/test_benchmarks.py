@@ -16,7 +16,7 @@ from throughput import baseline_args  # noqa: E402
 @pytest.mark.parametrize("model", ["lenet5", "dense"])
 @pytest.mark.parametrize("warmup", [0, 1])
 def test_baseline_schedule_is_the_specs(model, warmup):
-    from mnist_keras.train import make_schedule
+    from mnist_keras.train.compile import make_schedule
 
     spec = load_spec(SHIPPED / f"{model}.yaml", [f"train.lr_schedule.warmup={warmup}"])
     args = baseline_args(spec, spec.train.epochs)

@@ -4,6 +4,7 @@ TensorFlow set-up (logical devices, collective ops) stays out of the other tests
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from click.testing import CliRunner
 
 from conftest import ROOT
 from mnist_keras.cli import main
-from mnist_keras.distribute import Placement, cluster_from_flags, precision_policy
+from mnist_keras.train.distribute import Placement, cluster_from_flags, precision_policy
 from mnist_keras.backend import tf
 from mnist_keras.spec import Runtime
 
@@ -67,7 +68,7 @@ def run_dir(runs: Path, name: str) -> Path:
 
 
 def weights(run: Path) -> list[np.ndarray]:
-    from mnist_keras.inference import load_model
+    from mnist_keras.train.objects import load_model
 
     return load_model(run / "model.keras").get_weights()
 
@@ -108,8 +109,8 @@ def free_ports(count: int) -> list[int]:
 
 
 def test_two_workers_train_in_step_and_only_the_chief_writes(write_spec, tmp_path):
-    from mnist_keras.train import weights_digest
-    from mnist_keras.inference import load_model
+    from mnist_keras.train.loop import weights_digest
+    from mnist_keras.train.objects import load_model
 
     spec, scratch = write_spec(SPEC), tmp_path / "tmp"
     scratch.mkdir()
@@ -163,7 +164,7 @@ def test_mixed_precision_keeps_logits_in_float32(write_spec, tmp_path, float32_a
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "on cpu" in result.output and "TensorFlow sees no GPU), mixed_bfloat16" in result.output
-    from mnist_keras.inference import load_model
+    from mnist_keras.train.objects import load_model
 
     model = load_model(run_dir(tmp_path / "runs", "small") / "model.keras")
     assert model.layers[-1].name == "float32_logits" and model.layers[-1].dtype_policy.name == "float32"
@@ -221,3 +222,24 @@ def test_devices_lists_what_tensorflow_sees():
         assert lines[2].startswith("GPU:0") and "GiB usable" in lines[2]
     else:
         assert lines[2].startswith("no GPU")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_worker_waiting_for_the_others_stops_on_ctrl_c(write_spec, tmp_path, sig):
+    """The wait for the other workers is inside TensorFlow's C++: Ctrl-C and SIGTERM still end it at once."""
+    cluster = [arg for port in free_ports(2) for arg in ("--worker", f"127.0.0.1:{port}")]
+    command = [sys.executable, "-m", "mnist_keras", "fit", str(write_spec(SPEC)), "--runs", str(tmp_path / "runs"),
+               "--distribute", "multi_worker", *cluster, "--task-index", "0"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=environment(tmp_path))
+    try:
+        line = proc.stdout.readline()
+        assert "waiting for the other workers" in line, line
+        time.sleep(1)
+        proc.send_signal(sig)
+        assert proc.wait(timeout=15) in (-sig, 128 + sig)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not (tmp_path / "runs").exists()

@@ -241,9 +241,8 @@ def fit(*args):
 
 def test_nan_loss_stops_at_once_and_keeps_the_last_good_checkpoint(write_spec, tmp_path, monkeypatch):
     """Weights turned to NaN after step 3 of epoch 2: the loss is NaN at step 4, training stops there."""
-    from mnist_keras import train  # imports TensorFlow quietly, before keras
-
-    import keras
+    from mnist_keras.backend import keras
+    from mnist_keras.train import loop
 
     class Poison(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -254,12 +253,13 @@ def test_nan_loss_stops_at_once_and_keeps_the_last_good_checkpoint(write_spec, t
                 kernel = self.model.layers[1].kernel
                 kernel.assign(np.full(kernel.shape, np.nan))
 
-    make = train.make_callbacks
-    monkeypatch.setattr(train, "make_callbacks", lambda *a: (lambda cbs, guard: ([*cbs, Poison()], guard))(*make(*a)))
+    make = loop.make_callbacks
+    monkeypatch.setattr(loop, "make_callbacks", lambda *a: (lambda cbs, guard: ([*cbs, Poison()], guard))(*make(*a)))
     result = fit(write_spec(TINY.replace("LR", "0.05")), "--runs", tmp_path / "runs")
     assert result.exit_code == 1
     assert "the loss became NaN at epoch 2, step 4" in result.stderr
-    assert "Try a lower learning rate (now 0.05)" in result.stderr
+    assert "the last good checkpoint (epoch 1) is kept in" in result.stderr
+    assert "Try a lower learning rate (the spec sets 0.05)" in result.stderr
     run = next((tmp_path / "runs/tiny").iterdir())
     state = check_consistent(run)
     assert state["status"] == "failed" and state["epochs_done"] == 1
@@ -272,19 +272,19 @@ def test_nan_loss_stops_at_once_and_keeps_the_last_good_checkpoint(write_spec, t
 def test_diverging_learning_rate_is_reported_in_the_first_epoch(write_spec, tmp_path):
     result = fit(write_spec(TINY.replace("LR", "1.0e+8")), "--runs", tmp_path / "runs")
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert re.search(r"the loss became NaN at epoch 1, step \d+; .* Try a lower learning rate \(now 1e\+08\)",
-                     result.stderr)
+    assert re.search(r"the loss became NaN at epoch 1, step \d+; no epoch finished, so there is no good checkpoint "
+                     r"yet. Try a lower learning rate \(the spec sets 1e\+08\)", result.stderr), result.stderr
     run = next((tmp_path / "runs/tiny").iterdir())
     assert check_consistent(run)["epochs_done"] == 0 and not list((run / "checkpoints").iterdir())
 
 
 def test_ctrl_c_before_training_exits_130_and_creates_nothing(write_spec, tmp_path, monkeypatch):
-    from mnist_keras import train
+    from mnist_keras.train import loop
 
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "prepare", interrupted)
+    monkeypatch.setattr(loop, "prepare", interrupted)
     result = fit(write_spec(TINY.replace("LR", "0.05")), "--runs", tmp_path / "runs")
     assert result.exit_code == 130 and "interrupted" in result.stderr
     assert not (tmp_path / "runs").exists()
@@ -324,9 +324,9 @@ def test_small_or_read_only_disk_is_refused_before_training(write_spec, tmpfs, t
 
 def test_disk_full_during_training_keeps_earlier_checkpoints(write_spec, tmpfs, tmp_path, monkeypatch):
     """A real full disk: a tmpfs with room for one epoch's checkpoints; the next epoch's write fails."""
-    from mnist_keras import runs
+    from mnist_keras.runs import files
 
-    monkeypatch.setattr(runs, "MIN_FREE_BYTES", 0)
+    monkeypatch.setattr(files, "MIN_FREE_BYTES", 0)
     disk = tmpfs("200k")
     result = fit(write_spec(TINY.replace("LR", "0.05")), "--runs", disk)
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from mnist_keras.cli import main
-from mnist_keras.runs import create_run_dir
+from mnist_keras.runs.files import create_run_dir
 
 TINY = """
 name: tiny

@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import tempfile
+import threading
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +70,7 @@ def cluster_from_environment() -> dict:
     try:
         config = json.loads(text)
     except ValueError as err:
-        raise UserError(f"TF_CONFIG: not JSON ({err}); {shape}") from None
+        raise UserError(f"TF_CONFIG: {shape} (not JSON: {err})") from None
     cluster = config.get("cluster") if isinstance(config, dict) else None
     task = config.get("task") if isinstance(config, dict) else None
     if not isinstance(cluster, dict) or not isinstance(task, dict):
@@ -87,9 +88,21 @@ def cluster_from_environment() -> dict:
     if kind not in cluster:
         raise UserError(f"TF_CONFIG: task.type {str(kind)[:40]!r} is not one of the cluster's lists ({', '.join(cluster)})")
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(cluster[kind]):
-        raise UserError(f"TF_CONFIG: task.index {str(index)[:40]!r} is not one of the {len(cluster[kind])} "
+        raise UserError(f"TF_CONFIG: task index {str(index)[:40]} is not one of the {len(cluster[kind])} "
                         f"{kind} addresses (0-{len(cluster[kind]) - 1})")
     return config
+
+
+@contextmanager
+def stoppable_wait() -> Iterator[None]:
+    """Let Ctrl-C end the process while the main thread waits inside TensorFlow's C++ for the other workers,
+    where Python's handlers never run: SIGINT takes its default action (the process ends) until the wait is
+    over. (TensorFlow's coordination service takes SIGTERM as a preemption notice meanwhile.)"""
+    previous = signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextmanager
@@ -186,12 +199,8 @@ def multi_worker(runtime, gpus: list, cluster: dict, notify: Callable[[str], Non
     notify(f"mnist-keras: {me} waiting for the other workers "
            f"({', '.join(members.get('chief', []) + members['worker'])}); Ctrl-C stops")
     work_around_keras_multi_worker_bugs()
-    handlers = {sig: signal.signal(sig, signal.SIG_DFL) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:  # the wait is in C++, out of reach of Python's handlers: Ctrl-C and SIGTERM end the process at once
+    with stoppable_wait():
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
     return Placement(f"multi_worker, {me} ({local}), {strategy.num_replicas_in_sync} replicas in all",
                      strategy=strategy, on_gpu=bool(gpus), is_chief=strategy.extended.should_checkpoint)
 
