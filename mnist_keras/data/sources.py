@@ -209,13 +209,15 @@ def regular_file(path: Path | str) -> os.stat_result:
 def _read_file(path: Path) -> tuple[bytes, str]:
     """The bytes of a regular file of at most MAX_BYTES, and their sha256."""
     size = regular_file(path).st_size
+    if size > MAX_BYTES:
+        raise UserError(f"{path}: {size:,} bytes; a data file may hold at most {MAX_BYTES:,}")
     try:
         with open(path, "rb") as file:
-            raw = file.read(MAX_BYTES + 1)
+            raw = file.read(size + 1)
     except OSError as err:
         raise UserError(f"{path}: cannot read: {err.strerror}") from None
-    if max(size, len(raw)) > MAX_BYTES:
-        raise UserError(f"{path}: {max(size, len(raw)):,} bytes; a data file may hold at most {MAX_BYTES:,}")
+    if len(raw) != size:
+        raise UserError(f"{path}: the file changed while it was read ({size:,} bytes, then {len(raw):,})")
     return raw, hashlib.sha256(raw).hexdigest()
 
 
