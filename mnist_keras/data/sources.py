@@ -221,9 +221,16 @@ def _read_file(path: Path) -> tuple[bytes, str]:
     return raw, hashlib.sha256(raw).hexdigest()
 
 
-def _too_big(path: Path, what: str, shape: tuple[int, ...], nbytes: int) -> UserError:
-    return UserError(f"{path}: {what}declares shape {shape}, {nbytes:,} bytes of data, "
-                     f"over the {MAX_BYTES:,}-byte limit for a data file")
+def _too_big(path: Path, what: str, shape: tuple[int, ...]) -> UserError:
+    return UserError(f"{path}: {what}declares shape {shape}, over the {MAX_BYTES:,}-byte limit for a data file")
+
+
+def _read_at_most(stream, limit: int) -> bytearray:
+    """Up to `limit` bytes of `stream`, in chunks: memory follows what is there, not what a header claims."""
+    out = bytearray()
+    while len(out) < limit and (chunk := stream.read(min(1 << 20, limit - len(out)))):
+        out += chunk
+    return out
 
 
 def read_idx(path: Path, magic: int) -> tuple[np.ndarray, str]:
@@ -252,8 +259,8 @@ def read_idx(path: Path, magic: int) -> tuple[np.ndarray, str]:
             shape = tuple(int.from_bytes(dims[i:i + 4], "big") for i in range(0, 4 * ndim, 4))
             size = math.prod(shape)
             if size > MAX_BYTES:
-                raise _too_big(path, "the IDX header ", shape, size)
-            body = stream.read(size + 1)
+                raise _too_big(path, "the IDX header ", shape)
+            body = _read_at_most(stream, size + 1)
     except (OSError, EOFError, zlib.error) as err:
         raise UserError(f"{path}: corrupt or truncated gzip data ({err})") from None
     if len(body) != size:
@@ -325,8 +332,8 @@ def _check_npy_header(path: Path, key: str, member, member_size: int) -> int:
     if dtype.hasobject:
         raise UserError(f"{path}: {key}: an array of Python objects ({dtype}); expected numbers")
     nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes > MAX_BYTES:
-        raise _too_big(path, f"{key}: the .npy header ", shape, nbytes)
+    if math.prod(max(d, 1) for d in shape) * max(dtype.itemsize, 1) > MAX_BYTES:  # a 0 must not hide a huge dimension
+        raise _too_big(path, f"{key}: the .npy header ", shape)
     if nbytes > member_size - member.tell():
         raise UserError(f"{path}: {key}: truncated: the .npy header declares shape {shape} of {dtype}, "
                         f"{nbytes:,} bytes, but the member holds {member_size - member.tell():,}")
