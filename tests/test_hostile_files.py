@@ -111,10 +111,11 @@ def idx_bytes(magic: int, shape: tuple[int, ...], body: bytes = b"") -> bytes:
 
 
 HOSTILE_IDX = {
-    "int64 overflow": (idx_bytes(2051, (2**32 - 1,) * 3), "the IDX header declares shape \\(4294967295, 4294967295, 4294967295\\), "
+    "int64 overflow": (idx_bytes(2051, (2**32 - 1,) * 3),
+                       "the IDX header declares shape \\(4294967295, 4294967295, 4294967295\\), "
                        "over the 2,147,483,648-byte limit for a data file"),
     "terabyte": (idx_bytes(2051, (10**6, 1000, 1000), bytes(100)), "declares shape \\(1000000, 1000, 1000\\)"),
-    "huge shape, small file": (idx_bytes(2051, (60000, 28, 28), bytes(1000)),
+    "huge shape, small file": (idx_bytes(2051, (60000, 28, 28), bytes(1000)),  # no 47 MB allocated
                                "truncated: the header gives shape \\(60000, 28, 28\\), 47,040,000 bytes of data, "
                                "but the file holds 1,000"),
     "floats": (b"\0\0\x0d\x03" + idx_bytes(50, (28, 28)), "an IDX file of 32-bit floats; only unsigned bytes"),
@@ -190,7 +191,8 @@ HOSTILE_NPZ = {
     "lying header": ("x_train", npy("|u1", (50, 28, 28), bytes(100)),
                      "x_train: truncated: the .npy header declares shape \\(50, 28, 28\\) of uint8, 39,200 bytes, "
                      "but the member holds 100"),
-    "objects": ("y_train", saved(np.array([1, "a", None] * 17, dtype=object)[:50]), "y_train: an array of Python objects"),
+    "objects": ("y_train", saved(np.array([1, "a", None] * 17, dtype=object)[:50]),
+                "y_train: an array of Python objects"),
     "object images": ("x_train", npy("|O", (50, 28, 28)), "x_train: an array of Python objects"),
     "timedelta labels": ("y_train", saved(np.arange(50).astype("m8[s]")), "y_train: labels are timedelta64\\[s\\]"),
     "datetime labels": ("y_test", saved(np.arange(20).astype("M8[D]")), "y_test: labels are datetime64\\[D\\]"),
@@ -200,11 +202,13 @@ HOSTILE_NPZ = {
     "structured labels": ("y_train", saved(np.zeros(50, [("a", "u1")])), "y_train: labels are"),
     "zero-byte items": ("y_train", npy("|S0", (50,)), "y_train: labels are \\|S0"),
     "many zero-byte items": ("y_train", npy("|S0", (10**15,)), "y_train: the .npy header declares shape"),
-    "version 3": ("x_train", npy("|u1", (50, 28, 28), bytes(39200), version=3), "x_train: .npy format version \\(3, 0\\)"),
+    "version 3": ("x_train", npy("|u1", (50, 28, 28), bytes(39200), version=3),
+                  "x_train: .npy format version \\(3, 0\\)"),
     "not npy": ("x_train", b"PK garbage", "corrupt .npz file"),
     "zero test images": ("x_test", saved(np.zeros((0, 28, 28), np.uint8)), "x_test: no test images"),
     "zero train images": ("x_train", saved(np.zeros((0, 28, 28), np.uint8)), "x_train: no train images"),
-    "0x0 pixels": ("x_test", saved(np.zeros((20, 0, 0), np.uint8)), "x_test: images of shape \\(0, 0\\) hold no pixels"),
+    "0x0 pixels": ("x_test", saved(np.zeros((20, 0, 0), np.uint8)),
+                   "x_test: images of shape \\(0, 0\\) hold no pixels"),
     "count mismatch": ("y_test", saved(np.zeros(19, np.uint8)), "x_test: 20 images, but .*y_test has 19 labels"),
 }
 

@@ -33,7 +33,7 @@ def check_image_files(files: list[str]) -> list[str]:
 
 
 def read_images(files: list[str], height: int, width: int) -> tuple[np.ndarray, list[str], list[str]]:
-    """(MNIST-like uint8 images (N, height, width) of the files that could be read, those files, a message per other file).
+    """(MNIST-like uint8 images (N, height, width) of the files read, those files, one message per other file).
 
     MNIST-like: gray (the mean of the colour channels), transparency laid over white, the whole image
     resized to height x width by area averaging, and inverted when its mean is above mid-gray (dark ink

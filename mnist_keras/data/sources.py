@@ -3,7 +3,9 @@
 `mnist` and `fashion_mnist` are looked for, in order, in the named folder (--data-dir or
 data.data_dir), the Keras cache, then a keras.datasets download; `source: auto` falls back to the
 bundled MNIST sample with a one-line notice. Everything here is numpy only: TensorFlow is imported
-only to download. Every problem is a UserError naming the file.
+only to download. Every problem is a UserError naming the file. Only regular files are opened, each
+header is checked with Python ints before numpy sees it, and no file is read, declared or decompressed
+beyond MAX_BYTES.
 """
 
 from __future__ import annotations
@@ -148,10 +150,9 @@ def _finish(data: Data, source: str, path: Path | None, read: tuple[dict, dict, 
     arrays, where, sha256 = read
     arrays = {key: check_array(key, arrays[key], where[key], data) for key in KEYS}
     for split in ("train", "test"):
-        if not len(arrays[f"x_{split}"]):
-            raise UserError(f"{where[f'x_{split}']}: no {split} images; a dataset needs both splits")
-    for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if not len(x):
+            raise UserError(f"{where[f'x_{split}']}: no {split} images; a dataset needs both splits")
         if len(x) != len(y):
             raise UserError(f"{where[f'x_{split}']}: {len(x):,} images, "
                             f"but {where[f'y_{split}']} has {len(y):,} labels")
@@ -316,7 +317,8 @@ def read_npz(path: Path) -> tuple[dict, dict, dict]:
                 with archive.open(members[key]) as member:
                     arrays[key] = np.lib.format.read_array(member, allow_pickle=False)
     except (OSError, ValueError, EOFError, RuntimeError, NotImplementedError, zipfile.BadZipFile, zlib.error) as err:
-        raise UserError(f"{path}: corrupt .npz file ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(f"{path}: corrupt .npz file ({reason})") from None
     return arrays, {key: f"{path}: {key}" for key in KEYS}, {path.name: digest}
 
 
