@@ -10,6 +10,8 @@ import re
 import signal
 import socket
 import struct
+import subprocess
+import sys
 import tracemalloc
 import zipfile
 import zlib
@@ -392,3 +394,11 @@ def test_property_random_images(tmp_path_factory, data, cut):
     pixels, read, problems = outcome(lambda: read_images([str(path)], 28, 28))
     assert len(read) + len(problems) == 1 and pixels.shape == (len(read), 28, 28)
     assert all(p.startswith(f"{path}: ") for p in problems)
+
+
+def test_images_are_read_without_tensorflow(tmp_path):
+    (tmp_path / "digit.png").write_bytes(image_bytes(DIGIT, "PNG"))
+    code = ("import sys; from mnist_keras.data.images import read_images; "
+            f"assert read_images([{str(tmp_path / 'digit.png')!r}], 28, 28)[0].shape == (1, 28, 28); "
+            "assert 'tensorflow' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
