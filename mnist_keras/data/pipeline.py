@@ -65,16 +65,16 @@ def make_pipelines(spec: Spec, arrays: Arrays, start_epoch: int = 0) -> Pipeline
     from ..backend import tf
     data, prep = spec.data, spec.data.preprocess
     n_train, n_val = split_sizes(data, len(arrays.x_train))
-    batch = data.batch_size
-    steps = n_train // batch if data.drop_remainder else math.ceil(n_train / batch)
+    steps = n_train // data.batch_size if data.drop_remainder else math.ceil(n_train / data.batch_size)
     if steps == 0:
-        raise UserError(f"data.batch_size: {batch} is more than the {n_train:,} training images and "
+        raise UserError(f"data.batch_size: {data.batch_size} is more than the {n_train:,} training images and "
                         "data.drop_remainder is true, so an epoch has no batch")
     group = spec.runtime.steps_per_execution
     if group != "epoch" and steps % group:  # Keras would carry a last partial group into the next epoch
         divisors = [d for d in range(1, steps + 1) if steps % d == 0]
         raise UserError(f"runtime.steps_per_execution: {group} does not divide the {steps} steps of an epoch "
-                        f"({n_train:,} images in batches of {batch}); use one of {divisors} or change data.batch_size")
+                        f"({n_train:,} images in batches of {data.batch_size}); use one of {divisors} "
+                        "or change data.batch_size")
 
     def images(x):
         return preprocess_images(spec, x)
@@ -100,8 +100,10 @@ def make_pipelines(spec: Spec, arrays: Arrays, start_epoch: int = 0) -> Pipeline
         return out.prefetch(tf.data.AUTOTUNE) if data.prefetch else out
 
     def index_batches(order, drop_remainder=False):
-        """`order` cut into batches of indices, one dataset element per batch."""
-        full, rest = divmod(int(order.shape[0]), batch)
+        """`order` cut into batches of indices, one dataset element per batch: a batch beyond the data is all of it."""
+        n = int(order.shape[0])
+        batch = max(1, min(data.batch_size, n))
+        full, rest = divmod(n, batch)
         out = tf.data.Dataset.from_tensor_slices(tf.reshape(order[: full * batch], [full, batch]))
         if rest and not drop_remainder:
             out = out.concatenate(tf.data.Dataset.from_tensors(order[full * batch:]))

@@ -3,7 +3,9 @@
 `mnist` and `fashion_mnist` are looked for, in order, in the named folder (--data-dir or
 data.data_dir), the Keras cache, then a keras.datasets download; `source: auto` falls back to the
 bundled MNIST sample with a one-line notice. Everything here is numpy only: TensorFlow is imported
-only to download. Every problem is a UserError naming the file.
+only to download. Every problem is a UserError naming the file. Only regular files are opened, each
+header is checked with Python ints before numpy sees it, and no file is read, declared or decompressed
+beyond MAX_BYTES.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import contextlib
 import gzip
 import hashlib
 import io
+import math
 import os
+import stat
 import sys
 import zipfile
 import zlib
@@ -30,6 +34,9 @@ KEYS = ("x_train", "y_train", "x_test", "y_test")
 IDX_NAMES = dict(zip(KEYS, ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")))
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049  # unsigned bytes, 3 and 1 dimensions
+OTHER_IDX_TYPES = {0x09: "signed bytes", 0x0B: "16-bit integers", 0x0C: "32-bit integers",  # MNIST's is 0x08
+                   0x0D: "32-bit floats", 0x0E: "64-bit floats"}
+MAX_BYTES = 2**31  # the most a data file may hold, or declare, or decompress to: 2 GiB (full MNIST: 55 MB)
 BUNDLED = Path(__file__).with_name("mnist_sample.npz")
 
 
@@ -95,6 +102,7 @@ def _from_path(path: Path, data: Data) -> Arrays:
     if not path.exists():
         raise UserError(f"{path}: no such file or folder; data.dataset is {' or '.join(DATASETS)}"
                         f"{did_you_mean(data.dataset, DATASETS)}, a folder of IDX files or an .npz file")
+    regular_file(path)
     if path.suffix != ".npz":
         raise UserError(f"{path}: expected a folder of IDX files or an .npz file")
     return _finish(data, "npz", path, read_npz(path))
@@ -105,14 +113,14 @@ def _from_folder(folder: Path, data: Data, npz: bool = True) -> Arrays:
     if not folder.is_dir():
         raise UserError(f"{folder}: no such folder" if not folder.exists() else f"{folder}: not a folder")
     npz_path = folder / f"{data.dataset}.npz"
-    if npz and npz_path.is_file() and not any(_idx_path(folder, key) for key in KEYS):
+    if npz and os.path.lexists(npz_path) and not any(_idx_path(folder, key) for key in KEYS):
         return _finish(data, "files", npz_path, read_npz(npz_path))
     return _finish(data, "files", folder, read_idx_folder(folder, extra=f", or {npz_path.name}" if npz else ""))
 
 
 def _from_keras_cache(data: Data, source: str) -> Arrays | None:
     cache = keras_cache()
-    if data.dataset == "mnist" and (cache / "mnist.npz").is_file():
+    if data.dataset == "mnist" and os.path.lexists(cache / "mnist.npz"):
         return _finish(data, source, cache / "mnist.npz", read_npz(cache / "mnist.npz"))
     if data.dataset == "fashion_mnist" and all(_idx_path(cache / "fashion-mnist", k) for k in KEYS):
         return _finish(data, source, cache / "fashion-mnist", read_idx_folder(cache / "fashion-mnist"))
@@ -141,10 +149,10 @@ def _finish(data: Data, source: str, path: Path | None, read: tuple[dict, dict, 
     """Check what a reader returned against the spec and record where it came from."""
     arrays, where, sha256 = read
     arrays = {key: check_array(key, arrays[key], where[key], data) for key in KEYS}
-    if not len(arrays["x_train"]):
-        raise UserError(f"{where['x_train']}: no training images")
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if not len(x):
+            raise UserError(f"{where[f'x_{split}']}: no {split} images; a dataset needs both splits")
         if len(x) != len(y):
             raise UserError(f"{where[f'x_{split}']}: {len(x):,} images, "
                             f"but {where[f'y_{split}']} has {len(y):,} labels")
@@ -163,7 +171,7 @@ def check_array(key: str, array: np.ndarray, where: str, data: Data) -> np.ndarr
     if key.startswith("y"):
         if array.ndim == 2 and array.shape[1] == 1:
             array = array[:, 0]
-        if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+        if array.ndim != 1 or array.dtype.kind not in "iu":  # not bool, timedelta64, float...
             raise UserError(f"{where}: labels are {array.dtype} with shape {array.shape}; "
                             "expected integers, shape (N,)")
         if array.size and (array.min() < 0 or array.max() >= data.num_classes):
@@ -175,6 +183,8 @@ def check_array(key: str, array: np.ndarray, where: str, data: Data) -> np.ndarr
         raise UserError(f"{where}: images are {array.dtype} with shape {array.shape}; "
                         "expected uint8 (0-255) with shape (N, height, width) or (N, height, width, channels)")
     got, want = list(array.shape[1:]), list(data.image_shape)
+    if 0 in got:
+        raise UserError(f"{where}: images of shape {tuple(got)} hold no pixels")
     if got + [1] * (3 - len(got)) != want + [1] * (3 - len(want)):
         raise UserError(f"{where}: images are {'x'.join(map(str, got))}, but data.image_shape is {want}; "
                         f"set data.image_shape: {got + [1] * (3 - len(got))}")
@@ -184,45 +194,87 @@ def check_array(key: str, array: np.ndarray, where: str, data: Data) -> np.ndarr
 # ------------------------------------------------------------------------------- file formats
 
 
-def _read_bytes(path: Path) -> tuple[bytes, str]:
-    """The file's contents, gunzipped when it is gzip data (or named .gz), and the sha256 of the file."""
+def regular_file(path: Path | str) -> os.stat_result:
+    """os.stat of `path` (following links) if it is a regular file; else a UserError saying what it is."""
     try:
-        raw = path.read_bytes()
+        status = os.stat(path)
     except OSError as err:
         raise UserError(f"{path}: cannot read: {err.strerror}") from None
-    digest = hashlib.sha256(raw).hexdigest()
-    if path.suffix == ".gz" or raw[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(raw), digest
-        except (OSError, EOFError, zlib.error) as err:
-            raise UserError(f"{path}: corrupt or truncated gzip data ({err})") from None
-    return raw, digest
+    if not stat.S_ISREG(status.st_mode):
+        kinds = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket",
+                 stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+        raise UserError(f"{path}: not a regular file ({kinds.get(stat.S_IFMT(status.st_mode), 'unknown kind')})")
+    return status
+
+
+def _read_file(path: Path) -> tuple[bytes, str]:
+    """The bytes of a regular file of at most MAX_BYTES, and their sha256."""
+    size = regular_file(path).st_size
+    if size > MAX_BYTES:
+        raise UserError(f"{path}: {size:,} bytes; a data file may hold at most {MAX_BYTES:,}")
+    try:
+        with open(path, "rb") as file:
+            raw = file.read(size + 1)
+    except OSError as err:
+        raise UserError(f"{path}: cannot read: {err.strerror}") from None
+    if len(raw) != size:
+        raise UserError(f"{path}: the file changed while it was read ({size:,} bytes, then {len(raw):,})")
+    return raw, hashlib.sha256(raw).hexdigest()
+
+
+def _too_big(path: Path, what: str, shape: tuple[int, ...]) -> UserError:
+    return UserError(f"{path}: {what}declares shape {shape}, over the {MAX_BYTES:,}-byte limit for a data file")
+
+
+def _read_at_most(stream, limit: int) -> bytearray:
+    """Up to `limit` bytes of `stream`, in chunks: memory follows what is there, not what a header claims."""
+    out = bytearray()
+    while len(out) < limit and (chunk := stream.read(min(1 << 20, limit - len(out)))):
+        out += chunk
+    return out
 
 
 def read_idx(path: Path, magic: int) -> tuple[np.ndarray, str]:
-    """An IDX file of unsigned bytes (images: magic 2051, labels: 2049) and the sha256 of the file."""
-    raw, digest = _read_bytes(path)
-    found = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
-    if found != magic:
-        what = {IMAGES_MAGIC: "images", LABELS_MAGIC: "labels"}
-        raise UserError(f"{path}: bad magic number {found} (expected {magic}, IDX {what[magic]}); "
-                        "not an IDX file or a corrupt one")
-    ndim = magic & 0xFF
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise UserError(f"{path}: truncated: the IDX header needs {header} bytes, the file has {len(raw)}")
-    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
-    size, body = int(np.prod(shape)), len(raw) - header
-    if body != size:
-        raise UserError(f"{path}: {'truncated' if body < size else 'too long'}: the header gives shape {shape}, "
-                        f"{size:,} bytes of data, but the file holds {body:,}")
-    return np.frombuffer(raw, np.uint8, size, header).reshape(shape), digest
+    """An IDX file of unsigned bytes (images: magic 2051, labels: 2049), raw or gzipped, and the sha256 of the file.
+
+    The header is checked before the body is read, and at most the declared size (+1) is decompressed.
+    """
+    raw, digest = _read_file(path)
+    gz = path.suffix == ".gz" or raw[:2] == b"\x1f\x8b"
+    try:
+        with (gzip.GzipFile(fileobj=io.BytesIO(raw)) if gz else io.BytesIO(raw)) as stream:
+            head = stream.read(4)
+            if len(head) == 4 and head[:2] == b"\0\0" and head[3] == magic & 0xFF and head[2] in OTHER_IDX_TYPES:
+                raise UserError(f"{path}: an IDX file of {OTHER_IDX_TYPES[head[2]]}; only unsigned bytes "
+                                "(IDX type 0x08, as in MNIST) are supported")
+            found = int.from_bytes(head, "big") if len(head) == 4 else None
+            if found != magic:
+                what = {IMAGES_MAGIC: "images", LABELS_MAGIC: "labels"}
+                raise UserError(f"{path}: bad magic number {found} (expected {magic}, IDX {what[magic]}); "
+                                "not an IDX file or a corrupt one")
+            ndim = magic & 0xFF
+            dims = stream.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise UserError(f"{path}: truncated: the IDX header needs {4 + 4 * ndim} bytes, "
+                                f"the file has {4 + len(dims)}")
+            shape = tuple(int.from_bytes(dims[i:i + 4], "big") for i in range(0, 4 * ndim, 4))
+            size = math.prod(shape)
+            if size > MAX_BYTES:
+                raise _too_big(path, "the IDX header ", shape)
+            body = _read_at_most(stream, size + 1)
+    except (OSError, EOFError, zlib.error) as err:
+        raise UserError(f"{path}: corrupt or truncated gzip data ({err})") from None
+    if len(body) != size:
+        held = f"{len(body):,}" if len(body) < size else "more"
+        raise UserError(f"{path}: {'truncated' if len(body) < size else 'too long'}: the header gives shape {shape}, "
+                        f"{size:,} bytes of data, but the file holds {held}")
+    return np.frombuffer(body, np.uint8, size).reshape(shape), digest
 
 
 def _idx_path(folder: Path, key: str) -> Path | None:
     """The IDX file for `key` in `folder`, raw or gzipped, if there is one."""
     for name in (IDX_NAMES[key], IDX_NAMES[key] + ".gz"):
-        if (folder / name).is_file():
+        if os.path.lexists(folder / name):
             return folder / name
     return None
 
@@ -241,17 +293,50 @@ def read_idx_folder(folder: Path, extra: str = "") -> tuple[dict, dict, dict]:
 
 
 def read_npz(path: Path) -> tuple[dict, dict, dict]:
-    """A Keras-style .npz (x_train, y_train, x_test, y_test): (arrays, where, sha256)."""
-    raw, digest = _read_bytes(path)
+    """A Keras-style .npz (x_train, y_train, x_test, y_test): (arrays, where, sha256).
+
+    Each member's .npy header is checked (no objects, a declared size within the member and MAX_BYTES) before loading.
+    """
+    raw, digest = _read_file(path)
     if not zipfile.is_zipfile(io.BytesIO(raw)):
         raise UserError(f"{path}: not an .npz file (a zip archive of .npy arrays)")
     try:
-        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
-            missing = [key for key in KEYS if key not in npz.files]
+        with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+            members = {name.removesuffix(".npy"): name for name in archive.namelist()}
+            missing = [key for key in KEYS if key not in members]
             if missing:
                 raise UserError(f"{path}: missing {', '.join(missing)}; a dataset .npz holds {', '.join(KEYS)} "
-                                f"(it has {', '.join(npz.files) or 'nothing'})")
-            arrays = {key: npz[key] for key in KEYS}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
-        raise UserError(f"{path}: corrupt .npz file ({err})") from None
+                                f"(it has {', '.join(members) or 'nothing'})")
+            arrays, total = {}, 0
+            for key in KEYS:
+                with archive.open(members[key]) as member:
+                    total += _check_npy_header(path, key, member, archive.getinfo(members[key]).file_size)
+                    if total > MAX_BYTES:
+                        raise UserError(f"{path}: the arrays up to {key} hold {total:,} bytes, "
+                                        f"over the {MAX_BYTES:,}-byte limit for a data file")
+                with archive.open(members[key]) as member:
+                    arrays[key] = np.lib.format.read_array(member, allow_pickle=False)
+    except (OSError, ValueError, EOFError, RuntimeError, NotImplementedError, zipfile.BadZipFile, zlib.error) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(f"{path}: corrupt .npz file ({reason})") from None
     return arrays, {key: f"{path}: {key}" for key in KEYS}, {path.name: digest}
+
+
+def _check_npy_header(path: Path, key: str, member, member_size: int) -> int:
+    """The data size a zip member's .npy header declares, once it is a plain array that fits the member."""
+    version = np.lib.format.read_magic(member)
+    if version not in ((1, 0), (2, 0)):
+        raise UserError(f"{path}: {key}: .npy format version {version} is not supported (1.0 and 2.0 are)")
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(member)
+    if min(shape, default=0) < 0:
+        raise UserError(f"{path}: {key}: the .npy header declares a negative shape {shape}")
+    if dtype.hasobject:
+        raise UserError(f"{path}: {key}: an array of Python objects ({dtype}); expected numbers")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if math.prod(max(d, 1) for d in shape) * max(dtype.itemsize, 1) > MAX_BYTES:  # a 0 must not hide a huge dimension
+        raise _too_big(path, f"{key}: the .npy header ", shape)
+    if nbytes > member_size - member.tell():
+        raise UserError(f"{path}: {key}: truncated: the .npy header declares shape {shape} of {dtype}, "
+                        f"{nbytes:,} bytes, but the member holds {member_size - member.tell():,}")
+    return nbytes
