@@ -7,11 +7,12 @@ no anchors that expand beyond a node budget, no duplicate keys.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import stat
 from pathlib import Path
-from typing import Any, Sequence, get_args
+from typing import Any, Iterator, Sequence, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -159,7 +160,24 @@ _KEY_KINDS = {"!!int": "a number", "!!float": "a number", "!!bool": "true or fal
               "!!seq": "a list", "!!map": "a mapping"}
 
 
-def _index(root: yaml.Node, text: str, where: str) -> dict[tuple, tuple[int, int]]:
+def _written(node: yaml.Node) -> Iterator[str]:
+    """The pieces of a key as written, on one line and without spaces: `1`, `null`, `[a,b]`, `{a:1}`
+    (a generator, so an alias bomb as a key is only expanded as far as it is shown)."""
+    if isinstance(node, yaml.ScalarNode):
+        yield node.value
+        return
+    yield "[" if isinstance(node, yaml.SequenceNode) else "{"
+    for i, item in enumerate(node.value):
+        yield "," if i else ""
+        if isinstance(item, tuple):
+            yield from _written(item[0])
+            yield ":"
+            item = item[1]
+        yield from _written(item)
+    yield "]" if isinstance(node, yaml.SequenceNode) else "}"
+
+
+def _index(root: yaml.Node, where: str) -> dict[tuple, tuple[int, int]]:
     """Map each spec path to its (line, column); check tags, keys, duplicate keys, size and depth."""
     locations: dict[tuple, tuple[int, int]] = {}
     stack: list[tuple[yaml.Node, tuple]] = [(root, ())]
@@ -187,7 +205,7 @@ def _index(root: yaml.Node, text: str, where: str) -> dict[tuple, tuple[int, int
                 key = key_node.value
                 tag = _short_tag(key_node)
                 if tag not in ("!!str", "!!merge"):
-                    written = " ".join(text[key_node.start_mark.index:key_node.end_mark.index].split()) or "(empty)"
+                    written = "".join(itertools.islice(_written(key_node), MAX_ECHO)) or "(empty)"
                     fail(key_node, f"{dotted(path + (written,))}: a key is a name (text), not "
                                    f"{_KEY_KINDS.get(tag, f'a {tag} value')}; quote it if it is text")
                 merged = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
@@ -214,7 +232,7 @@ def parse_yaml(text: str, where: str) -> tuple[Any, dict[tuple, tuple[int, int]]
             root = loader.get_single_node()
             if root is None:
                 return None, {}
-            locations = _index(root, text, where)
+            locations = _index(root, where)
             return loader.construct_document(root), locations
         finally:
             loader.dispose()
