@@ -20,7 +20,6 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticCustomError
 
 from ..errors import UserError
-
 from .layers import ENTRIES, TEMPLATES, did_you_mean, normalize_entry
 from .schema import Spec
 
