@@ -16,9 +16,35 @@ def _billion_laughs(levels: int = 9) -> bytes:
     return b"\n".join(lines) + b"\n" + MODEL
 
 
+def _huge_echoes() -> list[tuple[str, bytes, str]]:
+    """Half-megabyte names, values, keys, tags and anchors: each is quoted clipped, never whole."""
+    big, clipped = b"x" * 500_000, "'" + "x" * 27 + "..." + "x" * 28 + "'"
+    return [
+        ("huge_name.yaml", MODEL + b"name: " + big + b"\n", ":2:1: name: a name is 1-64 letters"),
+        ("huge_activation.yaml", b"model: {layers: [flatten, {dense: {units: 10, activation: " + big + b"}}]}\n",
+         ", got " + clipped),
+        ("huge_key.yaml", MODEL + b"train:\n  ? " + big + b"\n  : 1\n", "unknown key 'xxx"),
+        ("huge_top_key.yaml", MODEL + b"? " + big + b"\n: 1\n", ":2:3: xxxxxxxxxx"),
+        ("huge_duplicate_key.yaml", MODEL + b"train:\n  ? " + big[:200_000] + b"\n  : 1\n  ? " + big[:200_000]
+         + b"\n  : 2\n", "x' (first given on line 3)"),
+        ("huge_list_key.yaml", MODEL + b"train:\n  ? [" + b"a, " * 2_000 + b"a]\n  : 1\n",
+         ":3:5: train.[a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,: a key is a name (text), not a list"),
+        ("bomb_key.yaml", _billion_laughs(8) + b"? *l7\n: 1\n", "a key is a name (text), not a list"),
+        ("huge_tag.yaml", MODEL + b"seed: !" + big + b" 3\n", ":2:7: seed: the YAML tag '!xxx"),
+        ("huge_alias.yaml", MODEL + b"seed: *" + big + b"\n", ":2:7: seed: the alias *xxx"),
+        ("huge_layer.yaml", b"model: {layers: [flatten, " + big + b", {dense: 10}]}\n",
+         f":1:27: model.layers[1]: unknown layer {clipped}"),
+        ("huge_device.yaml", MODEL + b"runtime: {device: " + big + b"}\n", f"got {clipped}"),
+        ("huge_optimizer.yaml", MODEL + b"train: {optimizer: " + big + b"}\n", "train.optimizer.type: unknown type 'xxx"),
+        ("huge_quoted_name.yaml", MODEL + b"name: '" + b"a'' b" * 20_000 + b"'\n", "got \"a' ba' b"),
+        ("huge_string_for_int.yaml", MODEL + b"train: {epochs: '" + b"9 " * 50_000 + b"'}\n",
+         "train.epochs: expected an integer, got '9 9 9"),
+    ]
+
+
 def generated_specs() -> list[tuple[str, bytes, str]]:
     garbage = random.Random(8).randbytes(4096)
-    return [
+    return _huge_echoes() + [
         ("too_large.yaml", MODEL + b"description: '" + b"x" * MAX_BYTES + b"'\n",
          ":1:1: (top level): 1,000,056 bytes is too large for a spec (limit 1,000,000)"),
         ("long_list.yaml", MODEL + b"description: [" + b"1, " * 300_000 + b"1]\n",

@@ -72,20 +72,41 @@ def mutated_text(draw):
     return text
 
 
-def refuses_or_summarises(path) -> None:
-    """`summary` either works (exit 0) or reports a UserError (exit 2): never a traceback."""
-    result = CliRunner().invoke(main, ["summary", str(path)])
+@st.composite
+def override_texts(draw):
+    """A `--set` text: a path into a shipped spec (or a made-up one) = a random or YAML-ish value."""
+    data = yaml.safe_load(SHIPPED_TEXT[draw(st.sampled_from(sorted(SHIPPED_TEXT)))])
+    path = draw(st.sampled_from([p for p in paths(data) if p]) | st.lists(st.sampled_from(WORDS), min_size=1, max_size=3))
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+    value = draw(st.sampled_from(["1e-3", "+1e4", ".5", "1.", "-.inf", ".nan", "ReLU", "{1: x}", "[a]", "~", "*a",
+                                  "!!python/name:os.system", "&a 1", "'", "{", "9" * 60])
+                 | st.text(max_size=12) | st.builds(str, values))
+    return draw(st.sampled_from([f"{key}={value}", draw(st.text(max_size=20)), f"{key}{value}"]))
+
+
+def refuses_or_works(path, command="summary", overrides=()) -> None:
+    """`command` either works (exit 0) or reports a UserError (exit 2): never a traceback."""
+    result = CliRunner().invoke(main, [command, str(path), *(a for text in overrides for a in ("--set", text))])
     assert result.exit_code in (0, 2), result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     if result.exit_code == 2:
-        assert result.stderr.startswith(f"error: {path}"), result.stderr
+        assert result.stderr.startswith("error: "), result.stderr
+        assert overrides or result.stderr.startswith(f"error: {path}"), result.stderr
 
 
-@given(text=mutated_data() | mutated_text())
-def test_mutated_shipped_specs_never_crash(text, tmp_path):
+@given(text=mutated_data() | mutated_text(), command=st.sampled_from(["summary", "validate"]))
+def test_mutated_shipped_specs_never_crash(text, command, tmp_path):
     path = tmp_path / "mutant.yaml"
     path.write_text(text)
-    refuses_or_summarises(path)
+    refuses_or_works(path, command)
+
+
+@given(overrides=st.lists(override_texts(), min_size=1, max_size=3), name=st.sampled_from(sorted(SHIPPED_TEXT)),
+       mutant=st.none() | mutated_data())
+def test_random_overrides_never_crash(overrides, name, mutant, tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text(mutant or SHIPPED_TEXT[name])
+    refuses_or_works(path, "validate", overrides)
 
 
 @given(junk=st.binary(max_size=64), at=st.integers(0, 400))
@@ -93,7 +114,7 @@ def test_random_bytes_never_crash(junk, at, tmp_path):
     text = SHIPPED_TEXT["lenet5.yaml"].encode()
     path = tmp_path / "bytes.yaml"
     path.write_bytes(text[:at] + junk + text[at:])
-    refuses_or_summarises(path)
+    refuses_or_works(path)
 
 
 # ------------------------------------------------------------------------------- valid specs

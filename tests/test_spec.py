@@ -134,3 +134,86 @@ def test_json_schema_accepts_shipped_specs_and_rejects_bad_ones():
 def test_shipped_schema_file_is_current():
     shipped = json.loads((ROOT / "mnist-keras.schema.json").read_text())
     assert shipped == json.loads(json.dumps(json_schema())), "run: mnist-keras schema --out mnist-keras.schema.json"
+
+
+@pytest.mark.parametrize("written,value", [("1e-3", 1e-3), ("1E-3", 1e-3), ("+1e4", 1e4), ("1.0e5", 1e5), (".5", 0.5),
+                                           ("1.", 1.0), ("5e+0", 5.0), ("0.1", 0.1), ("2.5E-2", 0.025)])
+def test_yaml_12_floats_in_files_and_overrides(written, value, write_spec):
+    """YAML 1.2 float forms are numbers in a file and in --set alike; quoted, they stay text (and are refused)."""
+    path = write_spec(f"model: {{layers: [flatten, {{dense: 10}}]}}\ntrain: {{optimizer: {{learning_rate: {written}}}}}\n")
+    assert load_spec(path).train.optimizer.learning_rate == value
+    assert load_spec(path, [f"train.optimizer.learning_rate={written}"]).train.optimizer.learning_rate == value
+    with pytest.raises(UserError, match="expected a number"):
+        load_spec(path, [f"train.optimizer.learning_rate='{written}'"])
+
+
+def test_yaml_11_forms_and_plain_text_are_unchanged():
+    from mnist_keras.spec.loader import parse_yaml
+
+    data, _ = parse_yaml("[1_000, 0x10, 1e, e5, 1e5e, 1.2.3, 12, -.inf, .nan, 1_0.5, 1e3x, yes, '1e3']", "t")
+    assert data[:6] == [1000, 16, "1e", "e5", "1e5e", "1.2.3"] and data[6] == 12 and data[7] == float("-inf")
+    assert data[8] != data[8] and data[9:] == [10.5, "1e3x", True, "1e3"]
+    with pytest.raises(UserError, match="the YAML tag '!!python/object/apply:os.system' is not allowed"):
+        parse_yaml("!!python/object/apply:os.system [1e3]", "t")
+
+
+def test_did_you_mean_ignores_case_first():
+    from mnist_keras.spec.layers import did_you_mean
+
+    assert did_you_mean("ReLU", ["linear", "relu", "elu"]) == " (did you mean 'relu'?)"
+    assert did_you_mean("ELU", ["relu", "elu"]) == " (did you mean 'elu'?)"
+    assert did_you_mean("MNIST", ["mnist", "fashion_mnist"]) == " (did you mean 'mnist'?)"
+    assert did_you_mean("Relu6", ["relu6", "relu"]) == " (did you mean 'relu6'?)"
+    assert did_you_mean("qqq", ["relu"]) == "" and did_you_mean("x" * 500_000, ["relu"]) == ""
+
+
+def test_cross_field_problems_raised_by_a_model_validator_are_placed(write_spec, monkeypatch):
+    """When Spec checks problems() in a model validator raising SpecProblems(ValueError) with `.problems`,
+    each problem is its own placed message, as when validate_spec calls problems() itself."""
+    from pydantic import model_validator
+
+    from mnist_keras.spec import loader
+    from mnist_keras.spec.schema import Spec
+
+    class SpecProblems(ValueError):
+        def __init__(self, problems):
+            super().__init__("; ".join(message for _, message in problems))
+            self.problems = problems
+
+    class CheckedSpec(Spec):
+        @model_validator(mode="after")
+        def _cross_field(self):
+            if self.problems():
+                raise SpecProblems(self.problems())
+            return self
+
+    text = ("model: {layers: [flatten, {dense: 5}]}\nruntime: {max_params: 10}\n"
+            "train: {loss: categorical_crossentropy}\n")
+    with pytest.raises(UserError) as today:
+        load_spec(write_spec(text))
+    monkeypatch.setattr(loader, "Spec", CheckedSpec)
+    with pytest.raises(UserError) as moved:
+        load_spec(write_spec(text))
+    assert moved.value.messages == today.value.messages and len(moved.value.messages) == 2
+    assert any(":1:28: model.layers[1].dense: the model outputs shape (5,)" in m for m in moved.value.messages)
+    assert any(": model: the model has 3,925 parameters, over runtime.max_params = 10" in m for m in moved.value.messages)
+
+
+def test_sweep_draws_from_a_huge_grid_without_building_it():
+    from mnist_keras.sweep import MAX_RUNS, combinations
+
+    grid = [f"train.k{i}={','.join(str(v) for v in range(9))}" for i in range(9)]  # 387,420,489 combinations
+    drawn = combinations(grid, sample=5, seed=7)
+    assert len({tuple(c) for c in drawn}) == 5 and drawn == combinations(grid, 5, 7) != combinations(grid, 5, 8)
+    assert all(c.flag == f"--grid {c}" for combo in drawn for c in combo)
+    with pytest.raises(UserError, match="387,420,489 combinations: a sweep trains at most 10,000 runs; draw fewer with --random N"):
+        combinations(grid)
+    with pytest.raises(UserError, match=f"--random {MAX_RUNS + 1:,}: a sweep trains at most"):
+        combinations(grid, sample=MAX_RUNS + 1)
+    with pytest.raises(UserError, match="too many to draw from"):
+        combinations([f"train.k{i}=1,2" for i in range(70)], sample=1)
+    small = ["a=1,2,3", "b=x,y", "c=[1,2],[3]"]
+    every = combinations(small)
+    assert len(every) == 12 and every[:3] == [["a=1", "b=x", "c=[1,2]"], ["a=1", "b=x", "c=[3]"], ["a=1", "b=y", "c=[1,2]"]]
+    assert combinations(small, sample=12) == every and sorted(combinations(small, 11, 3)) != every
+    assert combinations(small, sample=4, seed=3) == [every[i] for i in __import__("random").Random(3).sample(range(12), 4)]

@@ -483,11 +483,12 @@ ENTRIES: dict[str, type[Layer] | type[Macro]] = {**LAYERS, **MACROS}
 
 
 def did_you_mean(word: str, choices) -> str:
-    """' (did you mean 'x'?)' for a near miss, else ''."""
+    """' (did you mean 'x'?)' for a near miss, else ''; case is ignored, so 'ReLU' -> 'relu'."""
     import difflib
 
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    lowered = {str(choice).lower(): choice for choice in choices}
+    close = difflib.get_close_matches(str(word).lower(), list(lowered), n=1, cutoff=0.6)
+    return f" (did you mean '{lowered[close[0]]}'?)" if close else ""
 
 
 def normalize_entry(value: Any, registry: dict[str, type], what: str) -> dict:
