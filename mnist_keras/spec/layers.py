@@ -107,6 +107,8 @@ class WeightedLayer(Layer):
 
 
 class Dense(WeightedLayer):
+    """A fully connected layer: units outputs, each a weighted sum of all inputs."""
+
     kind = "dense"
     keras_class = "Dense"
     shorthand = "units"
@@ -122,6 +124,8 @@ class Dense(WeightedLayer):
 
 
 class Conv2D(WeightedLayer):
+    """A 2D convolution: `filters` kernels slid over the image."""
+
     kind = "conv2d"
     keras_class = "Conv2D"
     filters: PositiveInt = _describe("number of output channels")
@@ -147,7 +151,8 @@ class Pool2D(Layer):
     """Arguments shared by max and average pooling."""
 
     shorthand = "pool_size"
-    pool_size: Pair = Field([2, 2], description="[height, width] of the window (or one number), at most the input size")
+    pool_size: Pair = Field([2, 2], description="[height, width] of the window (or one number), at most the input "
+                          "size (default: 2x2, as Keras' max pooling)")
     strides: Pair | None = Field(None, description="step of the window (default: pool_size, as in Keras)")
     padding: Padding = Field("valid", description="valid: drop the edge that does not fill a window; same: pad it")
 
@@ -159,16 +164,22 @@ class Pool2D(Layer):
 
 
 class MaxPool2D(Pool2D):
+    """The maximum of each window."""
+
     kind = "max_pool2d"
     keras_class = "MaxPooling2D"
 
 
 class AvgPool2D(Pool2D):
+    """The mean of each window."""
+
     kind = "avg_pool2d"
     keras_class = "AveragePooling2D"
 
 
 class Flatten(Layer):
+    """All axes but the batch as one."""
+
     kind = "flatten"
     keras_class = "Flatten"
 
@@ -177,6 +188,8 @@ class Flatten(Layer):
 
 
 class Dropout(Layer):
+    """Sets a random fraction of the values to 0 while training."""
+
     kind = "dropout"
     keras_class = "Dropout"
     shorthand = "rate"
@@ -184,6 +197,8 @@ class Dropout(Layer):
 
 
 class BatchNorm(Layer):
+    """Normalizes each channel by the batch's statistics (moving averages at inference)."""
+
     kind = "batch_norm"
     keras_class = "BatchNormalization"
     momentum: Annotated[float, Field(gt=0, lt=1)] = Field(0.99, description="momentum of the moving mean and variance")
@@ -201,6 +216,8 @@ class BatchNorm(Layer):
 
 
 class Activation(Layer):
+    """Applies an activation function."""
+
     kind = "activation"
     keras_class = "Activation"
     shorthand = "activation"
@@ -208,6 +225,8 @@ class Activation(Layer):
 
 
 class Reshape(Layer):
+    """The same values in a new shape."""
+
     kind = "reshape"
     keras_class = "Reshape"
     shorthand = "target_shape"
@@ -227,6 +246,8 @@ class Reshape(Layer):
 
 
 class Resizing(Layer):
+    """Resizes images to height x width."""
+
     kind = "resizing"
     keras_class = "Resizing"
     height: Side = _describe("output height in pixels (at most 8192)")
@@ -241,6 +262,8 @@ class Resizing(Layer):
 
 
 class Rescaling(Layer):
+    """x * scale + offset."""
+
     kind = "rescaling"
     keras_class = "Rescaling"
     shorthand = "scale"
@@ -264,6 +287,8 @@ class Augmentation(Layer):
 
 
 class RandomTranslation(Augmentation):
+    """Shifts images randomly while training."""
+
     kind = "random_translation"
     keras_class = "RandomTranslation"
     shorthand = "height_factor"
@@ -276,6 +301,8 @@ class RandomTranslation(Augmentation):
 
 
 class RandomRotation(Augmentation):
+    """Rotates images randomly while training."""
+
     kind = "random_rotation"
     keras_class = "RandomRotation"
     shorthand = "factor"
@@ -283,6 +310,8 @@ class RandomRotation(Augmentation):
 
 
 class RandomZoom(Augmentation):
+    """Zooms images randomly while training."""
+
     kind = "random_zoom"
     keras_class = "RandomZoom"
     shorthand = "height_factor"
@@ -449,7 +478,8 @@ def _entry_union(registry: dict[str, type], what: str):
         return next(iter(value)) if isinstance(value, dict) else next(iter(type(value).model_fields))
 
     members = tuple(
-        Annotated[create_model(f"{cls.__name__}Entry", __base__=StrictModel, **{name: (cls, ...)}), Tag(name)]
+        Annotated[create_model(f"{cls.__name__}Entry", __base__=StrictModel,
+                               **{name: (cls, Field(description=f"`{name}` and its arguments"))}), Tag(name)]
         for name, cls in registry.items()
     )
     return Annotated[Union[members], Discriminator(tag), BeforeValidator(normalize)]
