@@ -4,12 +4,15 @@ every field is documented, and no way of making a Spec gives an invalid one."""
 import importlib
 import inspect
 import typing
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from pydantic import ValidationError
 from pydantic_core import PydanticUndefined
 
 from mnist_keras.backend import keras
+from mnist_keras.cli import main
 from mnist_keras.spec.fields import INITIALIZERS, KerasObject, Regularizer
 from mnist_keras.spec.layers import LAYERS
 from mnist_keras.spec.schema import Optimizer, Spec, SpecProblems
@@ -113,3 +116,12 @@ def test_activation_memory_names_the_largest_layer():
         Spec.model_validate(data)
     data["runtime"]["max_activation_bytes"] = 2**45
     assert Spec.model_validate(data)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent / "bad_specs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_fit_refuses_every_bad_spec_before_training(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["fit", str(path)])
+    expected = path.read_text().splitlines()[0].removeprefix("# expect: ")
+    assert result.exit_code == 2 and expected in result.stderr, result.output
+    assert not list(tmp_path.iterdir())
