@@ -5,17 +5,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, WithJsonSchema, create_model
 
 
 class StrictModel(BaseModel):
     """A spec section: unknown keys rejected, no silent type coercion, no NaN or infinity."""
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
-
-    def explicit(self) -> dict[str, Any]:
-        """The arguments the user set (or that differ from the defaults), for Keras factories."""
-        return self.model_dump(exclude_unset=True)
 
 
 def _keras_value(value: Any) -> Any:
@@ -110,31 +106,21 @@ class _Initializer(KerasObject):
 
 
 class _Seeded(_Initializer):
-    seed: Seed | None = Field(None, description="random seed of the initial values (default: from the spec's seed)")
+    seed: Seed | None = Field(None, description="random seed of the initial values (default: None, from the spec's "
+                                   "seed)")
 
 
-class GlorotUniformInit(_Seeded):
-    type: Literal["glorot_uniform"] = type_tag("glorot_uniform", "initializer")
+def _initializer(name: str, base: type[_Initializer] = _Seeded) -> type[_Initializer]:
+    """An initializer with no arguments beyond its base's: `he_normal` -> HeNormalInit."""
+    class_name = "".join(part.title() for part in name.split("_")) + "Init"
+    return create_model(class_name, __base__=base, __module__=__name__,
+                        type=(Literal[name], type_tag(name, "initializer")))
 
 
-class GlorotNormalInit(_Seeded):
-    type: Literal["glorot_normal"] = type_tag("glorot_normal", "initializer")
-
-
-class HeUniformInit(_Seeded):
-    type: Literal["he_uniform"] = type_tag("he_uniform", "initializer")
-
-
-class HeNormalInit(_Seeded):
-    type: Literal["he_normal"] = type_tag("he_normal", "initializer")
-
-
-class LecunUniformInit(_Seeded):
-    type: Literal["lecun_uniform"] = type_tag("lecun_uniform", "initializer")
-
-
-class LecunNormalInit(_Seeded):
-    type: Literal["lecun_normal"] = type_tag("lecun_normal", "initializer")
+GlorotUniformInit, GlorotNormalInit, HeUniformInit, HeNormalInit, LecunUniformInit, LecunNormalInit = (
+    _initializer(name) for name in ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_uniform",
+                                    "lecun_normal"))
+ZerosInit, OnesInit = (_initializer(name, _Initializer) for name in ("zeros", "ones"))
 
 
 class RandomNormalInit(_Seeded):
@@ -156,14 +142,6 @@ class RandomUniformInit(_Seeded):
 class OrthogonalInit(_Seeded):
     type: Literal["orthogonal"] = type_tag("orthogonal", "initializer")
     gain: PositiveFloat = Field(1.0, description="multiplies the orthogonal matrix")
-
-
-class ZerosInit(_Initializer):
-    type: Literal["zeros"] = type_tag("zeros", "initializer")
-
-
-class OnesInit(_Initializer):
-    type: Literal["ones"] = type_tag("ones", "initializer")
 
 
 class ConstantInit(_Initializer):
