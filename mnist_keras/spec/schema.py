@@ -273,7 +273,8 @@ class Cosine(_Schedule):
     decay_steps: Count | None = Field(None, description="length of the decay, at most 1e9 (default: the whole run "
                                       "after warmup)")
     alpha: Fraction = Field(0.0, description="the final learning rate as a fraction of lr")
-    warmup: Annotated[float, Field(ge=0, le=MAX_COUNT)] = Field(0, description="length of the linear warmup (at most 1e9)")
+    warmup: Annotated[float, Field(ge=0, le=MAX_COUNT)] = Field(
+        0, description="length of the linear warmup (at most 1e9)")
 
 
 class InverseTime(_Schedule):
