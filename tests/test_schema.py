@@ -48,7 +48,8 @@ def test_defaults_are_keras_defaults(cls):
 
 @pytest.mark.parametrize("cls", [*INITIALIZERS, Regularizer, *OPTIMIZERS], ids=lambda cls: cls.__name__)
 def test_keras_registry_builds_each_class(cls):
-    made = cls().keras(0.1) if cls in OPTIMIZERS else importlib.import_module(cls.keras_module).get(cls().keras_config())
+    registry = importlib.import_module(cls.keras_module)
+    made = cls().keras(0.1) if cls in OPTIMIZERS else registry.get(cls().keras_config())
     assert type(made).__name__ == cls.keras_class
 
 
@@ -85,7 +86,8 @@ def _schema_properties(node, where=""):
 
 
 def test_every_field_has_a_description():
-    undocumented = [where for where, prop in _schema_properties(Spec.model_json_schema()) if not prop.get("description")]
+    properties = _schema_properties(Spec.model_json_schema())
+    undocumented = [where for where, prop in properties if not prop.get("description")]
     assert not undocumented
 
 
