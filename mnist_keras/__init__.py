@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 _HOMES = {
     "load_spec": "api", "build_model": "api", "fit": "api", "resume": "api", "open_run": "api", "evaluate": "api",
+    "predict": "api", "sweep": "api",
     "Reporter": "api", "Run": "api", "Spec": "spec", "Error": "errors", "UserError": "errors",
     "TrainingFailed": "errors", "Interrupted": "errors",
 }

@@ -42,7 +42,7 @@ def load_spec(path: str | Path, overrides: Sequence[Any] = ()) -> Spec:
     problem at file:line:col. The overrides are remembered (spec.overrides) for the run record."""
     spec = _load_spec(path, overrides)
     spec._overrides = {dotted(key): value for key, value in
-                       (parse_override(getattr(text, "text", text)) for text in overrides)}
+                       (parse_override(text) for text in overrides)}
     return spec
 
 
@@ -163,17 +163,46 @@ def _train_worker(spec: Spec, chief_run: Path | None, prepared, state: RunState,
     return Run(None, spec, state, metrics.model_dump(mode="json"))
 
 
-def evaluate(target: str | Path, *, data_dir: str | None = None, spec_file: str | None = None) -> dict[str, Any]:
+def evaluate(target: str | Path, *, data_dir: str | None = None, spec_file: str | None = None,
+             reporter: Reporter | None = None) -> dict[str, Any]:
     """Test-set metrics of a run's model (or a .keras file): accuracy, loss, images, dataset, source, model."""
     from .data import load_arrays, make_pipelines
     from .train.objects import load_model
 
     spec, model_file, run_data_dir = model_target(target, spec_file)
-    arrays = load_arrays(spec.data, data_dir or run_data_dir)
+    arrays = load_arrays(spec.data, data_dir or run_data_dir, reporter or Reporter())
     model = load_model(model_file, spec)
     result = model.evaluate(make_pipelines(spec, arrays).test, verbose=0, return_dict=True)
     return {**{k: float(v) for k, v in result.items()}, "images": len(arrays.x_test), "model": str(model_file),
             "dataset": arrays.provenance["dataset"], "source": arrays.provenance["source"]}
+
+
+def predict(target: str | Path, images: Sequence[str], *, spec_file: str | None = None
+            ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Classify image files with a run's model: ([{file, class, probability} or {file, value} for a regression],
+    [a message per unreadable file]). Missing files are found before TensorFlow loads."""
+    import numpy as np
+
+    from .data.images import check_image_files, read_images
+
+    missing = check_image_files(list(images))
+    if len(missing) == len(images):
+        raise UserError(*missing)
+    spec, model_file, _ = model_target(target, spec_file)
+    height, width = spec.data.image_shape[:2]
+    pixels, files, problems = read_images(list(images), height, width)
+    if not files:
+        return [], problems
+    from .data.pipeline import preprocess_images
+    from .train.objects import load_model
+
+    outputs = load_model(model_file, spec).predict(preprocess_images(spec, pixels), verbose=0)
+    if spec.loss() == "mse":
+        return [{"file": f, "value": float(out[0])} for f, out in zip(files, outputs)], problems
+    probabilities = np.exp(outputs - outputs.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    return [{"file": f, "class": int(p.argmax()), "probability": float(p.max())}
+            for f, p in zip(files, probabilities)], problems
 
 
 def sweep(spec_file: str | Path, grids: Sequence[str], overrides: Sequence[str] = (), *, sample: int | None = None,
@@ -199,4 +228,4 @@ def sweep(spec_file: str | Path, grids: Sequence[str], overrides: Sequence[str] 
         yield combo, fit(spec, runs, data_dir=data_dir, reporter=reporter)
 
 
-__all__ = ["Reporter", "Run", "build_model", "evaluate", "fit", "load_spec", "open_run", "resume", "sweep"]
+__all__ = ["Reporter", "Run", "build_model", "evaluate", "fit", "load_spec", "open_run", "predict", "resume", "sweep"]

@@ -38,6 +38,10 @@ def overrides_option(func):
     )(func)
 
 
+def note(message: str) -> None:
+    click.echo(message, err=True)
+
+
 def reporter():
     """Progress on stdout (notes on stderr), with Keras' bar on a terminal and a line per epoch otherwise."""
     from .api import Reporter
@@ -127,10 +131,13 @@ def schema(out):
         raise UserError(f"{out}: cannot write: {err.strerror or err}") from None
 
 
-def _flags(epochs=None, device=None, distribute=None, name=None) -> list[str]:
-    """The --epochs/--device/--distribute/--name values as spec overrides."""
-    return [f"{key}={json.dumps(value)}" for key, value in (("train.epochs", epochs), ("runtime.device", device),
-            ("runtime.distribute", distribute), ("name", name)) if value is not None]
+def _flags(epochs=None, device=None, distribute=None, name=None) -> list:
+    """The --epochs/--device/--distribute/--name values as spec overrides that name their flag in messages."""
+    from .spec import Override
+
+    return [Override(f"{key}={json.dumps(value)}", f"{flag} {value}") for key, flag, value in
+            (("train.epochs", "--epochs", epochs), ("runtime.device", "--device", device),
+             ("runtime.distribute", "--distribute", distribute), ("name", "--name", name)) if value is not None]
 
 
 def _fit_summary(run) -> str:
@@ -238,7 +245,7 @@ def report(run_dirs, out, data_dir):
 
     if out is None and len(run_dirs) > 1:
         raise click.UsageError("give --out DIR for a report on several runs")
-    index = build_report(list(run_dirs), Path(out or Path(run_dirs[0]) / "report"), data_dir)
+    index = build_report(list(run_dirs), Path(out or Path(run_dirs[0]) / "report"), data_dir, note)
     click.echo(f"wrote {index} and its figures ({len(run_dirs)} run{'s' if len(run_dirs) > 1 else ''})")
 
 
@@ -259,7 +266,7 @@ def evaluate(target, data_dir, spec_file):
     """Test-set loss and accuracy of a trained model."""
     from .api import evaluate as evaluate_model
 
-    result = evaluate_model(target, data_dir=data_dir, spec_file=spec_file)
+    result = evaluate_model(target, data_dir=data_dir, spec_file=spec_file, reporter=reporter())
     click.echo(f"{result['model']}: test accuracy {result['accuracy']:.2%}, loss {result['loss']:.4f} "
                f"on {result['images']:,} {result['dataset']} test images ({result['source']})")
 
@@ -276,24 +283,13 @@ def predict(target, images, spec_file):
     on a light background, since MNIST digits are light on dark. Unreadable files are reported and the
     others classified (exit 2 if any was unreadable).
     """
-    import numpy as np
+    from .api import predict as predict_images
 
-    from .data.images import read_images
-    from .data.pipeline import preprocess_images
-    from .runs.run import model_target
-    from .train.objects import load_model
-
-    spec, model_file, _ = model_target(target, spec_file)
-    height, width = spec.data.image_shape[:2]
-    pixels, files, problems = read_images(list(images), height, width)
-    if len(files):
-        outputs = load_model(model_file, spec).predict(preprocess_images(spec, pixels), verbose=0)
-        for file, out in zip(files, outputs):
-            if spec.loss() == "mse":
-                click.echo(f"{file}: {round(float(out[0]))} (regression output {float(out[0]):.3f})")
-            else:
-                probs = np.exp(out - out.max())
-                probs /= probs.sum()
-                click.echo(f"{file}: {int(probs.argmax())} (probability {probs.max():.3f})")
+    predictions, problems = predict_images(target, list(images), spec_file=spec_file)
+    for p in predictions:
+        if "value" in p:
+            click.echo(f"{p['file']}: {round(p['value'])} (regression output {p['value']:.3f})")
+        else:
+            click.echo(f"{p['file']}: {p['class']} (probability {p['probability']:.3f})")
     if problems:
         raise UserError(*problems)

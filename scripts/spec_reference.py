@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import inspect
 import json
-import re
 import sys
 import typing
 from pathlib import Path
@@ -12,7 +10,8 @@ from pathlib import Path
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from mnist_keras.spec import fields, layers, schema as spec
+from mnist_keras.spec import fields, layers
+from mnist_keras.spec import schema as spec
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BEGIN, END = "<!-- spec-reference:begin -->", "<!-- spec-reference:end -->"
@@ -26,7 +25,7 @@ def type_name(annotation) -> str:
     if origin is typing.Literal:
         return " \\| ".join(str(a) for a in args)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
-        names = [type_name(a) for a in args if a is not type(None)]
+        names = list(dict.fromkeys(type_name(a) for a in args if a is not type(None)))
         return " or ".join(names) + (" or null" if type(None) in args else "")
     if origin is list:
         return f"list of {type_name(args[0])}"
@@ -35,21 +34,10 @@ def type_name(annotation) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
-def comments(cls: type) -> dict[str, str]:
-    """The trailing `# comment` of each field in the class source (and its bases')."""
-    found: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        if issubclass(klass, BaseModel) and klass.__module__.startswith("mnist_keras"):
-            for name, text in re.findall(r"^    (\w+):[^#\n]*#\s*(.+)$", inspect.getsource(klass), re.M):
-                found[name] = text.replace("|", "\\|")
-    return found
-
-
 def table(cls: type[BaseModel], title: str) -> list[str]:
     doc = (cls.__doc__ or "").strip().splitlines()
     lines = [f"#### `{title}`", ""] + ([doc[0], ""] if doc and cls.__doc__ != BaseModel.__doc__ else [])
     lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
-    notes = comments(cls)
     for name, field in cls.model_fields.items():
         if field.default is PydanticUndefined:
             default = "**required**"
@@ -57,7 +45,8 @@ def table(cls: type[BaseModel], title: str) -> list[str]:
             default = "(see its table)"
         else:
             default = f"`{json.dumps(field.default)}`"
-        lines.append(f"| `{name}` | {type_name(field.annotation)} | {default} | {notes.get(name, '')} |")
+        meaning = (field.description or "").replace("|", "\\|")
+        lines.append(f"| `{name}` | {type_name(field.annotation)} | {default} | {meaning} |")
     return lines + [""]
 
 
@@ -74,7 +63,9 @@ def reference() -> str:
                  (spec.EarlyStopping, "train.early_stopping"), (spec.Runtime, "runtime"), (spec.Threads, "runtime.threads")]
     sections += [(cls, f"layer: {name}") for name, cls in layers.ENTRIES.items()]
     sections += [(cls, f"template: {name}") for name, cls in layers.TEMPLATES.items()]
-    sections += [(fields.Initializer, "initializer (or just its name)"), (fields.Regularizer, "regularizer")]
+    sections += [(cls, f"initializer: {cls.model_fields['type'].default} (or just its name)")
+                 for cls in fields.INITIALIZERS]
+    sections += [(fields.Regularizer, "regularizer")]
     out = []
     for cls, title in sections:
         out += table(typing.get_args(cls)[0] if typing.get_origin(cls) is typing.Annotated else cls, title)

@@ -288,7 +288,7 @@ def test_sweep_checks_every_combination_before_training(write_spec, tmp_path):
     runs = tmp_path / "runs"
     result = CliRunner().invoke(main, ["sweep", spec, "--grid", "train.optimizer.learning_rate=0.1,fast",
                                        "--runs", str(runs)])
-    assert result.exit_code == 2 and "--set train.optimizer.learning_rate=fast" in result.stderr
+    assert result.exit_code == 2 and "--grid train.optimizer.learning_rate=fast" in result.stderr  # the flag typed (issue 13)
     result = CliRunner().invoke(main, ["sweep", spec, "--grid", "train.epochs", "--runs", str(runs)])
     assert result.exit_code == 2 and "expected PATH=V1,V2" in result.stderr
     result = CliRunner().invoke(main, ["sweep", spec, "--grid", "seed=1", "--grid", "seed=2", "--runs", str(runs)])

@@ -263,7 +263,9 @@ def test_label_encodings():
     np.testing.assert_array_equal(y, np.eye(10, dtype=np.float32)[expected])
     _, _, y = first_test_batch(batch_size=12, preprocess={"one_hot": False})
     assert y.dtype == np.int32 and y.tolist() == expected.tolist()
-    pipes = make_pipelines(make_spec(loss="mse", batch_size=12, preprocess={"one_hot": False}), as_arrays(small()))
+    regression = {"data": {"batch_size": 12, "preprocess": {"one_hot": False}}, "train": {"loss": "mse"},
+                  "model": {"layers": ["flatten", {"dense": 1}]}}  # a Spec must end in 1 value for mse
+    pipes = make_pipelines(Spec.model_validate(regression), as_arrays(small()))
     y = next(iter(pipes.test))[1].numpy()
     assert y.dtype == np.float32 and y.shape == (12, 1) and y[:, 0].tolist() == expected.tolist()
 

@@ -36,6 +36,10 @@ def _load(spec_file: str | None, dataset: str | None, overrides: tuple[str, ...]
     return validate_spec({"name": "data", "model": DEFAULT_MODEL}, "(default spec)", {}, overrides + extra)
 
 
+def _note(message: str) -> None:
+    click.echo(message, err=True)
+
+
 @click.group()
 def data():
     """Inspect the data a spec reads: sources, shapes, statistics, and a preview of what the model sees."""
@@ -51,7 +55,7 @@ def info(spec, dataset, data_dir, overrides):
     from .sources import load_arrays
 
     loaded = _load(spec, dataset, overrides)
-    arrays = load_arrays(loaded.data, data_dir)
+    arrays = load_arrays(loaded.data, data_dir, _note)
     prov, prep = arrays.provenance, loaded.data.preprocess
     n_train, n_val = split_sizes(loaded.data, len(arrays.x_train))
     click.echo(f"dataset   {prov['dataset']} from {prov['source']}: {prov['path'] or 'keras.datasets'}")
@@ -91,7 +95,7 @@ def preview(spec, dataset, data_dir, overrides, out, count, split):
     if not out.parent.is_dir():
         raise UserError(f"{out}: the folder {out.parent} does not exist")
     loaded = _load(spec, dataset, overrides)
-    pipes = make_pipelines(loaded, load_arrays(loaded.data, data_dir))
+    pipes = make_pipelines(loaded, load_arrays(loaded.data, data_dir, _note))
     shown = list((pipes.train if split == "train" else pipes.test).unbatch().take(count).as_numpy_iterator())
     images = np.stack([x for x, _ in shown])
     labels = [y.argmax() if loaded.data.preprocess.one_hot else y.item() for _, y in shown]

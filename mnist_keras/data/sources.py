@@ -17,11 +17,11 @@ import io
 import math
 import os
 import stat
-import sys
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -51,8 +51,13 @@ class Arrays:
     provenance: dict  # dataset, source, path, counts, sha256 of each file read
 
 
-def load_arrays(data: Data, data_dir: str | None = None) -> Arrays:
-    """The dataset `data` names, from the first source that serves it; `data_dir` wins over data.data_dir."""
+def _silent(message: str) -> None:
+    """Drop a note (the API prints nothing unless asked)."""
+
+
+def load_arrays(data: Data, data_dir: str | None = None, notify: Callable[[str], None] = _silent) -> Arrays:
+    """The dataset `data` names, from the first source that serves it; `data_dir` wins over data.data_dir.
+    `notify` gets a note when the data came from a download or the bundled sample instead."""
     folder = data_dir or data.data_dir
     if data.dataset not in DATASETS:
         if data.source in ("keras", "bundled"):
@@ -71,7 +76,7 @@ def load_arrays(data: Data, data_dir: str | None = None) -> Arrays:
     if found:
         return found
     try:
-        return _download(data)
+        return _download(data, notify)
     except UserError:
         raise
     except Exception as err:  # offline, a proxy, a failed checksum: any reason to use another source
@@ -81,10 +86,9 @@ def load_arrays(data: Data, data_dir: str | None = None) -> Arrays:
                         "pass --data-dir DIR with the four IDX files, or download them into the cache")
     arrays = _bundled(data)
     counts = arrays.provenance["counts"]
-    print(f"note: MNIST is not on this machine and could not be downloaded; using the bundled sample "
-          f"({counts['train']:,} training, {counts['test']:,} test images); for the full set pass --data-dir DIR "
-          f"(a folder with the four MNIST IDX files, gzipped or raw, or mnist.npz) or put mnist.npz in {cache}",
-          file=sys.stderr)
+    notify(f"note: MNIST is not on this machine and could not be downloaded; using the bundled sample "
+           f"({counts['train']:,} training, {counts['test']:,} test images); for the full set pass --data-dir DIR "
+           f"(a folder with the four MNIST IDX files, gzipped or raw, or mnist.npz) or put mnist.npz in {cache}")
     return arrays
 
 
@@ -127,13 +131,13 @@ def _from_keras_cache(data: Data, source: str) -> Arrays | None:
     return None
 
 
-def _download(data: Data) -> Arrays:
+def _download(data: Data, notify: Callable[[str], None]) -> Arrays:
     """keras.datasets.<name>.load_data(), then the files it cached."""
     from ..backend import keras
 
     with contextlib.redirect_stdout(io.StringIO()):  # Keras' progress bar; one line below says it all
         (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, data.dataset).load_data()
-    print(f"note: downloaded {data.dataset} with keras.datasets into {keras_cache()}", file=sys.stderr)
+    notify(f"note: downloaded {data.dataset} with keras.datasets into {keras_cache()}")
     arrays = dict(zip(KEYS, (x_train, y_train, x_test, y_test)))
     where = {key: f"keras.datasets.{data.dataset}: {key}" for key in KEYS}
     return _from_keras_cache(data, "keras-download") or _finish(data, "keras-download", None, (arrays, where, {}))

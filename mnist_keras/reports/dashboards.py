@@ -23,7 +23,6 @@ from ..backend import keras, tf
 from ..data.pipeline import split_sizes
 from ..runs.record import RunState
 from ..spec import Spec, dump_spec, parse_override
-from ..train.compile import base_learning_rate
 from .plots import confusion_figure, confusion_matrix, misclassified_figure, rgba
 
 from tensorboard.plugins.hparams import api as hp
@@ -52,7 +51,7 @@ def hparams(spec: Spec) -> dict[str, bool | int | float | str]:
     each overridden path (spec.overrides) with its resolved value (what the spec holds after validation, so
     1 and 1.0 for a float agree across runs, and an override of a main one is the same column)."""
     values: dict[str, Any] = {
-        "train.optimizer.type": spec.train.optimizer.type, "train.optimizer.learning_rate": base_learning_rate(spec),
+        "train.optimizer.type": spec.train.optimizer.type, "train.optimizer.learning_rate": spec.train.optimizer.resolved_learning_rate(),
         "train.lr_schedule.type": spec.train.lr_schedule.type, "data.batch_size": spec.data.batch_size,
         "train.epochs": spec.train.epochs, "model.layers": layer_sizes(spec),
         "model.params": sum(p.trainable + p.non_trainable for p in spec.plan()), "seed": spec.seed,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -28,12 +29,12 @@ from .plots import confusion_figure, confusion_matrix, curves_figure, misclassif
 MISCLASSIFIED_SHOWN = 40
 
 
-def test_predictions(run: Run, data_dir: str | None):
+def test_predictions(run: Run, data_dir: str | None, notify: Callable[[str], None]):
     """(test images, labels, predicted classes, model file, classes) of the run's model on its test set."""
     from ..data import load_arrays, make_pipelines
 
     spec, model_file = run.spec, run.model_file()
-    arrays = load_arrays(spec.data, data_dir or run.state.data_dir)
+    arrays = load_arrays(spec.data, data_dir or run.state.data_dir, notify)
     outputs = run.load_model().predict(make_pipelines(spec, arrays).test, verbose=0)
     if spec.loss() == "mse":  # a regression on the digit value: its rounded prediction is its class
         predicted = np.clip(np.round(outputs[:, 0]), 0, spec.data.num_classes - 1).astype(np.int64)
@@ -76,7 +77,8 @@ def _metrics_rows(run: Run) -> list[tuple[str, str]]:
     return rows
 
 
-def build_report(run_dirs: list[str], out: Path, data_dir: str | None = None) -> Path:
+def build_report(run_dirs: list[str], out: Path, data_dir: str | None = None,
+                 notify: Callable[[str], None] = lambda message: None) -> Path:
     """Write the report of these runs into `out`; return index.html's path."""
     runs = [open_run(path) for path in run_dirs]
     if out.is_symlink():
@@ -91,7 +93,7 @@ def build_report(run_dirs: list[str], out: Path, data_dir: str | None = None) ->
     sections, numbers = [], []
     for index, (run, label) in enumerate(zip(runs, labels), 1):
         stem = f"{index}-{run.path.parent.name}"
-        images, true, predicted, model_file, classes = test_predictions(run, data_dir)
+        images, true, predicted, model_file, classes = test_predictions(run, data_dir, notify)
         counts = confusion_matrix(true, predicted, classes)
         wrong = np.flatnonzero(predicted != true)[:MISCLASSIFIED_SHOWN]
         figures = [

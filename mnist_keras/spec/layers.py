@@ -14,15 +14,17 @@ from pydantic import BeforeValidator, Discriminator, Field, Tag, create_model
 from pydantic_core import PydanticCustomError
 
 from .fields import (
+    MAX_INT,
     ActivationName,
     Fraction,
     InitializerSpec,
+    KerasObject,
     Pair,
     PositiveFloat,
     PositiveInt,
     Regularizer,
+    Side,
     StrictModel,
-    keras_initializer,
 )
 
 Shape = tuple[int, ...]
@@ -49,15 +51,29 @@ def _need_image(kind: str, shape: Shape) -> None:
         )
 
 
-def _window_out(size: int, window: int, stride: int, dilation: int, padding: str) -> int:
+def _window_out(shape: Shape, window: list[int], strides: list[int], dilation: list[int], padding: str,
+                what: str, field: str) -> Shape:
+    """Output height and width of a sliding window; ShapeError if the (dilated) window is larger than
+    its input, which with `same` padding would only see padding (and can exhaust memory)."""
+    span = [d * (w - 1) + 1 for w, d in zip(window, dilation)]
+    if any(s > size for s, size in zip(span, shape[:2])):
+        raise ShapeError(
+            f"{what} {span[0]}x{span[1]} is larger than its {shape[0]}x{shape[1]} input "
+            f"(with padding '{padding}' too); use a smaller {field}", field,
+        )
     if padding == "same":
-        return math.ceil(size / stride)
-    return (size - dilation * (window - 1) - 1) // stride + 1
+        return tuple(math.ceil(size / s) for size, s in zip(shape[:2], strides))
+    return tuple((size - sp) // s + 1 for size, sp, s in zip(shape[:2], span, strides))
 
 
-class Layer(StrictModel):
-    """A spec entry that is exactly one Keras layer."""
+def _describe(text: str):
+    return Field(description=text)
 
+
+class Layer(KerasObject):
+    """A spec entry that is exactly one Keras layer, `keras_class`, with its arguments as fields."""
+
+    keras_module = "keras.layers"
     kind: ClassVar[str]
     shorthand: ClassVar[str | None] = None  # the argument a scalar value stands for: `dropout: 0.5`
 
@@ -72,34 +88,31 @@ class Layer(StrictModel):
         return 0, 0
 
     def keras(self, name: str):
-        raise NotImplementedError
+        """The Keras layer, made by Keras' own registry from this layer's arguments."""
+        from ..backend import keras
+
+        config = self.keras_config()
+        return keras.layers.deserialize({**config, "config": {**config["config"], "name": name}})
 
 
 class WeightedLayer(Layer):
     """Arguments shared by the layers that own a kernel and a bias."""
 
-    activation: ActivationName | None = None
-    use_bias: bool = True
-    kernel_initializer: InitializerSpec = "glorot_uniform"
-    bias_initializer: InitializerSpec = "zeros"
-    kernel_regularizer: Regularizer | None = None
-    bias_regularizer: Regularizer | None = None
-
-    def weight_kwargs(self) -> dict[str, Any]:
-        return {
-            "activation": self.activation,
-            "use_bias": self.use_bias,
-            "kernel_initializer": keras_initializer(self.kernel_initializer),
-            "bias_initializer": keras_initializer(self.bias_initializer),
-            "kernel_regularizer": self.kernel_regularizer and self.kernel_regularizer.keras(),
-            "bias_regularizer": self.bias_regularizer and self.bias_regularizer.keras(),
-        }
+    activation: ActivationName | None = Field(None, description="applied to the output (default: none, linear)")
+    use_bias: bool = Field(True, description="add a learned bias")
+    kernel_initializer: InitializerSpec = Field("glorot_uniform", description="initial values of the kernel")
+    bias_initializer: InitializerSpec = Field("zeros", description="initial values of the bias")
+    kernel_regularizer: Regularizer | None = Field(None, description="weight penalty on the kernel")
+    bias_regularizer: Regularizer | None = Field(None, description="weight penalty on the bias")
 
 
 class Dense(WeightedLayer):
+    """A fully connected layer: units outputs, each a weighted sum of all inputs."""
+
     kind = "dense"
+    keras_class = "Dense"
     shorthand = "units"
-    units: PositiveInt
+    units: PositiveInt = _describe("output width (number of neurons)")
 
     def output_shape(self, shape):
         if not shape:
@@ -109,123 +122,89 @@ class Dense(WeightedLayer):
     def weights(self, shape):
         return shape[-1] * self.units + self.units * self.use_bias, 0
 
-    def keras(self, name):
-        import keras
-
-        return keras.layers.Dense(self.units, name=name, **self.weight_kwargs())
-
 
 class Conv2D(WeightedLayer):
+    """A 2D convolution: `filters` kernels slid over the image."""
+
     kind = "conv2d"
-    filters: PositiveInt
-    kernel_size: Pair
-    strides: Pair = [1, 1]
-    padding: Padding = "valid"
-    dilation_rate: Pair = [1, 1]
+    keras_class = "Conv2D"
+    filters: PositiveInt = _describe("number of output channels")
+    kernel_size: Pair = _describe("[height, width] of the kernel (or one number), dilated at most the input size")
+    strides: Pair = Field([1, 1], description="step of the kernel, [height, width] or one number")
+    padding: Padding = Field("valid", description="valid: no padding; same: pad so that output = input / strides")
+    dilation_rate: Pair = Field([1, 1], description="spacing of the kernel taps; with strides > 1 not allowed")
 
     def output_shape(self, shape):
         _need_image(self.kind, shape)
         if max(self.strides) > 1 and max(self.dilation_rate) > 1:
             raise ShapeError("strides > 1 cannot be combined with dilation_rate > 1", "strides")
-        out = tuple(
-            _window_out(size, k, s, d, self.padding)
-            for size, k, s, d in zip(shape[:2], self.kernel_size, self.strides, self.dilation_rate)
-        )
-        if min(out) < 1:
-            span = [d * (k - 1) + 1 for k, d in zip(self.kernel_size, self.dilation_rate)]
-            raise ShapeError(
-                f"kernel {span[0]}x{span[1]} is larger than its {shape[0]}x{shape[1]} input "
-                "with padding 'valid'; use a smaller kernel_size or padding: same",
-                "kernel_size",
-            )
+        field = "dilation_rate" if max(self.dilation_rate) > 1 else "kernel_size"
+        out = _window_out(shape, self.kernel_size, self.strides, self.dilation_rate, self.padding, "kernel", field)
         return out + (self.filters,)
 
     def weights(self, shape):
         kh, kw = self.kernel_size
         return kh * kw * shape[2] * self.filters + self.filters * self.use_bias, 0
 
-    def keras(self, name):
-        import keras
-
-        return keras.layers.Conv2D(
-            self.filters, tuple(self.kernel_size), strides=tuple(self.strides), padding=self.padding,
-            dilation_rate=tuple(self.dilation_rate), name=name, **self.weight_kwargs(),
-        )
-
 
 class Pool2D(Layer):
     """Arguments shared by max and average pooling."""
 
     shorthand = "pool_size"
-    pool_size: Pair = [2, 2]
-    strides: Pair | None = None  # default: pool_size, as in Keras
-    padding: Padding = "valid"
+    pool_size: Pair = Field([2, 2], description="[height, width] of the window (or one number), at most the input "
+                          "size (default: 2x2, as Keras' max pooling)")
+    strides: Pair | None = Field(None, description="step of the window (default: pool_size, as in Keras)")
+    padding: Padding = Field("valid", description="valid: drop the edge that does not fill a window; same: pad it")
 
     def output_shape(self, shape):
         _need_image(self.kind, shape)
-        strides = self.strides or self.pool_size
-        out = tuple(
-            _window_out(size, p, s, 1, self.padding) for size, p, s in zip(shape[:2], self.pool_size, strides)
-        )
-        if min(out) < 1:
-            raise ShapeError(
-                f"pool {self.pool_size[0]}x{self.pool_size[1]} is larger than its {shape[0]}x{shape[1]} input; "
-                "the model has shrunk the image to nothing here",
-                "pool_size",
-            )
+        out = _window_out(shape, self.pool_size, self.strides or self.pool_size, [1, 1], self.padding,
+                          "pool", "pool_size")
         return out + (shape[2],)
-
-    def keras_pool(self, cls, name):
-        return cls(tuple(self.pool_size), strides=self.strides and tuple(self.strides), padding=self.padding, name=name)
 
 
 class MaxPool2D(Pool2D):
+    """The maximum of each window."""
+
     kind = "max_pool2d"
-
-    def keras(self, name):
-        import keras
-
-        return self.keras_pool(keras.layers.MaxPooling2D, name)
+    keras_class = "MaxPooling2D"
 
 
 class AvgPool2D(Pool2D):
+    """The mean of each window."""
+
     kind = "avg_pool2d"
-
-    def keras(self, name):
-        import keras
-
-        return self.keras_pool(keras.layers.AveragePooling2D, name)
+    keras_class = "AveragePooling2D"
 
 
 class Flatten(Layer):
+    """All axes but the batch as one."""
+
     kind = "flatten"
+    keras_class = "Flatten"
 
     def output_shape(self, shape):
         return (math.prod(shape),)
 
-    def keras(self, name):
-        import keras
-
-        return keras.layers.Flatten(name=name)
-
 
 class Dropout(Layer):
+    """Sets a random fraction of the values to 0 while training."""
+
     kind = "dropout"
+    keras_class = "Dropout"
     shorthand = "rate"
-    rate: Fraction
-
-    def keras(self, name):
-        import keras
-
-        return keras.layers.Dropout(self.rate, name=name)
+    rate: Fraction = _describe("fraction of the inputs set to 0 while training")
 
 
 class BatchNorm(Layer):
+    """Normalizes each channel by the batch's statistics (moving averages at inference)."""
+
     kind = "batch_norm"
-    momentum: Annotated[float, Field(gt=0, lt=1)] = 0.99
-    epsilon: PositiveFloat = 1e-3
-    center: bool = True
-    scale: bool = True
+    keras_class = "BatchNormalization"
+    momentum: Annotated[float, Field(gt=0, lt=1)] = Field(0.99, description="momentum of the moving mean and variance")
+    epsilon: PositiveFloat = Field(1e-3, description="added to the variance, for numerical stability")
+    center: bool = Field(True, description="learn an offset (beta)")
+    scale: bool = Field(True, description="learn a scale (gamma)")
 
     def output_shape(self, shape):
         if not shape:
@@ -235,29 +214,24 @@ class BatchNorm(Layer):
     def weights(self, shape):
         return shape[-1] * (self.center + self.scale), 2 * shape[-1]
 
-    def keras(self, name):
-        import keras
-
-        return keras.layers.BatchNormalization(
-            momentum=self.momentum, epsilon=self.epsilon, center=self.center, scale=self.scale, name=name
-        )
-
 
 class Activation(Layer):
+    """Applies an activation function."""
+
     kind = "activation"
+    keras_class = "Activation"
     shorthand = "activation"
-    activation: ActivationName
-
-    def keras(self, name):
-        import keras
-
-        return keras.layers.Activation(self.activation, name=name)
+    activation: ActivationName = _describe("the function applied to every value")
 
 
 class Reshape(Layer):
+    """The same values in a new shape."""
+
     kind = "reshape"
+    keras_class = "Reshape"
     shorthand = "target_shape"
-    target_shape: Annotated[list[Annotated[int, Field(ge=-1)]], Field(min_length=1)]
+    target_shape: Annotated[list[Annotated[int, Field(ge=-1, le=MAX_INT)]], Field(min_length=1)] = _describe(
+        "the new shape without the batch axis, with the same number of values; one -1 is inferred")
 
     def output_shape(self, shape):
         size, target = math.prod(shape), self.target_shape
@@ -270,42 +244,31 @@ class Reshape(Layer):
             raise ShapeError(f"cannot reshape {_fmt(shape)} ({size} values) to {target}", "target_shape")
         return tuple(target)
 
-    def keras(self, name):
-        import keras
-
-        return keras.layers.Reshape(tuple(self.target_shape), name=name)
-
 
 class Resizing(Layer):
+    """Resizes images to height x width."""
+
     kind = "resizing"
-    height: PositiveInt
-    width: PositiveInt
-    interpolation: Literal["bilinear", "nearest", "bicubic", "area", "lanczos3", "lanczos5", "gaussian"] = "bilinear"
-    crop_to_aspect_ratio: bool = False
+    keras_class = "Resizing"
+    height: Side = _describe("output height in pixels (at most 8192)")
+    width: Side = _describe("output width in pixels (at most 8192)")
+    interpolation: Literal["bilinear", "nearest", "bicubic", "area", "lanczos3", "lanczos5", "gaussian"] = Field(
+        "bilinear", description="how new pixels are computed")
+    crop_to_aspect_ratio: bool = Field(False, description="crop to the output's aspect ratio instead of distorting")
 
     def output_shape(self, shape):
         _need_image(self.kind, shape)
         return (self.height, self.width, shape[2])
 
-    def keras(self, name):
-        import keras
-
-        return keras.layers.Resizing(
-            self.height, self.width, interpolation=self.interpolation,
-            crop_to_aspect_ratio=self.crop_to_aspect_ratio, name=name,
-        )
-
 
 class Rescaling(Layer):
+    """x * scale + offset."""
+
     kind = "rescaling"
+    keras_class = "Rescaling"
     shorthand = "scale"
-    scale: float
-    offset: float = 0.0
-
-    def keras(self, name):
-        import keras
-
-        return keras.layers.Rescaling(self.scale, offset=self.offset, name=name)
+    scale: float = _describe("multiplies every value")
+    offset: float = Field(0.0, description="added after scaling")
 
 
 FillMode = Literal["constant", "nearest", "reflect", "wrap"]
@@ -315,8 +278,8 @@ Factor = Annotated[float, Field(ge=0, le=1)]
 class Augmentation(Layer):
     """Random image transforms, active only while training (data augmentation inside the model)."""
 
-    fill_mode: FillMode = "constant"
-    interpolation: Literal["bilinear", "nearest"] = "bilinear"
+    fill_mode: FillMode = Field("reflect", description="how pixels moved in from outside the image are filled")
+    interpolation: Literal["bilinear", "nearest"] = Field("bilinear", description="how moved pixels are computed")
 
     def output_shape(self, shape):
         _need_image(self.kind, shape)
@@ -324,46 +287,37 @@ class Augmentation(Layer):
 
 
 class RandomTranslation(Augmentation):
+    """Shifts images randomly while training."""
+
     kind = "random_translation"
+    keras_class = "RandomTranslation"
     shorthand = "height_factor"
-    height_factor: Factor  # shift by up to this fraction of the height
-    width_factor: Factor | None = None  # default: height_factor
+    height_factor: Factor = _describe("shift up or down by up to this fraction of the height")
+    width_factor: Factor | None = Field(None, description="shift sideways by up to this fraction of the width "
+                                        "(default: height_factor; Keras requires it)")
 
-    def keras(self, name):
-        import keras
-
-        width = self.height_factor if self.width_factor is None else self.width_factor
-        return keras.layers.RandomTranslation(
-            self.height_factor, width, fill_mode=self.fill_mode, interpolation=self.interpolation, name=name
-        )
+    def keras_arguments(self):
+        return {"width_factor": self.height_factor, **super().keras_arguments()}
 
 
 class RandomRotation(Augmentation):
+    """Rotates images randomly while training."""
+
     kind = "random_rotation"
+    keras_class = "RandomRotation"
     shorthand = "factor"
-    factor: Factor  # rotate by up to factor * 360 degrees either way
-
-    def keras(self, name):
-        import keras
-
-        return keras.layers.RandomRotation(
-            self.factor, fill_mode=self.fill_mode, interpolation=self.interpolation, name=name
-        )
+    factor: Factor = _describe("rotate by up to factor * 360 degrees either way")
 
 
 class RandomZoom(Augmentation):
+    """Zooms images randomly while training."""
+
     kind = "random_zoom"
+    keras_class = "RandomZoom"
     shorthand = "height_factor"
-    height_factor: Factor  # zoom in or out by up to this fraction
-    width_factor: Factor | None = None  # default: the same as height
-
-    def keras(self, name):
-        import keras
-
-        return keras.layers.RandomZoom(
-            self.height_factor, self.width_factor, fill_mode=self.fill_mode, interpolation=self.interpolation,
-            name=name,
-        )
+    height_factor: Factor = _describe("zoom in or out by up to this fraction of the height")
+    width_factor: Factor | None = Field(None, description="the same for the width (default: None, Keras zooms "
+                                        "both sides alike)")
 
 
 class Macro(StrictModel):
@@ -384,18 +338,24 @@ def _activation_block(act: str | None, batch_norm: bool, origin: tuple) -> list[
     return block
 
 
-class DenseStack(Macro):
+class _Stack(Macro):
+    """Arguments shared by the stacks, given to each of their layers."""
+
+    activation: ActivationName | None = Field("relu", description="of each layer (after batch norm if any)")
+    batch_norm: bool = Field(False, description="batch norm after each layer, before its activation")
+    kernel_initializer: InitializerSpec = Field("glorot_uniform", description="initial values of each kernel")
+    kernel_regularizer: Regularizer | None = Field(None, description="weight penalty on each kernel")
+
+
+class DenseStack(_Stack):
     """Dense layers of the given widths, each optionally followed by batch norm and dropout."""
 
     kind = "dense_stack"
     shorthand = "units"
-    units: Annotated[list[PositiveInt], Field(min_length=1)]
-    activation: ActivationName | None = "relu"
-    dropout: Fraction | list[Fraction] | None = None
-    batch_norm: bool = False
-    use_bias: bool = True
-    kernel_initializer: InitializerSpec = "glorot_uniform"
-    kernel_regularizer: Regularizer | None = None
+    units: Annotated[list[PositiveInt], Field(min_length=1)] = Field(description="the width of each dense layer")
+    dropout: Fraction | list[Fraction] | None = Field(None, description="dropout after each layer: one rate, or "
+                                                      "one per layer (default: none)")
+    use_bias: bool = Field(True, description="add a learned bias to each layer")
 
     def expand(self, num_classes):
         rates = self.dropout if isinstance(self.dropout, list) else [self.dropout] * len(self.units)
@@ -414,21 +374,17 @@ class DenseStack(Macro):
         return out
 
 
-class ConvPoolStack(Macro):
+class ConvPoolStack(_Stack):
     """Blocks of conv2d (optional batch norm) then pooling, one block per entry of `filters`."""
 
     kind = "conv_pool_stack"
     shorthand = "filters"
-    filters: Annotated[list[PositiveInt], Field(min_length=1)]
-    kernel_size: Pair = [3, 3]
-    padding: Padding = "same"
-    activation: ActivationName | None = "relu"
-    pool: Literal["max", "avg"] | None = "max"
-    pool_size: Pair = [2, 2]
-    batch_norm: bool = False
-    dropout: Fraction | None = None
-    kernel_initializer: InitializerSpec = "glorot_uniform"
-    kernel_regularizer: Regularizer | None = None
+    filters: Annotated[list[PositiveInt], Field(min_length=1)] = Field(description="the filters of each block's conv2d")
+    kernel_size: Pair = Field([3, 3], description="kernel of each conv2d")
+    padding: Padding = Field("same", description="padding of each conv2d")
+    pool: Literal["max", "avg"] | None = Field("max", description="the pooling after each conv2d (null: none)")
+    pool_size: Pair = Field([2, 2], description="window of each pooling")
+    dropout: Fraction | None = Field(None, description="dropout rate at the end of each block (default: none)")
 
     def expand(self, num_classes):
         pool_cls = {"max": MaxPool2D, "avg": AvgPool2D}.get(self.pool)
@@ -452,10 +408,11 @@ class LeNet5(Macro):
     """LeCun et al. 1998: `{activation: tanh, pool: avg}` is the paper, the defaults the modern variant."""
 
     kind = "lenet5"
-    activation: ActivationName = "relu"
-    pool: Literal["max", "avg"] = "max"
-    padding: Padding = "valid"  # of the first conv: `same` fits 28x28 input like the paper's 32x32
-    num_classes: PositiveInt | None = None  # default: the dataset's
+    activation: ActivationName = Field("relu", description="of every layer but the output (the paper: tanh)")
+    pool: Literal["max", "avg"] = Field("max", description="the subsampling layers S2, S4 (the paper: avg)")
+    padding: Padding = Field("valid", description="of the first conv: `same` fits 28x28 input like the paper's "
+                             "32x32")
+    num_classes: PositiveInt | None = Field(None, description="output width (default: the dataset's num_classes)")
 
     def expand(self, num_classes):
         pool = MaxPool2D if self.pool == "max" else AvgPool2D
@@ -522,7 +479,8 @@ def _entry_union(registry: dict[str, type], what: str):
         return next(iter(value)) if isinstance(value, dict) else next(iter(type(value).model_fields))
 
     members = tuple(
-        Annotated[create_model(f"{cls.__name__}Entry", __base__=StrictModel, **{name: (cls, ...)}), Tag(name)]
+        Annotated[create_model(f"{cls.__name__}Entry", __base__=StrictModel,
+                               **{name: (cls, Field(description=f"`{name}` and its arguments"))}), Tag(name)]
         for name, cls in registry.items()
     )
     return Annotated[Union[members], Discriminator(tag), BeforeValidator(normalize)]

@@ -402,7 +402,7 @@ def _problems_from(error: ValidationError, data: Any) -> list[tuple[tuple, str]]
         if err["type"] == "union_tag_invalid":
             path += ("type",)
         found = getattr(err.get("ctx", {}).get("error"), "problems", None)  # SpecProblems from Spec's check
-        placed = [(path + p, m, "") for p, m in found] if found else [(path, *_message(err))]
+        placed = [(p, m, "") for p, m in found] if found else [(path, *_message(err))]
         for where, what, got in placed:
             whats, _ = merged.setdefault(where, ([], got))
             if what not in whats:
@@ -457,9 +457,9 @@ def validate_spec(data: dict, where: str, locations: dict, overrides: Sequence[s
         key, value = parse_override(text)
         apply_override(data, key, value, text)
         overridden[key] = Override(text).flag
+    problems = []
     try:
         spec = Spec.model_validate(data)
-        problems = spec.problems()  # until Spec raises SpecProblems from a model validator: then delete this line
     except ValidationError as err:
         problems = _problems_from(err, data)
     if problems:

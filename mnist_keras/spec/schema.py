@@ -1,20 +1,39 @@
 """The spec schema: data, model, train and runtime sections, with defaults and cross-checks.
 
-Structure is checked by pydantic; `Spec.problems()` then checks what needs the whole spec
-(shapes, the output layer against the loss, labels against the loss, the parameter budget).
+Structure is checked by pydantic field by field; `Spec`'s own validator then checks what needs the
+whole spec (shapes, the output layer against the loss, labels against the loss, monitored metrics,
+the parameter and memory budgets), so no way of making a `Spec` gives an invalid one.
 """
 
 from __future__ import annotations
 
+import inspect
+import math
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BeforeValidator, Discriminator, Field, PrivateAttr, Tag, model_validator
+from pydantic import AfterValidator, Field, PrivateAttr, ValidationError, model_validator
+from pydantic_core import InitErrorDetails
 
-from .fields import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, StrictModel
+from .fields import (
+    MAX_COUNT,
+    Count,
+    Fraction,
+    KerasObject,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Seed,
+    Side,
+    StrictModel,
+    type_tag,
+    typed_union,
+)
 from .layers import LayerEntry, PlannedLayer, ShapeError, TemplateEntry, plan_layers
 
 Path = tuple
+MAX_THREADS = 1024
 
 # ----------------------------------------------------------------------------------------- data
 
@@ -22,38 +41,49 @@ Path = tuple
 class Normalize(StrictModel):
     """Subtract `mean` and divide by `std`, after scaling."""
 
-    mean: float
-    std: PositiveFloat
+    mean: float = Field(description="subtracted from every pixel")
+    std: PositiveFloat = Field(description="then every pixel is divided by it")
 
 
 class Preprocess(StrictModel):
     """Pixel transforms, in order: x * scale + offset, then normalize, then resize."""
 
-    scale: float = 1 / 255
-    offset: float = 0.0
-    normalize: Normalize | None = None
-    resize: Annotated[list[PositiveInt], Field(min_length=2, max_length=2)] | None = None
-    resize_method: Literal["bilinear", "nearest", "bicubic", "area"] = "bilinear"
-    channel_axis: bool = True  # add a trailing channel axis: 28x28 -> 28x28x1
-    one_hot: bool = True  # one-hot labels (categorical loss); false gives integer labels (sparse loss)
+    scale: float = Field(1 / 255, description="multiplies every pixel (1/255: bytes to [0, 1])")
+    offset: float = Field(0.0, description="added to every pixel after scaling")
+    normalize: Normalize | None = Field(None, description="standardize after scaling (default: none)")
+    resize: Annotated[list[Side], Field(min_length=2, max_length=2)] | None = Field(
+        None, description="[height, width] to resize the images to, each at most 8192 (default: keep)")
+    resize_method: Literal["bilinear", "nearest", "bicubic", "area"] = Field("bilinear", description="how resize "
+                                                                             "computes new pixels")
+    channel_axis: bool = Field(True, description="add a trailing channel axis: 28x28 -> 28x28x1")
+    one_hot: bool = Field(True, description="one-hot labels (categorical loss); false gives integer labels "
+                          "(sparse loss)")
 
 
 class Data(StrictModel):
     """Where the images come from and how the tf.data pipeline feeds them."""
 
-    dataset: str = Field("mnist", min_length=1)  # mnist | fashion_mnist | a folder of IDX files | an .npz file
-    source: Literal["auto", "keras", "files", "bundled"] = "auto"
-    data_dir: str | None = None  # a folder with the dataset's files, tried first
-    image_shape: Annotated[list[PositiveInt], Field(min_length=2, max_length=3)] = [28, 28, 1]
-    num_classes: PositiveInt = 10
-    validation: Union[NonNegativeInt, Fraction] = 0.1  # the last N training images, or a fraction
-    max_train: PositiveInt | None = None  # use only the first N training images (quick runs)
-    preprocess: Preprocess = Preprocess()
-    shuffle: NonNegativeInt | Literal["all"] = "all"  # all: a fresh uniform permutation each epoch; N: a buffer of N (moves each image fewer than N places); 0: off
-    batch_size: PositiveInt = 128  # the global batch: one step's images, split across all replicas when distributed
-    drop_remainder: bool = False
-    cache: bool = True
-    prefetch: bool = True
+    dataset: str = Field("mnist", min_length=1, description="mnist, fashion_mnist, a folder of IDX files or an "
+                         ".npz file")
+    source: Literal["auto", "keras", "files", "bundled"] = Field("auto", description="where to read the dataset "
+                                                                 "(auto: data_dir, the Keras cache, a download, "
+                                                                 "then the bundled sample)")
+    data_dir: str | None = Field(None, description="a folder with the dataset's files, tried first")
+    image_shape: Annotated[list[Side], Field(min_length=2, max_length=3)] = Field(
+        [28, 28, 1], description="[height, width] or [height, width, channels] of the images, each at most 8192")
+    num_classes: PositiveInt = Field(10, description="number of classes (the width of the output layer)")
+    validation: Union[NonNegativeInt, Fraction] = Field(0.1, description="held out for validation: the last N "
+                                                        "training images, or a fraction")
+    max_train: PositiveInt | None = Field(None, description="use only the first N training images (quick runs)")
+    preprocess: Preprocess = Field(Preprocess(), description="pixel and label transforms")
+    shuffle: NonNegativeInt | Literal["all"] = Field(
+        "all", description="all: a fresh uniform permutation each epoch; N: a buffer of N (moves each image "
+        "fewer than N places); 0: off")
+    batch_size: PositiveInt = Field(128, description="the global batch: one step's images, split across all "
+                                    "replicas when distributed")
+    drop_remainder: bool = Field(False, description="drop the last, smaller batch of each epoch")
+    cache: bool = Field(True, description="keep the preprocessed images in memory after the first epoch")
+    prefetch: bool = Field(True, description="prepare the next batches while the model trains")
 
 
 # ---------------------------------------------------------------------------------------- model
@@ -62,9 +92,11 @@ class Data(StrictModel):
 class Model(StrictModel):
     """The layers, either listed or from a template (`template: lenet5`)."""
 
-    input_shape: Annotated[list[PositiveInt], Field(min_length=1)] | None = None  # default: from data
-    template: TemplateEntry | None = None
-    layers: Annotated[list[LayerEntry], Field(min_length=1)] | None = None
+    input_shape: Annotated[list[PositiveInt], Field(min_length=1)] | None = Field(
+        None, description="the model's input shape without the batch axis (default: from data)")
+    template: TemplateEntry | None = Field(None, description="a named model, e.g. `template: lenet5`")
+    layers: Annotated[list[LayerEntry], Field(min_length=1)] | None = Field(
+        None, description="the layers, in order: `- name: {arguments}`, `- name: value` or `- name`")
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -82,12 +114,19 @@ class Model(StrictModel):
 # ---------------------------------------------------------------------------------------- train
 
 
-class _Optimizer(StrictModel):
-    learning_rate: PositiveFloat | None = None  # default: Keras' default for the optimizer
-    weight_decay: NonNegativeFloat | None = None
-    clipnorm: PositiveFloat | None = None
-    clipvalue: PositiveFloat | None = None
-    global_clipnorm: PositiveFloat | None = None
+class _Optimizer(KerasObject):
+    """A Keras optimizer (`keras_class`), its fields that optimizer's arguments."""
+
+    keras_module = "keras.optimizers"
+
+    learning_rate: PositiveFloat | None = Field(
+        None, description="the initial learning rate (default: None, Keras' default for the optimizer)")
+    weight_decay: NonNegativeFloat | None = Field(None, description="decoupled weight decay (default: None, none)")
+    clipnorm: PositiveFloat | None = Field(None, description="clip each gradient to this norm (default: None, off)")
+    clipvalue: PositiveFloat | None = Field(None, description="clip each gradient value to +-this (default: None, "
+                                            "off)")
+    global_clipnorm: PositiveFloat | None = Field(None, description="clip all gradients to this global norm "
+                                                  "(default: None, off)")
 
     @model_validator(mode="after")
     def _one_clip(self):
@@ -95,100 +134,121 @@ class _Optimizer(StrictModel):
             raise ValueError("use only one of clipnorm, clipvalue, global_clipnorm")
         return self
 
+    def keras(self, learning_rate):
+        """The Keras optimizer with this spec's arguments and `learning_rate` (a float or a Keras
+        LearningRateSchedule), made by Keras' registry."""
+        from ..backend import keras
+
+        config = self.keras_config()
+        return keras.optimizers.get({**config, "config": {**config["config"], "learning_rate": learning_rate}})
+
+    def resolved_learning_rate(self) -> float:
+        """The spec's learning_rate, else Keras' default for this optimizer."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        from ..backend import keras
+
+        return inspect.signature(getattr(keras.optimizers, self.keras_class)).parameters["learning_rate"].default
+
+
+Momentum = Annotated[Fraction, Field(description="momentum: the fraction of the last update added to this one")]
+Epsilon = Annotated[PositiveFloat, Field(description="added to denominators, for numerical stability")]
+
 
 class SGD(_Optimizer):
-    type: Literal["sgd"] = "sgd"
-    momentum: Fraction = 0.0
-    nesterov: bool = False
+    keras_class = "SGD"
+    type: Literal["sgd"] = type_tag("sgd", "optimizer")
+    momentum: Momentum = 0.0
+    nesterov: bool = Field(False, description="Nesterov momentum")
 
 
 class _AdamFamily(_Optimizer):
-    beta_1: Fraction = 0.9
-    beta_2: Fraction = 0.999
-    epsilon: PositiveFloat = 1e-7
+    beta_1: Fraction = Field(0.9, description="decay rate of the running mean of the gradients")
+    beta_2: Fraction = Field(0.999, description="decay rate of the running mean of the squared gradients")
+    epsilon: Epsilon = 1e-7
 
 
 class Adam(_AdamFamily):
-    type: Literal["adam"] = "adam"
-    amsgrad: bool = False
+    keras_class = "Adam"
+    type: Literal["adam"] = type_tag("adam", "optimizer")
+    amsgrad: bool = Field(False, description="the AMSGrad variant")
 
 
-class AdamW(_AdamFamily):
-    type: Literal["adamw"] = "adamw"
-    amsgrad: bool = False
+class AdamW(Adam):
+    keras_class = "AdamW"
+    type: Literal["adamw"] = type_tag("adamw", "optimizer")
+    weight_decay: NonNegativeFloat = Field(0.004, description="decoupled weight decay")
 
 
 class Nadam(_AdamFamily):
-    type: Literal["nadam"] = "nadam"
+    keras_class = "Nadam"
+    type: Literal["nadam"] = type_tag("nadam", "optimizer")
 
 
 class RMSprop(_Optimizer):
-    type: Literal["rmsprop"] = "rmsprop"
-    rho: Fraction = 0.9
-    momentum: Fraction = 0.0
-    epsilon: PositiveFloat = 1e-7
-    centered: bool = False
+    keras_class = "RMSprop"
+    type: Literal["rmsprop"] = type_tag("rmsprop", "optimizer")
+    rho: Fraction = Field(0.9, description="decay rate of the running mean of the squared gradients")
+    momentum: Momentum = 0.0
+    epsilon: Epsilon = 1e-7
+    centered: bool = Field(False, description="divide by the gradients' variance instead of their mean square")
 
 
 class Adagrad(_Optimizer):
-    type: Literal["adagrad"] = "adagrad"
-    initial_accumulator_value: NonNegativeFloat = 0.1
-    epsilon: PositiveFloat = 1e-7
+    keras_class = "Adagrad"
+    type: Literal["adagrad"] = type_tag("adagrad", "optimizer")
+    initial_accumulator_value: NonNegativeFloat = Field(0.1, description="starting value of the accumulators")
+    epsilon: Epsilon = 1e-7
 
 
 class Adadelta(_Optimizer):
-    type: Literal["adadelta"] = "adadelta"
-    rho: Fraction = 0.95
-    epsilon: PositiveFloat = 1e-7
+    keras_class = "Adadelta"
+    type: Literal["adadelta"] = type_tag("adadelta", "optimizer")
+    rho: Fraction = Field(0.95, description="decay rate of the running means")
+    epsilon: Epsilon = 1e-7
 
 
-def _typed_union(*classes, default: str):
-    """A union told apart by its `type` key (`sgd`), also written as a bare name (`optimizer: sgd`)."""
-
-    def tag(value: Any) -> str:
-        return value.get("type", default) if isinstance(value, dict) else getattr(value, "type", None)
-
-    def bare_name(value: Any) -> Any:
-        return {"type": value} if isinstance(value, str) else value
-
-    members = tuple(Annotated[cls, Tag(cls.model_fields["type"].default)] for cls in classes)
-    return Annotated[Union[members], Discriminator(tag), BeforeValidator(bare_name)]
-
-
-Optimizer = _typed_union(SGD, Adam, AdamW, Nadam, RMSprop, Adagrad, Adadelta, default="adam")
+Optimizer = typed_union(SGD, Adam, AdamW, Nadam, RMSprop, Adagrad, Adadelta, default="adam")
 
 
 class _Schedule(StrictModel):
-    unit: Literal["epoch", "step"] = "epoch"  # the unit of every count below
+    unit: Literal["epoch", "step"] = Field("epoch", description="the unit of every count below")
+
+
+Decay = Annotated[float, Field(gt=0, le=1)]
+EVERY = "epochs or steps per decay (at most 1e9)"
 
 
 class Constant(_Schedule):
-    type: Literal["constant"] = "constant"
+    """The learning rate stays as it is."""
+
+    type: Literal["constant"] = type_tag("constant", "schedule")
 
 
 class Exponential(_Schedule):
     """lr * decay_rate ** (t / every)."""
 
-    type: Literal["exponential"] = "exponential"
-    decay_rate: Annotated[float, Field(gt=0, le=1)]
-    every: PositiveFloat = 1
-    staircase: bool = False
+    type: Literal["exponential"] = type_tag("exponential", "schedule")
+    decay_rate: Decay = Field(description="the factor per `every`")
+    every: Count = Field(1, description=EVERY)
+    staircase: bool = Field(False, description="decay in steps (floor of t / every) instead of smoothly")
 
 
 class Step(_Schedule):
     """lr * gamma ** floor(t / every)."""
 
-    type: Literal["step"] = "step"
-    every: PositiveFloat
-    gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
+    type: Literal["step"] = type_tag("step", "schedule")
+    every: Count = Field(description=EVERY)
+    gamma: Decay = Field(0.1, description="the factor per `every`")
 
 
 class MultiStep(_Schedule):
     """lr * gamma ** (number of milestones passed)."""
 
-    type: Literal["multistep"] = "multistep"
-    milestones: Annotated[list[PositiveFloat], Field(min_length=1)]
-    gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
+    type: Literal["multistep"] = type_tag("multistep", "schedule")
+    milestones: Annotated[list[Count], Field(min_length=1)] = Field(
+        description="strictly increasing times (at most 1e9) at which lr is multiplied by gamma")
+    gamma: Decay = Field(0.1, description="the factor at each milestone")
 
     @model_validator(mode="after")
     def _increasing(self):
@@ -200,42 +260,52 @@ class MultiStep(_Schedule):
 class Polynomial(_Schedule):
     """From lr to end_learning_rate over decay_steps (default: the whole run), with `power`."""
 
-    type: Literal["polynomial"] = "polynomial"
-    end_learning_rate: NonNegativeFloat = 0.0001
-    decay_steps: PositiveFloat | None = None
-    power: PositiveFloat = 1.0
+    type: Literal["polynomial"] = type_tag("polynomial", "schedule")
+    end_learning_rate: NonNegativeFloat = Field(0.0001, description="the learning rate at the end of the decay")
+    decay_steps: Count | None = Field(None, description="length of the decay, at most 1e9 (default: the whole run)")
+    power: PositiveFloat = Field(1.0, description="the polynomial's power (1: linear)")
 
 
 class Cosine(_Schedule):
     """Linear warmup from 0 to lr, then cosine decay to alpha * lr over decay_steps."""
 
-    type: Literal["cosine"] = "cosine"
-    decay_steps: PositiveFloat | None = None  # default: the whole run after warmup
-    alpha: Fraction = 0.0
-    warmup: NonNegativeFloat = 0
+    type: Literal["cosine"] = type_tag("cosine", "schedule")
+    decay_steps: Count | None = Field(None, description="length of the decay, at most 1e9 (default: the whole run "
+                                      "after warmup)")
+    alpha: Fraction = Field(0.0, description="the final learning rate as a fraction of lr")
+    warmup: Annotated[float, Field(ge=0, le=MAX_COUNT)] = Field(
+        0, description="length of the linear warmup (at most 1e9)")
 
 
 class InverseTime(_Schedule):
     """Caffe's "inv" policy: lr * (1 + gamma * t) ** -power."""
 
-    type: Literal["inverse_time"] = "inverse_time"
-    gamma: PositiveFloat
-    power: PositiveFloat = 1.0
+    type: Literal["inverse_time"] = type_tag("inverse_time", "schedule")
+    gamma: PositiveFloat = Field(description="how fast the rate falls, per unit")
+    power: PositiveFloat = Field(1.0, description="the exponent")
+
+
+Monitor = Annotated[str, Field(description="the metric watched: loss, accuracy, or val_loss / val_accuracy (these "
+                                           "need validation images: data.validation > 0)")]
+Mode = Annotated[Literal["auto", "min", "max"], Field(description="whether the monitored metric should fall (min) "
+                                                                  "or rise (max); auto: rise for accuracy")]
+Patience = Annotated[NonNegativeInt, Field(description="epochs without improvement before acting")]
+MinDelta = Annotated[NonNegativeFloat, Field(description="the smallest change that counts as an improvement")]
 
 
 class Plateau(StrictModel):
     """Multiply lr by `factor` when `monitor` stops improving for `patience` epochs."""
 
-    type: Literal["plateau"] = "plateau"
-    monitor: str = "val_loss"
-    factor: Annotated[float, Field(gt=0, lt=1)] = 0.1
-    patience: NonNegativeInt = 5
-    min_delta: NonNegativeFloat = 1e-4
-    cooldown: NonNegativeInt = 0
-    min_lr: NonNegativeFloat = 0.0
+    type: Literal["plateau"] = type_tag("plateau", "schedule")
+    monitor: Monitor = "val_loss"
+    factor: Annotated[float, Field(gt=0, lt=1)] = Field(0.1, description="multiplies lr at each plateau")
+    patience: Patience = 5
+    min_delta: MinDelta = 1e-4
+    cooldown: NonNegativeInt = Field(0, description="epochs to wait after a reduction before watching again")
+    min_lr: NonNegativeFloat = Field(0.0, description="the learning rate never falls below this")
 
 
-LRSchedule = _typed_union(
+LRSchedule = typed_union(
     Constant, Exponential, Step, MultiStep, Polynomial, Cosine, InverseTime, Plateau, default="constant"
 )
 
@@ -243,49 +313,61 @@ LRSchedule = _typed_union(
 class Checkpoint(StrictModel):
     """The last epoch is always saved (for --resume); the best by `monitor` too if save_best."""
 
-    enabled: bool = True
-    monitor: str = "val_accuracy"
-    mode: Literal["auto", "min", "max"] = "auto"
-    save_best: bool = True
+    enabled: bool = Field(True, description="save checkpoints")
+    monitor: Monitor = Field("val_accuracy", description="the metric that picks the best epoch (the default "
+                             "val_accuracy keeps no best checkpoint when data.validation is 0)")
+    mode: Mode = "auto"
+    save_best: bool = Field(True, description="also keep the best epoch by `monitor`")
 
 
 class TensorBoard(StrictModel):
-    enabled: bool = True
-    histograms: bool = False  # weight histograms every epoch
-    graph: bool = True
-    profile_batches: Annotated[list[PositiveInt], Field(min_length=2, max_length=2)] | None = None  # [first, last]
+    """TensorBoard logs in the run's logs/ folder."""
+
+    enabled: bool = Field(True, description="write TensorBoard logs")
+    histograms: bool = Field(False, description="weight histograms every epoch")
+    graph: bool = Field(True, description="write the model's graph")
+    profile_batches: Annotated[list[PositiveInt], Field(min_length=2, max_length=2)] | None = Field(
+        None, description="[first, last] batch to profile, first <= last (default: no profiling)")
 
 
 class EarlyStopping(StrictModel):
-    monitor: str = "val_loss"
-    mode: Literal["auto", "min", "max"] = "auto"
-    patience: NonNegativeInt = 5
-    min_delta: NonNegativeFloat = 0.0
-    restore_best_weights: bool = True
+    """Stop training when `monitor` stops improving."""
+
+    monitor: Monitor = "val_loss"
+    mode: Mode = "auto"
+    patience: Patience = 5
+    min_delta: MinDelta = 0.0
+    restore_best_weights: bool = Field(True, description="end with the weights of the best epoch")
 
 
 class Train(StrictModel):
     """Loss, optimizer, learning-rate schedule and callbacks."""
 
-    epochs: PositiveInt = 10
-    loss: Literal["auto", "categorical_crossentropy", "sparse_categorical_crossentropy", "mse"] = "auto"
-    label_smoothing: Fraction = 0.0
-    optimizer: Optimizer = Adam()
-    lr_schedule: LRSchedule = Constant()
-    validation_freq: PositiveInt = 1  # evaluate on the validation set every N epochs
-    checkpoint: Checkpoint = Checkpoint()
-    tensorboard: TensorBoard = TensorBoard()
-    early_stopping: EarlyStopping | None = None
-    terminate_on_nan: bool = True
-    csv_log: bool = True
+    epochs: PositiveInt = Field(10, description="passes over the training images")
+    loss: Literal["auto", "categorical_crossentropy", "sparse_categorical_crossentropy", "mse"] = Field(
+        "auto", description="auto: categorical or sparse categorical cross-entropy, following data.preprocess.one_hot")
+    label_smoothing: Fraction = Field(0.0, description="label smoothing of categorical cross-entropy")
+    optimizer: Optimizer = Field(Adam(), description="`{type: NAME, arguments}` or just the name")
+    lr_schedule: LRSchedule = Field(Constant(), description="how the learning rate changes during training")
+    validation_freq: PositiveInt = Field(1, description="evaluate on the validation set every N epochs")
+    checkpoint: Checkpoint = Field(Checkpoint(), description="checkpoints of the model and optimizer")
+    tensorboard: TensorBoard = Field(TensorBoard(), description="TensorBoard logs")
+    early_stopping: EarlyStopping | None = Field(None, description="stop when a metric stops improving "
+                                                 "(default: off)")
+    terminate_on_nan: bool = Field(True, description="stop (and mark the run failed) at a NaN loss")
+    csv_log: bool = Field(True, description="write each epoch's metrics to history.csv")
 
 
 # -------------------------------------------------------------------------------------- runtime
 
 
 class Threads(StrictModel):
-    intra_op: NonNegativeInt = 0  # 0: TensorFlow decides
-    inter_op: NonNegativeInt = 0
+    """TensorFlow's thread pools."""
+
+    intra_op: Annotated[int, Field(ge=0, le=MAX_THREADS)] = Field(
+        0, description="threads inside one op, at most 1024 (0: TensorFlow decides)")
+    inter_op: Annotated[int, Field(ge=0, le=MAX_THREADS)] = Field(
+        0, description="ops run in parallel, at most 1024 (0: TensorFlow decides)")
 
 
 def _device_name(value: str) -> str:
@@ -303,38 +385,69 @@ def _run_name(value: str) -> str:
 class Runtime(StrictModel):
     """Where and how the model runs."""
 
-    device: Annotated[str, AfterValidator(_device_name)] = "auto"
-    distribute: Literal["none", "mirrored", "multi_worker"] = "none"  # mirrored: this machine's GPUs; multi_worker: several machines
-    gpus: list[NonNegativeInt] | None = None  # the GPUs distribute uses (default: all)
-    mixed_precision: bool | Literal["float16", "bfloat16"] = False  # true: float16 on GPU, bfloat16 on CPU
-    jit_compile: bool = False  # compile each step with XLA
+    device: Annotated[str, AfterValidator(_device_name)] = Field("auto", description="auto, cpu, gpu or gpu:N")
+    distribute: Literal["none", "mirrored", "multi_worker"] = Field(
+        "none", description="mirrored: this machine's GPUs; multi_worker: several machines")
+    gpus: list[NonNegativeInt] | None = Field(None, description="the GPUs distribute uses (default: all)")
+    mixed_precision: bool | Literal["float16", "bfloat16"] = Field(
+        False, description="true: float16 on GPU, bfloat16 on CPU")
+    jit_compile: bool = Field(False, description="compile each step with XLA")
     # "epoch" (a whole epoch per call into TensorFlow) is 18-50% faster on CPU (benchmarks/throughput.py), but the
     # progress bar, per-batch callbacks and the NaN check then see only the end of each epoch.
-    steps_per_execution: Union[PositiveInt, Literal["epoch"]] = 1  # N (a divisor of the epoch's steps) or epoch
-    deterministic: bool = False  # deterministic TensorFlow ops: bit-exact repeats, slower
-    threads: Threads = Threads()
-    max_params: PositiveInt = 50_000_000  # refuse to build larger models; raise it to go bigger
+    steps_per_execution: Union[PositiveInt, Literal["epoch"]] = Field(
+        1, description="steps per call into TensorFlow: N (a divisor of the epoch's steps) or epoch")
+    deterministic: bool = Field(False, description="deterministic TensorFlow ops: bit-exact repeats, slower")
+    threads: Threads = Field(Threads(), description="TensorFlow's thread pools")
+    max_params: PositiveInt = Field(50_000_000, description="refuse to build larger models; raise it to go bigger")
+    max_activation_bytes: Annotated[int, Field(gt=0, le=2**50)] = Field(
+        8 * 2**30, description="refuse models whose layer outputs for one batch (float32) take more bytes; "
+        "raise it to go bigger")
 
 
 # ----------------------------------------------------------------------------------------- spec
 
 
+class SpecProblems(ValueError):
+    """What is wrong with a spec as a whole: `problems` lists (spec path, message) pairs."""
+
+    def __init__(self, problems: list[tuple[Path, str]]):
+        super().__init__("; ".join(message for _, message in problems))
+        self.problems = problems
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:,.1f} GiB"
+
+
 class Spec(StrictModel):
     """A whole spec file."""
 
-    name: Annotated[str, AfterValidator(_run_name)] = "model"
-    description: str | None = None
-    seed: Annotated[int, Field(ge=0, lt=2**32)] = 42
-    data: Data = Data()
-    model: Model
-    train: Train = Train()
-    runtime: Runtime = Runtime()
+    name: Annotated[str, AfterValidator(_run_name)] = Field("model", description="names the run directories "
+                                                            "(default: the file's name)")
+    description: str | None = Field(None, description="free text, shown in listings")
+    seed: Seed = Field(42, description="seeds weights, shuffling, dropout and augmentation; 0 to 4,294,967,295")
+    data: Data = Field(Data(), description="the dataset and its input pipeline")
+    model: Model = Field(description="the layers")
+    train: Train = Field(Train(), description="loss, optimizer, schedule and callbacks")
+    runtime: Runtime = Field(Runtime(), description="device, distribution, precision and limits")
     _overrides: dict[str, Any] = PrivateAttr(default_factory=dict)  # spec path -> value of each --set
 
     @property
     def overrides(self) -> dict[str, Any]:
         """The values set over the file (`--set`, sweep values), by spec path, as the run record keeps them."""
         return self._overrides
+
+    @model_validator(mode="after")
+    def _whole_spec(self):
+        """Raise every problem of the whole spec, each at its own spec path (a pydantic `value_error`
+        whose `ctx["error"]` is a SpecProblems holding that one problem)."""
+        problems = self.problems()
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, [
+                InitErrorDetails(type="value_error", loc=path, input=None, ctx={"error": SpecProblems([(path, msg)])})
+                for path, msg in problems
+            ])
+        return self
 
     def input_shape(self) -> tuple[int, ...]:
         """The model's input shape: `model.input_shape`, else the dataset's after preprocessing."""
@@ -357,18 +470,28 @@ class Spec(StrictModel):
 
     def problems(self) -> list[tuple[Path, str]]:
         """What is wrong with the spec as a whole, as (spec path, message) pairs."""
-        problems = self._label_problems()
+        problems = self._label_problems() + self._train_problems() + self._runtime_problems()
         try:
             planned = self.plan()
         except ShapeError as err:
             return problems + [(err.path, str(err))]
-        problems += self._output_problems(planned) + self._runtime_problems()
+        return problems + self._output_problems(planned) + self._budget_problems(planned)
+
+    def _budget_problems(self, planned: list[PlannedLayer]) -> list[tuple[Path, str]]:
+        runtime, problems = self.runtime, []
         total = sum(p.trainable + p.non_trainable for p in planned)
-        if total > self.runtime.max_params:
-            problems.append(
-                (("model",), f"the model has {total:,} parameters, over runtime.max_params = "
-                 f"{self.runtime.max_params:,}; raise runtime.max_params if you mean it")
-            )
+        if total > runtime.max_params:
+            problems.append((("model",), f"the model has {total:,} parameters, over runtime.max_params = "
+                             f"{runtime.max_params:,}; raise runtime.max_params if you mean it"))
+        batch = self.data.batch_size
+        sizes = [math.prod(p.output_shape) * batch * 4 for p in planned]
+        used = math.prod(self.input_shape()) * batch * 4 + sum(sizes)
+        if used > runtime.max_activation_bytes:
+            largest = planned[sizes.index(max(sizes))]
+            problems.append((("model",), f"one batch of {batch:,} images needs {_gib(used)} of layer outputs, "
+                             f"over runtime.max_activation_bytes = {_gib(runtime.max_activation_bytes)}; the largest "
+                             f"is {largest.name}, output {largest.output_shape} ({_gib(max(sizes))}); use smaller "
+                             "layers or images, a smaller data.batch_size, or raise runtime.max_activation_bytes"))
         return problems
 
     def _runtime_problems(self) -> list[tuple[Path, str]]:
@@ -380,6 +503,22 @@ class Spec(StrictModel):
             return [(("runtime", "device"), f"'{runtime.device}' picks one GPU, but distribute is "
                      f"{runtime.distribute}; list its GPUs in runtime.gpus instead")]
         return []
+
+    def _train_problems(self) -> list[tuple[Path, str]]:
+        train, problems = self.train, []
+        watched = [(("train", "lr_schedule", "monitor"), getattr(train.lr_schedule, "monitor", None)),
+                   (("train", "early_stopping", "monitor"), train.early_stopping and train.early_stopping.monitor)]
+        if "monitor" in train.checkpoint.model_fields_set and train.checkpoint.save_best:
+            watched.append((("train", "checkpoint", "monitor"), train.checkpoint.monitor))
+        if self.data.validation == 0:
+            problems += [(path, f"'{metric}' is measured on validation images, but data.validation is 0; "
+                          f"monitor '{metric.removeprefix('val_')}' or hold out validation images")
+                         for path, metric in watched if metric and metric.startswith("val_")]
+        batches = train.tensorboard.profile_batches
+        if batches and batches[0] > batches[1]:
+            problems.append((("train", "tensorboard", "profile_batches"), f"profile_batches is [first, last], "
+                             f"but {batches[0]} > {batches[1]}"))
+        return problems
 
     def _label_problems(self) -> list[tuple[Path, str]]:
         loss, one_hot = self.train.loss, self.data.preprocess.one_hot

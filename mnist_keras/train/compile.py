@@ -2,26 +2,9 @@
 
 from __future__ import annotations
 
-import inspect
-
 from ..backend import keras
 from ..spec import Spec
 from .objects import InverseTimePower, rounded_accuracy
-
-OPTIMIZERS = {
-    "sgd": keras.optimizers.SGD, "adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW,
-    "nadam": keras.optimizers.Nadam, "rmsprop": keras.optimizers.RMSprop,
-    "adagrad": keras.optimizers.Adagrad, "adadelta": keras.optimizers.Adadelta,
-}
-
-
-def base_learning_rate(spec: Spec) -> float:
-    """The optimizer's learning rate: the spec's, else Keras' default for that optimizer."""
-    opt = spec.train.optimizer
-    if opt.learning_rate is not None:
-        return opt.learning_rate
-    return inspect.signature(OPTIMIZERS[opt.type]).parameters["learning_rate"].default
-
 
 def spans_the_run(spec: Spec) -> bool:
     """True for a schedule whose length is the run's (cosine or polynomial without decay_steps)."""
@@ -31,7 +14,7 @@ def spans_the_run(spec: Spec) -> bool:
 
 def make_schedule(spec: Spec, steps_per_epoch: int):
     """The learning rate: a float, or a Keras schedule of the optimizer's step counter."""
-    sched, lr = spec.train.lr_schedule, base_learning_rate(spec)
+    sched, lr = spec.train.lr_schedule, spec.train.optimizer.resolved_learning_rate()
     if sched.type in ("constant", "plateau"):
         return lr
     per_unit = steps_per_epoch if sched.unit == "epoch" else 1
@@ -60,12 +43,6 @@ def make_schedule(spec: Spec, steps_per_epoch: int):
     return InverseTimePower(lr, sched.gamma / per_unit, sched.power)  # inverse_time; gamma per step
 
 
-def make_optimizer(spec: Spec, steps_per_epoch: int):
-    opt = spec.train.optimizer
-    kwargs = opt.model_dump(exclude={"type", "learning_rate"}, exclude_none=True)
-    return OPTIMIZERS[opt.type](learning_rate=make_schedule(spec, steps_per_epoch), **kwargs)
-
-
 def make_loss_and_metrics(spec: Spec):
     loss = spec.loss()
     if loss == "mse":
@@ -80,7 +57,7 @@ def compile_model(model, spec: Spec, steps_per_epoch: int) -> None:
     loss, metrics = make_loss_and_metrics(spec)
     group = spec.runtime.steps_per_execution
     model.compile(
-        optimizer=make_optimizer(spec, steps_per_epoch), loss=loss, metrics=metrics,
+        optimizer=spec.train.optimizer.keras(make_schedule(spec, steps_per_epoch)), loss=loss, metrics=metrics,
         jit_compile=spec.runtime.jit_compile, steps_per_execution=steps_per_epoch if group == "epoch" else group,
     )
 

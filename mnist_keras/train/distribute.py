@@ -17,7 +17,6 @@ import re
 import shutil
 import signal
 import tempfile
-import threading
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path

@@ -24,7 +24,7 @@ from ..runs.files import atomic_write, run_file
 from ..runs.record import RunMetrics, RunState, write_metrics, write_state
 from ..spec import Spec
 from .callbacks import finite_or_none, make_callbacks, restore_rng_state
-from .compile import base_learning_rate, compile_model, current_lr, make_schedule, spans_the_run
+from .compile import compile_model, current_lr, make_schedule, spans_the_run
 from .distribute import Placement, configure
 from .objects import load_model
 
@@ -42,7 +42,7 @@ def prepare(spec: Spec, data_dir: str | None, cluster: dict | None, notify: Call
     from ..data import load_arrays
 
     placement = configure(spec.runtime, spec.seed, cluster, notify)
-    return Prepared(placement, load_arrays(spec.data, data_dir))
+    return Prepared(placement, load_arrays(spec.data, data_dir, notify))
 
 
 def weights_digest(model) -> str:
@@ -83,8 +83,8 @@ def _nan_message(spec: Spec, run: Path, state: RunState, guard) -> str:
         f"in epoch {epoch}, by step {step}"
     kept = (f"the last good checkpoint (epoch {state.epochs_done}) is kept in {run / state.checkpoint}"
             if state.checkpoint else "no epoch finished, so there is no good checkpoint yet")
-    rates = f"the spec sets {base_learning_rate(spec):.3g}"
-    if abs(guard.lr - base_learning_rate(spec)) > 1e-12:
+    rates = f"the spec sets {spec.train.optimizer.resolved_learning_rate():.3g}"
+    if abs(guard.lr - spec.train.optimizer.resolved_learning_rate()) > 1e-12:
         rates += f", and it was {guard.lr:.3g} when the loss became NaN"
     return f"the loss became NaN {where}; {kept}. Try a lower learning rate ({rates}) or gradient clipping"
 
