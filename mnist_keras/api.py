@@ -70,7 +70,7 @@ def fit(spec: Spec, runs: str | Path = "runs", *, data_dir: str | None = None, d
     """Train `spec` in a new run directory under `runs`, evaluate it on the test set, and return the Run.
     `device` and `distribute` override the spec's runtime; `cluster` is a TF_CONFIG mapping for multi_worker."""
     spec = _with(spec, **{"runtime.device": device, "runtime.distribute": distribute})
-    state = RunState(data_dir=data_dir, overrides=spec.overrides)
+    state = RunState(status="running", epochs_done=0, data_dir=data_dir, overrides=spec.overrides)
     return _train(spec, None, runs, state, reporter or Reporter(), cluster)
 
 

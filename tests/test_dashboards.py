@@ -55,7 +55,7 @@ def sweep(tmp_path_factory):
     runs = {}
     for run in (folder / "runs" / "tiny").iterdir():
         state = json.loads((run / "state.json").read_text())
-        runs[state["overrides"][0].partition("=")[2]] = run
+        runs[str(state["overrides"]["train.optimizer.learning_rate"])] = run  # the run record: path -> value
     return folder / "runs", runs, result.stdout
 
 
@@ -81,8 +81,8 @@ def test_sweep_trains_every_combination_and_ranks_them(sweep):
     for lr, run in runs.items():
         state = json.loads((run / "state.json").read_text())
         assert state["pid"] == os.getpid() and state["host"] == socket.gethostname()  # CliRunner: this process
-        assert state["status"] == "finished" and state["overrides"] == [f"train.optimizer.learning_rate={lr}",
-                                                                          "data.batch_size=32"]
+        assert state["status"] == "finished" and state["overrides"] == {"train.optimizer.learning_rate": float(lr),
+                                                                          "data.batch_size": 32}
         best = max(h["val_accuracy"] for h in state["history"])
         assert any(row[1] == lr and row[3] == f"{best:.2%}" and row[-1] == str(run) for row in rows)
         assert "batch_size: 32" in (run / "spec.yaml").read_text()
@@ -246,8 +246,9 @@ def test_runs_table_shows_each_state(sweep, tmp_path):
     (broken / "state.json").write_text("{not json")
     result = CliRunner().invoke(main, ["runs", str(root)])
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
+    lines = result.stdout.splitlines()  # the table; why a run is unreadable goes to stderr
     assert lines[0].split() == ["name", "started", "epochs", "best", "val", "acc", "test", "acc", "state", "directory"]
+    assert "cannot be read as JSON" in result.stderr
     shown = {line.split()[-1]: line for line in lines[1:]}
     assert len(shown) == 6
     metrics = json.loads((source / "metrics.json").read_text())

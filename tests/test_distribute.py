@@ -237,7 +237,8 @@ def test_a_worker_waiting_for_the_others_stops_on_ctrl_c(write_spec, tmp_path, s
         assert "waiting for the other workers" in line, line
         time.sleep(1)
         proc.send_signal(sig)
-        assert proc.wait(timeout=15) in (-sig, 128 + sig)
+        assert proc.wait(timeout=15) == -signal.SIGKILL
+        assert f"stopped by {sig.name} while waiting for the other workers" in proc.stdout.read()
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -122,11 +122,14 @@ def test_a_spec_edited_after_training_no_longer_fits(run, tmp_path):
     refused(cli("evaluate", run), f"{run / 'spec.yaml'}:2:")
 
 
-def test_evaluate_and_predict_with_another_models_spec(run, write_spec):
+def test_evaluate_and_predict_with_another_models_spec(run, write_spec, tmp_path):
+    from PIL import Image
+
+    Image.new("L", (28, 28)).save(tmp_path / "digit.png")
     other = write_spec(TINY.replace("max_train: 640", "max_train: 640, preprocess: {resize: [20, 20]}"), "other.yaml")
     refused(cli("evaluate", run / "model.keras", "--spec", other),
             "the spec does not fit the model: the model takes images of shape [28, 28, 1], the spec gives [20, 20, 1]")
-    refused(cli("predict", run, __file__, "--spec", other), "the spec does not fit the model")
+    refused(cli("predict", run, tmp_path / "digit.png", "--spec", other), "the spec does not fit the model")
 
 
 @pytest.mark.parametrize("config", [

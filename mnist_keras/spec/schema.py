@@ -415,6 +415,9 @@ class SpecProblems(ValueError):
         self.problems = problems
 
 
+TRAIN_SIZES = {"mnist": 60_000, "fashion_mnist": 60_000}  # training images of the named datasets
+
+
 def _gib(size: int) -> str:
     return f"{size / 2**30:,.1f} GiB"
 
@@ -477,13 +480,19 @@ class Spec(StrictModel):
             return problems + [(err.path, str(err))]
         return problems + self._output_problems(planned) + self._budget_problems(planned)
 
+    def largest_batch(self) -> int:
+        """The most images one batch can hold: data.batch_size, but no more than max_train or the training set
+        of a named dataset (a larger batch is one batch of the whole split)."""
+        known = self.data.max_train or TRAIN_SIZES.get(self.data.dataset, self.data.batch_size)
+        return min(self.data.batch_size, known)
+
     def _budget_problems(self, planned: list[PlannedLayer]) -> list[tuple[Path, str]]:
         runtime, problems = self.runtime, []
         total = sum(p.trainable + p.non_trainable for p in planned)
         if total > runtime.max_params:
             problems.append((("model",), f"the model has {total:,} parameters, over runtime.max_params = "
                              f"{runtime.max_params:,}; raise runtime.max_params if you mean it"))
-        batch = self.data.batch_size
+        batch = self.largest_batch()
         sizes = [math.prod(p.output_shape) * batch * 4 for p in planned]
         used = math.prod(self.input_shape()) * batch * 4 + sum(sizes)
         if used > runtime.max_activation_bytes:

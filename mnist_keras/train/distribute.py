@@ -16,6 +16,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -92,16 +94,41 @@ def cluster_from_environment() -> dict:
     return config
 
 
+_WATCHDOG = """
+import os, signal, sys, time
+pid, status = int(sys.argv[1]), f"/proc/{sys.argv[1]}/status"
+while True:
+    try:
+        pending = int(next(l for l in open(status) if l.startswith("ShdPnd:")).split()[1], 16)
+    except (OSError, StopIteration):
+        sys.exit(0)  # the worker is gone
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if pending & (1 << (sig - 1)):
+            sys.stderr.write(f"\\nstopped by {sig.name} while waiting for the other workers\\n")
+            os.kill(pid, signal.SIGKILL)
+            sys.exit(0)
+    time.sleep(0.1)
+"""
+
+
 @contextmanager
 def stoppable_wait() -> Iterator[None]:
-    """Let Ctrl-C end the process while the main thread waits inside TensorFlow's C++ for the other workers,
-    where Python's handlers never run: SIGINT takes its default action (the process ends) until the wait is
-    over. (TensorFlow's coordination service takes SIGTERM as a preemption notice meanwhile.)"""
-    previous = signal.signal(signal.SIGINT, signal.SIG_DFL)
+    """Let Ctrl-C and SIGTERM end the process while the main thread waits inside TensorFlow's C++ for the
+    other workers, holding the GIL (no Python handler or thread runs) while TensorFlow takes SIGTERM as a
+    preemption notice. Both signals are blocked in every thread meanwhile (TensorFlow's own threads block
+    them from the start, see backend.py), so they stay pending, and a small watchdog process that reads
+    this process's pending signals from /proc ends it. (Without /proc they wait until the wait is over.)"""
+    stops = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid())]) \
+        if os.path.exists(f"/proc/{os.getpid()}/status") else None
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if watchdog:
+            watchdog.kill()
+            watchdog.wait()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
 
 
 @contextmanager

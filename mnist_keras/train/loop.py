@@ -8,6 +8,7 @@ the dropout/augmentation seed states, and the data pipeline's order depends only
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import platform
 import socket
@@ -84,7 +85,7 @@ def _nan_message(spec: Spec, run: Path, state: RunState, guard) -> str:
     kept = (f"the last good checkpoint (epoch {state.epochs_done}) is kept in {run / state.checkpoint}"
             if state.checkpoint else "no epoch finished, so there is no good checkpoint yet")
     rates = f"the spec sets {spec.train.optimizer.resolved_learning_rate():.3g}"
-    if abs(guard.lr - spec.train.optimizer.resolved_learning_rate()) > 1e-12:
+    if not math.isclose(guard.lr, spec.train.optimizer.resolved_learning_rate(), rel_tol=1e-6):
         rates += f", and it was {guard.lr:.3g} when the loss became NaN"
     return f"the loss became NaN {where}; {kept}. Try a lower learning rate ({rates}) or gradient clipping"
 

@@ -60,7 +60,8 @@ def load_model(path: Path, spec=None):
             model = keras.models.load_model(path, safe_mode=True)
     except Exception as err:  # Keras raises many types for a damaged archive
         message = str(err).splitlines()[0][:300] if str(err) else ""
-        raise UserError(f"{path}: cannot load this model ({type(err).__name__}: {message})") from None
+        what = "checkpoint" if Path(path).parent.name == "checkpoints" else "model"
+        raise UserError(f"{path}: cannot load this {what} ({type(err).__name__}: {message})") from None
     if spec is not None:
         check_model_fits(model, spec, str(path))
     return model
