@@ -1,0 +1,1 @@
+"""Run directories: their files (written atomically), their typed record, and the table of runs."""

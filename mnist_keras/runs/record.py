@@ -1,0 +1,168 @@
+"""The run record: `state.json` and `metrics.json` as typed models, read and written only through them.
+
+`state.json` holds everything a continuation needs (the epoch counter, the history, every stateful
+callback's state, the checkpoints it belongs to); it is written last at the end of each epoch.
+`FORMAT` counts changes of its layout: a run written by a newer version is refused with its format
+named, and a run of format 1 (mnist-keras 0.1) is read as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import UserError
+from .files import read_json, write_json
+
+FORMAT = 2
+Status = Literal["running", "finished", "interrupted", "failed"]
+Number = int | float | None  # a metric (or the epoch); None where it was not finite (a NaN loss)
+_CHECKPOINT = re.compile(r"checkpoints/[A-Za-z0-9_.-]+")
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _inside_checkpoints(value: str) -> str:
+    if not _CHECKPOINT.fullmatch(value) or ".." in value:
+        raise ValueError(f"{value[:80]!r} is not a file of the run's checkpoints/ folder")
+    return value
+
+
+CheckpointFile = Annotated[str, AfterValidator(_inside_checkpoints)]
+
+
+class Best(_Record):
+    """The best epoch by the checkpoint's monitored metric, and where its model is."""
+
+    monitor: str
+    value: float
+    epoch: int = Field(ge=1)
+    file: CheckpointFile = "checkpoints/best.keras"
+
+
+class RunState(_Record):
+    """state.json: where a run stands."""
+
+    format: int = FORMAT
+    status: Status = "running"
+    epochs_done: int = Field(0, ge=0)
+    history: list[dict[str, Number]] = []
+    data_dir: str | None = None
+    data: dict[str, Any] | None = None  # where the images came from (source, path, counts, sha256)
+    overrides: dict[str, Any] = {}  # spec path -> value, from --set (and sweep values)
+    callbacks: dict[str, dict[str, Any]] = {}  # each stateful callback's own state
+    best: Best | None = None
+    checkpoint: CheckpointFile | None = None  # the last finished epoch's model and optimizer, inside the run
+    learning_rate: float | None = None
+    rng: dict[str, list] = {}  # dropout/augmentation seed states, which Keras keeps out of checkpoints
+    device: str | None = None
+    pid: int | None = None
+    host: str | None = None
+
+    def process_alive(self) -> bool:
+        """True when the process that last wrote this record still runs on this machine."""
+        if not self.pid or self.host != socket.gethostname():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def shown_status(self) -> str:
+        """The status, with a `running` run whose process is gone shown as `interrupted (stale)`."""
+        if self.status == "running" and self.pid and self.host == socket.gethostname() and not self.process_alive():
+            return "interrupted (stale)"
+        return self.status
+
+    def best_validation_accuracy(self) -> float | None:
+        values = [h["val_accuracy"] for h in self.history if h.get("val_accuracy") is not None]
+        return max(values) if values else None
+
+
+class RunMetrics(_Record):
+    """metrics.json: what a finished run measured."""
+
+    format: int = FORMAT
+    name: str
+    run_dir: str
+    status: Status = "finished"
+    seed: int
+    epochs_done: int = Field(ge=0)
+    device: str
+    versions: dict[str, str]
+    data: dict[str, Any]
+    history: list[dict[str, Number]]
+    test: dict[str, Number]
+    seconds_per_epoch: list[float]
+    wall_seconds_this_session: float
+    images_per_second: float
+    weights_sha256: str
+
+
+def _format_1(raw: dict) -> dict:
+    """A state.json of mnist-keras 0.1 in today's layout."""
+    from ..spec import dotted, parse_override
+
+    raw = dict(raw)
+    overrides = {}
+    for text in raw.pop("overrides", None) or []:
+        path, value = parse_override(text)
+        overrides[dotted(path)] = value
+    best, best_epoch = raw.pop("best", None), raw.pop("best_epoch", None)
+    raw["data"] = raw.pop("provenance", None)
+    return {**raw, "format": FORMAT, "overrides": overrides,
+            "best": {"monitor": "val_accuracy", "value": best, "epoch": best_epoch} if best_epoch else None}
+
+
+def _read(model: type[_Record], path: Path):
+    raw = read_json(path)
+    unreadable = "not a run record this version can read"
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(raw).__name__}; {unreadable}")
+    found = raw.get("format", 1)
+    if found == 1:
+        try:
+            raw = _format_1(raw) if model is RunState else {**raw, "format": FORMAT}
+        except (UserError, TypeError, ValueError, AttributeError):
+            raise UserError(f"{path}: a run record of format 1 with malformed values; {unreadable}") from None
+    elif found != FORMAT:
+        newer = isinstance(found, int) and not isinstance(found, bool) and found > FORMAT
+        raise UserError(f"{path}: run format {str(found)[:20]}; this mnist-keras reads run formats 1 and {FORMAT}"
+                        + (" (the run was written by a newer version: upgrade to read it)" if newer else ""))
+    missing = [key for key in ("status", "epochs_done") if key not in raw]
+    if missing:
+        raise UserError(f"{path}: no {' or '.join(missing)}; {unreadable}")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        message = first["msg"].removeprefix("Value error, ")
+        raise UserError(f"{path}: {where[:100]}: {message[:200]}; {unreadable}") from None
+
+
+def read_state(run: Path) -> RunState:
+    return _read(RunState, run / "state.json")
+
+
+def read_metrics(run: Path) -> RunMetrics | None:
+    """metrics.json, or None for a run that has not finished."""
+    return _read(RunMetrics, run / "metrics.json") if (run / "metrics.json").exists() else None
+
+
+def write_state(run: Path, state: RunState) -> None:
+    write_json(run / "state.json", state.model_dump(mode="json"))
+
+
+def write_metrics(run: Path, metrics: RunMetrics) -> None:
+    write_json(run / "metrics.json", metrics.model_dump(mode="json"))

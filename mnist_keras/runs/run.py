@@ -1,0 +1,71 @@
+"""A run directory as one object: its spec, its record, its metrics and its models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..errors import UserError
+from ..spec import Spec, load_spec
+from .files import open_run_dir, run_file
+from .record import RunState, read_metrics, read_state
+
+
+@dataclass
+class Run:
+    """A training run. `path` is None only for a multi_worker worker other than the chief, which writes
+    no run; `metrics` is metrics.json as a mapping, empty until the run finishes."""
+
+    path: Path | None
+    spec: Spec
+    state: RunState
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def model_file(self, which: Literal["final", "best", "last"] = "final") -> Path:
+        """model.keras (falling back to the last checkpoint of an unfinished run), best.keras or the last."""
+        if self.path is None:
+            raise UserError("this worker wrote no run: the chief's run directory holds the models")
+        if which == "final" and (self.path / "model.keras").is_file():
+            return self.path / "model.keras"
+        if which == "best":
+            if not self.state.best:
+                raise UserError(f"{self.path}: no best checkpoint was saved")
+            return run_file(self.path, self.state.best.file)
+        if not self.state.checkpoint:
+            raise UserError(f"{self.path}: no model.keras or checkpoint in this run directory")
+        return run_file(self.path, self.state.checkpoint)
+
+    def load_model(self, which: Literal["final", "best", "last"] = "final"):
+        """The trained keras model, checked against the run's spec."""
+        from ..train.objects import load_model
+
+        return load_model(self.model_file(which), self.spec)
+
+
+def open_run(path: str | Path) -> Run:
+    """An existing run directory as a Run; UserError naming the file that is missing or unreadable."""
+    run = open_run_dir(path)
+    state = read_state(run)
+    spec = load_spec(run / "spec.yaml")
+    spec._overrides = dict(state.overrides)
+    metrics = read_metrics(run)
+    return Run(run, spec, state, metrics.model_dump(mode="json") if metrics else {})
+
+
+def model_target(target: str | Path, spec_file: str | None = None) -> tuple[Spec, Path, str | None]:
+    """(spec, model file, data folder) for a run directory or a .keras file (inside a run, or with --spec)."""
+    path = Path(target)
+    if path.is_dir():
+        run = open_run(path)
+        spec = load_spec(spec_file) if spec_file else run.spec
+        return spec, run.model_file(), run.state.data_dir
+    if not path.is_file():
+        raise UserError(f"{path}: no such run directory or model file")
+    home = next((p for p in (path.parent, path.parent.parent) if (p / "spec.yaml").is_file()), None)
+    if spec_file:
+        return load_spec(spec_file), path, open_run(home).state.data_dir if home else None
+    if home is None:
+        raise UserError(f"{path}: no spec.yaml beside this model; pass --spec SPEC (the spec it was trained with)")
+    run = open_run(home)
+    return run.spec, path, run.state.data_dir
