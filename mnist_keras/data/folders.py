@@ -44,7 +44,7 @@ class Files:
     validation: ImageList | None  # None when data.validation is 0 and there is no validation/ folder
     test: ImageList
     class_names: list[str]  # sorted class folder names or CSV labels, frozen for the run
-    provenance: dict  # dataset, source, path, class_names, counts per split and class, held_out, skipped
+    provenance: dict  # dataset, source, path, class_names, counts per split and class, held_out, skipped, shared
 
 
 def image_source(path: Path) -> str | None:
@@ -98,13 +98,14 @@ def load_files(data: Data, data_dir: str | None = None, notify: Callable[[str], 
     root = path.parent if source == "csv" else path
     provenance = {
         "dataset": data.dataset, "source": source, "path": str(path.resolve()), "class_names": class_names,
-        "counts": {split: {name: len(classes.get(name, [])) for name in class_names}
-                   for split, classes in splits.items()},
+        "counts": {split: {name: len(splits[split][name]) for name in class_names} for split in SPLITS
+                   if split in splits},
         "held_out": {split: [os.path.relpath(file, root) for file in files] for split, files in held_out.items()},
         "skipped": skipped,
     }
     files = Files(lists["train"], lists.get("validation"), lists["test"], class_names, provenance)
-    for message in shared_images(files):
+    provenance["shared"] = shared_images(files)
+    for message in provenance["shared"]:
         notify(f"warning: {message}")
     return files
 
