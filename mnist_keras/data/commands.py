@@ -1,4 +1,5 @@
-"""`mnist-keras data info | preview`: what a spec's data section reads, and what the model sees.
+"""`mnist-keras data info | preview | check`: what a spec's data section reads, what the model sees, and
+what is wrong with a folder of images before training.
 
 Imports beyond click happen inside the commands, so that `mnist-keras --help` stays fast.
 """
@@ -13,7 +14,6 @@ import click
 
 from ..errors import UserError
 
-DEFAULT_MODEL = {"layers": ["flatten", {"dense": {"units": 10}}]}
 
 
 def _data_options(func):
@@ -21,8 +21,8 @@ def _data_options(func):
                         help="Override a spec value, e.g. --set data.validation=5000.")(func)
     func = click.option("--data-dir", type=click.Path(file_okay=False),
                         help="A folder with the dataset's IDX files (or mnist.npz); tried first.")(func)
-    func = click.option("--dataset", help="mnist, fashion_mnist, a folder of IDX files or an .npz file "
-                                          "(default: the spec's, else mnist).")(func)
+    func = click.option("--dataset", help="mnist, fashion_mnist, a folder of IDX files, an .npz file, a folder "
+                                          "of class folders or a .csv (default: the spec's, else mnist).")(func)
     return click.argument("spec", required=False)(func)
 
 
@@ -33,7 +33,10 @@ def _load(spec_file: str | None, dataset: str | None, overrides: tuple[str, ...]
     extra = (f"data.dataset={json.dumps(dataset)}",) if dataset else ()
     if spec_file:
         return load_spec(spec_file, overrides + extra)
-    return validate_spec({"name": "data", "model": DEFAULT_MODEL}, "(default spec)", {}, overrides + extra)
+    classes = dict(o.split("=", 1) for o in overrides if "=" in o).get("data.num_classes", "10")
+    units = int(classes) if classes.strip().isdigit() else 10  # the output layer follows --set data.num_classes
+    model = {"layers": ["flatten", {"dense": {"units": units}}]}
+    return validate_spec({"name": "data", "model": model}, "(default spec)", {}, overrides + extra)
 
 
 def _note(message: str) -> None:
@@ -55,22 +58,26 @@ def info(spec, dataset, data_dir, overrides):
     from .sources import load_arrays
 
     loaded = _load(spec, dataset, overrides)
-    arrays = load_arrays(loaded.data, data_dir, _note)
+    arrays = load_arrays(loaded.data, data_dir, _note, loaded.seed)
     prov, prep = arrays.provenance, loaded.data.preprocess
     n_train, n_val = split_sizes(loaded.data, len(arrays.x_train))
     click.echo(f"dataset   {prov['dataset']} from {prov['source']}: {prov['path'] or 'keras.datasets'}")
-    for name, digest in prov["sha256"].items():
+    for name, digest in prov.get("sha256", {}).items():
         click.echo(f"          sha256 {digest}  {name}")
     for split, x, y in (("train", arrays.x_train, arrays.y_train), ("test", arrays.x_test, arrays.y_test)):
         click.echo(f"{split:<9} images {x.dtype} {x.shape}, labels {y.dtype} {y.shape}")
         counts = np.bincount(y, minlength=loaded.data.num_classes)
-        click.echo("          per class: " + "  ".join(f"{c}: {n:,}" for c, n in enumerate(counts)))
-    x = arrays.x_train  # a histogram in slices: exact statistics without large temporary arrays
-    hist = sum(np.bincount(x[i:i + 4096].ravel(), minlength=256) for i in range(0, len(x), 4096))
+        click.echo("          per class: " + "  ".join(f"{c}: {n:,}" for c, n in zip(arrays.class_names, counts)))
+    x = arrays.x_train.reshape(len(arrays.x_train), -1, arrays.x_train.shape[3] if arrays.x_train.ndim == 4 else 1)
+    # a histogram per channel, in slices: exact statistics without large temporary arrays
+    hist = sum(np.stack([np.bincount(c.ravel(), minlength=256) for c in np.moveaxis(x[i:i + 4096], -1, 0)], -1)
+               for i in range(0, len(x), 4096))
     fed = "fed to the model" + (" (before resize)" if prep.resize else "")
-    for name, values in (("pixels    stored", np.arange(256.0)), (" " * 10 + fed, pixels(np.arange(256.0), prep))):
-        mean = hist @ values / hist.sum()
-        std = math.sqrt(hist @ (values - mean) ** 2 / hist.sum())
+    stored = np.arange(256.0)[:, np.newaxis]
+    for name, values in (("pixels    stored", stored), (" " * 10 + fed, pixels(stored, prep))):
+        values = np.broadcast_to(values, hist.shape)
+        mean = (hist * values).sum() / hist.sum()
+        std = math.sqrt((hist * (values - mean) ** 2).sum() / hist.sum())
         present = values[hist > 0]
         click.echo(f"{name}: min {present.min():.4g}, max {present.max():.4g}, mean {mean:.4g}, std {std:.4g}")
     click.echo(f"splits    {n_train:,} training, {n_val:,} validation (held out from the end), "
@@ -95,7 +102,8 @@ def preview(spec, dataset, data_dir, overrides, out, count, split):
     if not out.parent.is_dir():
         raise UserError(f"{out}: the folder {out.parent} does not exist")
     loaded = _load(spec, dataset, overrides)
-    pipes = make_pipelines(loaded, load_arrays(loaded.data, data_dir, _note))
+    arrays = load_arrays(loaded.data, data_dir, _note, loaded.seed)
+    pipes = make_pipelines(loaded, arrays)
     shown = list((pipes.train if split == "train" else pipes.test).unbatch().take(count).as_numpy_iterator())
     images = np.stack([x for x, _ in shown])
     labels = [y.argmax() if loaded.data.preprocess.one_hot else y.item() for _, y in shown]
@@ -110,11 +118,39 @@ def preview(spec, dataset, data_dir, overrides, out, count, split):
     for i, axes in enumerate(figure.subplots(rows, cols, squeeze=False).flat):
         axes.axis("off")
         if i < len(images):
-            shown_image = (images[i] - low) / (high - low or 1) if images.ndim == 4 else images[i]
+            shown_image = np.clip((images[i] - low) / (high - low or 1), 0, 1) if images.ndim == 4 else images[i]
             axes.imshow(shown_image, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
-            axes.set_title(f"{labels[i]:g}", fontsize=10)
+            axes.set_title(arrays.class_names[int(labels[i])] if loaded.loss() != "mse" else f"{labels[i]:g}",
+                           fontsize=10)
     try:
         figure.savefig(out)
     except OSError as err:
         raise UserError(f"{out}: cannot write: {err.strerror or err}") from None
     click.echo(f"wrote {out} ({len(images)} {split} images from {pipes.input_shape} inputs)")
+
+
+@data.command()
+@_data_options
+def check(spec, dataset, data_dir, overrides):
+    """Check image files before training: undecodable files, empty or missing classes, images shared between
+    splits, and the balance of the classes (exit 2 on a problem that stops training)."""
+    from .sources import Arrays, load_data
+
+    loaded, notes = _load(spec, dataset, overrides), []
+    found = load_data(loaded.data, data_dir, notes.append, loaded.seed)
+    if isinstance(found, Arrays):
+        click.echo(f"{loaded.data.dataset}: {len(found.x_train):,} training and {len(found.x_test):,} test images "
+                   "from array files, checked on loading")
+        return
+    prov, counts = found.provenance, found.provenance["counts"]
+    click.echo(f"dataset   {prov['dataset']} from {prov['source']}: {prov['path']}")
+    width = max(len(name) for name in [*found.class_names, "class", "total"]) + 2
+    click.echo("class".ljust(width) + "".join(f"{split:>12}" for split in counts))
+    for name in found.class_names + ["total"]:
+        cells = (sum(c.values()) if name == "total" else c[name] for c in counts.values())
+        click.echo(name.ljust(width) + "".join(f"{n:>12,}" for n in cells))
+    for note in notes:
+        click.echo(note)
+    skipped = f" ({len(prov['skipped'])} skipped)" if prov["skipped"] else ""
+    click.echo(f"checked {sum(sum(c.values()) for c in counts.values()):,} images: all decode{skipped}, "
+               f"{len(prov['shared'])} shared between splits")

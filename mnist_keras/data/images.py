@@ -54,6 +54,16 @@ def read_images(files: list[str], height: int, width: int) -> tuple[np.ndarray, 
 
 def _mnist_like(file: str, height: int, width: int) -> np.ndarray:
     """One image file, decoded and made MNIST-like; a UserError when it is not an image or too large."""
+    from PIL import Image
+
+    small = np.asarray(_gray(load_image(file)).resize((width, height), Image.Resampling.BOX), np.float32)
+    if small.mean() > 127.5:
+        small = 255 - small
+    return np.clip(small.round(), 0, 255).astype(np.uint8)
+
+
+def load_image(file: str):
+    """One image file decoded by Pillow (a GIF's first frame); a UserError when it is not an image or too large."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -63,7 +73,7 @@ def _mnist_like(file: str, height: int, width: int) -> np.ndarray:
                 if image.width * image.height > MAX_PIXELS:
                     raise Image.DecompressionBombError(f"{image.width}x{image.height} = {image.width * image.height:,}")
                 image.load()
-                gray = _gray(image)
+                return image.copy()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         declared = str(err) if str(err)[0].isdigit() else f"over {Image.MAX_IMAGE_PIXELS:,}"  # Pillow's own check
         raise UserError(f"{file}: too large: {declared} pixels; an image may have at most {MAX_PIXELS:,} "
@@ -73,23 +83,56 @@ def _mnist_like(file: str, height: int, width: int) -> np.ndarray:
     except Exception as err:  # Pillow's decoders raise many kinds (OSError, SyntaxError, ValueError...) on bad data
         detail = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UserError(f"{file}: cannot be read as an image (PNG, JPEG, GIF or BMP): {detail}") from None
-    small = np.asarray(gray.resize((width, height), Image.Resampling.BOX), np.float32)
-    if small.mean() > 127.5:
-        small = 255 - small
-    return np.clip(small.round(), 0, 255).astype(np.uint8)
 
 
-def _gray(image):
-    """A decoded Pillow image as a float ("F") image of gray values in 0..255, transparency laid over white."""
+def image_array(file: str, image_shape: list[int], fit: str) -> np.ndarray:
+    """One image file as uint8 pixels of `image_shape` ([H, W], [H, W, 1]: gray; [H, W, 3]: RGB), transparency
+    laid over white, fitted to the size by `fit`: stretch, crop (the centre) or pad (with black)."""
+    height, width = image_shape[:2]
+    image = load_image(file)
+    rgb = image_shape[2:] == [3] and not image.mode.startswith(("I", "F"))
+    image = _over_white(image).convert("RGB") if rgb else _gray(image)
+    pixels = np.asarray(_fitted(image, height, width, fit), np.float32)
+    if len(image_shape) == 3 and pixels.ndim == 2:
+        pixels = np.repeat(pixels[..., np.newaxis], image_shape[2], axis=-1)
+    return np.clip(pixels.round(), 0, 255).astype(np.uint8)
+
+
+def _fitted(image, height: int, width: int, fit: str):
     from PIL import Image
 
-    if image.mode.startswith("I"):  # 16-bit gray
-        return image.convert("F").point(lambda v: v / 257)
+    resample = Image.Resampling.BILINEAR
+    if fit == "crop":
+        scale = max(width / image.width, height / image.height)
+        w, h = width / scale, height / scale
+        box = ((image.width - w) / 2, (image.height - h) / 2, (image.width + w) / 2, (image.height + h) / 2)
+        return image.resize((width, height), resample, box=box)
+    if fit == "pad":
+        scale = min(width / image.width, height / image.height)
+        w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+        canvas = Image.new(image.mode, (width, height))
+        canvas.paste(image.resize((w, h), resample), ((width - w) // 2, (height - h) // 2))
+        return canvas
+    return image.resize((width, height), resample)
+
+
+def _over_white(image):
+    """A decoded Pillow image with its transparency, if any, laid over white."""
+    from PIL import Image
+
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         image = image.convert("RGBA")
         paper = Image.new("RGB", image.size, "white")
         paper.paste(image, mask=image.getchannel("A"))
-        image = paper
+        return paper
+    return image
+
+
+def _gray(image):
+    """A decoded Pillow image as a float ("F") image of gray values in 0..255, transparency laid over white."""
+    if image.mode.startswith("I"):  # 16-bit gray
+        return image.convert("F").point(lambda v: v / 257)
+    image = _over_white(image)
     if image.mode != "L":
         image = image.convert("RGB").convert("L", (1 / 3, 1 / 3, 1 / 3, 0))
     return image.convert("F")

@@ -19,15 +19,18 @@ import os
 import stat
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from ..errors import UserError
 from ..spec.layers import did_you_mean
 from ..spec import Data
+
+if TYPE_CHECKING:
+    from .folders import Files
 
 DATASETS = ("mnist", "fashion_mnist")
 KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -38,6 +41,8 @@ OTHER_IDX_TYPES = {0x09: "signed bytes", 0x0B: "16-bit integers", 0x0C: "32-bit 
                    0x0D: "32-bit floats", 0x0E: "64-bit floats"}
 MAX_BYTES = 2**31  # the most a data file may hold, or declare, or decompress to: 2 GiB (full MNIST: 55 MB)
 BUNDLED = Path(__file__).with_name("mnist_sample.npz")
+FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                 "Ankle boot"]
 
 
 @dataclass
@@ -49,21 +54,40 @@ class Arrays:
     x_test: np.ndarray
     y_test: np.ndarray
     provenance: dict  # dataset, source, path, counts, sha256 of each file read
+    class_names: list[str] = field(default_factory=list)  # the name of each label
 
 
 def _silent(message: str) -> None:
     """Drop a note (the API prints nothing unless asked)."""
 
 
-def load_arrays(data: Data, data_dir: str | None = None, notify: Callable[[str], None] = _silent) -> Arrays:
-    """The dataset `data` names, from the first source that serves it; `data_dir` wins over data.data_dir.
-    `notify` gets a note when the data came from a download or the bundled sample instead."""
+def load_data(data: Data, data_dir: str | None = None, notify: Callable[[str], None] = _silent,
+              seed: int = 42) -> Arrays | Files:
+    """The dataset `data` names: Files for image files (folders, CSV), else Arrays (see load_arrays).
+    `seed` (the spec's) draws the test and validation images held out from image files."""
+    from .folders import image_source, load_files
+
+    if data.dataset not in DATASETS and image_source(dataset_path(data, data_dir)):
+        return load_files(data, data_dir, notify, seed)
+    return load_arrays(data, data_dir, notify)
+
+
+def load_arrays(data: Data, data_dir: str | None = None, notify: Callable[[str], None] = _silent,
+                seed: int = 42) -> Arrays:
+    """The dataset `data` names, in memory, from the first source that serves it; `data_dir` wins over
+    data.data_dir. Image files are decoded (see load_data). `notify` gets a note when the data came from a
+    download or the bundled sample instead."""
+    from .folders import image_source, load_files, to_arrays
+
     folder = data_dir or data.data_dir
     if data.dataset not in DATASETS:
         if data.source in ("keras", "bundled"):
             raise UserError(f"{data.dataset}: data.source '{data.source}' serves only {' and '.join(DATASETS)}"
                             f"{did_you_mean(data.dataset, DATASETS)}; use source: auto or files for a path")
-        return _from_path(Path(data.dataset).expanduser(), data)
+        path = dataset_path(data, data_dir)
+        if image_source(path):
+            return to_arrays(load_files(data, data_dir, notify, seed), data, notify)
+        return _from_path(path, data)
     if data.source == "bundled":
         return _bundled(data)
     if data.source == "files" or (data.source == "auto" and folder):
@@ -90,6 +114,18 @@ def load_arrays(data: Data, data_dir: str | None = None, notify: Callable[[str],
            f"({counts['train']:,} training, {counts['test']:,} test images); for the full set pass --data-dir DIR "
            f"(a folder with the four MNIST IDX files, gzipped or raw, or mnist.npz) or put mnist.npz in {cache}")
     return arrays
+
+
+def dataset_path(data: Data, data_dir: str | None = None) -> Path:
+    """data.dataset as a path: a relative one inside `data_dir` (else data.data_dir) when one is named."""
+    folder = data_dir or data.data_dir
+    path = Path(data.dataset).expanduser()
+    if folder and not path.is_absolute():
+        folder = Path(folder).expanduser()
+        if not folder.is_dir():
+            raise UserError(f"{folder}: no such folder" if not folder.exists() else f"{folder}: not a folder")
+        path = folder / path
+    return path
 
 
 def keras_cache() -> Path:
@@ -167,7 +203,8 @@ def _finish(data: Data, source: str, path: Path | None, read: tuple[dict, dict, 
         "counts": {"train": len(arrays["x_train"]), "test": len(arrays["x_test"])},
         "sha256": sha256,
     }
-    return Arrays(**arrays, provenance=provenance)
+    names = FASHION_NAMES if data.dataset == "fashion_mnist" and data.num_classes == 10 else None
+    return Arrays(**arrays, provenance=provenance, class_names=names or [str(i) for i in range(data.num_classes)])
 
 
 def check_array(key: str, array: np.ndarray, where: str, data: Data) -> np.ndarray:

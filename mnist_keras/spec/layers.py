@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BeforeValidator, Discriminator, Field, Tag, create_model
+from pydantic import AfterValidator, BeforeValidator, Discriminator, Field, Tag, create_model
 from pydantic_core import PydanticCustomError
 
 from .fields import (
@@ -275,15 +275,19 @@ FillMode = Literal["constant", "nearest", "reflect", "wrap"]
 Factor = Annotated[float, Field(ge=0, le=1)]
 
 
-class Augmentation(Layer):
-    """Random image transforms, active only while training (data augmentation inside the model)."""
-
-    fill_mode: FillMode = Field("reflect", description="how pixels moved in from outside the image are filled")
-    interpolation: Literal["bilinear", "nearest"] = Field("bilinear", description="how moved pixels are computed")
+class ImageAugmentation(Layer):
+    """A random image transform, active only while training (data augmentation inside the model)."""
 
     def output_shape(self, shape):
         _need_image(self.kind, shape)
         return shape
+
+
+class Augmentation(ImageAugmentation):
+    """A random geometric transform, active only while training."""
+
+    fill_mode: FillMode = Field("reflect", description="how pixels moved in from outside the image are filled")
+    interpolation: Literal["bilinear", "nearest"] = Field("bilinear", description="how moved pixels are computed")
 
 
 class RandomTranslation(Augmentation):
@@ -318,6 +322,62 @@ class RandomZoom(Augmentation):
     height_factor: Factor = _describe("zoom in or out by up to this fraction of the height")
     width_factor: Factor | None = Field(None, description="the same for the width (default: None, Keras zooms "
                                         "both sides alike)")
+
+
+class RandomFlip(ImageAugmentation):
+    """Mirrors images randomly while training."""
+
+    kind = "random_flip"
+    keras_class = "RandomFlip"
+    shorthand = "mode"
+    mode: Literal["horizontal", "vertical", "horizontal_and_vertical"] = Field(
+        "horizontal_and_vertical", description="horizontal: left-right; vertical: upside down; or either")
+
+
+class RandomCrop(ImageAugmentation):
+    """Crops a random height x width window while training, the centre one at inference."""
+
+    kind = "random_crop"
+    keras_class = "RandomCrop"
+    height: Side = _describe("output height in pixels, at most the input's")
+    width: Side = _describe("output width in pixels, at most the input's")
+
+    def output_shape(self, shape):
+        _need_image(self.kind, shape)
+        for field, want, have in (("height", self.height, shape[0]), ("width", self.width, shape[1])):
+            if want > have:
+                raise ShapeError(f"random_crop {field} {want} is larger than the input's {have}", field)
+        return (self.height, self.width, shape[2])
+
+
+def _ordered(value: list[float]) -> list[float]:
+    if value[0] >= value[1]:
+        raise ValueError(f"value_range is [low, high] with low < high, got {value}")
+    return value
+
+
+class ValueAugmentation(ImageAugmentation):
+    """A random change of pixel values within `value_range`."""
+
+    shorthand = "factor"
+    factor: Factor = _describe("the strength of the change, 0 to 1")
+    value_range: Annotated[list[float], Field(min_length=2, max_length=2), AfterValidator(_ordered)] = Field(
+        [0.0, 1.0], description="[low, high] of the pixels it sees (default: 0 to 1, as after scale 1/255); "
+        "results are clipped to it")
+
+
+class RandomBrightness(ValueAugmentation):
+    """Adds a random brightness shift, up to factor * the value range, while training."""
+
+    kind = "random_brightness"
+    keras_class = "RandomBrightness"
+
+
+class RandomContrast(ValueAugmentation):
+    """Scales each image's contrast about its mean by a random 1 +- factor while training."""
+
+    kind = "random_contrast"
+    keras_class = "RandomContrast"
 
 
 class Macro(StrictModel):
@@ -432,7 +492,8 @@ class LeNet5(Macro):
 LAYERS: dict[str, type[Layer]] = {
     cls.kind: cls
     for cls in (Dense, Conv2D, MaxPool2D, AvgPool2D, Flatten, Dropout, BatchNorm, Activation, Reshape, Resizing,
-                Rescaling, RandomTranslation, RandomRotation, RandomZoom)
+                Rescaling, RandomTranslation, RandomRotation, RandomZoom, RandomFlip, RandomCrop,
+                RandomBrightness, RandomContrast)
 }
 MACROS: dict[str, type[Macro]] = {cls.kind: cls for cls in (DenseStack, ConvPoolStack, LeNet5)}
 TEMPLATES: dict[str, type[Macro]] = {"lenet5": LeNet5}

@@ -12,7 +12,7 @@ import math
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, PrivateAttr, ValidationError, model_validator
 from pydantic_core import InitErrorDetails
 
 from .fields import (
@@ -38,11 +38,25 @@ MAX_THREADS = 1024
 # ----------------------------------------------------------------------------------------- data
 
 
-class Normalize(StrictModel):
-    """Subtract `mean` and divide by `std`, after scaling."""
+IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}  # of ImageNet's RGB pixels in 0..1
+PerChannel = Annotated[list[float], Field(min_length=1, max_length=3)]
 
-    mean: float = Field(description="subtracted from every pixel")
-    std: PositiveFloat = Field(description="then every pixel is divided by it")
+
+class Normalize(StrictModel):
+    """Subtract `mean` and divide by `std`, after scaling: one number for all channels, or one per channel."""
+
+    mean: float | PerChannel = Field(description="subtracted from every pixel (a list: one per channel)")
+    std: PositiveFloat | Annotated[list[PositiveFloat], Field(min_length=1, max_length=3)] = Field(
+        description="then every pixel is divided by it (a list: one per channel)")
+
+
+def _preset(value):
+    return Normalize(**IMAGENET) if value == "imagenet" else value
+
+
+def _names_as_text(value):
+    """`{0: 2.0}` as `{"0": 2.0}`: class names are text, YAML reads digits as numbers."""
+    return {str(k): v for k, v in value.items()} if isinstance(value, dict) else value
 
 
 class Preprocess(StrictModel):
@@ -50,7 +64,12 @@ class Preprocess(StrictModel):
 
     scale: float = Field(1 / 255, description="multiplies every pixel (1/255: bytes to [0, 1])")
     offset: float = Field(0.0, description="added to every pixel after scaling")
-    normalize: Normalize | None = Field(None, description="standardize after scaling (default: none)")
+    normalize: Annotated[Normalize | Literal["imagenet"], AfterValidator(_preset)] | None = Field(
+        None, description="standardize after scaling: {mean, std}, each a number or one per channel, or imagenet "
+        "(RGB pixels scaled to 0..1; default: none)")
+    fit: Literal["stretch", "crop", "pad"] = Field("stretch", description="image files of another aspect ratio "
+                                                   "than data.image_shape: stretch them, crop the centre, or pad "
+                                                   "with black")
     resize: Annotated[list[Side], Field(min_length=2, max_length=2)] | None = Field(
         None, description="[height, width] to resize the images to, each at most 8192 (default: keep)")
     resize_method: Literal["bilinear", "nearest", "bicubic", "area"] = Field("bilinear", description="how resize "
@@ -63,17 +82,29 @@ class Preprocess(StrictModel):
 class Data(StrictModel):
     """Where the images come from and how the tf.data pipeline feeds them."""
 
-    dataset: str = Field("mnist", min_length=1, description="mnist, fashion_mnist, a folder of IDX files or an "
-                         ".npz file")
+    dataset: str = Field("mnist", min_length=1, description="mnist, fashion_mnist, a folder of IDX files, an .npz "
+                         "file, a folder of class folders (optionally inside train/, test/ and validation/), or a "
+                         ".csv of path,label lines")
     source: Literal["auto", "keras", "files", "bundled"] = Field("auto", description="where to read the dataset "
                                                                  "(auto: data_dir, the Keras cache, a download, "
                                                                  "then the bundled sample)")
-    data_dir: str | None = Field(None, description="a folder with the dataset's files, tried first")
+    data_dir: str | None = Field(None, description="a folder with the dataset's files, tried first; a relative "
+                                 "dataset path is read inside it")
     image_shape: Annotated[list[Side], Field(min_length=2, max_length=3)] = Field(
-        [28, 28, 1], description="[height, width] or [height, width, channels] of the images, each at most 8192")
+        [28, 28, 1], description="[height, width] or [height, width, channels] of the images, each at most 8192; "
+        "image files are decoded to this size, gray (1 channel) or RGB (3)")
     num_classes: PositiveInt = Field(10, description="number of classes (the width of the output layer)")
     validation: Union[NonNegativeInt, Fraction] = Field(0.1, description="held out for validation: the last N "
-                                                        "training images, or a fraction")
+                                                        "training images, or a fraction (image files: drawn per "
+                                                        "class, unless there is a validation/ folder)")
+    test_split: Annotated[float, Field(gt=0, lt=1)] = Field(
+        0.2, description="image files without a test/ folder: the fraction of each class held out for testing, "
+        "drawn with `seed`")
+    on_bad_file: Literal["refuse", "skip"] = Field("refuse", description="image files that cannot be decoded: "
+                                                   "refuse (list them and stop) or skip (and count them)")
+    class_weight: Annotated[Literal["balanced"] | dict[str, PositiveFloat], BeforeValidator(_names_as_text)] | None \
+        = Field(None, description="weights of the classes in the loss: balanced (inverse to their counts) or "
+                "{class name: weight}, 1 for the classes not named (default: none, all 1)")
     max_train: PositiveInt | None = Field(None, description="use only the first N training images (quick runs)")
     preprocess: Preprocess = Field(Preprocess(), description="pixel and label transforms")
     shuffle: NonNegativeInt | Literal["all"] = Field(
@@ -84,6 +115,17 @@ class Data(StrictModel):
     drop_remainder: bool = Field(False, description="drop the last, smaller batch of each epoch")
     cache: bool = Field(True, description="keep the preprocessed images in memory after the first epoch")
     prefetch: bool = Field(True, description="prepare the next batches while the model trains")
+
+    @model_validator(mode="after")
+    def _per_channel(self):
+        channels = self.image_shape[2] if len(self.image_shape) == 3 else 1
+        norm = self.preprocess.normalize
+        for name in ("mean", "std"):
+            value = getattr(norm, name, None)
+            if isinstance(value, list) and len(value) != channels:
+                raise ValueError(f"preprocess.normalize.{name} lists {len(value)} values, but the images have "
+                                 f"{channels} channel{'s' * (channels > 1)} (data.image_shape {self.image_shape})")
+        return self
 
 
 # ---------------------------------------------------------------------------------------- model
