@@ -169,8 +169,8 @@ def evaluate(target: str | Path, *, data_dir: str | None = None, spec_file: str 
     from .data import load_arrays, make_pipelines
     from .train.objects import load_model
 
-    spec, model_file, run_data_dir = model_target(target, spec_file)
-    arrays = load_arrays(spec.data, data_dir or run_data_dir, reporter or Reporter())
+    spec, model_file, run = model_target(target, spec_file)
+    arrays = load_arrays(spec.data, data_dir or (run and run.state.data_dir), reporter or Reporter(), spec.seed)
     model = load_model(model_file, spec)
     result = model.evaluate(make_pipelines(spec, arrays).test, verbose=0, return_dict=True)
     return {**{k: float(v) for k, v in result.items()}, "images": len(arrays.x_test), "model": str(model_file),
@@ -179,8 +179,10 @@ def evaluate(target: str | Path, *, data_dir: str | None = None, spec_file: str 
 
 def predict(target: str | Path, images: Sequence[str], *, spec_file: str | None = None
             ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Classify image files with a run's model: ([{file, class, probability} or {file, value} for a regression],
-    [a message per unreadable file]). Missing files are found before TensorFlow loads."""
+    """Classify image files with a run's model: ([{file, class (its name), probability} or {file, value} for a
+    regression], [a message per unreadable file]). Images are decoded as the run's data set was (MNIST-like
+    for digit data, else to data.image_shape by data.preprocess.fit); missing files are found before
+    TensorFlow loads."""
     import numpy as np
 
     from .data.images import check_image_files, read_images
@@ -188,9 +190,10 @@ def predict(target: str | Path, images: Sequence[str], *, spec_file: str | None 
     missing = check_image_files(list(images))
     if len(missing) == len(images):
         raise UserError(*missing)
-    spec, model_file, _ = model_target(target, spec_file)
-    height, width = spec.data.image_shape[:2]
-    pixels, files, problems = read_images(list(images), height, width)
+    spec, model_file, run = model_target(target, spec_file)
+    from_files = run and (run.state.data or {}).get("source") in ("folders", "split-folders", "csv")
+    fit = spec.data.preprocess.fit if from_files else None  # as the data set's own images were decoded
+    pixels, files, problems = read_images(list(images), spec.data.image_shape, fit)
     if not files:
         return [], problems
     from .data.pipeline import preprocess_images
@@ -201,7 +204,11 @@ def predict(target: str | Path, images: Sequence[str], *, spec_file: str | None 
         return [{"file": f, "value": float(out[0])} for f, out in zip(files, outputs)], problems
     probabilities = np.exp(outputs - outputs.max(axis=1, keepdims=True))
     probabilities /= probabilities.sum(axis=1, keepdims=True)
-    return [{"file": f, "class": int(p.argmax()), "probability": float(p.max())}
+    names = (run and run.state.classes) or [str(i) for i in range(outputs.shape[1])]
+    if len(names) != outputs.shape[1]:
+        raise UserError(f"{model_file}: the model gives {outputs.shape[1]} classes, the run's class list "
+                        f"{len(names)}")
+    return [{"file": f, "class": names[int(p.argmax())], "probability": float(p.max())}
             for f, p in zip(files, probabilities)], problems
 
 

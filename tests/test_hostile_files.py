@@ -284,7 +284,7 @@ def test_hostile_images_do_not_stop_the_others(tmp_path, case):
     good.write_bytes(image_bytes(DIGIT, "PNG"))
     bad = tmp_path / "bad.png"
     bad.write_bytes(data)
-    pixels, read, problems = read_images([str(good), str(bad), str(good)], 28, 28)
+    pixels, read, problems = read_images([str(good), str(bad), str(good)], [28, 28])
     if message is None:
         assert not problems and len(read) == 3
         return
@@ -298,7 +298,7 @@ def test_image_that_is_not_a_regular_file(tmp_path, kind):
     path, kind = make_special(tmp_path / "digit.png", kind)
     expected = [f"{path}: not a regular file (a {kind})"]
     assert check_image_files([str(path)]) == expected
-    assert read_images([str(path)], 28, 28)[1:] == ([], expected)
+    assert read_images([str(path)], [28, 28])[1:] == ([], expected)
 
 
 def test_check_image_files_needs_only_stat(tmp_path):
@@ -308,7 +308,7 @@ def test_check_image_files_needs_only_stat(tmp_path):
     assert check_image_files(files) == [f"{files[0]}: cannot read: No such file or directory",
                                         f"{files[1]}: an empty file (0 bytes), not an image",
                                         "/dev/zero: not a regular file (a character device)"]
-    pixels, read, problems = read_images([], 28, 28)
+    pixels, read, problems = read_images([], [28, 28])
     assert pixels.shape == (0, 28, 28) and read == problems == []
 
 
@@ -323,7 +323,7 @@ def test_mnist_like_conversion(tmp_path):
                              ("paper.gif", 255 - DIGIT, "GIF"), ("sixteen.png", sixteen, "PNG")]:
         files.append(str(tmp_path / name))
         Path(files[-1]).write_bytes(image_bytes(array, fmt))
-    pixels, read, problems = read_images(files, 28, 20)
+    pixels, read, problems = read_images(files, [28, 20])
     assert read == files and not problems
     want = DIGIT.reshape(28, 2, 20, 2).mean(axis=(1, 3))
     for i in (0, 1, 3, 4):
@@ -391,7 +391,7 @@ def test_property_npz_members(tmp_path_factory, key, descr, shape, body, version
 def test_property_random_images(tmp_path_factory, data, cut):
     path = tmp_path_factory.mktemp("img") / "digit.png"
     path.write_bytes(data[:cut])
-    pixels, read, problems = outcome(lambda: read_images([str(path)], 28, 28))
+    pixels, read, problems = outcome(lambda: read_images([str(path)], [28, 28]))
     assert len(read) + len(problems) == 1 and pixels.shape == (len(read), 28, 28)
     assert all(p.startswith(f"{path}: ") for p in problems)
 
@@ -399,6 +399,6 @@ def test_property_random_images(tmp_path_factory, data, cut):
 def test_images_are_read_without_tensorflow(tmp_path):
     (tmp_path / "digit.png").write_bytes(image_bytes(DIGIT, "PNG"))
     code = ("import sys; from mnist_keras.data.images import read_images; "
-            f"assert read_images([{str(tmp_path / 'digit.png')!r}], 28, 28)[0].shape == (1, 28, 28); "
+            f"assert read_images([{str(tmp_path / 'digit.png')!r}], [28, 28])[0].shape == (1, 28, 28); "
             "assert 'tensorflow' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -32,24 +32,28 @@ def check_image_files(files: list[str]) -> list[str]:
     return problems
 
 
-def read_images(files: list[str], height: int, width: int) -> tuple[np.ndarray, list[str], list[str]]:
-    """(MNIST-like uint8 images (N, height, width) of the files read, those files, one message per other file).
+def read_images(files: list[str], image_shape: list[int], fit: str | None = None
+                ) -> tuple[np.ndarray, list[str], list[str]]:
+    """(uint8 images of the files read, those files, one message per other file).
 
+    With a `fit` (stretch, crop, pad), as image_array decodes images of a folder or CSV data set. Without,
     MNIST-like: gray (the mean of the colour channels), transparency laid over white, the whole image
-    resized to height x width by area averaging, and inverted when its mean is above mid-gray (dark ink
-    on light paper), since MNIST digits are light on a dark background.
+    resized by area averaging, and inverted when its mean is above mid-gray (dark ink on light paper),
+    since MNIST digits are light on a dark background.
     """
+    height, width = image_shape[:2]
     images, good, problems = [], [], []
     for file in files:
         found = check_image_files([file])
         if not found:
             try:
-                images.append(_mnist_like(file, height, width))
+                images.append(image_array(file, image_shape, fit) if fit else _mnist_like(file, height, width))
                 good.append(file)
             except UserError as err:
                 found = err.messages
         problems.extend(found)
-    return np.array(images, np.uint8).reshape(-1, height, width), good, problems
+    shape = image_shape if fit else image_shape[:2]
+    return np.array(images, np.uint8).reshape(-1, *shape), good, problems
 
 
 def _mnist_like(file: str, height: int, width: int) -> np.ndarray:

@@ -56,6 +56,7 @@ class RunState(_Record):
     history: list[dict[str, Number]] = []
     data_dir: str | None = None
     data: dict[str, Any] | None = None  # where the images came from (source, path, counts, sha256)
+    classes: list[str] = []  # the class names in label order, frozen when training starts
     overrides: dict[str, Any] = {}  # spec path -> value, from --set (and sweep values)
     callbacks: dict[str, dict[str, Any]] = {}  # each stateful callback's own state
     best: Best | None = None

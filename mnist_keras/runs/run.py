@@ -53,19 +53,17 @@ def open_run(path: str | Path) -> Run:
     return Run(run, spec, state, metrics.model_dump(mode="json") if metrics else {})
 
 
-def model_target(target: str | Path, spec_file: str | None = None) -> tuple[Spec, Path, str | None]:
-    """(spec, model file, data folder) for a run directory or a .keras file (inside a run, or with --spec)."""
+def model_target(target: str | Path, spec_file: str | None = None) -> tuple[Spec, Path, Run | None]:
+    """(spec, model file, its run if it has one) for a run directory or a .keras file (inside a run, or
+    with --spec)."""
     path = Path(target)
     if path.is_dir():
         run = open_run(path)
-        spec = load_spec(spec_file) if spec_file else run.spec
-        return spec, run.model_file(), run.state.data_dir
+        return (load_spec(spec_file) if spec_file else run.spec), run.model_file(), run
     if not path.is_file():
         raise UserError(f"{path}: no such run directory or model file")
     home = next((p for p in (path.parent, path.parent.parent) if (p / "spec.yaml").is_file()), None)
-    if spec_file:
-        return load_spec(spec_file), path, open_run(home).state.data_dir if home else None
-    if home is None:
+    if home is None and not spec_file:
         raise UserError(f"{path}: no spec.yaml beside this model; pass --spec SPEC (the spec it was trained with)")
-    run = open_run(home)
-    return run.spec, path, run.state.data_dir
+    run = open_run(home) if home else None
+    return (load_spec(spec_file) if spec_file else run.spec), path, run

@@ -43,7 +43,7 @@ def prepare(spec: Spec, data_dir: str | None, cluster: dict | None, notify: Call
     from ..data import load_arrays
 
     placement = configure(spec.runtime, spec.seed, cluster, notify)
-    return Prepared(placement, load_arrays(spec.data, data_dir, notify))
+    return Prepared(placement, load_arrays(spec.data, data_dir, notify, spec.seed))
 
 
 def weights_digest(model) -> str:
@@ -94,7 +94,7 @@ def train_run(spec: Spec, run: Path, prepared: Prepared, state: RunState, notify
               verbose: int = 0, extended_from: int | None = None) -> RunMetrics:
     """Train the run in `run` from `state` (a new run's, or its record's to resume); write and return its
     metrics. TrainingFailed for a NaN loss (the run is kept, marked failed)."""
-    from ..data import make_pipelines
+    from ..data import class_weights, make_pipelines
     from ..reports.dashboards import dashboard_callbacks, write_test_metrics
 
     placement, arrays = prepared.placement, prepared.arrays
@@ -110,7 +110,11 @@ def train_run(spec: Spec, run: Path, prepared: Prepared, state: RunState, notify
         callbacks, guard = make_callbacks(spec, run, state, min(images_per_epoch, pipes.n_train))
         if spec.train.tensorboard.enabled:
             callbacks += dashboard_callbacks(spec, run / "logs", state, arrays, pipes.validation)
+        if state.classes and state.classes != arrays.class_names:
+            raise UserError(f"{run}: the data's classes ({', '.join(arrays.class_names)[:200]}) are not the run's "
+                            f"({', '.join(state.classes)[:200]}); resume with the data the run was trained on")
         state.status, state.device, state.data = "running", placement.described, arrays.provenance
+        state.classes = arrays.class_names
         state.pid, state.host = os.getpid(), socket.gethostname()
         write_state(run, state)
         notify(f"mnist-keras: training {spec.name} on {placement.described}, {pipes.n_train:,} train / "
@@ -121,6 +125,7 @@ def train_run(spec: Spec, run: Path, prepared: Prepared, state: RunState, notify
             pipes.train, epochs=spec.train.epochs, initial_epoch=start, steps_per_epoch=pipes.steps_per_epoch,
             validation_data=pipes.validation, validation_freq=spec.train.validation_freq,
             callbacks=callbacks, verbose=verbose, shuffle=False,
+            class_weight=class_weights(spec.data, arrays.class_names, arrays.y_train[:pipes.n_train]),
         )
         wall = time.perf_counter() - started
         if guard and guard.where:
