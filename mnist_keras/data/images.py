@@ -108,7 +108,7 @@ def _fitted(image, height: int, width: int, fit: str):
     resample = Image.Resampling.BILINEAR
     if fit == "crop":
         scale = max(width / image.width, height / image.height)
-        w, h = width / scale, height / scale
+        w, h = min(image.width, width / scale), min(image.height, height / scale)  # no rounding below 0
         box = ((image.width - w) / 2, (image.height - h) / 2, (image.width + w) / 2, (image.height + h) / 2)
         return image.resize((width, height), resample, box=box)
     if fit == "pad":

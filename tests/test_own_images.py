@@ -1,0 +1,52 @@
+"""Your own images end to end: a colour class-folder data set trains above chance, the run keeps its class
+names, and predict names the class of new files."""
+
+import json
+import re
+
+from click.testing import CliRunner
+from PIL import Image
+
+from mnist_keras.cli import main
+from test_folders import photos
+
+SPEC = """
+name: photos
+seed: 3
+data:
+  dataset: {folder}
+  image_shape: [24, 24, 3]
+  num_classes: 2
+  test_split: 0.25
+  validation: 0.2
+  preprocess: {{fit: crop, normalize: imagenet}}
+  batch_size: 16
+  class_weight: balanced
+model:
+  layers:
+    - random_flip: horizontal
+    - conv_pool_stack: {{filters: [8, 16]}}
+    - flatten
+    - dense: 2
+train: {{epochs: 20, optimizer: {{type: adam, learning_rate: 0.003}}, tensorboard: {{enabled: false}}}}
+runtime: {{deterministic: true}}
+"""
+
+
+def test_colour_folders_train_and_predict_names_the_class(tmp_path):
+    folder = photos(tmp_path / "photos", per_class=40)
+    spec = tmp_path / "photos.yaml"
+    spec.write_text(SPEC.format(folder=folder))
+    result = CliRunner().invoke(main, ["fit", str(spec), "--runs", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    accuracy = float(re.search(r"test accuracy ([\d.]+)%", result.output).group(1))
+    assert accuracy >= 80  # chance is 50%
+    (run,) = (tmp_path / "runs/photos").iterdir()
+    state = json.loads((run / "state.json").read_text())
+    assert state["classes"] == ["china", "flower"] and state["data"]["source"] == "folders"
+    new = tmp_path / "new.png"
+    Image.open(folder / "flower" / "rgba.png").save(new)
+    predicted = CliRunner().invoke(main, ["predict", str(run), str(new), str(folder / "china" / "1.jpg")])
+    assert predicted.exit_code == 0, predicted.output
+    assert re.search(rf"{re.escape(str(new))}: (china|flower) \(probability 0\.\d+\)", predicted.output)
+    assert f"{folder / 'china' / '1.jpg'}: china (probability" in predicted.output
