@@ -161,13 +161,16 @@ def make_pipelines(spec: Spec, data, start_epoch: int = 0, cache_dir: str | None
         return order
 
     def finite(split):
-        return split and batches(split, tf.data.Dataset.from_tensors(tf.range(len(split[1]))))
+        """Every image of `split` once, in order, with a known number of batches (for Keras' progress)."""
+        n = len(split[1])
+        out = batches(split, tf.data.Dataset.from_tensors(tf.range(n)))
+        return out.apply(tf.data.experimental.assert_cardinality(math.ceil(n / d.batch_size)))
 
     train = batches(splits[0], tf.data.Dataset.range(start_epoch, spec.train.epochs).map(order), d.drop_remainder)
     shape = tuple(train.element_spec[0].shape[1:])
     if shape != spec.input_shape():
         raise UserError(f"model.input_shape: the data gives images of shape {list(shape)}, but the model takes "
                         f"{list(spec.input_shape())}; match model.input_shape to data.image_shape and data.preprocess")
-    validation, test = finite(splits[1]), finite(splits[2])
+    validation, test = splits[1] and finite(splits[1]), finite(splits[2])
     return Pipelines(train, validation, test, steps, n_train, len(splits[1][1]) if splits[1] else 0,
                      len(splits[2][1]), shape)

@@ -123,9 +123,11 @@ def _write_cache(images, folder: Path, n: int) -> None:
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     staged = _numbered(partial, n)
-    written = images.map(lambda x, i: tf.io.write_file(staged[i], tf.io.serialize_tensor(x)),
-                         num_parallel_calls=tf.data.AUTOTUNE)
-    written.reduce(0, lambda n, _: n + 1)
+    def write(x, i):
+        with tf.control_dependencies([tf.io.write_file(staged[i], tf.io.serialize_tensor(x))]):
+            return tf.identity(i)
+
+    images.map(write, num_parallel_calls=tf.data.AUTOTUNE).reduce(tf.constant(0, tf.int64), lambda n, _: n + 1)
     try:
         partial.rename(folder)
     except OSError:  # another process finished the same cache first
