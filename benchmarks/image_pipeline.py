@@ -39,7 +39,8 @@ def write_files(folder: Path, n: int, side, suffix: str):
     paths = []
     for i in range(n):
         h, w = side(rng)
-        ramp = np.linspace(0, 255, w)[None, :, None] * rng.random(3) + np.linspace(0, 255, h)[:, None, None] * rng.random(3)
+        ramp = np.linspace(0, 255, w)[None, :, None] * rng.random(3)
+        ramp = ramp + np.linspace(0, 255, h)[:, None, None] * rng.random(3)
         image = np.clip(ramp / 2 + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
         paths.append(str(folder / f"{i:05d}{suffix}"))
         Image.fromarray(image).save(paths[-1])

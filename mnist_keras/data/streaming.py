@@ -41,13 +41,14 @@ class Stream:
         from ..backend import tf
         expected = tf.data.Dataset.from_tensor_slices(order)
         read = expected.map(lambda i: (self.read(i), i), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        end = tf.data.Dataset.from_tensors((tf.zeros(read.element_spec[0].shape, tf.uint8), tf.constant(-1, order.dtype)))
+        blank = tf.zeros(read.element_spec[0].shape, tf.uint8)
+        end = tf.data.Dataset.from_tensors((blank, tf.constant(-1, order.dtype)))
         pairs = tf.data.Dataset.zip(read.ignore_errors().concatenate(end), expected)
 
         def check(image_index, want):
             image, i = image_index
-            with tf.control_dependencies([tf.debugging.Assert(tf.equal(i, want), [
-                    "cannot read or decode image file", self.names[want], "(it changed since the data was checked?)"])]):
+            failed = ["cannot read or decode image file", self.names[want], "(changed since the data was checked?)"]
+            with tf.control_dependencies([tf.debugging.Assert(tf.equal(i, want), failed)]):
                 return tf.identity(image), i
 
         return pairs.take(tf.size(order, tf.int64)).map(check)
