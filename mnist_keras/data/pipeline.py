@@ -1,10 +1,12 @@
-"""Arrays -> tf.data pipelines: preprocessing, validation hold-out, per-epoch shuffle, batching.
+"""Arrays or image files -> tf.data pipelines: preprocessing, validation hold-out, per-epoch shuffle, batching.
 
-Each split is preprocessed once, vectorised, into a float32 tensor in memory (`data.cache`; without
-it, each batch is preprocessed as it is drawn, which holds only the uint8 images). Training draws
-batches of indices and gathers them: one gather per batch, run in parallel and prefetched. The
-order of epoch e is a stateless shuffle seeded by (seed, e) alone, so a run resumed at epoch k sees
-the very batches an uninterrupted run saw in epoch k.
+Arrays: each split is preprocessed once, vectorised, into a float32 tensor in memory (`data.cache`;
+without it, each batch is preprocessed as it is drawn, which holds only the uint8 images). Training
+draws batches of indices and gathers them: one gather per batch, run in parallel and prefetched.
+Files (streaming.py): `cache: memory` decodes each split once into uint8 arrays and goes on as
+above; `none` and `disk` read each image of an epoch's order as it is drawn, in parallel and in
+order, so only the indices are held in memory. The order of epoch e is a stateless shuffle seeded
+by (seed, e) alone, so a run resumed at epoch k sees the very batches an uninterrupted run saw in epoch k.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from typing import Any
 from ..errors import UserError
 from ..spec import Data, Preprocess, Spec
 from .sources import Arrays
+from .streaming import Stream, cache_mode, file_images
+
+IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])  # per-channel mean and std of pixels in [0, 1]
 
 
 @dataclass
@@ -45,7 +50,8 @@ def pixels(x, prep: Preprocess):
     """x * scale + offset, then (x - mean) / std; for float numpy arrays and tensors alike."""
     x = x * prep.scale + prep.offset
     if prep.normalize:
-        x = (x - prep.normalize.mean) / prep.normalize.std
+        mean, std = IMAGENET if prep.normalize == "imagenet" else (prep.normalize.mean, prep.normalize.std)
+        x = (x - mean) / std
     return x
 
 
@@ -60,21 +66,45 @@ def preprocess_images(spec: Spec, x):
     return x if prep.channel_axis or x.shape[-1] != 1 else x[..., 0]
 
 
-def make_pipelines(spec: Spec, arrays: Arrays, start_epoch: int = 0) -> Pipelines:
-    """The train (from `start_epoch` on), validation and test datasets the spec's data section describes."""
+def _splits(data: Data, source) -> tuple[tuple, tuple | None, tuple]:
+    """(images, labels) of the train, validation (None when there is none) and test splits; images are
+    uint8 arrays or lists of file paths. Files without a validation list hold out images as arrays do."""
+    if isinstance(source, Arrays):
+        train, test, validation = (source.x_train, source.y_train), (source.x_test, source.y_test), None
+    else:
+        train, test = (source.train.paths, source.train.labels), (source.test.paths, source.test.labels)
+        validation = source.validation and (source.validation.paths, source.validation.labels)
+    if validation:
+        n_train, n_val = min(len(train[1]), data.max_train or len(train[1])), 0
+    else:
+        n_train, n_val = split_sizes(data, len(train[1]))
+        validation = tuple(part[n_train:n_train + n_val] for part in train) if n_val else None
+    return tuple(part[:n_train] for part in train), validation, test
+
+
+def make_pipelines(spec: Spec, data, start_epoch: int = 0, cache_dir: str | None = None) -> Pipelines:
+    """The train (from `start_epoch` on), validation and test datasets the spec's data section describes, from
+    `data`: an Arrays, or a Files whose images stream from disk (`data.cache: disk` keeps their decoded copies in
+    data.cache_dir, else in `cache_dir`)."""
     from ..backend import tf
-    data, prep = spec.data, spec.data.preprocess
-    n_train, n_val = split_sizes(data, len(arrays.x_train))
-    steps = n_train // data.batch_size if data.drop_remainder else math.ceil(n_train / data.batch_size)
+    d, prep = spec.data, spec.data.preprocess
+    splits = _splits(d, data)
+    n_train = len(splits[0][1])
+    steps = n_train // d.batch_size if d.drop_remainder else math.ceil(n_train / d.batch_size)
     if steps == 0:
-        raise UserError(f"data.batch_size: {data.batch_size} is more than the {n_train:,} training images and "
+        raise UserError(f"data.batch_size: {d.batch_size} is more than the {n_train:,} training images and "
                         "data.drop_remainder is true, so an epoch has no batch")
     group = spec.runtime.steps_per_execution
     if group != "epoch" and steps % group:  # Keras would carry a last partial group into the next epoch
-        divisors = [d for d in range(1, steps + 1) if steps % d == 0]
+        divisors = [k for k in range(1, steps + 1) if steps % k == 0]
         raise UserError(f"runtime.steps_per_execution: {group} does not divide the {steps} steps of an epoch "
-                        f"({n_train:,} images in batches of {data.batch_size}); use one of {divisors} "
+                        f"({n_train:,} images in batches of {d.batch_size}); use one of {divisors} "
                         "or change data.batch_size")
+    mode = cache_mode(d)
+    if not isinstance(data, Arrays):
+        folder = getattr(d, "cache_dir", None) or cache_dir
+        splits = [split and (file_images(spec, name, split[0], mode, folder), split[1])
+                  for name, split in zip(("train", "validation", "test"), splits)]
 
     def images(x):
         return preprocess_images(spec, x)
@@ -83,54 +113,64 @@ def make_pipelines(spec: Spec, arrays: Arrays, start_epoch: int = 0) -> Pipeline
         y = tf.cast(y, tf.int32)
         if spec.loss() == "mse":
             return tf.cast(y, tf.float32)[:, tf.newaxis]
-        return tf.one_hot(y, data.num_classes) if prep.one_hot else y
+        return tf.one_hot(y, d.num_classes) if prep.one_hot else y
 
-    def batches(x, y, indices):
-        """(images, labels) batches for a dataset of index batches."""
-        with tf.device("/CPU:0"):
-            x, y = tf.constant(x), labels(tf.constant(y))
-            x = images(x) if data.cache else x
-
-        def take(i):
-            return (tf.gather(x, i) if data.cache else images(tf.gather(x, i))), tf.gather(y, i)
-
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        out = indices.map(take, num_parallel_calls=tf.data.AUTOTUNE).with_options(options)
-        return out.prefetch(tf.data.AUTOTUNE) if data.prefetch else out
-
-    def index_batches(order, drop_remainder=False):
+    def index_batches(order, drop_remainder):
         """`order` cut into batches of indices, one dataset element per batch: a batch beyond the data is all of it."""
         n = int(order.shape[0])
-        batch = max(1, min(data.batch_size, n))
+        batch = max(1, min(d.batch_size, n))
         full, rest = divmod(n, batch)
         out = tf.data.Dataset.from_tensor_slices(tf.reshape(order[: full * batch], [full, batch]))
         if rest and not drop_remainder:
             out = out.concatenate(tf.data.Dataset.from_tensors(order[full * batch:]))
         return out
 
+    def batches(split, orders, drop_remainder=False):
+        """(images, labels) batches of each index vector of `orders`, one vector after the other."""
+        x, y = split
+        with tf.device("/CPU:0"):
+            y = tf.constant(y)
+        if isinstance(x, Stream):  # one image per index, read in parallel and in order, preprocessed by the batch
+            out = orders.flat_map(lambda order: x.images(order).batch(d.batch_size, drop_remainder))
+            out = out.map(lambda x, i: (images(x), labels(tf.gather(y, i))), num_parallel_calls=tf.data.AUTOTUNE)
+        else:
+            cached = mode == "memory"
+            with tf.device("/CPU:0"):
+                x = images(x) if cached else tf.constant(x)
+
+            def take(i):
+                return (tf.gather(x, i) if cached else images(tf.gather(x, i))), labels(tf.gather(y, i))
+
+            out = orders.flat_map(lambda order: index_batches(order, drop_remainder))
+            out = out.map(take, num_parallel_calls=tf.data.AUTOTUNE)
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        out = out.with_options(options)
+        return out.prefetch(tf.data.AUTOTUNE) if d.prefetch else out
+
     seed = tf.constant(spec.seed, tf.int64)
 
-    def epoch(e):
-        """Index batches of epoch e. Sorting i / shuffle + U(0, 1) moves each image by fewer than
+    def order(e):
+        """The image order of epoch e. Sorting i / shuffle + U(0, 1) moves each image by fewer than
         `shuffle` places, like a shuffle buffer of that size; `all` (or shuffle >= n) is a uniform permutation."""
         order = tf.range(n_train)
-        window = n_train if data.shuffle == "all" else data.shuffle
+        window = n_train if d.shuffle == "all" else d.shuffle
         if window > 1:
             noise = tf.random.stateless_uniform([n_train], seed=tf.stack([seed, e]), dtype=tf.float64)
             order = tf.argsort(noise if window >= n_train else noise + tf.cast(order, tf.float64) / window)
-        return index_batches(order, data.drop_remainder)
+        return order
 
-    def finite(x, y):
-        return batches(x, y, index_batches(tf.range(len(x))))
+    def finite(split):
+        """Every image of `split` once, in order, with a known number of batches (for Keras' progress)."""
+        n = len(split[1])
+        out = batches(split, tf.data.Dataset.from_tensors(tf.range(n)))
+        return out.apply(tf.data.experimental.assert_cardinality(math.ceil(n / d.batch_size)))
 
-    train_x, train_y = arrays.x_train[:n_train], arrays.y_train[:n_train]
-    train = batches(train_x, train_y, tf.data.Dataset.range(start_epoch, spec.train.epochs).flat_map(epoch))
-    held_out = slice(n_train, n_train + n_val)
-    validation = finite(arrays.x_train[held_out], arrays.y_train[held_out]) if n_val else None
+    train = batches(splits[0], tf.data.Dataset.range(start_epoch, spec.train.epochs).map(order), d.drop_remainder)
     shape = tuple(train.element_spec[0].shape[1:])
     if shape != spec.input_shape():
         raise UserError(f"model.input_shape: the data gives images of shape {list(shape)}, but the model takes "
                         f"{list(spec.input_shape())}; match model.input_shape to data.image_shape and data.preprocess")
-    return Pipelines(train, validation, finite(arrays.x_test, arrays.y_test), steps,
-                     n_train, n_val, len(arrays.x_test), shape)
+    validation, test = splits[1] and finite(splits[1]), finite(splits[2])
+    return Pipelines(train, validation, test, steps, n_train, len(splits[1][1]) if splits[1] else 0,
+                     len(splits[2][1]), shape)
