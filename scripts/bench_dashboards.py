@@ -35,7 +35,7 @@ def main() -> None:
 
     spec = load_spec(args.spec, ["train.epochs=2"])
     prepared = prepare(spec, args.data_dir, None, print)
-    described, arrays = prepared.placement.described, prepared.arrays
+    described, arrays = prepared.placement.described, prepared.data
     pipes = make_pipelines(spec, arrays)
     model = build_model(spec)
     compile_model(model, spec, pipes.steps_per_epoch)

@@ -4,6 +4,7 @@ names, and predict names the class of new files."""
 import json
 import re
 
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
@@ -22,6 +23,7 @@ data:
   preprocess: {{fit: crop, normalize: imagenet}}
   batch_size: 16
   class_weight: balanced
+  cache: {cache}
 model:
   layers:
     - random_flip: horizontal
@@ -33,10 +35,13 @@ runtime: {{deterministic: true}}
 """
 
 
-def test_colour_folders_train_and_predict_names_the_class(tmp_path):
+@pytest.mark.parametrize("cache", ["memory", "none", "disk"])
+def test_colour_folders_train_and_predict_names_the_class(tmp_path, cache):
+    """In memory (decoded once by Pillow, as predict decodes), or streamed from disk every epoch or from a
+    disk cache of decoded images in the run's cache/ folder."""
     folder = photos(tmp_path / "photos", per_class=40)
     spec = tmp_path / "photos.yaml"
-    spec.write_text(SPEC.format(folder=folder))
+    spec.write_text(SPEC.format(folder=folder, cache=cache))
     result = CliRunner().invoke(main, ["fit", str(spec), "--runs", str(tmp_path / "runs")])
     assert result.exit_code == 0, result.output
     accuracy = float(re.search(r"test accuracy ([\d.]+)%", result.output).group(1))
@@ -44,6 +49,7 @@ def test_colour_folders_train_and_predict_names_the_class(tmp_path):
     (run,) = (tmp_path / "runs/photos").iterdir()
     state = json.loads((run / "state.json").read_text())
     assert state["classes"] == ["china", "flower"] and state["data"]["source"] == "folders"
+    assert (run / "cache").is_dir() == (cache == "disk")
     new = tmp_path / "new.png"
     Image.open(folder / "flower" / "rgba.png").save(new)
     predicted = CliRunner().invoke(main, ["predict", str(run), str(new), str(folder / "china" / "1.jpg")])

@@ -102,7 +102,7 @@ def make_pipelines(spec: Spec, data, start_epoch: int = 0, cache_dir: str | None
                         "or change data.batch_size")
     mode = cache_mode(d)
     if not isinstance(data, Arrays):
-        folder = getattr(d, "cache_dir", None) or cache_dir
+        folder = d.cache_dir or cache_dir
         splits = [split and (file_images(spec, name, split[0], mode, folder), split[1])
                   for name, split in zip(("train", "validation", "test"), splits)]
 

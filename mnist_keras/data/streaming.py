@@ -58,7 +58,7 @@ def decoder(spec: Spec) -> Callable:
     """A graph function: file path -> uint8 image of data.image_shape, as the module's docstring says."""
     from ..backend import tf
     height, width, channels = (*spec.data.image_shape, 1)[:3]
-    fit = getattr(spec.data.preprocess, "fit", "stretch")
+    fit = spec.data.preprocess.fit
 
     def decode(path):
         image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)  # 1 to 4 channels
@@ -107,7 +107,7 @@ def file_images(spec: Spec, split: str, paths: list[str], mode: str, cache_dir: 
 def _key(spec: Spec, paths: list[str]) -> str:
     """A digest of what the decoded images depend on: the shape, the fit, and each file's path, size and time."""
     stats = [(path, os.stat(path).st_size, os.stat(path).st_mtime_ns) for path in paths]
-    what = [spec.data.image_shape, getattr(spec.data.preprocess, "fit", "stretch"), stats]
+    what = [spec.data.image_shape, spec.data.preprocess.fit, stats]
     return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
 
 

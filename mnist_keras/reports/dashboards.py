@@ -119,11 +119,12 @@ class ValidationImages(keras.callbacks.Callback):
 def dashboard_callbacks(spec: Spec, log_dir: Path, state: RunState, arrays, validation) -> list:
     """The callbacks above for this run; no validation images without a validation set or for a regression."""
     callbacks: list = [RunDescription(log_dir, spec, bool(state.epochs_done))]
+    if validation is None or spec.loss() == "mse" or not hasattr(arrays, "x_train"):  # images in memory only
+        return callbacks
     n_train, n_val = split_sizes(spec.data, len(arrays.x_train))
-    if validation is not None and spec.loss() != "mse":
-        held_out = slice(n_train, n_train + n_val)
-        callbacks.append(ValidationImages(log_dir / "validation", validation, arrays.x_train[held_out],
-                                          arrays.y_train[held_out].astype(np.int64), spec.data.num_classes))
+    held_out = slice(n_train, n_train + n_val)
+    callbacks.append(ValidationImages(log_dir / "validation", validation, arrays.x_train[held_out],
+                                      arrays.y_train[held_out].astype(np.int64), spec.data.num_classes))
     return callbacks
 
 

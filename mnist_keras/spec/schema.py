@@ -113,7 +113,11 @@ class Data(StrictModel):
     batch_size: PositiveInt = Field(128, description="the global batch: one step's images, split across all "
                                     "replicas when distributed")
     drop_remainder: bool = Field(False, description="drop the last, smaller batch of each epoch")
-    cache: bool = Field(True, description="keep the preprocessed images in memory after the first epoch")
+    cache: Literal["memory", "disk", "none"] | bool = Field(
+        "memory", description="memory: decode and preprocess each split once, in memory; disk: image files decoded "
+        "once into cache_dir and read from there; none: decode every epoch (true and false mean memory and none)")
+    cache_dir: str | None = Field(None, description="where cache: disk keeps decoded images (default: the run's "
+                                  "cache/ folder)")
     prefetch: bool = Field(True, description="prepare the next batches while the model trains")
 
     @model_validator(mode="after")

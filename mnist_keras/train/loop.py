@@ -32,18 +32,22 @@ from .objects import load_model
 
 @dataclass
 class Prepared:
-    """What training needs before a run directory exists: where it runs and the data in memory."""
+    """What training needs before a run directory exists: where it runs and the data (an Arrays in memory,
+    or a Files list that streams from disk)."""
 
     placement: Placement
-    arrays: Any
+    data: Any
 
 
 def prepare(spec: Spec, data_dir: str | None, cluster: dict | None, notify: Callable[[str], None]) -> Prepared:
     """Set up the device or strategy and load the data (UserError for a missing device or bad data)."""
-    from ..data import load_arrays
+    from ..data import Files, cache_mode, load_data, to_arrays
 
     placement = configure(spec.runtime, spec.seed, cluster, notify)
-    return Prepared(placement, load_arrays(spec.data, data_dir, notify, spec.seed))
+    data = load_data(spec.data, data_dir, notify, spec.seed)
+    if isinstance(data, Files) and cache_mode(spec.data) == "memory":
+        data = to_arrays(data, spec.data, notify)  # decoded once, as predict decodes a file
+    return Prepared(placement, data)
 
 
 def weights_digest(model) -> str:
@@ -94,12 +98,13 @@ def train_run(spec: Spec, run: Path, prepared: Prepared, state: RunState, notify
               verbose: int = 0, extended_from: int | None = None) -> RunMetrics:
     """Train the run in `run` from `state` (a new run's, or its record's to resume); write and return its
     metrics. TrainingFailed for a NaN loss (the run is kept, marked failed)."""
-    from ..data import class_weights, make_pipelines
+    from ..data import Arrays, class_weights, make_pipelines
     from ..reports.dashboards import dashboard_callbacks, write_test_metrics
 
-    placement, arrays = prepared.placement, prepared.arrays
+    placement, data = prepared.placement, prepared.data
     start = state.epochs_done
-    pipes = make_pipelines(spec, arrays, start_epoch=start)
+    pipes = make_pipelines(spec, data, start_epoch=start, cache_dir=run / "cache")
+    labels = data.y_train[:pipes.n_train] if isinstance(data, Arrays) else data.train.labels
     with placement.scope():
         if start:
             model = _resumed_model(spec, run, state, pipes.steps_per_epoch, extended_from, notify)
@@ -109,24 +114,31 @@ def train_run(spec: Spec, run: Path, prepared: Prepared, state: RunState, notify
         images_per_epoch = pipes.steps_per_epoch * spec.data.batch_size
         callbacks, guard = make_callbacks(spec, run, state, min(images_per_epoch, pipes.n_train))
         if spec.train.tensorboard.enabled:
-            callbacks += dashboard_callbacks(spec, run / "logs", state, arrays, pipes.validation)
-        if state.classes and state.classes != arrays.class_names:
-            raise UserError(f"{run}: the data's classes ({', '.join(arrays.class_names)[:200]}) are not the run's "
+            callbacks += dashboard_callbacks(spec, run / "logs", state, data, pipes.validation)
+        if state.classes and state.classes != data.class_names:
+            raise UserError(f"{run}: the data's classes ({', '.join(data.class_names)[:200]}) are not the run's "
                             f"({', '.join(state.classes)[:200]}); resume with the data the run was trained on")
-        state.status, state.device, state.data = "running", placement.described, arrays.provenance
-        state.classes = arrays.class_names
+        state.status, state.device, state.data = "running", placement.described, data.provenance
+        state.classes = data.class_names
         state.pid, state.host = os.getpid(), socket.gethostname()
         write_state(run, state)
         notify(f"mnist-keras: training {spec.name} on {placement.described}, {pipes.n_train:,} train / "
                f"{pipes.n_val:,} validation / {pipes.n_test:,} test images, " +
                (f"epochs {start + 1}-{spec.train.epochs}" if start < spec.train.epochs else "all epochs done: evaluating"))
         started = time.perf_counter()
-        model.fit(
-            pipes.train, epochs=spec.train.epochs, initial_epoch=start, steps_per_epoch=pipes.steps_per_epoch,
-            validation_data=pipes.validation, validation_freq=spec.train.validation_freq,
-            callbacks=callbacks, verbose=verbose, shuffle=False,
-            class_weight=class_weights(spec.data, arrays.class_names, arrays.y_train[:pipes.n_train]),
-        )
+        try:
+            model.fit(
+                pipes.train, epochs=spec.train.epochs, initial_epoch=start, steps_per_epoch=pipes.steps_per_epoch,
+                validation_data=pipes.validation, validation_freq=spec.train.validation_freq,
+                callbacks=callbacks, verbose=verbose, shuffle=False,
+                class_weight=class_weights(spec.data, data.class_names, labels),
+            )
+        except tf.errors.InvalidArgumentError as err:  # a streamed file that changed after the data check
+            if "cannot read or decode image file" not in err.message:
+                raise
+            state.status = "failed"
+            write_state(run, state)
+            raise TrainingFailed(err.message.splitlines()[0].split("{{")[0].strip()) from None
         wall = time.perf_counter() - started
         if guard and guard.where:
             state.status = "failed"
@@ -139,7 +151,7 @@ def train_run(spec: Spec, run: Path, prepared: Prepared, state: RunState, notify
     history = state.history
     metrics = RunMetrics(
         name=spec.name, run_dir=str(run), seed=spec.seed, epochs_done=len(history), device=placement.described,
-        versions=versions(), data=arrays.provenance, history=history,
+        versions=versions(), data=data.provenance, history=history,
         test=finite_or_none(test),
         seconds_per_epoch=[h["epoch_seconds"] for h in history], wall_seconds_this_session=wall,
         images_per_second=sum(h["images_per_second"] for h in history) / max(1, len(history)),
