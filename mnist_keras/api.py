@@ -165,15 +165,23 @@ def _train_worker(spec: Spec, chief_run: Path | None, prepared, state: RunState,
 
 def evaluate(target: str | Path, *, data_dir: str | None = None, spec_file: str | None = None,
              reporter: Reporter | None = None) -> dict[str, Any]:
-    """Test-set metrics of a run's model (or a .keras file): accuracy, loss, images, dataset, source, model."""
+    """Test-set metrics of a run's model (or a .keras file): accuracy, loss, per_class (name -> images and
+    accuracy), images, dataset, source, model."""
     from .data import load_arrays, make_pipelines
     from .train.objects import load_model
 
     spec, model_file, run = model_target(target, spec_file)
     arrays = load_arrays(spec.data, data_dir or (run and run.state.data_dir), reporter or Reporter(), spec.seed)
     model = load_model(model_file, spec)
-    result = model.evaluate(make_pipelines(spec, arrays).test, verbose=0, return_dict=True)
-    return {**{k: float(v) for k, v in result.items()}, "images": len(arrays.x_test), "model": str(model_file),
+    test = make_pipelines(spec, arrays).test
+    result = {k: float(v) for k, v in model.evaluate(test, verbose=0, return_dict=True).items()}
+    if spec.loss() != "mse":  # accuracy of each true class, by name
+        names = (run and run.state.classes) or arrays.class_names or [str(i) for i in range(spec.data.num_classes)]
+        predicted = model.predict(test, verbose=0).argmax(axis=-1)
+        result["per_class"] = {name: {"images": int((arrays.y_test == i).sum()), "accuracy":
+                                      float((predicted[arrays.y_test == i] == i).mean()) if (arrays.y_test == i).any()
+                                      else None} for i, name in enumerate(names)}
+    return {**result, "images": len(arrays.x_test), "model": str(model_file),
             "dataset": arrays.provenance["dataset"], "source": arrays.provenance["source"]}
 
 

@@ -269,6 +269,10 @@ def evaluate(target, data_dir, spec_file):
     result = evaluate_model(target, data_dir=data_dir, spec_file=spec_file, reporter=reporter())
     click.echo(f"{result['model']}: test accuracy {result['accuracy']:.2%}, loss {result['loss']:.4f} "
                f"on {result['images']:,} {result['dataset']} test images ({result['source']})")
+    if "per_class" in result:
+        click.echo("per class: " + ", ".join(
+            f"{name} {'-' if c['accuracy'] is None else format(c['accuracy'], '.1%')} ({c['images']:,})"
+            for name, c in result["per_class"].items()))
 
 
 @main.command()

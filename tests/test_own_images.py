@@ -56,3 +56,9 @@ def test_colour_folders_train_and_predict_names_the_class(tmp_path, cache):
     assert predicted.exit_code == 0, predicted.output
     assert re.search(rf"{re.escape(str(new))}: (china|flower) \(probability 0\.\d+\)", predicted.output)
     assert f"{folder / 'china' / '1.jpg'}: china (probability" in predicted.output
+    evaluated = CliRunner().invoke(main, ["evaluate", str(run)])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert re.search(r"per class: china \d+\.\d% \(10\), flower \d+\.\d% \(10\)", evaluated.output), evaluated.output
+    reported = CliRunner().invoke(main, ["report", str(run)])
+    assert reported.exit_code == 0, reported.output
+    assert json.loads((run / "report/report.json").read_text())["runs"][0]["classes"] == ["china", "flower"]

@@ -91,10 +91,10 @@ class ValidationImages(keras.callbacks.Callback):
     """Each epoch: one prediction pass over the validation set, drawn as a confusion matrix and a grid
     of the first misclassified images (true -> predicted)."""
 
-    def __init__(self, log_dir: Path, validation, images: np.ndarray, labels: np.ndarray, classes: int):
+    def __init__(self, log_dir: Path, validation, images: np.ndarray, labels: np.ndarray, names: list[str]):
         super().__init__()
         self.log_dir, self.validation, self.images, self.labels = log_dir, validation, images, labels
-        self.classes = classes
+        self.names, self.classes = names, len(names)
 
     def on_train_begin(self, logs=None):
         self.writer = tf.summary.create_file_writer(str(self.log_dir))
@@ -106,9 +106,10 @@ class ValidationImages(keras.callbacks.Callback):
         shown = wrong[:MISCLASSIFIED_SHOWN]
         title = f"epoch {epoch + 1}: {len(wrong):,} of {len(self.labels):,} validation images misclassified"
         grid = misclassified_figure(self.images[shown], self.labels[shown], predicted[shown],
-                                    title + (f" (first {len(shown)}; true \u2192 predicted)" if len(shown) else ""))
+                                    title + (f" (first {len(shown)}; true \u2192 predicted)" if len(shown) else ""),
+                                    names=self.names)
         with self.writer.as_default(step=epoch):
-            tf.summary.image("confusion_matrix", _image(confusion_figure(counts, f"validation, epoch {epoch + 1}")))
+            tf.summary.image("confusion_matrix", _image(confusion_figure(counts, f"validation, epoch {epoch + 1}", self.names)))
             tf.summary.image("misclassified", _image(grid))
         self.writer.flush()
 
@@ -124,7 +125,8 @@ def dashboard_callbacks(spec: Spec, log_dir: Path, state: RunState, arrays, vali
     n_train, n_val = split_sizes(spec.data, len(arrays.x_train))
     held_out = slice(n_train, n_train + n_val)
     callbacks.append(ValidationImages(log_dir / "validation", validation, arrays.x_train[held_out],
-                                      arrays.y_train[held_out].astype(np.int64), spec.data.num_classes))
+                                      arrays.y_train[held_out].astype(np.int64),
+                                      arrays.class_names or [str(i) for i in range(spec.data.num_classes)]))
     return callbacks
 
 

@@ -30,7 +30,7 @@ MISCLASSIFIED_SHOWN = 40
 
 
 def test_predictions(run: Run, data_dir: str | None, notify: Callable[[str], None]):
-    """(test images, labels, predicted classes, model file, classes) of the run's model on its test set."""
+    """(test images, labels, predicted classes, model file, class names) of the run's model on its test set."""
     from ..data import load_arrays, make_pipelines
 
     spec, model_file = run.spec, run.model_file()
@@ -40,7 +40,8 @@ def test_predictions(run: Run, data_dir: str | None, notify: Callable[[str], Non
         predicted = np.clip(np.round(outputs[:, 0]), 0, spec.data.num_classes - 1).astype(np.int64)
     else:
         predicted = outputs.argmax(axis=-1)
-    return arrays.x_test, arrays.y_test.astype(np.int64), predicted, model_file, spec.data.num_classes
+    names = run.state.classes or arrays.class_names or [str(i) for i in range(spec.data.num_classes)]
+    return arrays.x_test, arrays.y_test.astype(np.int64), predicted, model_file, names
 
 
 def _save(figure, path: Path) -> str:
@@ -93,21 +94,22 @@ def build_report(run_dirs: list[str], out: Path, data_dir: str | None = None,
     sections, numbers = [], []
     for index, (run, label) in enumerate(zip(runs, labels), 1):
         stem = f"{index}-{run.path.parent.name}"
-        images, true, predicted, model_file, classes = test_predictions(run, data_dir, notify)
-        counts = confusion_matrix(true, predicted, classes)
+        images, true, predicted, model_file, names = test_predictions(run, data_dir, notify)
+        counts = confusion_matrix(true, predicted, len(names))
         wrong = np.flatnonzero(predicted != true)[:MISCLASSIFIED_SHOWN]
         figures = [
-            _save(confusion_figure(counts, f"{label}: test set ({model_file.name})"), out / f"{stem}-confusion.png"),
-            _save(per_class_figure(counts, f"{label}: test accuracy per class"), out / f"{stem}-per-class.png"),
+            _save(confusion_figure(counts, f"{label}: test set ({model_file.name})", names), out / f"{stem}-confusion.png"),
+            _save(per_class_figure(counts, f"{label}: test accuracy per class", names), out / f"{stem}-per-class.png"),
             _save(misclassified_figure(images[wrong], true[wrong], predicted[wrong],
-                                       f"{label}: first {len(wrong)} misclassified test images (true \u2192 predicted)"),
+                                       f"{label}: first {len(wrong)} misclassified test images (true \u2192 predicted)",
+                                       names=names),
                   out / f"{stem}-misclassified.png"),
         ]
         totals = counts.sum(axis=1)
         per_class = (np.diag(counts) / np.maximum(totals, 1)).tolist()
         numbers.append({"run": str(run.path), "model": str(model_file), "test_images": int(counts.sum()),
                         "test_accuracy": float(np.trace(counts) / counts.sum()),
-                        "confusion": counts.tolist(), "per_class_accuracy": per_class})
+                        "classes": names, "confusion": counts.tolist(), "per_class_accuracy": per_class})
         rows = _metrics_rows(run)
         rows.append(("test accuracy (this report)", f"{numbers[-1]['test_accuracy']:.2%} of {counts.sum():,} images"))
         sections.append(_section(label, run.path, rows, figures, dump_spec(run.spec)))

@@ -32,11 +32,20 @@ def rgba(figure: Figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())
 
 
-def confusion_figure(counts: np.ndarray, title: str) -> Figure:
+def _class_ticks(axes, names: list[str] | None, classes: int, y: bool = True) -> None:
+    """Class names (else indices) on the x axis, and on the y axis too when `y`."""
+    labels = [name[:14] for name in names] if names else [str(i) for i in range(classes)]
+    rotation = 45 if max(map(len, labels)) > 2 else 0
+    axes.set_xticks(range(classes), labels, rotation=rotation, ha="right" if rotation else "center", fontsize=8)
+    if y:
+        axes.set_yticks(range(classes), labels, fontsize=8)
+
+
+def confusion_figure(counts: np.ndarray, title: str, names: list[str] | None = None) -> Figure:
     """The confusion matrix with every count written in its cell; the diagonal is the correct ones."""
     classes = len(counts)
     figure = Figure(figsize=(6.4, 5.6), dpi=100)
-    figure.subplots_adjust(left=0.1, right=0.98, bottom=0.09, top=0.9)
+    figure.subplots_adjust(left=0.14, right=0.98, bottom=0.15, top=0.9)  # room for class names
     axes = figure.subplots()
     shown = axes.imshow(counts, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=max(1, counts.max())))
     for i in range(classes):
@@ -45,8 +54,7 @@ def confusion_figure(counts: np.ndarray, title: str) -> Figure:
                 dark = counts[i, j] > 0.35 * counts.max()
                 axes.text(j, i, f"{counts[i, j]:,}", ha="center", va="center", fontsize=8,
                           color="white" if dark else ("black" if i == j else "firebrick"))
-    axes.set_xticks(range(classes))
-    axes.set_yticks(range(classes))
+    _class_ticks(axes, names, classes)
     axes.set_xlabel("predicted class")
     axes.set_ylabel("true class")
     correct = np.trace(counts)
@@ -57,9 +65,12 @@ def confusion_figure(counts: np.ndarray, title: str) -> Figure:
 
 
 def misclassified_figure(images: np.ndarray, true: np.ndarray, predicted: np.ndarray, title: str,
-                         columns: int = 8) -> Figure:
-    """(N, H, W[, 1]) images tiled in one picture, each captioned 'true -> predicted' (one axes: fast)."""
+                         columns: int = 8, names: list[str] | None = None) -> Figure:
+    """(N, H, W[, 1 or 3]) images tiled in one picture, each captioned 'true -> predicted' (one axes: fast)."""
+    if images.ndim == 4 and images.shape[-1] == 3:
+        images = images.mean(axis=-1)  # shown in gray: the captions carry the classes
     images = images[..., 0] if images.ndim == 4 else images
+    label = (lambda i: names[i][:10]) if names else str
     count = len(images)
     columns = min(columns, max(1, count))
     rows = max(1, math.ceil(count / columns))
@@ -77,7 +88,8 @@ def misclassified_figure(images: np.ndarray, true: np.ndarray, predicted: np.nda
                 vmax=images.max() if count else 1)
     for i in range(count):
         axes.text((i % columns) * cell_width + width / 2, (i // columns) * cell_height + caption * 0.55,
-                  f"{true[i]} \u2192 {predicted[i]}", ha="center", va="center", fontsize=10, color="firebrick")
+                  f"{label(true[i])} \u2192 {label(predicted[i])}", ha="center", va="center", fontsize=10,
+                  color="firebrick")
     if not count:
         axes.text(mosaic.shape[1] / 2, mosaic.shape[0] / 2, "no misclassified images", ha="center")
     axes.axis("off")
@@ -85,7 +97,7 @@ def misclassified_figure(images: np.ndarray, true: np.ndarray, predicted: np.nda
     return figure
 
 
-def per_class_figure(counts: np.ndarray, title: str) -> Figure:
+def per_class_figure(counts: np.ndarray, title: str, names: list[str] | None = None) -> Figure:
     """Accuracy of each true class (recall), with the count of images of that class."""
     totals = counts.sum(axis=1)
     accuracy = np.divide(np.diag(counts), totals, out=np.zeros(len(counts)), where=totals > 0)
@@ -93,7 +105,7 @@ def per_class_figure(counts: np.ndarray, title: str) -> Figure:
     axes = figure.subplots()
     bars = axes.bar(range(len(counts)), accuracy, color="steelblue")
     axes.bar_label(bars, [f"{a:.1%}\n({n:,})" for a, n in zip(accuracy, totals)], fontsize=7, padding=2)
-    axes.set_xticks(range(len(counts)))
+    _class_ticks(axes, names, len(counts), y=False)
     axes.set_xlabel("true class (images of it)")
     axes.set_ylabel("accuracy")
     bottom = math.floor(max(0.0, min(accuracy.min() - 0.1, 0.9)) * 10) / 10
