@@ -96,8 +96,9 @@ def test_event_files_hold_every_tag(sweep):
     for lr, run in runs.items():
         logs = run / "logs"
         train, validation, top = accumulate(logs / "train"), accumulate(logs / "validation"), accumulate(logs)
-        assert {"epoch_loss", "epoch_accuracy", "epoch_learning_rate", "epoch_epoch_seconds",
+        assert {"epoch_loss", "epoch_accuracy", "epoch_learning_rate", "epoch_seconds",
                 "epoch_images_per_second"} <= set(train.Tags()["tensors"])
+        assert "epoch_epoch_seconds" not in train.Tags()["tensors"]  # issue 14: one `epoch_` only
         assert train.Tags()["graph"]
         assert [e.step for e in train.Tensors("epoch_learning_rate")] == [0, 1]
         assert tf.make_ndarray(train.Tensors("epoch_learning_rate")[0].tensor_proto) == pytest.approx(float(lr))
@@ -176,6 +177,7 @@ def test_tensorboard_server_serves_scalars_images_and_hparams(sweep):
             (session,) = group["sessions"]
             run = runs[f"{group['hparams']['train.optimizer.learning_rate']:g}"]
             assert session["name"] == f"tiny/{run.name}/logs"
+            assert group["name"] == f"tiny/{run.name}"  # issue 14: a row per run, named by its directory
             values = {(m["name"]["group"], m["name"]["tag"]): m["value"] for m in group["metricValues"]}
             metrics = json.loads((run / "metrics.json").read_text())
             assert values[("", "test/accuracy")] == pytest.approx(metrics["test"]["accuracy"])

@@ -62,3 +62,18 @@ def test_colour_folders_train_and_predict_names_the_class(tmp_path, cache):
     reported = CliRunner().invoke(main, ["report", str(run)])
     assert reported.exit_code == 0, reported.output
     assert json.loads((run / "report/report.json").read_text())["runs"][0]["classes"] == ["china", "flower"]
+
+
+def test_the_cats_vs_dogs_spec_trains_on_a_class_folder(tmp_path):
+    """model_specs/cats_vs_dogs.yaml as shipped, on two classes of photo patches named cat and dog."""
+    from conftest import SHIPPED
+
+    folder = photos(tmp_path / "pets", per_class=16)
+    (folder / "china").rename(folder / "cat")
+    (folder / "flower").rename(folder / "dog")
+    result = CliRunner().invoke(main, ["fit", str(SHIPPED / "cats_vs_dogs.yaml"), "--epochs", "1",
+                                       "--set", f"data.dataset={folder}", "--runs", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    (run,) = (tmp_path / "runs/cats_vs_dogs").iterdir()
+    assert json.loads((run / "state.json").read_text())["classes"] == ["cat", "dog"]
+    assert (run / "cache").is_dir()

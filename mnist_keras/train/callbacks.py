@@ -197,6 +197,14 @@ class RunRecorder(keras.callbacks.Callback):
                 old.unlink(missing_ok=True)
 
 
+class Board(keras.callbacks.TensorBoard):
+    """Keras' TensorBoard callback, which prefixes `epoch_` to every logged name: the seconds per epoch
+    are logged as `seconds`, so TensorBoard shows `epoch_seconds` (not `epoch_epoch_seconds`)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, {("seconds" if k == "epoch_seconds" else k): v for k, v in (logs or {}).items()})
+
+
 def make_callbacks(spec: Spec, run: Path, state: RunState, images_per_epoch: int) -> tuple[list, NaNGuard | None]:
     """The run's callbacks, in order, and the NaN guard (None when train.terminate_on_nan is false)."""
     saved, stateful = state.callbacks, {}
@@ -214,7 +222,7 @@ def make_callbacks(spec: Spec, run: Path, state: RunState, images_per_epoch: int
                  RunRecorder(run, spec, state, stateful)]
     tb = spec.train.tensorboard
     if tb.enabled:
-        callbacks.append(keras.callbacks.TensorBoard(
+        callbacks.append(Board(
             log_dir=str(run / "logs"), histogram_freq=int(tb.histograms), write_graph=tb.graph,
             profile_batch=tuple(tb.profile_batches) if tb.profile_batches else 0,
         ))
