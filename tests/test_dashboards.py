@@ -167,6 +167,7 @@ def test_tensorboard_server_serves_scalars_images_and_hparams(sweep):
         assert [point[1] for point in series] == [0, 1]
         experiment = ask("/data/plugin/hparams/experiment", {"experimentName": ""})
         infos = {info["name"]: info for info in experiment["hparamInfos"]}
+        assert [m["name"]["tag"] for m in experiment["metricInfos"][:2]] == ["test/accuracy", "test/loss"]  # first
         assert infos["train.optimizer.learning_rate"]["domainInterval"] == {"minValue": 0.003, "maxValue": 0.01}
         assert infos["train.optimizer.learning_rate"]["differs"] and not infos["data.batch_size"]["differs"]
         groups = ask("/data/plugin/hparams/session_groups", {

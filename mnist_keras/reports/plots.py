@@ -36,9 +36,10 @@ def _class_ticks(axes, names: list[str] | None, classes: int, y: bool = True) ->
     """Class names (else indices) on the x axis, and on the y axis too when `y`."""
     labels = [name[:14] for name in names] if names else [str(i) for i in range(classes)]
     rotation = 45 if max(map(len, labels)) > 2 else 0
-    axes.set_xticks(range(classes), labels, rotation=rotation, ha="right" if rotation else "center", fontsize=8)
+    size = 11 if classes <= 10 else 7  # readable at the size of a TensorBoard image card
+    axes.set_xticks(range(classes), labels, rotation=rotation, ha="right" if rotation else "center", fontsize=size)
     if y:
-        axes.set_yticks(range(classes), labels, fontsize=8)
+        axes.set_yticks(range(classes), labels, fontsize=size)
 
 
 def confusion_figure(counts: np.ndarray, title: str, names: list[str] | None = None) -> Figure:
@@ -52,7 +53,7 @@ def confusion_figure(counts: np.ndarray, title: str, names: list[str] | None = N
         for j in range(classes):
             if counts[i, j]:
                 dark = counts[i, j] > 0.35 * counts.max()
-                axes.text(j, i, f"{counts[i, j]:,}", ha="center", va="center", fontsize=8,
+                axes.text(j, i, f"{counts[i, j]:,}", ha="center", va="center", fontsize=11 if classes <= 10 else 7,
                           color="white" if dark else ("black" if i == j else "firebrick"))
     _class_ticks(axes, names, classes)
     axes.set_xlabel("predicted class")
@@ -88,7 +89,7 @@ def misclassified_figure(images: np.ndarray, true: np.ndarray, predicted: np.nda
                 vmax=images.max() if count else 1)
     for i in range(count):
         axes.text((i % columns) * cell_width + width / 2, (i // columns) * cell_height + caption * 0.55,
-                  f"{label(true[i])} \u2192 {label(predicted[i])}", ha="center", va="center", fontsize=10,
+                  f"{label(true[i])} \u2192 {label(predicted[i])}", ha="center", va="center", fontsize=12,
                   color="firebrick")
     if not count:
         axes.text(mosaic.shape[1] / 2, mosaic.shape[0] / 2, "no misclassified images", ha="center")
