@@ -108,11 +108,11 @@ def test_event_files_hold_every_tag(sweep):
             assert [e.step for e in events] == [0, 1]
             width, height, png = tf.make_ndarray(events[-1].tensor_proto)
             assert png_size(png) == (int(width), int(height)) and png_size(png) >= smallest
-        assert {"spec", "test/accuracy", "test/loss", metadata.SESSION_START_INFO_TAG} <= set(top.Tags()["tensors"])
+        assert {"spec", "Test/accuracy", "Test/loss", metadata.SESSION_START_INFO_TAG} <= set(top.Tags()["tensors"])
         spec_text = tf.make_ndarray(top.Tensors("spec")[0].tensor_proto).item().decode()
         assert "name: tiny" in spec_text and f"learning_rate: {lr}" in spec_text
         metrics = json.loads((run / "metrics.json").read_text())
-        test_accuracy = tf.make_ndarray(top.Tensors("test/accuracy")[0].tensor_proto)
+        test_accuracy = tf.make_ndarray(top.Tensors("Test/accuracy")[0].tensor_proto)
         assert test_accuracy == pytest.approx(metrics["test"]["accuracy"])
         content = top.SummaryMetadata(metadata.SESSION_START_INFO_TAG).plugin_data.content
         hparams = metadata.parse_session_start_info_plugin_data(content).hparams
@@ -161,13 +161,13 @@ def test_tensorboard_server_serves_scalars_images_and_hparams(sweep):
         for run in runs.values():
             prefix = f"tiny/{run.name}/logs"
             assert {"epoch_loss", "epoch_accuracy", "epoch_learning_rate", "epoch_images_per_second"} <= set(scalars[prefix + "/train"])
-            assert {"test/accuracy", "test/loss"} <= set(scalars[prefix])
+            assert {"Test/accuracy", "Test/loss"} <= set(scalars[prefix])
             assert {"confusion_matrix", "misclassified"} <= set(images[prefix + "/validation"])
         series = ask(f"/data/plugin/scalars/scalars?run={prefix}/validation&tag=epoch_accuracy")
         assert [point[1] for point in series] == [0, 1]
         experiment = ask("/data/plugin/hparams/experiment", {"experimentName": ""})
         infos = {info["name"]: info for info in experiment["hparamInfos"]}
-        assert [m["name"]["tag"] for m in experiment["metricInfos"][:2]] == ["test/accuracy", "test/loss"]  # first
+        assert [m["name"]["tag"] for m in experiment["metricInfos"][:2]] == ["Test/accuracy", "Test/loss"]  # first
         assert infos["train.optimizer.learning_rate"]["domainInterval"] == {"minValue": 0.003, "maxValue": 0.01}
         assert infos["train.optimizer.learning_rate"]["differs"] and not infos["data.batch_size"]["differs"]
         groups = ask("/data/plugin/hparams/session_groups", {
@@ -181,7 +181,7 @@ def test_tensorboard_server_serves_scalars_images_and_hparams(sweep):
             assert group["name"] == f"tiny/{run.name}"  # issue 14: a row per run, named by its directory
             values = {(m["name"]["group"], m["name"]["tag"]): m["value"] for m in group["metricValues"]}
             metrics = json.loads((run / "metrics.json").read_text())
-            assert values[("", "test/accuracy")] == pytest.approx(metrics["test"]["accuracy"])
+            assert values[("", "Test/accuracy")] == pytest.approx(metrics["test"]["accuracy"])
             assert values[("validation", "epoch_accuracy")] == pytest.approx(metrics["history"][-1]["val_accuracy"])
     finally:
         server.kill()
@@ -280,7 +280,7 @@ def test_runs_without_validation_images_still_log_the_rest(change, write_spec, t
     result = CliRunner().invoke(main, ["fit", str(write_spec(spec)), "--runs", str(tmp_path / "runs")])
     assert result.exit_code == 0, result.output
     (run,) = (tmp_path / "runs" / "tiny").iterdir()
-    assert {"spec", "test/accuracy"} <= set(accumulate(run / "logs").Tags()["tensors"])
+    assert {"spec", "Test/accuracy"} <= set(accumulate(run / "logs").Tags()["tensors"])
     validation = run / "logs" / "validation"
     if validation.exists():
         tags = set(accumulate(validation).Tags()["tensors"])

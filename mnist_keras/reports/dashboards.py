@@ -3,7 +3,8 @@
   logs/validation  images `confusion_matrix` and `misclassified`, each epoch (classifiers with a
                    validation set)
   logs/            text `spec` (the resolved spec, on a fresh start), the HParams session (hyperparameters
-                   and `--set` values) and, at the end, scalars `test/accuracy` and `test/loss`
+                   and `--set` values) and, at the end, scalars `Test/accuracy` and `Test/loss` (capitalised, so
+                   the HParams table, which orders metrics by tag, shows them first)
 
 The HParams metrics are found by the plugin itself from the scalars of logs/ and its train/ and
 validation/ folders. No experiment config is written: with several runs under one --logdir the plugin
@@ -132,9 +133,10 @@ def dashboard_callbacks(spec: Spec, log_dir: Path, state: RunState, arrays, vali
 
 
 def write_test_metrics(log_dir: Path, test: dict[str, float], epoch: int) -> None:
-    """The test set's metrics as scalars `test/<metric>` in logs/, for the HParams table."""
+    """The test set's metrics as scalars `Test/<metric>` in logs/, first in the HParams table (tags sort before
+    `epoch_...`)."""
     writer = tf.summary.create_file_writer(str(log_dir))
     with writer.as_default(step=epoch):
         for name, value in test.items():
-            tf.summary.scalar(f"test/{name}", value)
+            tf.summary.scalar(f"Test/{name}", value)
     writer.close()
