@@ -5,9 +5,9 @@ The names load on first use, so that the CLI can register `mnist-keras data` wit
 
 from importlib import import_module
 
-_HOMES = {"Arrays": "sources", "load_arrays": "sources", "load_data": "sources", "Files": "folders",
-          "ImageList": "folders", "load_files": "folders", "to_arrays": "folders", "class_weights": "folders", "cache_mode": "streaming",
-          "Pipelines": "pipeline", "make_pipelines": "pipeline"}
+_HOMES = {"Arrays": "sources", "load_arrays": "loading", "load_data": "loading", "Files": "folders",
+          "ImageList": "folders", "load_files": "folders", "to_arrays": "folders", "class_weights": "folders",
+          "cache_mode": "streaming", "Pipelines": "pipeline", "make_pipelines": "pipeline"}
 __all__ = list(_HOMES)
 
 

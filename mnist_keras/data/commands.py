@@ -55,7 +55,7 @@ def info(spec, dataset, data_dir, overrides):
     import numpy as np
 
     from .pipeline import pixels, split_sizes
-    from .sources import load_arrays
+    from .loading import load_arrays
 
     loaded = _load(spec, dataset, overrides)
     arrays = load_arrays(loaded.data, data_dir, _note, loaded.seed)
@@ -96,7 +96,7 @@ def preview(spec, dataset, data_dir, overrides, out, count, split):
     from matplotlib.figure import Figure
 
     from .pipeline import make_pipelines
-    from .sources import load_arrays
+    from .loading import load_arrays
 
     out = Path(out)
     if not out.parent.is_dir():
@@ -134,7 +134,8 @@ def preview(spec, dataset, data_dir, overrides, out, count, split):
 def check(spec, dataset, data_dir, overrides):
     """Check image files before training: undecodable files, empty or missing classes, images shared between
     splits, and the balance of the classes (exit 2 on a problem that stops training)."""
-    from .sources import Arrays, load_data
+    from .loading import load_data
+    from .sources import Arrays
 
     loaded, notes = _load(spec, dataset, overrides), []
     found = load_data(loaded.data, data_dir, notes.append, loaded.seed)

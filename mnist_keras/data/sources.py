@@ -21,16 +21,13 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 
 from ..errors import UserError
 from ..spec.layers import did_you_mean
 from ..spec import Data
-
-if TYPE_CHECKING:
-    from .folders import Files
 
 DATASETS = ("mnist", "fashion_mnist")
 KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -61,33 +58,16 @@ def _silent(message: str) -> None:
     """Drop a note (the API prints nothing unless asked)."""
 
 
-def load_data(data: Data, data_dir: str | None = None, notify: Callable[[str], None] = _silent,
-              seed: int = 42) -> Arrays | Files:
-    """The dataset `data` names: Files for image files (folders, CSV), else Arrays (see load_arrays).
-    `seed` (the spec's) draws the test and validation images held out from image files."""
-    from .folders import image_source, load_files
-
-    if data.dataset not in DATASETS and image_source(dataset_path(data, data_dir)):
-        return load_files(data, data_dir, notify, seed)
-    return load_arrays(data, data_dir, notify)
-
-
-def load_arrays(data: Data, data_dir: str | None = None, notify: Callable[[str], None] = _silent,
-                seed: int = 42) -> Arrays:
-    """The dataset `data` names, in memory, from the first source that serves it; `data_dir` wins over
-    data.data_dir. Image files are decoded (see load_data). `notify` gets a note when the data came from a
-    download or the bundled sample instead."""
-    from .folders import image_source, load_files, to_arrays
-
+def array_dataset(data: Data, data_dir: str | None = None, notify: Callable[[str], None] = _silent) -> Arrays:
+    """A dataset of arrays (MNIST, Fashion-MNIST, an IDX folder or an .npz file) from the first source that
+    serves it; `data_dir` wins over data.data_dir. `notify` gets a note when the data came from a download
+    or the bundled sample instead."""
     folder = data_dir or data.data_dir
     if data.dataset not in DATASETS:
         if data.source in ("keras", "bundled"):
             raise UserError(f"{data.dataset}: data.source '{data.source}' serves only {' and '.join(DATASETS)}"
                             f"{did_you_mean(data.dataset, DATASETS)}; use source: auto or files for a path")
-        path = dataset_path(data, data_dir)
-        if image_source(path):
-            return to_arrays(load_files(data, data_dir, notify, seed), data, notify)
-        return _from_path(path, data)
+        return _from_path(dataset_path(data, data_dir), data)
     if data.source == "bundled":
         return _bundled(data)
     if data.source == "files" or (data.source == "auto" and folder):
