@@ -4,6 +4,7 @@ names, and predict names the class of new files."""
 import json
 import re
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -77,3 +78,26 @@ def test_the_cats_vs_dogs_spec_trains_on_a_class_folder(tmp_path):
     (run,) = (tmp_path / "runs/cats_vs_dogs").iterdir()
     assert json.loads((run / "state.json").read_text())["classes"] == ["cat", "dog"]
     assert (run / "cache").is_dir()
+
+
+@pytest.mark.parametrize("cache", ["none", "disk"])
+def test_a_resumed_streamed_run_ends_bit_identical(tmp_path, cache):
+    """Files streamed from disk: 1 epoch then --resume to 3 gives the weights of 3 epochs in one go."""
+    from mnist_keras.train.objects import load_model
+
+    folder = photos(tmp_path / "photos", per_class=24)
+    spec = tmp_path / "photos.yaml"
+    spec.write_text(SPEC.format(folder=folder, cache=cache).replace("epochs: 20", "epochs: 3"))
+    runs = {}
+    for name, steps in (("whole", [[]]), ("resumed", [["--epochs", "1"], ["--resume"]])):
+        for args in steps:
+            if args[:1] == ["--resume"]:
+                args = ["--resume", str(runs[name]), "--epochs", "3"]
+                result = CliRunner().invoke(main, ["fit", *args])
+            else:
+                result = CliRunner().invoke(main, ["fit", str(spec), "--name", name, *args,
+                                                   "--runs", str(tmp_path / "runs")])
+            assert result.exit_code == 0, result.output
+            (runs[name],) = (tmp_path / "runs" / name).iterdir()
+    whole, resumed = (load_model(runs[n] / "model.keras").get_weights() for n in ("whole", "resumed"))
+    assert all(np.array_equal(a, b) for a, b in zip(whole, resumed))
