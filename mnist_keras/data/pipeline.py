@@ -56,9 +56,13 @@ def pixels(x, prep: Preprocess):
 
 
 def preprocess_images(spec: Spec, x):
-    """Raw images (N, H, W[, C]) in 0..255 as the model takes them: pixels, resize, channel axis."""
+    """Raw images (N, H, W[, C]) in 0..255 as the spec's model takes them."""
+    return apply_preprocess(spec.data.preprocess, x)
+
+
+def apply_preprocess(prep: Preprocess, x):
+    """Raw images (N, H, W[, C]) in 0..255 -> float32: pixels, resize, channel axis."""
     from ..backend import tf
-    prep = spec.data.preprocess
     x = pixels(tf.cast(x, tf.float32), prep)
     x = x[..., tf.newaxis] if x.shape.rank == 3 else x
     if prep.resize:
