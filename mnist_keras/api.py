@@ -77,9 +77,10 @@ def fit(spec: Spec, runs: str | Path = "runs", *, data_dir: str | None = None, d
 def resume(run: Run | str | Path, epochs: int | None = None, *, data_dir: str | None = None,
            device: str | None = None, distribute: str | None = None, overrides: Sequence[str] = (),
            spec: Spec | None = None,
-           cluster: dict | None = None, reporter: Reporter | None = None) -> Run:
+           cluster: dict | None = None, reporter: Reporter | None = None, callbacks: Sequence = ()) -> Run:
     """Continue a run from its last checkpoint, to `epochs` epochs in all (default: the spec's). Only the
-    epochs and where it runs may change: `overrides` or a `spec` that change anything else are refused."""
+    epochs and where it runs may change: `overrides` or a `spec` that change anything else are refused.
+    `callbacks`: Keras callbacks run after the run's own each epoch (a sweep's pruning)."""
     run = run if isinstance(run, Run) else open_run(run)
     if run.path is None:
         raise UserError("this worker wrote no run: resume the chief's run directory")
@@ -102,7 +103,7 @@ def resume(run: Run | str | Path, epochs: int | None = None, *, data_dir: str | 
     state.data_dir = data_dir or state.data_dir
     remove_partial_files(run.path)
     grows = current.train.epochs if new.train.epochs > current.train.epochs else None
-    return _train(new, run.path, None, state, reporter or Reporter(), cluster, grows)
+    return _train(new, run.path, None, state, reporter or Reporter(), cluster, grows, tuple(callbacks))
 
 
 def _diff(old: str, new: str) -> str:
@@ -111,7 +112,7 @@ def _diff(old: str, new: str) -> str:
 
 
 def _train(spec: Spec, run: Path | None, runs: str | Path | None, state: RunState, reporter: Reporter,
-           cluster: dict | None, grows: int | None = None) -> Run:
+           cluster: dict | None, grows: int | None = None, callbacks: tuple = ()) -> Run:
     """Prepare, then train in `run` (a new directory under `runs` when None); the typed errors on failure."""
     from .train.loop import prepare, train_run
 
@@ -124,7 +125,7 @@ def _train(spec: Spec, run: Path | None, runs: str | Path | None, state: RunStat
     run = run or create_run_dir(runs, spec.name)
     try:
         write_text(run / "spec.yaml", dump_spec(spec))
-        metrics = train_run(spec, run, prepared, state, reporter, reporter.verbose, grows)
+        metrics = train_run(spec, run, prepared, state, reporter, reporter.verbose, grows, callbacks)
     except KeyboardInterrupt:
         _mark(run, state, "interrupted")
         raise Interrupted(f"interrupted after epoch {state.epochs_done}; resume with: "

@@ -20,7 +20,7 @@ from ..errors import UserError
 from .files import read_json, write_json
 
 FORMAT = 2
-Status = Literal["running", "finished", "interrupted", "failed"]
+Status = Literal["running", "finished", "interrupted", "failed", "pruned"]  # pruned: stopped early by a sweep
 Number = int | float | None  # a metric (or the epoch); None where it was not finite (a NaN loss)
 _CHECKPOINT = re.compile(r"checkpoints/[A-Za-z0-9_.-]+")
 

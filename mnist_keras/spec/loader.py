@@ -319,9 +319,9 @@ def _candidates(annotation: Any) -> list[type[BaseModel]]:
     return found
 
 
-def _accepted_keys(raw_loc: tuple) -> list[str]:
-    """The keys the schema accepts at the mapping where `raw_loc` (a pydantic loc) ends."""
-    models: list[type[BaseModel]] = [Spec]
+def _accepted_keys(raw_loc: tuple, root: type[BaseModel] = Spec) -> list[str]:
+    """The keys the schema (`root`) accepts at the mapping where `raw_loc` (a pydantic loc) ends."""
+    models: list[type[BaseModel]] = [root]
     for part in raw_loc[:-1]:
         if isinstance(part, int):
             continue
@@ -361,13 +361,13 @@ _EXPECTED = {
 }
 
 
-def _message(err: dict) -> tuple[str, str]:
+def _message(err: dict, root: type[BaseModel] = Spec) -> tuple[str, str]:
     """(what is wrong or expected, what was given) for one pydantic error."""
     kind, value = err["type"], err.get("input")
     msg, got = _clip_quoted(err["msg"]), clip(repr(value))
     if kind == "extra_forbidden":
         key = err["loc"][-1]
-        accepted = _accepted_keys(err["loc"])
+        accepted = _accepted_keys(err["loc"], root)
         return f"unknown key '{clip(key)}'{did_you_mean(key, accepted)}; expected one of: {', '.join(accepted)}", ""
     if kind == "missing":
         return f"required key '{err['loc'][-1]}' is missing", ""
@@ -393,7 +393,7 @@ def _clip_quoted(message: str) -> str:
                   lambda quoted: clip(quoted.group()), message)
 
 
-def _problems_from(error: ValidationError, data: Any) -> list[tuple[tuple, str]]:
+def _problems_from(error: ValidationError, data: Any, root: type[BaseModel] = Spec) -> list[tuple[tuple, str]]:
     """(spec path, message) pairs of pydantic's errors, one per path, and one per problem the schema's
     cross-field check raised as an exception with a `problems` list (SpecProblems)."""
     merged: dict[tuple, tuple[list[str], str]] = {}
@@ -402,7 +402,7 @@ def _problems_from(error: ValidationError, data: Any) -> list[tuple[tuple, str]]
         if err["type"] == "union_tag_invalid":
             path += ("type",)
         found = getattr(err.get("ctx", {}).get("error"), "problems", None)  # SpecProblems from Spec's check
-        placed = [(p, m, "") for p, m in found] if found else [(path, *_message(err))]
+        placed = [(p, m, "") for p, m in found] if found else [(path, *_message(err, root))]
         for where, what, got in placed:
             whats, _ = merged.setdefault(where, ([], got))
             if what not in whats:
@@ -432,12 +432,17 @@ def _where(path: tuple, file: str, locations: dict, overridden: dict) -> str:
     return f"{file}:1:1"
 
 
+def read_yaml_file(path: Path) -> tuple[Any, dict[tuple, tuple[int, int]], str]:
+    """A YAML file of plain data within the limits: (its data, the location of every path, its name for messages)."""
+    where = clip(str(path), 4 * MAX_ECHO)
+    return (*parse_yaml(_read_text(path, where), where), where)
+
+
 def load_spec(file: str | Path, overrides: Sequence[str] = ()) -> Spec:
     """Read, override and validate a spec file; raise UserError listing every problem. Each override is
     a `--set` text or an Override naming the flag it came from."""
     path = Path(file)
-    where = clip(str(path), 4 * MAX_ECHO)
-    data, locations = parse_yaml(_read_text(path, where), where)
+    data, locations, where = read_yaml_file(path)
     if data is None:
         raise UserError(f"{where}:1:1: (top level): the file is empty; a spec needs at least a `model` section")
     if not isinstance(data, dict):
@@ -457,16 +462,19 @@ def validate_spec(data: dict, where: str, locations: dict, overrides: Sequence[s
         key, value = parse_override(text)
         apply_override(data, key, value, text)
         overridden[key] = Override(text).flag
-    problems = []
+    return validate_data(Spec, data, where, locations, overridden)
+
+
+def validate_data(model: type[BaseModel], data: Any, where: str, locations: dict, overridden: dict | None = None):
+    """`data` as a `model` (the Spec, or another file's schema); UserError lists every problem as
+    `where:line:col: path: message`, with did-you-mean for unknown keys and the override's flag where one set it."""
     try:
-        spec = Spec.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as err:
-        problems = _problems_from(err, data)
-    if problems:
-        placed = [(_where(p, where, locations, overridden), dotted(p), m) for p, m in problems]
-        placed.sort(key=lambda w: [int(n) if n.isdigit() else n for n in re.split(r"(\d+)", w[0])])
-        raise UserError(*(f"{place}: {spec_path}: {message}" for place, spec_path, message in placed))
-    return spec
+        problems = _problems_from(err, data, model)
+    placed = [(_where(p, where, locations, overridden or {}), dotted(p), m) for p, m in problems]
+    placed.sort(key=lambda w: [int(n) if n.isdigit() else n for n in re.split(r"(\d+)", w[0])])
+    raise UserError(*(f"{place}: {spec_path}: {message}" for place, spec_path, message in placed))
 
 
 def dump_spec(spec: Spec) -> str:

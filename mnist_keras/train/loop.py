@@ -95,9 +95,10 @@ def _nan_message(spec: Spec, run: Path, state: RunState, guard) -> str:
 
 
 def train_run(spec: Spec, run: Path, prepared: Prepared, state: RunState, notify: Callable[[str], None],
-              verbose: int = 0, extended_from: int | None = None) -> RunMetrics:
+              verbose: int = 0, extended_from: int | None = None, extra_callbacks: tuple = ()) -> RunMetrics:
     """Train the run in `run` from `state` (a new run's, or its record's to resume); write and return its
-    metrics. TrainingFailed for a NaN loss (the run is kept, marked failed)."""
+    metrics. TrainingFailed for a NaN loss (the run is kept, marked failed). `extra_callbacks` (Keras
+    callbacks, e.g. a sweep's pruning) run after the run's own, so an epoch is saved before they see it."""
     from ..data import Arrays, class_weights, make_pipelines
     from ..reports.dashboards import dashboard_callbacks, write_test_metrics
 
@@ -115,6 +116,7 @@ def train_run(spec: Spec, run: Path, prepared: Prepared, state: RunState, notify
         callbacks, guard = make_callbacks(spec, run, state, min(images_per_epoch, pipes.n_train))
         if spec.train.tensorboard.enabled:
             callbacks += dashboard_callbacks(spec, run / "logs", state, data, pipes.validation)
+        callbacks += list(extra_callbacks)
         if state.classes and state.classes != data.class_names:
             raise UserError(f"{run}: the data's classes ({', '.join(data.class_names)[:200]}) are not the run's "
                             f"({', '.join(state.classes)[:200]}); resume with the data the run was trained on")
