@@ -227,7 +227,7 @@ def sweep(spec_file: str | Path, grids: Sequence[str], overrides: Sequence[str] 
     """Train the spec once per combination of `--grid` values ("PATH=V1,V2,..."), or `sample` of them drawn
     with `seed`, one run after another; yield (the combination's overrides, its Run). Every combination is
     checked before the first one trains."""
-    from .sweep import combinations
+    from .sweeps.grid import combinations
 
     reporter = reporter or Reporter()
     combos = combinations(grids, sample, seed)

@@ -187,25 +187,62 @@ def fit(spec, overrides, epochs, data_dir, device, distribute, workers, task_ind
 
 
 @main.command()
-@click.argument("spec")
-@click.option("--grid", "grids", multiple=True, required=True, metavar="PATH=V1,V2,...",
-              help="Values to try for one spec path, e.g. --grid train.optimizer.learning_rate=0.1,0.01; "
+@click.argument("file", metavar="SPEC|SWEEP_FILE")
+@click.option("--grid", "grids", multiple=True, metavar="PATH=V1,V2,...",
+              help="With a SPEC: values to try for one spec path, e.g. --grid train.optimizer.learning_rate=0.1,0.01; "
                    "repeat for more paths: every combination is trained.")
 @overrides_option
 @click.option("--random", "sample", type=click.IntRange(min=1), metavar="N",
-              help="Train N combinations drawn at random instead of all of them.")
+              help="With --grid: train N combinations drawn at random instead of all of them.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the --random draw.")
-@click.option("--epochs", type=click.IntRange(min=1), help="Train each run for this many epochs.")
+@click.option("--epochs", type=click.IntRange(min=1), help="With --grid: train each run for this many epochs.")
 @click.option("--data-dir", type=click.Path(), help="A folder with the dataset's files (IDX or .npz), tried first.")
 @click.option("--runs", "runs_root", default="runs", show_default=True, help="The folder that holds run directories.")
-def sweep(spec, grids, overrides, sample, seed, epochs, data_dir, runs_root):
-    """Train SPEC once per combination of --grid values, one run after another; rank them by validation accuracy.
+@click.option("--storage", metavar="URL", help="With a SWEEP_FILE: the study's database (default: "
+              "sqlite:///RUNS/sweeps.db; postgresql://... to share a study between machines).")
+@click.option("--study", "study_name", metavar="NAME", help="With a SWEEP_FILE: the study (default: the file's stem).")
+@click.option("--jobs", type=click.IntRange(min=1, max=256), default=1, show_default=True,
+              help="With a SWEEP_FILE: worker processes taking trials from the study (one GPU each when there are).")
+@click.option("--show", is_flag=True, help="With a SWEEP_FILE: only show the study's ranked trials and best spec.")
+@click.option("--plots", type=click.Path(file_okay=False), metavar="DIR",
+              help="With --show: also write Optuna's figures (history, importances, parallel coordinates) as PNG.")
+@click.option("--worker", type=int, default=0, hidden=True)
+def sweep(file, grids, overrides, sample, seed, epochs, data_dir, runs_root, storage, study_name, jobs, show, plots,
+          worker):
+    """Search hyperparameters of a spec: a SWEEP_FILE (a YAML file with `space:`) runs an Optuna study;
+    a SPEC with --grid trains every combination of values, one run after another.
 
-    Every run is a normal run directory; its grid values are logged as hyperparameters, so
+    Every trial is a normal run directory; its values are logged as hyperparameters, so
     `tensorboard --logdir RUNS` compares them in the HParams dashboard.
     """
+    from .sweeps.file import is_sweep_file
+
+    if not is_sweep_file(file):
+        if not grids:
+            raise click.UsageError("give --grid PATH=V1,V2,... with a SPEC, or a sweep file (with `space:`)")
+        _grid_sweep(file, grids, overrides, sample, seed, epochs, data_dir, runs_root)
+        return
+    if grids or sample or epochs:
+        raise click.UsageError("--grid, --random and --epochs go with a SPEC; a sweep file lists its `space:`")
+    from .sweeps.search import open_search, results, run_search
+
+    search = open_search(file, storage, study_name, runs_root, overrides, existing=show, worker=worker)
+    if not show:
+        run_search(search, jobs, data_dir, click.echo, f"[worker {worker}] " if worker else "")
+    if worker:
+        return
+    for line in results(search):
+        click.echo(line)
+    if plots:
+        from .sweeps.study import write_plots
+
+        for line in write_plots(search.study, Path(plots)):
+            click.echo(line, err=line.startswith("note:"))
+
+
+def _grid_sweep(spec, grids, overrides, sample, seed, epochs, data_dir, runs_root):
     from .api import sweep as sweep_runs
-    from .sweep import ranked_table
+    from .sweeps.grid import ranked_table
 
     results = []
     try:

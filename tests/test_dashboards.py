@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from mnist_keras.cli import main
-from mnist_keras.sweep import combinations, split_values
+from mnist_keras.sweeps.grid import combinations, split_values
 
 SPEC = """
 name: tiny

@@ -200,7 +200,7 @@ def test_cross_field_problems_raised_by_a_model_validator_are_placed(write_spec,
 
 
 def test_sweep_draws_from_a_huge_grid_without_building_it():
-    from mnist_keras.sweep import MAX_RUNS, combinations
+    from mnist_keras.sweeps.grid import MAX_RUNS, combinations
 
     grid = [f"train.k{i}={','.join(str(v) for v in range(9))}" for i in range(9)]  # 387,420,489 combinations
     drawn = combinations(grid, sample=5, seed=7)

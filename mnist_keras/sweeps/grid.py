@@ -1,4 +1,4 @@
-"""Sweeps: `--grid PATH=V1,V2,...` options -> the `--set` overrides of each run, and the ranked table."""
+"""Grid sweeps: `--grid PATH=V1,V2,...` options -> the `--set` overrides of each run, and the ranked table."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import random
 import sys
 from pathlib import Path
 
-from .runs.table import format_table, summarize
-from .errors import UserError
-from .spec import Override, parse_override
-from .spec.loader import clip
+from ..runs.table import format_table, summarize
+from ..errors import UserError
+from ..spec import Override, parse_override
+from ..spec.loader import clip
 
 MAX_RUNS = 10_000  # a sweep trains one run after another; beyond this, draw a sample
 

@@ -1,0 +1,125 @@
+"""The steps of `mnist-keras sweep SWEEP_FILE`: check the sweep and open its study, run trials in this process or
+in N worker processes, and show the results."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import optuna
+
+from ..errors import Interrupted, TrainingFailed, UserError
+from .file import Sweep, check_points, read_sweep
+from .study import default_storage, open_storage, open_study, ranked_table, shown_url, work, write_best_spec
+
+
+@dataclass
+class Search:
+    """A checked sweep and its open study."""
+
+    sweep: Sweep
+    study: optuna.Study
+    storage: str
+    runs: Path
+    overrides: list[str]
+
+
+def open_search(file: str | Path, storage: str | None = None, study: str | None = None, runs: str | Path = "runs",
+                overrides: list[str] | tuple = (), *, existing: bool = False, worker: int = 0) -> Search:
+    """Read the sweep file and open its study (creating it unless `existing`). Unless `existing`, every listed
+    value and range end is first loaded as a spec: UserError for any bad input, before anything trains."""
+    sweep = read_sweep(file)
+    if not existing:
+        check_points(sweep, list(overrides))
+    runs = Path(runs)
+    if storage is None and existing and not (runs / "sweeps.db").is_file():
+        raise UserError(f"{runs / 'sweeps.db'}: no such study storage; give --storage URL or --runs DIR")
+    if storage is None:
+        try:
+            runs.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"{runs}: cannot create the runs folder ({err.strerror})") from None
+    url = storage or default_storage(runs)
+    name = study or sweep.file.stem
+    opened = open_storage(url)
+    if existing and name not in {s.study_name for s in opened.get_all_studies()}:
+        raise UserError(f"{shown_url(url)}: no study '{name}' here; give --study NAME")
+    return Search(sweep, open_study(sweep, opened, name, worker), url, runs, list(overrides))
+
+
+def run_search(search: Search, jobs: int = 1, data_dir: str | None = None, echo: Callable[[str], None] = print,
+               label: str = "") -> None:
+    """Take trials from the study until it holds its planned number: here (jobs 1) or in `jobs` processes."""
+    if jobs > 1:
+        _run_workers(search, jobs, data_dir)
+        return
+    from .trial import TrialRunner  # TensorFlow loads here, with the first trial
+
+    runner = TrialRunner(search.sweep, search.study, search.runs, search.overrides, data_dir, label)
+    work(search.sweep, search.study, runner, echo)
+
+
+def _gpus() -> list[str]:
+    """The GPUs this process may use, without importing TensorFlow."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [gpu for gpu in visible.split(",") if gpu.strip() and gpu.strip() != "-1"]
+    found = Path("/proc/driver/nvidia/gpus")
+    return [str(i) for i in range(len(list(found.iterdir())))] if found.is_dir() else []
+
+
+def worker_command(search: Search, index: int, jobs: int, data_dir: str | None) -> tuple[list[str], dict]:
+    """The command and environment of worker `index`: its own GPU when there are any, else its share of the
+    CPU threads (unless --set gives runtime.threads)."""
+    env, sets = dict(os.environ), list(search.overrides)
+    gpus = _gpus()
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+    elif not any(str(o).startswith("runtime.threads") for o in sets):
+        sets.append(f"runtime.threads.intra_op={max(1, (os.cpu_count() or 1) // jobs)}")
+    command = [sys.executable, "-m", "mnist_keras", "sweep", str(search.sweep.file), "--storage", search.storage,
+               "--study", search.study.study_name, "--runs", str(search.runs), "--worker", str(index + 1)]
+    for text in sets:
+        command += ["--set", str(text)]
+    return command + (["--data-dir", data_dir] if data_dir else []), env
+
+
+def _die_with_parent() -> None:
+    """In a worker before it starts: be killed when the sweep command dies (Linux), so none trains unwatched."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _run_workers(search: Search, jobs: int, data_dir: str | None) -> None:
+    workers = []
+    for index in range(jobs):
+        command, env = worker_command(search, index, jobs, data_dir)
+        workers.append(subprocess.Popen(command, env=env, preexec_fn=_die_with_parent))
+    try:
+        codes = [worker.wait() for worker in workers]
+    except KeyboardInterrupt:
+        for worker in workers:
+            worker.wait()
+        raise Interrupted("interrupted; the study keeps its finished trials: run the same command to go on") from None
+    failed = [(i + 1, code) for i, code in enumerate(codes) if code]
+    if failed:
+        raise TrainingFailed(*(f"worker {i} stopped with exit code {code}" for i, code in failed),
+                             "run the same command to go on with the study")
+
+
+def results(search: Search) -> list[str]:
+    """The ranked table and the best trial's spec file (written to RUNS/<study>-best.yaml)."""
+    lines = [ranked_table(search.sweep, search.study)]
+    best = write_best_spec(search.sweep, search.study, search.overrides,
+                           search.runs / f"{search.study.study_name}-best.yaml")
+    if best:
+        lines.append(f"best spec: {best} (train it: mnist-keras fit {best})")
+    return lines

@@ -1,0 +1,241 @@
+"""The Optuna side of a search: storage (SQLite by default, any RDB URL), the study and the space it was made
+for, which trials count, the workers' loop, and the ranked table. No TensorFlow here: trials train in trial.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from ..errors import UserError
+from ..runs.table import format_table
+from ..spec.loader import clip
+from .file import Sweep
+
+HEARTBEAT_S = 5  # a running trial writes a heartbeat this often
+GRACE_S = 60  # a trial without one for this long is taken as crashed (another machine's), failed and retried
+MAX_RETRIES = 3  # a trial whose process keeps dying (out of memory, say) is retried this often, then left failed
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+
+
+def shown_url(url: str) -> str:
+    """A storage URL with its password hidden."""
+    return clip(re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url), 120)
+
+
+def default_storage(runs: Path) -> str:
+    return f"sqlite:///{runs / 'sweeps.db'}"
+
+
+def open_storage(url: str) -> RDBStorage:
+    """The study storage with heartbeats and retries of crashed trials; UserError when it cannot be reached."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    connect = {"timeout": 60} if url.startswith("sqlite") else {"connect_timeout": 10}
+    try:
+        return RDBStorage(url, engine_kwargs={"connect_args": connect}, heartbeat_interval=HEARTBEAT_S,
+                          grace_period=GRACE_S, heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
+    except (SQLAlchemyError, ImportError, ValueError, OSError) as err:
+        reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+        raise UserError(f"--storage {shown_url(url)}: cannot open it: {clip(reason, 200)}") from None
+
+
+def _sampler(sweep: Sweep, worker: int) -> optuna.samplers.BaseSampler:
+    seed = None if sweep.config.seed is None else sweep.config.seed + worker
+    if sweep.config.sampler == "grid":
+        return optuna.samplers.GridSampler({path: d.values for path, d in sweep.space.items()}, seed=seed)
+    if sweep.config.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def _pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
+    return {"median": optuna.pruners.MedianPruner, "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+            "none": optuna.pruners.NopPruner}[sweep.config.pruner]()
+
+
+def open_study(sweep: Sweep, storage: RDBStorage, name: str, worker: int = 0) -> optuna.Study:
+    """The named study, made for this sweep's space and objective if new; UserError if it was made for another."""
+    study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True, sampler=_sampler(sweep, worker),
+                                pruner=_pruner(sweep), direction=sweep.config.objective.direction)
+    record = sweep.space_record()
+    made_for = study.user_attrs.get("space")
+    if made_for is None:
+        study.set_user_attr("space", record)
+    elif made_for != record:
+        raise UserError(f"{sweep.where}: study '{clip(name)}' in {shown_url(storage.url)} was made for another "
+                        f"search ({_difference(json.loads(made_for), json.loads(record))}); give this one its own "
+                        "--study NAME, or run the study's own sweep file")
+    return study
+
+
+def _difference(old: dict, new: dict) -> str:
+    if old["objective"] != new["objective"]:
+        return f"its objective is {old['objective']['direction']} {old['objective']['metric']}"
+    changed = sorted(set(old["space"]) ^ set(new["space"]) | {k for k in old["space"] if old["space"][k] !=
+                                                              new["space"].get(k, old["space"][k])})
+    return f"its space differs at {', '.join(changed)}"
+
+
+def distributions(sweep: Sweep) -> dict[str, optuna.distributions.BaseDistribution]:
+    """Optuna's distribution of each space path."""
+    made = {}
+    for path, d in sweep.space.items():
+        if d.kind in ("uniform", "loguniform"):
+            made[path] = optuna.distributions.FloatDistribution(*d.values, log=d.kind == "loguniform")
+        elif d.kind == "int":
+            made[path] = optuna.distributions.IntDistribution(*d.values)
+        else:
+            made[path] = optuna.distributions.CategoricalDistribution(d.values)
+    return made
+
+
+def planned_trials(sweep: Sweep) -> int:
+    """`trials`, or fewer when the grid sampler has fewer points."""
+    if sweep.config.sampler != "grid":
+        return sweep.config.trials
+    points = 1
+    for d in sweep.space.values():
+        points *= len(d.values)
+    return min(points, sweep.config.trials)
+
+
+def counts(trials: list[FrozenTrial]) -> tuple[int, int, int]:
+    """(done, running, waiting): a trial is done when it finished, was pruned or failed in training (a NaN
+    loss); one that crashed is not: its retry counts instead."""
+    done = sum(t.state in FINISHED or (t.state == TrialState.FAIL and "error" in t.user_attrs) for t in trials)
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    return done, running, sum(t.state == TrialState.WAITING for t in trials)
+
+
+def fail_dead_trials(study: optuna.Study) -> None:
+    """Fail (and so retry) the running trials whose process on this machine is gone, without waiting for the
+    heartbeat's grace period; other machines' trials are left to the heartbeat."""
+    storage = study._storage
+    retry = storage.get_heartbeat_stale_trial_callback()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid, host = trial.user_attrs.get("pid"), trial.user_attrs.get("host")
+        if host != socket.gethostname() or not pid or _alive(pid):
+            continue
+        try:
+            if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                retry(study, storage.get_trial(trial._trial_id))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another worker got there first
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def work(sweep: Sweep, study: optuna.Study, run_trial: Callable[[optuna.Trial], str], echo: Callable[[str], None]):
+    """Take trials from the shared study until it holds its planned number of done trials: first the retries of
+    crashed ones, then new ones; wait while the last ones run elsewhere (they may crash and need a retry)."""
+    planned, fixed = planned_trials(sweep), distributions(sweep)
+    while True:
+        fail_dead_trials(study)
+        optuna.storages.fail_stale_trials(study)
+        done, running, waiting = counts(study.get_trials(deepcopy=False))
+        if done >= planned:
+            return
+        if not waiting and done + running >= planned:
+            time.sleep(HEARTBEAT_S)
+            continue
+        trial = study.ask(fixed)
+        echo(run_trial(trial))
+
+
+# ------------------------------------------------------------------------------------------ results
+
+
+def retry_of(trial: FrozenTrial) -> int | None:
+    """The number of the crashed trial this one retries (None for a first try)."""
+    history = RetryHeartbeatStaleTrialCallback.retry_history(trial)
+    return history[-1] if history else None
+
+
+def _state(trial: FrozenTrial, retried_as: dict[int, int]) -> str:
+    if trial.number in retried_as:
+        return f"crashed, retried as #{retried_as[trial.number]}"
+    if trial.state == TrialState.FAIL and "error" in trial.user_attrs:
+        return "failed: " + clip(trial.user_attrs["error"], 40)
+    return {TrialState.COMPLETE: "finished"}.get(trial.state, trial.state.name.lower())
+
+
+def ranked_table(sweep: Sweep, study: optuna.Study) -> str:
+    """Every trial, best first (by the objective; then pruned by their last value, then the rest)."""
+    trials = study.get_trials(deepcopy=False)
+    retried_as = {retry_of(t): t.number for t in trials if retry_of(t) is not None}
+    sign = -1 if sweep.config.objective.direction == "maximize" else 1
+    ranked = sorted(trials, key=lambda t: (t.state not in FINISHED, t.value is None,
+                                           sign * (t.value or 0), t.number))
+    metric = sweep.config.objective.metric
+    rows = [{"#": rank, "trial": t.number, metric: t.value if "acc" in metric else _short(t.value), "epochs": t.user_attrs.get("epochs", "-"),
+             **{path: _short(t.params.get(path)) for path in sweep.space},
+             "state": _state(t, retried_as), "directory": t.user_attrs.get("run_dir", "-")}
+            for rank, t in enumerate(ranked, 1)]
+    return format_table(rows, ["#", "trial", metric, "epochs", *sweep.space, "state", "directory"])
+
+
+def _short(value) -> str | None:
+    return f"{value:.4g}" if isinstance(value, float) else None if value is None else str(value)
+
+
+def write_best_spec(sweep: Sweep, study: optuna.Study, overrides: list[str], out: Path) -> Path | None:
+    """The best finished trial's spec as a plain spec file (`mnist-keras fit` takes it); None before one finished."""
+    from ..runs.files import write_text
+    from ..spec import dump_spec
+
+    try:
+        best = study.best_trial
+    except ValueError:
+        return None
+    spec = sweep.load_point(best.params, overrides)
+    header = (f"# the best trial (#{best.number}, {sweep.config.objective.metric} {best.value:.4g}) of study "
+              f"'{study.study_name}', sweep file {sweep.file}\n")
+    write_text(out, header + dump_spec(spec))
+    return out
+
+
+def write_plots(study: optuna.Study, folder: Path) -> list[str]:
+    """Optuna's optimization history, parameter importances and parallel coordinates as PNG files in `folder`;
+    returns a line per figure written or skipped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as plots
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for name, draw in (("history", plots.plot_optimization_history), ("importances", plots.plot_param_importances),
+                       ("parallel", plots.plot_parallel_coordinate)):
+        try:
+            axes = draw(study)
+        except (ValueError, RuntimeError) as err:  # too few finished trials for importances, say
+            lines.append(f"note: {name}: skipped ({clip(str(err), 100)})")
+            continue
+        figure = axes.figure
+        figure.savefig(folder / f"{name}.png", dpi=100, bbox_inches="tight")
+        plt.close(figure)
+        lines.append(f"wrote {folder / f'{name}.png'}")
+    return lines
