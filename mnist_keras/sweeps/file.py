@@ -188,6 +188,7 @@ def check_points(sweep: Sweep, overrides: list[str]) -> Spec:
                 sweep.load_point({path: value}, overrides)
             except UserError as err:
                 problems += [m for m in err.messages if m not in problems]
+                break  # one message per space entry
     if problems:
         raise UserError(*problems)
     corners = itertools.product(*(d.values for d in sweep.space.values()))

@@ -9,6 +9,7 @@ import re
 import socket
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -27,8 +28,16 @@ MAX_RETRIES = 3  # a trial whose process keeps dying (out of memory, say) is ret
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+
+
+@contextmanager
+def quiet():
+    """Without Optuna's notes on experimental features (heartbeats, the retry callback, matplotlib figures) and
+    on heartbeats used outside Study.optimize (the workers' loop records them itself)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        yield
 
 
 def shown_url(url: str) -> str:
@@ -46,8 +55,10 @@ def open_storage(url: str) -> RDBStorage:
 
     connect = {"timeout": 60} if url.startswith("sqlite") else {"connect_timeout": 10}
     try:
-        return RDBStorage(url, engine_kwargs={"connect_args": connect}, heartbeat_interval=HEARTBEAT_S,
-                          grace_period=GRACE_S, heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
+        with quiet():
+            return RDBStorage(url, engine_kwargs={"connect_args": connect}, heartbeat_interval=HEARTBEAT_S,
+                              grace_period=GRACE_S,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
     except (SQLAlchemyError, ImportError, ValueError, OSError) as err:
         reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
         raise UserError(f"--storage {shown_url(url)}: cannot open it: {clip(reason, 200)}") from None
@@ -160,7 +171,8 @@ def work(sweep: Sweep, study: optuna.Study, run_trial: Callable[[optuna.Trial], 
         if not waiting and done + running >= planned:
             time.sleep(HEARTBEAT_S)
             continue
-        trial = study.ask(fixed)
+        with quiet():
+            trial = study.ask(fixed)
         echo(run_trial(trial))
 
 
@@ -230,7 +242,8 @@ def write_plots(study: optuna.Study, folder: Path) -> list[str]:
     for name, draw in (("history", plots.plot_optimization_history), ("importances", plots.plot_param_importances),
                        ("parallel", plots.plot_parallel_coordinate)):
         try:
-            axes = draw(study)
+            with quiet():
+                axes = draw(study)
         except (ValueError, RuntimeError) as err:  # too few finished trials for importances, say
             lines.append(f"note: {name}: skipped ({clip(str(err), 100)})")
             continue
