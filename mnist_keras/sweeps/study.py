@@ -163,15 +163,15 @@ def work(sweep: Sweep, study: optuna.Study, run_trial: Callable[[optuna.Trial], 
     crashed ones, then new ones; wait while the last ones run elsewhere (they may crash and need a retry)."""
     planned, fixed = planned_trials(sweep), distributions(sweep)
     while True:
-        fail_dead_trials(study)
-        optuna.storages.fail_stale_trials(study)
-        done, running, waiting = counts(study.get_trials(deepcopy=False))
-        if done >= planned:
-            return
-        if not waiting and done + running >= planned:
-            time.sleep(HEARTBEAT_S)
-            continue
         with quiet():
+            fail_dead_trials(study)
+            optuna.storages.fail_stale_trials(study)
+            done, running, waiting = counts(study.get_trials(deepcopy=False))
+            if done >= planned:
+                return
+            if not waiting and done + running >= planned:
+                time.sleep(HEARTBEAT_S)
+                continue
             trial = study.ask(fixed)
         echo(run_trial(trial))
 
@@ -181,7 +181,8 @@ def work(sweep: Sweep, study: optuna.Study, run_trial: Callable[[optuna.Trial], 
 
 def retry_of(trial: FrozenTrial) -> int | None:
     """The number of the crashed trial this one retries (None for a first try)."""
-    history = RetryHeartbeatStaleTrialCallback.retry_history(trial)
+    with quiet():
+        history = RetryHeartbeatStaleTrialCallback.retry_history(trial)
     return history[-1] if history else None
 
 
