@@ -61,7 +61,8 @@ def open_storage(url: str) -> RDBStorage:
                               heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
     except (SQLAlchemyError, ImportError, ValueError, OSError) as err:
         reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
-        raise UserError(f"--storage {shown_url(url)}: cannot open it: {clip(reason, 200)}") from None
+        driver = " (pip install 'psycopg[binary]' for postgresql://)" if isinstance(err, ImportError) else ""
+        raise UserError(f"--storage {shown_url(url)}: cannot open it: {clip(reason, 200)}{driver}") from None
 
 
 def _sampler(sweep: Sweep, worker: int) -> optuna.samplers.BaseSampler:
