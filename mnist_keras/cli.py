@@ -205,7 +205,8 @@ def fit(spec, overrides, epochs, data_dir, device, distribute, workers, task_ind
               help="With a SWEEP_FILE: worker processes taking trials from the study (one GPU each when there are).")
 @click.option("--show", is_flag=True, help="With a SWEEP_FILE: only show the study's ranked trials and best spec.")
 @click.option("--plots", type=click.Path(file_okay=False), metavar="DIR",
-              help="With --show: also write Optuna's figures (history, importances, parallel coordinates) as PNG.")
+              help="With a SWEEP_FILE: also write Optuna's figures (history, importances, parallel coordinates) as "
+                   "PNG files into DIR.")
 @click.option("--worker", type=int, default=0, hidden=True)
 def sweep(file, grids, overrides, sample, seed, epochs, data_dir, runs_root, storage, study_name, jobs, show, plots,
           worker):
@@ -226,9 +227,9 @@ def sweep(file, grids, overrides, sample, seed, epochs, data_dir, runs_root, sto
         raise click.UsageError("--grid, --random and --epochs go with a SPEC; a sweep file lists its `space:`")
     from .sweeps.search import open_search, results, run_search
 
-    search = open_search(file, storage, study_name, runs_root, overrides, existing=show, worker=worker)
+    search = open_search(file, storage, study_name, runs_root, overrides, existing=show)
     if not show:
-        run_search(search, jobs, data_dir, click.echo, f"[worker {worker}] " if worker else "")
+        run_search(search, jobs, data_dir, click.echo, worker)
     if worker:
         return
     for line in results(search):

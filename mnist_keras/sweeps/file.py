@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator, model_validator
 
 from ..errors import UserError
-from ..spec import Override, Spec, load_spec
+from ..spec import Override, Spec
 from ..spec.loader import clip, read_yaml_file, validate_data
 
 MAX_TRIALS = 10_000
@@ -133,7 +133,7 @@ class Sweep:
                            "space": {k: v.model_dump(exclude_none=True) for k, v in sorted(self.space.items())}},
                           sort_keys=True)
 
-    def overrides(self, params: dict[str, Any]) -> list[Override]:
+    def point_overrides(self, params: dict[str, Any]) -> list[Override]:
         """The `--set`-style overrides of one point, each named by its place in the sweep file."""
         return [Override(f"{path}={json.dumps(value)}", f"{self.places[path]}: space.{clip(path)} = {clip(repr(value))}")
                 for path, value in params.items()]
@@ -143,7 +143,7 @@ class Sweep:
         from ..api import load_spec as api_load_spec
 
         try:
-            return api_load_spec(self.spec_file, [*overrides, *self.overrides(params)])
+            return api_load_spec(self.spec_file, [*overrides, *self.point_overrides(params)])
         except UserError as err:
             raise UserError(*(_from_space(message, self) for message in err.messages)) from None
 
@@ -178,9 +178,9 @@ def is_sweep_file(file: str | Path) -> bool:
     return isinstance(data, dict) and "space" in data
 
 
-def check_points(sweep: Sweep, overrides: list[str]) -> Spec:
+def check_points(sweep: Sweep, overrides: list[str]) -> None:
     """Load the spec at every listed value and both ends of every range, each alone and then in combination
-    (up to MAX_CHECKED combinations); UserError with every problem. Returns the spec as the sweep's --set leave it."""
+    (up to MAX_CHECKED combinations); UserError with every problem."""
     problems: list[str] = []
     for path, distribution in sweep.space.items():
         for value in distribution.values:
@@ -198,4 +198,3 @@ def check_points(sweep: Sweep, overrides: list[str]) -> Spec:
     if sweep.config.objective.metric.startswith("val_") and not spec.data.validation:
         raise UserError(f"{sweep.where}: objective.metric: {sweep.config.objective.metric} needs validation "
                         f"images, and {sweep.spec_file} sets data.validation to 0")
-    return spec

@@ -31,7 +31,7 @@ class Search:
 
 
 def open_search(file: str | Path, storage: str | None = None, study: str | None = None, runs: str | Path = "runs",
-                overrides: list[str] | tuple = (), *, existing: bool = False, worker: int = 0) -> Search:
+                overrides: list[str] | tuple = (), *, existing: bool = False) -> Search:
     """Read the sweep file and open its study (creating it unless `existing`). Unless `existing`, every listed
     value and range end is first loaded as a spec: UserError for any bad input, before anything trains."""
     sweep = read_sweep(file)
@@ -50,19 +50,25 @@ def open_search(file: str | Path, storage: str | None = None, study: str | None 
     opened = open_storage(url)
     if existing and name not in {s.study_name for s in opened.get_all_studies()}:
         raise UserError(f"{shown_url(url)}: no study '{name}' here; give --study NAME")
-    return Search(sweep, open_study(sweep, opened, name, worker), url, runs, list(overrides))
+    return Search(sweep, open_study(sweep, opened, name), url, runs, list(overrides))
 
 
 def run_search(search: Search, jobs: int = 1, data_dir: str | None = None, echo: Callable[[str], None] = print,
-               label: str = "") -> None:
-    """Take trials from the study until it holds its planned number: here (jobs 1) or in `jobs` processes."""
+               worker: int = 0) -> None:
+    """Take trials from the study until it holds its planned number: here (jobs 1; `worker` numbers a worker
+    process of a --jobs sweep) or in `jobs` worker processes."""
     if jobs > 1:
         _run_workers(search, jobs, data_dir)
         return
     from .trial import TrialRunner  # TensorFlow loads here, with the first trial
 
+    label = f"[worker {worker}] " if worker else ""
     runner = TrialRunner(search.sweep, search.study, search.runs, search.overrides, data_dir, label)
-    work(search.sweep, search.study, runner, echo)
+    try:
+        work(search.sweep, search.study, runner, echo, worker)
+    except Interrupted as err:
+        raise Interrupted(f"{err.messages[0].partition('; resume with')[0]}; the study keeps its trials: run the "
+                          "same command to go on (the interrupted trial resumes)") from None
 
 
 def _gpus() -> list[str]:

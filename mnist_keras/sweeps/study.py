@@ -65,8 +65,9 @@ def open_storage(url: str) -> RDBStorage:
         raise UserError(f"--storage {shown_url(url)}: cannot open it: {clip(reason, 200)}{driver}") from None
 
 
-def _sampler(sweep: Sweep, worker: int) -> optuna.samplers.BaseSampler:
-    seed = None if sweep.config.seed is None else sweep.config.seed + worker
+def sampler(sweep: Sweep, salt: int = 0) -> optuna.samplers.BaseSampler:
+    """The sweep's sampler; with a `seed`, seeded by seed + salt (see work)."""
+    seed = None if sweep.config.seed is None else (sweep.config.seed + salt) % 2**32
     if sweep.config.sampler == "grid":
         return optuna.samplers.GridSampler({path: d.values for path, d in sweep.space.items()}, seed=seed)
     if sweep.config.sampler == "random":
@@ -79,9 +80,9 @@ def _pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
             "none": optuna.pruners.NopPruner}[sweep.config.pruner]()
 
 
-def open_study(sweep: Sweep, storage: RDBStorage, name: str, worker: int = 0) -> optuna.Study:
+def open_study(sweep: Sweep, storage: RDBStorage, name: str) -> optuna.Study:
     """The named study, made for this sweep's space and objective if new; UserError if it was made for another."""
-    study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True, sampler=_sampler(sweep, worker),
+    study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True, sampler=sampler(sweep),
                                 pruner=_pruner(sweep), direction=sweep.config.objective.direction)
     record = sweep.space_record()
     made_for = study.user_attrs.get("space")
@@ -159,20 +160,25 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def work(sweep: Sweep, study: optuna.Study, run_trial: Callable[[optuna.Trial], str], echo: Callable[[str], None]):
+def work(sweep: Sweep, study: optuna.Study, run_trial: Callable[[optuna.Trial], str], echo: Callable[[str], None],
+         worker: int = 0):
     """Take trials from the shared study until it holds its planned number of done trials: first the retries of
-    crashed ones, then new ones; wait while the last ones run elsewhere (they may crash and need a retry)."""
+    crashed ones, then new ones; wait while the last ones run elsewhere (they may crash and need a retry).
+    A seeded sampler is seeded anew for each trial from the trials so far and the worker's number, so one
+    process draws the same values every time and the workers of --jobs draw different ones."""
     planned, fixed = planned_trials(sweep), distributions(sweep)
     while True:
         with quiet():
             fail_dead_trials(study)
             optuna.storages.fail_stale_trials(study)
-            done, running, waiting = counts(study.get_trials(deepcopy=False))
+            trials = study.get_trials(deepcopy=False)
+            done, running, waiting = counts(trials)
             if done >= planned:
                 return
             if not waiting and done + running >= planned:
                 time.sleep(HEARTBEAT_S)
                 continue
+            study.sampler = sampler(sweep, 100_003 * worker + len(trials))
             trial = study.ask(fixed)
         echo(run_trial(trial))
 
