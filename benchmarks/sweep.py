@@ -104,12 +104,16 @@ def sharing(trials: int) -> None:
 
 def killed(trials: int) -> None:
     folder = folder_with(trials, 2)
-    victim, other = start(folder), start(folder)
-    while True:  # until a trial of the victim has checkpointed its first epoch
+    victim = start(folder)
+    time.sleep(1)
+    other = start(folder)
+    while victim.poll() is None:  # until a trial of the victim has checkpointed its first epoch
         states = [json.loads(p.read_text()) for p in (folder / "runs" / "sweep").glob("*/state.json")]
         if any(s["status"] == "running" and s["epochs_done"] >= 1 and s.get("pid") == victim.pid for s in states):
             break
         time.sleep(0.1)
+    else:
+        raise RuntimeError(f"the process to kill ended first:\n{victim.communicate()[0]}")
     victim.send_signal(signal.SIGKILL)
     victim.communicate()
     finish(other, start(folder))

@@ -107,6 +107,14 @@ def test_a_bad_sweep_file_is_one_placed_message_and_exit_2(tmp_path, monkeypatch
     assert not list(tmp_path.glob("runs/*/*/state.json"))
 
 
+def test_the_shipped_sweep_file_checks():
+    from mnist_keras.sweeps.file import check_points, read_sweep
+
+    sweep = read_sweep(ROOT / "model_specs" / "sweeps" / "dense.yaml")
+    check_points(sweep, [])
+    assert sweep.spec_file.resolve() == ROOT / "model_specs" / "dense.yaml"
+
+
 def test_unreachable_storage_and_a_study_of_another_space_are_refused(tmp_path, monkeypatch):
     write_sweep(tmp_path)
     monkeypatch.chdir(tmp_path)

@@ -4,7 +4,6 @@ for, which trials count, the workers' loop, and the ranked table. No TensorFlow 
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import time
@@ -18,6 +17,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import UserError
+from ..runs.record import RunState
 from ..runs.table import format_table
 from ..spec.loader import clip
 from .file import Sweep
@@ -49,20 +49,30 @@ def default_storage(runs: Path) -> str:
     return f"sqlite:///{runs / 'sweeps.db'}"
 
 
-def open_storage(url: str) -> RDBStorage:
-    """The study storage with heartbeats and retries of crashed trials; UserError when it cannot be reached."""
-    from sqlalchemy.exc import SQLAlchemyError
+def open_storage(url: str, attempts: int = 10) -> RDBStorage:
+    """The study storage with heartbeats and retries of crashed trials; UserError when it cannot be reached.
+    Processes started together may all create the tables at once: the losers try again a second later."""
+    from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
     connect = {"timeout": 60} if url.startswith("sqlite") else {"connect_timeout": 10}
-    try:
-        with quiet():
-            return RDBStorage(url, engine_kwargs={"connect_args": connect}, heartbeat_interval=HEARTBEAT_S,
-                              grace_period=GRACE_S,
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
-    except (SQLAlchemyError, ImportError, ValueError, OSError) as err:
-        reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
-        driver = " (pip install 'psycopg[binary]' for postgresql://)" if isinstance(err, ImportError) else ""
-        raise UserError(f"--storage {shown_url(url)}: cannot open it: {clip(reason, 200)}{driver}") from None
+    for attempt in range(attempts):
+        try:
+            with quiet():
+                return RDBStorage(url, engine_kwargs={"connect_args": connect}, heartbeat_interval=HEARTBEAT_S,
+                                  grace_period=GRACE_S,
+                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
+        except IntegrityError as err:
+            if attempt == attempts - 1:
+                raise _unusable(url, err) from None
+            time.sleep(1)
+        except (SQLAlchemyError, ImportError, ValueError, OSError) as err:
+            raise _unusable(url, err) from None
+
+
+def _unusable(url: str, err: Exception) -> UserError:
+    reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+    driver = " (pip install 'psycopg[binary]' for postgresql://)" if isinstance(err, ImportError) else ""
+    return UserError(f"--storage {shown_url(url)}: cannot open it: {clip(reason, 200)}{driver}")
 
 
 def sampler(sweep: Sweep, salt: int = 0) -> optuna.samplers.BaseSampler:
@@ -140,24 +150,15 @@ def fail_dead_trials(study: optuna.Study) -> None:
     storage = study._storage
     retry = storage.get_heartbeat_stale_trial_callback()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        pid, host = trial.user_attrs.get("pid"), trial.user_attrs.get("host")
-        if host != socket.gethostname() or not pid or _alive(pid):
+        process = trial.user_attrs.get("process", {})  # a retry inherits its crashed trial's until it sets its own
+        if process.get("trial") != trial.number or process.get("host") != socket.gethostname() or \
+                RunState(pid=process.get("pid"), host=process.get("host")).process_alive():
             continue
         try:
             if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
                 retry(study, storage.get_trial(trial._trial_id))
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # another worker got there first
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def work(sweep: Sweep, study: optuna.Study, run_trial: Callable[[optuna.Trial], str], echo: Callable[[str], None],

@@ -82,8 +82,7 @@ class TrialRunner:
 
     def __call__(self, trial: optuna.Trial) -> str:
         """Train the trial, tell the study how it ended, and return its one-line summary."""
-        trial.set_user_attr("host", socket.gethostname())
-        trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("process", {"trial": trial.number, "host": socket.gethostname(), "pid": os.getpid()})
         shown = " ".join(f"{path}={_short(value)}" for path, value in trial.params.items())
         with heartbeat(self.study._storage, trial._trial_id):
             try:
@@ -114,11 +113,13 @@ class TrialRunner:
         return f"{self.label}trial {trial.number}{again}: {shown} -> {outcome} | {run}"
 
     def _run_dir(self, trial: optuna.Trial) -> Path:
-        """The trial's run directory: a crashed trial's (inherited in the retry's user attributes), else a new
-        one, recorded in the trial before anything trains in it."""
+        """The trial's run directory: a crashed trial's (inherited in the retry's user attributes) when it is on
+        this machine, else a new one, recorded in the trial before anything trains in it."""
         recorded = trial.user_attrs.get("run_dir")
-        run = Path(recorded) if recorded else create_run_dir(self.runs, self.study.study_name)
-        if not recorded:
+        if recorded and Path(recorded).is_dir():
+            run = Path(recorded)
+        else:
+            run = create_run_dir(self.runs, self.study.study_name)
             trial.set_user_attr("run_dir", str(run))
         if not (run / "state.json").is_file():
             spec = self.sweep.load_point(trial.params, self.overrides)
