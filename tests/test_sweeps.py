@@ -217,6 +217,28 @@ def test_a_pruned_trial_stops_after_its_epoch_and_its_run_says_pruned(tmp_path, 
     assert listed.exit_code == 0 and re.search(r"1/3 .* pruned ", listed.output), listed.output
 
 
+def test_show_ranks_the_trials_writes_the_best_spec_and_the_figures(tmp_path, monkeypatch):
+    sweep_file = write_sweep(tmp_path)
+    from mnist_keras.sweeps.search import open_search
+
+    study = open_search(sweep_file, runs=tmp_path / "runs").study
+    for number, (rate, batch, value) in enumerate([(0.01, 64, 0.8), (0.002, 32, 0.9), (0.02, 32, 0.7)]):
+        study.add_trial(optuna.trial.create_trial(
+            params={"train.optimizer.learning_rate": rate, "data.batch_size": batch}, value=value,
+            distributions=_distributions(sweep_file), user_attrs={"epochs": 1, "run_dir": f"runs/sweep/{number}"}))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["sweep", "sweep.yaml", "--show", "--plots", "figures"])
+    assert result.exit_code == 0, result.output
+    table = result.output.splitlines()
+    assert re.match(r"1 +1 +90\.00% +1 +0\.002 +32 +finished +runs/sweep/1$", table[1]), result.output
+    import mnist_keras as mk
+
+    best = mk.load_spec(tmp_path / "runs" / "sweep-best.yaml")
+    assert (best.train.optimizer.learning_rate, best.data.batch_size) == (0.002, 32)
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["history.png", "importances.png",
+                                                                        "parallel.png"]
+
+
 def _distributions(sweep_file: Path) -> dict:
     from mnist_keras.sweeps.file import read_sweep
     from mnist_keras.sweeps.study import distributions
