@@ -1,7 +1,7 @@
 """Optuna sweeps on the bundled sample: two processes sharing one SQLite study, a kill -9 in the middle of a
 trial, and what the median pruner saves.
 
-    python benchmarks/sweep.py [--trials 8] [--search-trials 20]
+    python benchmarks/sweep.py [--trials 8] [--search-trials 20] [--parts abc]
 
 (a) one `mnist-keras sweep` process, then two processes on one fresh study, `--trials` 1-epoch trials each
 time: wall times, and the trials (distinct, all finished, none repeated); (b) the two processes again with
@@ -146,15 +146,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--search-trials", type=int, default=20)
+    parser.add_argument("--parts", default="abc", help="which of (a), (b), (c) to run, e.g. --parts c")
     args = parser.parse_args()
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.machine()) if Path("/proc/cpuinfo").exists() else ""
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPU cores ({cpu}), "
           f"python {platform.python_version()}, "
           f"optuna {optuna.__version__}")
-    sharing(args.trials)
-    killed(args.trials)
-    pruning(args.search_trials)
+    parts = {"a": lambda: sharing(args.trials), "b": lambda: killed(args.trials), "c": lambda: pruning(args.search_trials)}
+    for part in args.parts:
+        parts[part]()
 
 
 if __name__ == "__main__":
