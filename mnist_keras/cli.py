@@ -221,6 +221,8 @@ def sweep(file, grids, overrides, sample, seed, epochs, data_dir, runs_root, sto
     if not is_sweep_file(file):
         if not grids:
             raise click.UsageError("give --grid PATH=V1,V2,... with a SPEC, or a sweep file (with `space:`)")
+        if storage or study_name or jobs > 1 or show or plots:
+            raise click.UsageError("--storage, --study, --jobs, --show and --plots go with a sweep file (with `space:`)")
         _grid_sweep(file, grids, overrides, sample, seed, epochs, data_dir, runs_root)
         return
     if grids or sample or epochs:

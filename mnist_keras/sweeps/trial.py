@@ -102,7 +102,7 @@ class TrialRunner:
             elif values:
                 best = max(values) if self.sweep.config.objective.direction == "maximize" else min(values)
                 self.study.tell(trial, best)
-                outcome = f"{metric} {best:.4f} ({state.epochs_done} epochs)"
+                outcome = f"{metric} {best:.4f} ({state.epochs_done} epoch{'s' * (state.epochs_done != 1)})"
             else:
                 trial.set_user_attr("error", f"no {metric} was recorded")
                 self.study.tell(trial, state=TrialState.FAIL)
