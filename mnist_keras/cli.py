@@ -90,19 +90,31 @@ def summary(spec, overrides, with_keras):
 
     loaded = load_spec(spec, overrides)
     planned = loaded.plan()
-    rows = [("#", "layer", "output shape", "params", "from spec")]
+    stages = loaded.stages()
+    counts = [loaded.stage_weights(planned, stage) for stage in stages]
+    staged = len(stages) > 1 or loaded.backbone() is not None
+    heads = [f"stage {s.number} trainable / frozen" for s in stages] if staged else []
+    rows = [("#", "layer", "output shape", "params", *heads, "from spec")]
     for i, p in enumerate(planned, 1):
         shape = "(None, " + ", ".join(str(d) for d in p.output_shape) + ")"
-        rows.append((str(i), p.name, shape, f"{p.trainable + p.non_trainable:,}", dotted(p.origin)))
-    widths = [max(len(r[c]) for r in rows) for c in range(5)]
+        cells = [f"{c[i - 1][0]:,} / {c[i - 1][1]:,}" for c in counts] if staged else []
+        rows.append((str(i), p.name, shape, f"{p.trainable + p.non_trainable:,}", *cells, dotted(p.origin)))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    right = {0, 3, *range(4, 4 + len(heads))}
     click.echo(f"Model: {loaded.name}    input shape: {loaded.input_shape()}")
     for row in rows:
-        click.echo("  ".join(cell.rjust(w) if c in (0, 3) else cell.ljust(w) for c, (cell, w) in enumerate(zip(row, widths))).rstrip())
-    trainable = sum(p.trainable for p in planned)
-    frozen = sum(p.non_trainable for p in planned)
+        click.echo("  ".join(cell.rjust(w) if c in right else cell.ljust(w)
+                             for c, (cell, w) in enumerate(zip(row, widths))).rstrip())
+    trainable, frozen = (sum(c[0] for c in counts[0]), sum(c[1] for c in counts[0]))
     click.echo(f"Total params: {trainable + frozen:,} ({(trainable + frozen) * 4 / 1024:,.2f} KB as float32)")
     click.echo(f"Trainable params: {trainable:,}")
     click.echo(f"Non-trainable params: {frozen:,}")
+    for stage, count in zip(stages, counts) if staged else ():
+        backbone = stage.trainable if isinstance(stage.trainable, bool) else f"last {stage.trainable.last} layers"
+        click.echo(f"Stage {stage.number}: epochs {stage.first + 1}-{stage.end}, backbone trainable: "
+                   f"{str(backbone).lower()}, {stage.spec.train.optimizer.type} at learning rate "
+                   f"{stage.spec.train.optimizer.resolved_learning_rate():g}: {sum(c[0] for c in count):,} "
+                   f"trainable, {sum(c[1] for c in count):,} frozen")
     if with_keras:
         from .api import build_model
 
