@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -121,10 +122,14 @@ def _train(spec: Spec, run: Path | None, runs: str | Path | None, state: RunStat
         raise Interrupted("interrupted before training began; nothing was written") from None
     if not prepared.placement.is_chief:
         return _train_worker(spec, run, prepared, state, reporter)
-    run = run or create_run_dir(runs, spec.name)
+    new, run = run is None, run or create_run_dir(runs, spec.name)
     try:
         write_text(run / "spec.yaml", dump_spec(spec))
         metrics = train_run(spec, run, prepared, state, reporter, reporter.verbose, grows)
+    except UserError:  # refused before the first epoch began (a backbone's weights, the data's batches)
+        if new and not (run / "state.json").exists():
+            shutil.rmtree(run, ignore_errors=True)
+        raise
     except KeyboardInterrupt:
         _mark(run, state, "interrupted")
         raise Interrupted(f"interrupted after epoch {state.epochs_done}; resume with: "

@@ -8,6 +8,8 @@ runs inside the model, so predict and exports need nothing extra), or into an ea
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +74,15 @@ def _adapter(source: Preprocess, target: Preprocess | None, channels: int) -> li
     return [PixelAffine(multiplier, shift, name="pixels")]
 
 
+def _keras_home() -> str:
+    """The folder Keras keeps downloads in ($KERAS_HOME, else ~/.keras)."""
+    try:
+        from keras.src.backend.config import keras_home
+    except ImportError:  # a Keras that moved it: its documented default
+        return os.environ.get("KERAS_HOME", "~/.keras")
+    return keras_home()
+
+
 def _network(backbone: Backbone, shape: tuple, place: str):
     """The keras.applications network with the weights the spec names; UserError before training if they
     cannot be had (offline `imagenet`, a missing or mismatched file)."""
@@ -85,13 +96,18 @@ def _network(backbone: Backbone, shape: tuple, place: str):
         if "URL fetch failure" not in str(err):
             raise
         url = str(err).split("URL fetch failure on ", 1)[1].split(": ", 1)[0]
-        folder = Path(keras.config.keras_home() if hasattr(keras.config, "keras_home") else "~/.keras") / "models"
+        folder = Path(_keras_home()).expanduser() / "models"
         raise UserError(f"{place}.weights: imagenet: Keras could not download {Path(url).name} (from {url}) on "
                         f"this machine; copy that file into {folder}/ and run again, or use weights: none or a "
                         "weights file") from None
     if file:
         try:
-            network.load_weights(file)
+            with warnings.catch_warnings(record=True) as caught:  # Keras warns, not raises, for some mismatches
+                warnings.simplefilter("always")
+                network.load_weights(file)
+            skipped = [str(w.message) for w in caught if "Skipping" in str(w.message)]
+            if skipped:
+                raise ValueError(skipped[0])
         except Exception as err:  # Keras raises ValueError, KeyError or OSError for a file of another model
             first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
             raise UserError(f"{place}.weights: {file} does not fit {backbone.name} with input "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -60,7 +61,8 @@ def make_network(name: str, shape: tuple[int, ...], pooling: str, weights: str |
     """The keras.applications network without its top (Keras' download message kept off stdout)."""
     from ..backend import keras
 
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`input_shape` is undefined or non-square")  # 224's weights, as documented
         return getattr(keras.applications, name)(include_top=False, weights=weights, input_shape=tuple(shape),
                                                  pooling=None if pooling == "none" else pooling)
 
