@@ -70,14 +70,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--until", default="flatten_1", help="the last pretrained layer kept (flatten_1: the conv features)")
     parser.add_argument("--out", help="keep the runs here (default: a temporary folder)")
+    parser.add_argument("--pretrained", help="reuse this earlier pretraining run instead of training one")
     args = parser.parse_args()
     folder = Path(args.out or tempfile.mkdtemp(prefix="transfer-"))
     folder.mkdir(parents=True, exist_ok=True)
     low, high = subsets(load_mnist(args.data_dir), folder, args.per_class, args.seed)
     runs = folder / "runs"
     adam = {"optimizer": {"type": "adam", "learning_rate": 0.001}}
-    pre, pre_s = train(spec("pretrain-0-4", low, CNN + HEAD, {"epochs": args.pretrain_epochs, **adam}, 0.1),
-                       folder, runs)
+    if args.pretrained:
+        import mnist_keras as mk
+
+        pre, pre_s = mk.open_run(args.pretrained), sum(h["epoch_seconds"] for h in mk.open_run(args.pretrained).state.history)
+    else:
+        pre, pre_s = train(spec("pretrain-0-4", low, CNN + HEAD, {"epochs": args.pretrain_epochs, **adam}, 0.1),
+                           folder, runs)
     backbone = {"backbone": {"run": str(pre.path), "until": args.until}}
     half = args.epochs // 2
     fine = {"stages": [{"epochs": half}, {"epochs": args.epochs - half, "trainable": True,

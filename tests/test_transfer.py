@@ -207,9 +207,9 @@ def test_the_transfer_zoo_specs_build_and_train_one_step(tmp_path, file):
     folder = photos(tmp_path / "pets", per_class=4)
     (folder / "china").rename(folder / "cat")
     (folder / "flower").rename(folder / "dog")
-    overrides = [f"data.dataset={folder}", "model.layers.1.backbone.weights=none", "data.batch_size=2",
+    overrides = [f"data.dataset={folder}", "model.layers[1].backbone.weights=none", "data.batch_size=2",
                  "data.max_train=2", "data.validation=0", "train.checkpoint.monitor=accuracy", "data.cache=memory",
-                 "train.stages.0.epochs=1", "train.stages.1.epochs=1", "train.tensorboard.enabled=false"]
+                 "train.stages[0].epochs=1", "train.stages[1].epochs=1", "train.tensorboard.enabled=false"]
     spec = mk.load_spec(SHIPPED / file, overrides)
     run = mk.fit(spec, runs=tmp_path / "runs")
     assert run.state.status == "finished" and len(run.state.history) == 2

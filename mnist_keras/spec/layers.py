@@ -400,9 +400,11 @@ def _known_application(name: str) -> str:
 
 
 class Backbone(Layer):
-    """A pretrained network as the first layer (after any augmentation): a `keras.applications` network by
-    name, without its top, or an earlier run's model up to one of its layers. It takes the pixels as the data
-    gives them and applies its own preprocessing inside the model (`preprocess_input`, or the run's)."""
+    """A pretrained network, first in the layer list (only augmentation may come before it).
+
+    A `keras.applications` network by name, without its top, or an earlier run's model up to one of its
+    layers. It takes the pixels as the data gives them and applies its own preprocessing inside the model
+    (`preprocess_input`, or the run's)."""
 
     kind = "backbone"
     keras_class = "Sequential"
