@@ -2,6 +2,7 @@
 runtime, the SavedModel is laid out and signed as TensorFlow Serving expects, bad input exits 2 naming the
 place, and a missed bar exits 1 leaving no good-looking artifact."""
 
+import fcntl
 import json
 import shutil
 import subprocess
@@ -158,9 +159,10 @@ def test_exporting_again_replaces_that_format_only(run_dir, tmp_path):
     onnx_before = (folder / "model.onnx").stat().st_mtime_ns
     first = record(folder)["formats"]["litert-float16"]["exported_at"]
     (folder / "model-float16.tflite").write_bytes(b"stale")
+    (folder / ".partial-crashed").mkdir()  # as a crash in the middle of an export leaves it
     assert cli(run_dir, "--format", "litert", "--quantize", "float16", "--out", tmp_path).exit_code == 0
     assert (folder / "model-float16.tflite").read_bytes()[4:8] == b"TFL3"  # rewritten
-    assert (folder / "model.onnx").stat().st_mtime_ns == onnx_before
+    assert (folder / "model.onnx").stat().st_mtime_ns == onnx_before and not (folder / ".partial-crashed").exists()
     assert sorted(record(folder)["formats"]) == ["litert-float16", "onnx"] and first
 
 
@@ -210,6 +212,12 @@ def test_bad_input_exits_2_naming_the_place(run_dir, tmp_path):
         {"name": "tiny", "run": "/elsewhere", "model": "/elsewhere/model.keras", "model_sha256": "0", "formats": {}}))
     refused(other, says=f"{other / 'export' / 'tiny'}: holds the export of another model (/elsewhere/model.keras)")
 
+    busy = tmp_path / "busy"
+    (busy / "tiny").mkdir(parents=True)
+    with open(busy / "tiny" / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as another export in progress holds it
+        refused(run_dir, "--out", busy, says=f"{busy / 'tiny'}: another export is writing into this folder")
+
 
 def test_api_refuses_unknown_format_and_quantization(run_dir):
     import mnist_keras as mk
@@ -249,4 +257,4 @@ def test_a_failing_converter_exits_1_and_leaves_nothing(run_dir, tmp_path, monke
     result = cli(run_dir, "--format", "onnx", "--out", tmp_path)
     assert result.exit_code == 1 and "the onnx converter failed: Unsupported op: Foo" in result.output
     assert "Traceback" not in result.output and "details" not in result.output
-    assert sorted(p.name for p in (tmp_path / "tiny").iterdir()) == []  # no artifact, no scratch folder
+    assert sorted(p.name for p in (tmp_path / "tiny").iterdir()) == [".lock"]  # no artifact, no scratch folder

@@ -15,6 +15,7 @@ renamed `<artifact>.failed` instead (export.json says so) and the export raises 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import shutil
@@ -98,8 +99,9 @@ def export_run(run_dir: str | Path, fmt: str = "savedmodel", quantize: str | Non
     if run.state.status != "finished":
         notify(f"note: {run.path} is {run.state.status}, not finished: exporting its last checkpoint {model_file.name}")
     folder = Path(out) / run.spec.name if out else run.path / "export" / run.spec.name
-    record = _open_folder(folder, run, model_file)
-    return _export(run, fmt, quantize, folder, record, data_dir, notify)
+    identity = _open_folder(folder, run, model_file)
+    with _locked(folder):
+        return _export(run, fmt, quantize, folder, _read_record(folder, identity), data_dir, notify)
 
 
 def _sha256(path: Path) -> str:
@@ -111,30 +113,63 @@ def _sha256(path: Path) -> str:
 
 
 def _open_folder(folder: Path, run: Run, model_file: Path) -> dict:
-    """Create OUT/NAME or check that it holds exports of this very model; its export.json record (or a new one)."""
+    """OUT/NAME, created if need be, when it holds nothing or exports of this very model; the identity of the
+    model that its export.json must match. UserError otherwise."""
     identity = {"name": run.spec.name, "run": str(run.path.resolve()), "model": str(model_file.resolve()),
                 "model_sha256": _sha256(model_file)}
-    if folder.is_dir() and (folder / "export.json").is_file():
-        record = read_json(folder / "export.json")
-        if not isinstance(record, dict) or not isinstance(record.get("formats"), dict):
-            raise UserError(f"{folder / 'export.json'}: not an export record of mnist-keras; remove {folder} first")
-        if any(record.get(key) != value for key, value in identity.items()):
-            raise UserError(f"{folder}: holds the export of another model ({record.get('model')}); exports of one "
-                            "model share labels.txt and export.json, so choose another --out or remove this folder")
-        return record
-    if folder.exists() and (not folder.is_dir() or any(not p.name.startswith(".partial-") for p in folder.iterdir())):
+    if (folder / "export.json").is_file():
+        _read_record(folder, identity)
+    elif folder.exists() and (not folder.is_dir() or not all(_ours(p.name) for p in folder.iterdir())):
         raise UserError(f"{folder}: exists and is not an mnist-keras export (no export.json); choose another --out "
                         "or remove it")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"{folder}: cannot create the export folder ({err.strerror or err})") from None
-    return {**identity, "formats": {}}
+    return identity
+
+
+def _ours(name: str) -> bool:
+    """Whether an export could have left this file in OUT/NAME (a crash may leave it without export.json)."""
+    artifacts = {artifact_name(fmt, quantize) for fmt in FORMATS for quantize in (None, *QUANTIZATIONS)
+                 if not quantize or fmt == "litert"}
+    return (name in {"export.json", "labels.txt", ".lock"} or name.removesuffix(".failed") in artifacts
+            or name.startswith(".partial-"))
+
+
+def _read_record(folder: Path, identity: dict) -> dict:
+    """OUT/NAME/export.json, or a new record when there is none; UserError when it belongs to another model."""
+    if not (folder / "export.json").is_file():
+        return {**identity, "formats": {}}
+    record = read_json(folder / "export.json")
+    if not isinstance(record, dict) or not isinstance(record.get("formats"), dict):
+        raise UserError(f"{folder / 'export.json'}: not an export record of mnist-keras; remove {folder} first")
+    if any(record.get(key) != value for key, value in identity.items()):
+        raise UserError(f"{folder}: holds the export of another model ({record.get('model')}); exports of one "
+                        "model share labels.txt and export.json, so choose another --out or remove this folder")
+    return record
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Hold OUT/NAME/.lock: one export at a time writes into a folder (export.json is read, changed, rewritten)."""
+    try:
+        handle = open(folder / ".lock", "w")
+    except OSError as err:
+        raise UserError(f"{folder}: cannot write here ({err.strerror or err})") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{folder}: another export is writing into this folder; run this one when it is done") \
+                from None
+        yield
 
 
 @contextmanager
 def _scratch(folder: Path) -> Iterator[Path]:
-    """A scratch folder inside `folder`, removed afterwards with whatever is left in it (and any a crash left)."""
+    """A scratch folder inside `folder`, removed afterwards with whatever is left in it (and any a crash left:
+    the caller holds the folder's lock)."""
     for stale in folder.glob(".partial-*"):
         shutil.rmtree(stale, ignore_errors=True)
     try:
