@@ -314,7 +314,8 @@ def predict(target, images, spec_file):
 @main.command("export")
 @click.argument("run_dir")
 @click.option("--format", "fmt", type=click.Choice(["savedmodel", "litert", "onnx"]), default="savedmodel",
-              show_default=True, help="savedmodel: TensorFlow Serving's layout; litert: a .tflite file; onnx.")
+              show_default=True,
+              help="savedmodel: TensorFlow Serving's layout; litert: a .tflite file; onnx: a .onnx file.")
 @click.option("--quantize", type=click.Choice(["float16", "int8"]),
               help="litert only: float16 weights, or int8 throughout (calibrated on training images).")
 @click.option("--out", type=click.Path(file_okay=False), help="The folder to export into (default: RUN_DIR/export).")

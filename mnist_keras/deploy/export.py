@@ -77,7 +77,7 @@ def check_request(fmt: str, quantize: str | None) -> None:
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise UserError(f"--quantize {quantize}: unknown quantization; choose one of {', '.join(QUANTIZATIONS)}")
     if quantize and fmt != "litert":
-        raise UserError(f"--quantize {quantize}: only --format litert is quantized; a {fmt} export keeps the "
+        raise UserError(f"--quantize {quantize}: only --format litert is quantized; the {fmt} export keeps the "
                         "model's float32 weights")
     missing = [PACKAGES.get(name, name) for name in RUNTIMES[fmt] if importlib.util.find_spec(name) is None]
     if missing:
