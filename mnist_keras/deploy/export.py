@@ -191,7 +191,8 @@ def _replace(source: Path, target: Path, scratch: Path) -> None:
 
 def _export(run: Run, fmt: str, quantize: str | None, folder: Path, record: dict, data_dir: str | None,
             notify: Callable[[str], None]) -> Exported:
-    from ..backend import quiet
+    """Convert in a scratch folder, check parity there, then rename the artifact into place (or aside as failed)
+    and record it in export.json."""
     from ..data import load_arrays
     from .serving import serving_model
 
@@ -200,40 +201,51 @@ def _export(run: Run, fmt: str, quantize: str | None, folder: Path, record: dict
     arrays = load_arrays(spec.data, data_dir or run.state.data_dir, notify, spec.seed)
     images = _as_images(arrays.x_test, deployable.input_shape)
     keras_probabilities = deployable.model.predict(images, batch_size=256, verbose=0)
+    good, failed = folder / name, folder / f"{name}.failed"
     with _scratch(folder) as scratch:
         artifact = scratch / name
         try:
-            with quiet():
-                if fmt == "savedmodel":
-                    write_saved_model(deployable, artifact)
-                elif fmt == "onnx":
-                    write_onnx(deployable, artifact)
-                else:
-                    write_litert(deployable, artifact, quantize,
-                                 lambda: _calibration(arrays.x_train, deployable.input_shape, spec.seed))
+            _convert(fmt, quantize, deployable, artifact,
+                     lambda: _calibration(arrays.x_train, deployable.input_shape, spec.seed))
         except Exception as err:  # a converter's own failure: its message, not its traceback
-            raise ExportFailed(f"{folder / name}: the {key} converter failed: {_first_line(err)}") from None
-        parity = check_parity(fmt, artifact, quantize, keras_probabilities, images, arrays.y_test)
-        good, failed = folder / name, folder / f"{name}.failed"
+            raise ExportFailed(f"{good}: the {key} converter failed: {_first_line(err)}") from None
+        try:
+            parity = check_parity(fmt, artifact, quantize, keras_probabilities, images, arrays.y_test)
+        except Exception as err:
+            raise ExportFailed(f"{good}: the {key} export does not run in its own runtime: {_first_line(err)}") \
+                from None
         kept, dropped = (good, failed) if parity.passed else (failed, good)
         _replace(artifact, kept, scratch)
         if dropped.exists():
             dropped.rename(scratch / f"dropped-{dropped.name}")
-    record["image_shape"] = list(deployable.input_shape)
-    record["input"] = {"name": "images", "dtype": "uint8", "shape": [None, *deployable.input_shape]}
-    record["output"] = {"name": "probabilities", "dtype": "float32", "shape": [None, len(deployable.class_names)]}
-    record["class_names"] = deployable.class_names
-    record["formats"][key] = {
-        "format": fmt, "quantize": quantize, "path": kept.name,
-        "status": "ok" if parity.passed else "failed", "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "test_images": {"dataset": arrays.provenance["dataset"], "source": arrays.provenance["source"]},
-        "parity": parity.record(), "versions": _versions(fmt)}
+    entry = {"format": fmt, "quantize": quantize, "path": kept.name, "status": "ok" if parity.passed else "failed",
+             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+             "test_images": {"dataset": arrays.provenance["dataset"], "source": arrays.provenance["source"]},
+             "parity": parity.record(), "versions": _versions(fmt)}
+    formats = {**record.pop("formats"), key: entry}
+    record = {**record, "image_shape": list(deployable.input_shape), "class_names": deployable.class_names,
+              "input": {"name": "images", "dtype": "uint8", "shape": [None, *deployable.input_shape]},
+              "output": {"name": "probabilities", "dtype": "float32", "shape": [None, len(deployable.class_names)]},
+              "formats": formats}
     write_text(folder / "labels.txt", "".join(f"{label}\n" for label in deployable.class_names))
     write_json(folder / "export.json", record)
     if not parity.passed:
         raise ExportFailed(f"{failed}: the {key} export missed its bar ({parity.bar}); it is kept under this name "
                            "for inspection only and export.json marks it failed", parity=parity)
     return Exported(spec.name, key, good, folder, parity)
+
+
+def _convert(fmt: str, quantize: str | None, deployable, artifact: Path, calibration: Callable) -> None:
+    """Write the artifact with the converter's logs and warnings silenced."""
+    from ..backend import quiet
+
+    with quiet():
+        if fmt == "savedmodel":
+            write_saved_model(deployable, artifact)
+        elif fmt == "onnx":
+            write_onnx(deployable, artifact)
+        else:
+            write_litert(deployable, artifact, quantize, calibration)
 
 
 def _first_line(err: Exception) -> str:
