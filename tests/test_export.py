@@ -219,6 +219,21 @@ def test_bad_input_exits_2_naming_the_place(run_dir, tmp_path):
         refused(run_dir, "--out", busy, says=f"{busy / 'tiny'}: another export is writing into this folder")
 
 
+def test_api_exports_an_unfinished_run_from_its_last_checkpoint(run_dir, tmp_path):
+    import mnist_keras as mk
+
+    unfinished = copy_run(run_dir, tmp_path)
+    (unfinished / "model.keras").unlink()
+    state = json.loads((unfinished / "state.json").read_text())
+    (unfinished / "state.json").write_text(json.dumps({**state, "status": "interrupted"}))
+    notes = []
+    exported = mk.export(mk.open_run(unfinished), "litert", "float16", reporter=mk.Reporter(echo=notes.append))
+    assert notes == [f"note: {unfinished} is interrupted, not finished: exporting its last checkpoint "
+                     "epoch-0002.keras"]
+    assert exported.path == unfinished / "export" / "tiny" / "model-float16.tflite" and exported.parity.passed
+    assert record(exported.folder)["model"] == str((unfinished / "checkpoints" / "epoch-0002.keras").resolve())
+
+
 def test_api_refuses_unknown_format_and_quantization(run_dir):
     import mnist_keras as mk
 
