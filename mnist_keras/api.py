@@ -225,6 +225,18 @@ def predict(target: str | Path, images: Sequence[str], *, spec_file: str | None 
             for f, p in zip(files, probabilities)], problems
 
 
+def export(run: Run | str | Path, fmt: str = "savedmodel", quantize: str | None = None, *,
+           out: str | Path | None = None, data_dir: str | None = None, reporter: Reporter | None = None):
+    """Export a run's model for deployment ("savedmodel", "litert" with quantize None/"float16"/"int8", or
+    "onnx") into OUT/NAME (default RUN_DIR/export/NAME) and check it against the Keras model on the test set;
+    returns a deploy.export.Exported (path, parity figures). UserError for bad input, ExportFailed (exit 1)
+    when the export misses its parity bar."""
+    from .deploy.export import export_run
+
+    return export_run(run.path if isinstance(run, Run) else run, fmt, quantize, out=out, data_dir=data_dir,
+                      notify=reporter or Reporter())
+
+
 def sweep(spec_file: str | Path, grids: Sequence[str], overrides: Sequence[str] = (), *, sample: int | None = None,
           seed: int = 0, runs: str | Path = "runs", data_dir: str | None = None,
           reporter: Reporter | None = None) -> Iterator[tuple[list[str], Run]]:
@@ -248,4 +260,4 @@ def sweep(spec_file: str | Path, grids: Sequence[str], overrides: Sequence[str] 
         yield combo, fit(spec, runs, data_dir=data_dir, reporter=reporter)
 
 
-__all__ = ["Reporter", "Run", "build_model", "evaluate", "fit", "load_spec", "open_run", "predict", "resume", "sweep"]
+__all__ = ["Reporter", "Run", "build_model", "evaluate", "export", "fit", "load_spec", "open_run", "predict", "resume", "sweep"]

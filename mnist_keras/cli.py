@@ -1,5 +1,5 @@
 """The `mnist-keras` command line: parse, call the API, print, and map its errors to exit codes in one place
-(UserError 2, TrainingFailed 1, Interrupted and Ctrl-C 130). TensorFlow loads only inside the commands
+(UserError 2, TrainingFailed and ExportFailed 1, Interrupted and Ctrl-C 130). TensorFlow loads only inside the commands
 that train or predict."""
 
 from __future__ import annotations
@@ -309,3 +309,31 @@ def predict(target, images, spec_file):
             click.echo(f"{p['file']}: {p['class']} (probability {p['probability']:.3f})")
     if problems:
         raise UserError(*problems)
+
+
+@main.command("export")
+@click.argument("run_dir")
+@click.option("--format", "fmt", type=click.Choice(["savedmodel", "litert", "onnx"]), default="savedmodel",
+              show_default=True,
+              help="savedmodel: TensorFlow Serving's layout; litert: a .tflite file; onnx: a .onnx file.")
+@click.option("--quantize", type=click.Choice(["float16", "int8"]),
+              help="litert only: float16 weights, or int8 throughout (calibrated on training images).")
+@click.option("--out", type=click.Path(file_okay=False), help="The folder to export into (default: RUN_DIR/export).")
+@click.option("--data-dir", type=click.Path(), help="A folder with the dataset's files (default: the run's).")
+def export_command(run_dir, fmt, quantize, out, data_dir):
+    """Export a run's model for deployment (uint8 images in, probabilities out), then check it against the
+    Keras model on the test set; exit 1 if it misses its bar (float: 99.9% top-1 agreement; int8: at most
+    0.5 accuracy points lost)."""
+    from .api import Reporter, export
+    from .errors import ExportFailed
+
+    try:
+        exported = export(run_dir, fmt, quantize, out=out, data_dir=data_dir, reporter=Reporter(echo=note))
+    except ExportFailed as err:
+        for line in err.parity.lines() if err.parity else []:
+            click.echo(line)
+        raise
+    click.echo(f"exported {exported.key}: {exported.path}")
+    for line in exported.parity.lines():
+        click.echo(line)
+    click.echo(f"labels.txt and export.json in {exported.folder}")
