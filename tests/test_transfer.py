@@ -268,9 +268,10 @@ def test_stage_problems_name_their_place(write_spec, tmp_path, pretrained):
     result = cli("validate", write_spec("""
 data: {source: bundled}
 model: {layers: [flatten, {dense: 10}]}
-train: {stages: [{epochs: 1}, {epochs: 1, trainable: true}]}
+train: {stages: [{epochs: 1, lr_schedule: plateau}, {epochs: 1, trainable: true}]}
 """, "nobackbone.yaml"))
     assert result.exit_code == 2 and "train.stages[1].trainable: there is no backbone" in result.output
+    assert "train.stages[0].lr_schedule: plateau watches the whole run" in result.output
 
 
 def test_validate_needs_no_tensorflow_without_a_backbone(write_spec):

@@ -673,6 +673,9 @@ class Spec(StrictModel):
         if stages and self.train.epochs > total:
             problems.append((("train", "epochs"), f"{self.train.epochs} epochs, but the stages cover {total}; "
                              "leave train.epochs out (it is their total) or lengthen a stage"))
+        problems += [(("train", "stages", i, "lr_schedule"), "plateau watches the whole run: set it as "
+                      "train.lr_schedule, not in a stage") for i, stage in enumerate(stages)
+                     if stage.lr_schedule and stage.lr_schedule.type == "plateau"]
         if not self.backbone():
             problems += [(("train", "stages", i, "trainable"), "there is no backbone to freeze or unfreeze; "
                           "add a `backbone` as the first layer or leave trainable out")
