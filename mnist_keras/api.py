@@ -198,14 +198,13 @@ def predict(target: str | Path, images: Sequence[str], *, spec_file: str | None 
     TensorFlow loads."""
     import numpy as np
 
-    from .data.images import check_image_files, read_images
+    from .data.images import check_image_files, decoding_fit, read_images
 
     missing = check_image_files(list(images))
     if len(missing) == len(images):
         raise UserError(*missing)
     spec, model_file, run = model_target(target, spec_file)
-    from_files = run and (run.state.data or {}).get("source") in ("folders", "split-folders", "csv")
-    fit = spec.data.preprocess.fit if from_files else None  # as the data set's own images were decoded
+    fit = decoding_fit(spec.data, run and (run.state.data or {}).get("source"))  # as the data set's own images
     pixels, files, problems = read_images(list(images), spec.data.image_shape, fit)
     if not files:
         return [], problems

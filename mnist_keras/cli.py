@@ -288,6 +288,30 @@ def evaluate(target, data_dir, spec_file):
 
 
 @main.command()
+@click.argument("target", metavar="RUN_DIR|EXPORT_DIR")
+@click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on (0.0.0.0: all).")
+@click.option("--port", default=8501, show_default=True, type=click.IntRange(0, 65535),
+              help="The port (TensorFlow Serving's REST port by default; 0: any free one).")
+@click.option("--max-batch", default=64, show_default=True, type=click.IntRange(1, 1024),
+              help="At most this many images per model call when concurrent requests are batched.")
+@click.option("--batch-wait", default=2.0, show_default=True, type=click.FloatRange(0, 1000), metavar="MS",
+              help="How long the first request of a batch waits for others, in milliseconds.")
+@click.option("--no-batching", is_flag=True, help="One model call per request (same as --max-batch 1).")
+def serve(target, host, port, max_batch, batch_wait, no_batching):
+    """Serve a run's model, or an exported one, over TensorFlow Serving's REST API, with a drawing page at /.
+
+    POST /v1/models/NAME:predict takes {"instances": [...]} of uint8 images; POST /v1/models/NAME:classify
+    an image file (multipart field "file"). Concurrent requests are batched into one model call.
+    """
+    try:
+        from .deploy.server import serve as run_server
+    except ModuleNotFoundError as err:
+        raise UserError(f"serve needs {err.name}: pip install -e \".[serve]\"") from None
+    run_server(target, host, port, 1 if no_batching else max_batch, 0 if no_batching else batch_wait / 1000,
+               announce=click.echo)
+
+
+@main.command()
 @click.argument("target", metavar="RUN_DIR|MODEL")
 @click.argument("images", nargs=-1, required=True)
 @click.option("--spec", "spec_file", help="The spec the model was trained with (default: the run's spec.yaml).")
