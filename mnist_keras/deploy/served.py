@@ -70,11 +70,12 @@ def _export_folder(path: Path) -> Path | None:
 
 
 def _load_run(path: Path) -> ServedModel:
-    from ..backend import tf
     from ..runs.run import open_run
+
+    run = open_run(path)  # a folder that is no run is refused before TensorFlow loads
+    from ..backend import tf
     from .serving import serving_model
 
-    run = open_run(path)
     deployable = serving_model(run.spec, run.load_model(), run.state.classes)
     signature = tf.TensorSpec([None, *deployable.input_shape], tf.uint8)
     forward = tf.function(lambda images: deployable.model(images, training=False), input_signature=[signature])
