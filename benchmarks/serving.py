@@ -19,11 +19,13 @@ import http.client
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 
@@ -42,15 +44,16 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
     with tempfile.TemporaryDirectory() as scratch:
         run = args.run or train_lenet5(Path(scratch), env)
+        model = args.run or "lenet5 (model_specs/lenet5.yaml, 1 epoch on the bundled sample)"
         bodies = request_bodies(200)
         print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPU cores "
               f"({cpu_name()}), python {platform.python_version()}")
-        print(f"{run}: {args.clients} clients, single-image :predict requests, up to {args.requests:,} per mode "
+        print(f"{model}: {args.clients} clients, single-image :predict requests, up to {args.requests:,} per mode "
               f"or {args.seconds:g} s")
         print(f"  {'':14}{'predictions/s':>14}{'p50 ms':>9}{'p99 ms':>9}{'mean batch':>12}{'answered':>10}")
         for mode, flags in MODES.items():
             with server(run, flags, env) as port:
-                figures = load(port, bodies, args.clients, args.requests, args.seconds)
+                figures = load(port, get(port, "/v1/stats")["model"], bodies, args.clients, args.requests, args.seconds)
                 stats = get(port, "/v1/stats")
             print(f"  {mode:14}{figures['rate']:>14,.0f}{figures['p50']:>9.1f}{figures['p99']:>9.1f}"
                   f"{stats['mean_batch']:>12.1f}{figures['answered']:>10,}")
@@ -76,17 +79,17 @@ class server:
 
     def __init__(self, run: str, flags: list[str], env: dict):
         self.process = subprocess.Popen([sys.executable, "-m", "mnist_keras", "serve", run, "--port", "0", *flags],
-                                        cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+                                        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def __enter__(self) -> int:
-        line = self.process.stdout.readline()
+        line = self.process.stdout.readline()  # "serving NAME ... at http://127.0.0.1:PORT/ ..."
         if "http://" not in line:
-            raise SystemExit(f"the server did not start: {line!r}")
+            raise SystemExit(f"the server did not start: {line}{self.process.communicate()[1]}")
         return int(line.split("http://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
 
     def __exit__(self, *_):
-        self.process.send_signal(2)
-        self.process.wait(30)
+        self.process.send_signal(signal.SIGINT)
+        self.process.communicate(timeout=30)
 
 
 def get(port: int, path: str) -> dict:
@@ -95,16 +98,16 @@ def get(port: int, path: str) -> dict:
     return json.loads(connection.getresponse().read())
 
 
-def load(port: int, bodies: list[bytes], clients: int, requests: int, seconds: float) -> dict:
+def load(port: int, name: str, bodies: list[bytes], clients: int, requests: int, seconds: float) -> dict:
     """Post bodies from `clients` concurrent connections; throughput and latency after a 5% warm-up."""
-    return asyncio.run(_load(port, bodies, clients, requests, seconds))
+    return asyncio.run(_load(port, name, bodies, clients, requests, seconds))
 
 
-async def _load(port: int, bodies: list[bytes], clients: int, requests: int, seconds: float) -> dict:
+async def _load(port: int, name: str, bodies: list[bytes], clients: int, requests: int, seconds: float) -> dict:
     warmup, timings, sent = requests // 20, [], [0]
     deadline = time.perf_counter() + seconds
-    posts = [b"POST /v1/models/lenet5:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-             b"Content-Length: %d\r\n\r\n%s" % (len(body), body) for body in bodies]
+    posts = [b"POST /v1/models/%s:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+             b"Content-Length: %d\r\n\r\n%s" % (quote(name, safe="").encode(), len(body), body) for body in bodies]
 
     async def client() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -115,7 +118,7 @@ async def _load(port: int, bodies: list[bytes], clients: int, requests: int, sec
             head = await reader.readuntil(b"\r\n\r\n")
             length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
             answer = json.loads(await reader.readexactly(length))
-            if not head.startswith(b"HTTP/1.1 200") or len(answer["predictions"][0]) != 10:
+            if not head.startswith(b"HTTP/1.1 200") or len(answer["predictions"]) != 1:
                 raise SystemExit(f"bad answer: {head[:40]!r} {answer}")
             if number >= warmup:
                 timings.append((started, time.perf_counter()))
