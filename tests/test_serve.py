@@ -255,13 +255,14 @@ def test_serves_an_export_folder(tiny_run, reference, images, tmp_path):
 
 def test_bad_folders_and_a_port_in_use_exit_2_with_one_message(tiny_run, tmp_path):
     (tmp_path / "empty").mkdir()
-    for target, message in ((tmp_path / "missing", "no such run directory or export folder"),
-                            (tmp_path / "empty", "empty")):
-        result = run_cli("serve", str(target))
-        assert result.returncode == 2 and result.stderr.startswith("error: ") and message in result.stderr
-        assert "Traceback" not in result.stderr
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        result = run_cli("serve", str(tiny_run), "--port", str(taken.getsockname()[1]))
-    assert result.returncode == 2 and "the port is in use" in result.stderr and result.stderr.count("\n") == 1
+        port = str(taken.getsockname()[1])
+        cases = [((tmp_path / "missing", "--port", port), "no such run directory or export folder"),  # the folder first
+                 ((tmp_path / "empty",), "not a run directory"),
+                 ((tiny_run, "--port", port), "the port is in use; pick another with --port")]
+        for args, message in cases:
+            result = run_cli("serve", *map(str, args))
+            assert result.returncode == 2 and result.stderr.startswith("error: ") and message in result.stderr
+            assert result.stderr.count("\n") == 1 and result.stdout == ""

@@ -43,16 +43,24 @@ class ServedModel:
         return decode_image(upload, list(self.input_shape), self.fit).reshape(self.input_shape)
 
 
-def load_served(target: str | Path) -> ServedModel:
-    """A run directory, an export folder `OUT/NAME`, or `OUT` holding one exported model, ready to predict."""
+def locate(target: str | Path):
+    """What `target` holds, checked without TensorFlow: an export folder `OUT/NAME` (also found as the one
+    NAME inside `OUT`) as its Path, or a run directory as its Run; UserError for anything else."""
+    from ..runs.run import open_run
+
     path = Path(target)
     if not path.is_dir():
         raise UserError(f"{target}: no such run directory or export folder")
-    export = _export_folder(path)
-    served = _load_export(export) if export else _load_run(path)
+    return _export_folder(path) or open_run(path)
+
+
+def load_served(found) -> ServedModel:
+    """The model of what locate() found, loaded and ready to predict."""
+    served = _load_export(found) if isinstance(found, Path) else _load_run(found)
     width = served.predict(np.zeros((1, *served.input_shape), np.uint8)).shape[1]  # traced now, not on a request
     if width != len(served.class_names):
-        raise UserError(f"{target}: the model gives {width} probabilities for {len(served.class_names)} class names")
+        raise UserError(f"{served.source}: the model gives {width} probabilities for {len(served.class_names)} "
+                        "class names")
     return served
 
 
@@ -69,10 +77,7 @@ def _export_folder(path: Path) -> Path | None:
     return found[0] if found else None
 
 
-def _load_run(path: Path) -> ServedModel:
-    from ..runs.run import open_run
-
-    run = open_run(path)  # a folder that is no run is refused before TensorFlow loads
+def _load_run(run) -> ServedModel:
     from ..backend import tf
     from .serving import serving_model
 
@@ -80,7 +85,7 @@ def _load_run(path: Path) -> ServedModel:
     signature = tf.TensorSpec([None, *deployable.input_shape], tf.uint8)
     forward = tf.function(lambda images: deployable.model(images, training=False), input_signature=[signature])
     fit = decoding_fit(run.spec.data, (run.state.data or {}).get("source"))
-    return ServedModel(deployable.name, 1, deployable.input_shape, deployable.class_names, fit, str(path),
+    return ServedModel(deployable.name, 1, deployable.input_shape, deployable.class_names, fit, str(run.path),
                        lambda images: forward(images).numpy())
 
 

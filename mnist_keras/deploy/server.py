@@ -9,6 +9,7 @@ GET /v1/stats (batching counts) and GET / (the page). Every refusal is a 4xx wit
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import socket
 from contextlib import asynccontextmanager
@@ -27,7 +28,7 @@ from starlette.exceptions import HTTPException
 from ..errors import UserError
 from .batching import Batcher
 from .payloads import INPUT_NAME, BadRequest, predict_images
-from .served import ServedModel, load_served
+from .served import ServedModel, load_served, locate
 
 MAX_BODY = 16 * 1024 * 1024  # bytes: 16 MiB, checked before the body is read
 MAX_INSTANCES = 1024  # images per :predict request
@@ -36,8 +37,11 @@ MAX_INSTANCES = 1024  # images per :predict request
 def serve(target: str, host: str = "127.0.0.1", port: int = 8501, max_batch_size: int = 64,
           batch_wait: float = 0.002, announce=print) -> None:
     """Serve a run directory or export folder until Ctrl-C; UserError for a bad folder or a port in use."""
-    listener = _listen(host, port)
-    model = load_served(target)
+    found = locate(target)
+    listener = _listen(host, port)  # a port in use is reported before the model loads
+    model = load_served(found)
+    gc.collect()
+    gc.freeze()  # TensorFlow's millions of objects are never garbage: collections skip them from here on
     app = create_app(model, Batcher(model.predict, max_batch_size, batch_wait))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, proxy_headers=False,
                                             timeout_graceful_shutdown=5))
