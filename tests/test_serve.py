@@ -4,7 +4,6 @@ every bad request answered with a 4xx and {"error": ...}, dynamic batching, expo
 from __future__ import annotations
 
 import http.client
-import io
 import json
 import socket
 import threading
@@ -216,31 +215,10 @@ def test_concurrent_requests_are_answered_and_batched(tiny_server, reference):
     assert calls < 64 and after["largest_batch"] > 1, (before, after)  # some requests shared a model call
 
 
-def export(deployable, out) -> None:
-    """An export folder as `mnist-keras export` writes it: OUT/NAME/1/ (SavedModel), labels.txt, export.json."""
-    from mnist_keras.backend import tf
-
-    class Exported(tf.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        @tf.function(input_signature=[tf.TensorSpec([None, *deployable.input_shape], tf.uint8, name="images")])
-        def serve(self, images):
-            return {"probabilities": self.model(images, training=False)}
-
-    folder = out / deployable.name
-    module = Exported(deployable.model)
-    tf.saved_model.save(module, str(folder / "1"), signatures={"serving_default": module.serve})
-    (folder / "labels.txt").write_text("\n".join(deployable.class_names) + "\n")
-    (folder / "export.json").write_text(json.dumps({"name": deployable.name, "image_shape": list(deployable.input_shape),
-                                                    "class_names": deployable.class_names}))
-
-
 def test_serves_an_export_folder(tiny_run, reference, images, tmp_path):
-    from mnist_keras.deploy.serving import run_deployable
+    from mnist_keras.deploy.export import export_run
 
-    export(run_deployable(tiny_run), tmp_path / "out")
+    export_run(tiny_run, "savedmodel", out=tmp_path / "out")  # OUT/tiny/1/, labels.txt, export.json
     (tmp_path / "out" / "tiny" / "0").mkdir()  # a lower version without a model: the highest is served
     with Server(tmp_path / "out", "--no-batching") as server:
         status, answer = server.request("POST", "/v1/models/tiny:predict", {"inputs": images.tolist()})
