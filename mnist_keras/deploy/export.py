@@ -115,8 +115,11 @@ def _sha256(path: Path) -> str:
 def _open_folder(folder: Path, run: Run, model_file: Path) -> dict:
     """OUT/NAME, created if need be, when it holds nothing or exports of this very model; the identity of the
     model that its export.json must match. UserError otherwise."""
+    from ..data.images import decoding_fit
+
     identity = {"name": run.spec.name, "run": str(run.path.resolve()), "model": str(model_file.resolve()),
-                "model_sha256": _sha256(model_file)}
+                "model_sha256": _sha256(model_file),
+                "fit": decoding_fit(run.spec.data, (run.state.data or {}).get("source"))}  # how `serve` decodes uploads
     if (folder / "export.json").is_file():
         _read_record(folder, identity)
     elif folder.exists() and (not folder.is_dir() or not all(_ours(p.name) for p in folder.iterdir())):
