@@ -13,9 +13,9 @@ __version__ = "0.1.0"
 
 _HOMES = {
     "load_spec": "api", "build_model": "api", "fit": "api", "resume": "api", "open_run": "api", "evaluate": "api",
-    "predict": "api", "sweep": "api",
+    "predict": "api", "sweep": "api", "export": "api",
     "Reporter": "api", "Run": "api", "Spec": "spec", "Error": "errors", "UserError": "errors",
-    "TrainingFailed": "errors", "Interrupted": "errors",
+    "TrainingFailed": "errors", "ExportFailed": "errors", "Interrupted": "errors",
 }
 __all__ = [*_HOMES, "__version__"]
 

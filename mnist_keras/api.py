@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -122,10 +123,14 @@ def _train(spec: Spec, run: Path | None, runs: str | Path | None, state: RunStat
         raise Interrupted("interrupted before training began; nothing was written") from None
     if not prepared.placement.is_chief:
         return _train_worker(spec, run, prepared, state, reporter)
-    run = run or create_run_dir(runs, spec.name)
+    new, run = run is None, run or create_run_dir(runs, spec.name)
     try:
         write_text(run / "spec.yaml", dump_spec(spec))
         metrics = train_run(spec, run, prepared, state, reporter, reporter.verbose, grows, callbacks)
+    except UserError:  # refused before the first epoch began (a backbone's weights, the data's batches)
+        if new and not (run / "state.json").exists():
+            shutil.rmtree(run, ignore_errors=True)
+        raise
     except KeyboardInterrupt:
         _mark(run, state, "interrupted")
         raise Interrupted(f"interrupted after epoch {state.epochs_done}; resume with: "
@@ -194,14 +199,13 @@ def predict(target: str | Path, images: Sequence[str], *, spec_file: str | None 
     TensorFlow loads."""
     import numpy as np
 
-    from .data.images import check_image_files, read_images
+    from .data.images import check_image_files, decoding_fit, read_images
 
     missing = check_image_files(list(images))
     if len(missing) == len(images):
         raise UserError(*missing)
     spec, model_file, run = model_target(target, spec_file)
-    from_files = run and (run.state.data or {}).get("source") in ("folders", "split-folders", "csv")
-    fit = spec.data.preprocess.fit if from_files else None  # as the data set's own images were decoded
+    fit = decoding_fit(spec.data, run and (run.state.data or {}).get("source"))  # as the data set's own images
     pixels, files, problems = read_images(list(images), spec.data.image_shape, fit)
     if not files:
         return [], problems
@@ -219,6 +223,18 @@ def predict(target: str | Path, images: Sequence[str], *, spec_file: str | None 
                         f"{len(names)}")
     return [{"file": f, "class": names[int(p.argmax())], "probability": float(p.max())}
             for f, p in zip(files, probabilities)], problems
+
+
+def export(run: Run | str | Path, fmt: str = "savedmodel", quantize: str | None = None, *,
+           out: str | Path | None = None, data_dir: str | None = None, reporter: Reporter | None = None):
+    """Export a run's model for deployment ("savedmodel", "litert" with quantize None/"float16"/"int8", or
+    "onnx") into OUT/NAME (default RUN_DIR/export/NAME) and check it against the Keras model on the test set;
+    returns a deploy.export.Exported (path, parity figures). UserError for bad input, ExportFailed (exit 1)
+    when the export misses its parity bar."""
+    from .deploy.export import export_run
+
+    return export_run(run.path if isinstance(run, Run) else run, fmt, quantize, out=out, data_dir=data_dir,
+                      notify=reporter or Reporter())
 
 
 def sweep(spec_file: str | Path, grids: Sequence[str], overrides: Sequence[str] = (), *, sample: int | None = None,
@@ -244,4 +260,4 @@ def sweep(spec_file: str | Path, grids: Sequence[str], overrides: Sequence[str] 
         yield combo, fit(spec, runs, data_dir=data_dir, reporter=reporter)
 
 
-__all__ = ["Reporter", "Run", "build_model", "evaluate", "fit", "load_spec", "open_run", "predict", "resume", "sweep"]
+__all__ = ["Reporter", "Run", "build_model", "evaluate", "export", "fit", "load_spec", "open_run", "predict", "resume", "sweep"]

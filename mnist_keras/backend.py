@@ -5,27 +5,55 @@ start-up noise through. Importing this module is what loads TensorFlow: do it in
 and functions that train or predict, never at the top of a module that `--help` or `validate` load.
 """
 
+import contextlib
+import io
+import logging
 import os
 import signal
 import sys
+import warnings
+
+
+@contextlib.contextmanager
+def silenced_stderr():
+    """File descriptor 2 sent to /dev/null: absl and TensorFlow's C++ write there past any log level."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.stderr.flush()
-_saved, _devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-os.dup2(_devnull, 2)  # absl writes to fd 2 before any log level applies
 # The threads TensorFlow starts inherit this mask: Ctrl-C and SIGTERM reach the main thread only, even while
 # it waits inside TensorFlow's C++ (train/distribute.py's stoppable_wait relies on it).
 _mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
 try:
-    import keras
-    import tensorflow as tf
+    with silenced_stderr():
+        import keras
+        import tensorflow as tf
 
-    tf.config.list_physical_devices()
+        tf.config.list_physical_devices()
 finally:
     signal.pthread_sigmask(signal.SIG_SETMASK, _mask)
-    os.dup2(_saved, 2)
-    os.close(_saved)
-    os.close(_devnull)
 tf.get_logger().setLevel("ERROR")
 
-__all__ = ["keras", "tf"]
+
+@contextlib.contextmanager
+def quiet():
+    """Silence a converter: its C++ logs, Python warnings, log records and prints."""
+    disabled = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with silenced_stderr(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(disabled)
+
+
+__all__ = ["keras", "quiet", "tf"]

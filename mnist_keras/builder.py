@@ -6,12 +6,25 @@ from .spec import Spec
 
 
 def build_model(spec: Spec):
-    """The uncompiled keras.Sequential the spec describes, named after the spec. Under mixed precision
-    a parameter-free float32 layer ends it, so the logits and the loss stay in float32."""
+    """The uncompiled keras.Sequential the spec describes, named after the spec, its backbone (if any) frozen as
+    the first stage says. Under mixed precision a parameter-free float32 layer ends it, so the logits and the
+    loss stay in float32."""
     from .backend import keras
 
-    layers = [keras.Input(shape=spec.input_shape(), name="image")]
-    layers += [planned.layer.keras(planned.name) for planned in spec.plan()]
+    layers, shape = [keras.Input(shape=spec.input_shape(), name="image")], spec.input_shape()
+    for planned in spec.plan():
+        if planned.backbone:
+            from .backbones import build_backbone
+
+            layers.append(build_backbone(spec, planned, shape))
+        else:
+            layers.append(planned.layer.keras(planned.name))
+        shape = planned.output_shape
     if spec.runtime.mixed_precision:
         layers.append(keras.layers.Activation("linear", dtype="float32", name="float32_logits"))
-    return keras.Sequential(layers, name=spec.name)
+    model = keras.Sequential(layers, name=spec.name)
+    if spec.backbone():
+        from .backbones import set_trainable
+
+        set_trainable(model, spec, spec.stages()[0].trainable)
+    return model

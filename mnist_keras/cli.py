@@ -1,5 +1,5 @@
 """The `mnist-keras` command line: parse, call the API, print, and map its errors to exit codes in one place
-(UserError 2, TrainingFailed 1, Interrupted and Ctrl-C 130). TensorFlow loads only inside the commands
+(UserError 2, TrainingFailed and ExportFailed 1, Interrupted and Ctrl-C 130). TensorFlow loads only inside the commands
 that train or predict."""
 
 from __future__ import annotations
@@ -90,19 +90,31 @@ def summary(spec, overrides, with_keras):
 
     loaded = load_spec(spec, overrides)
     planned = loaded.plan()
-    rows = [("#", "layer", "output shape", "params", "from spec")]
+    stages = loaded.stages()
+    counts = [loaded.stage_weights(planned, stage) for stage in stages]
+    staged = len(stages) > 1 or loaded.backbone() is not None
+    heads = [f"stage {s.number} trainable / frozen" for s in stages] if staged else []
+    rows = [("#", "layer", "output shape", "params", *heads, "from spec")]
     for i, p in enumerate(planned, 1):
         shape = "(None, " + ", ".join(str(d) for d in p.output_shape) + ")"
-        rows.append((str(i), p.name, shape, f"{p.trainable + p.non_trainable:,}", dotted(p.origin)))
-    widths = [max(len(r[c]) for r in rows) for c in range(5)]
+        cells = [f"{c[i - 1][0]:,} / {c[i - 1][1]:,}" for c in counts] if staged else []
+        rows.append((str(i), p.name, shape, f"{p.trainable + p.non_trainable:,}", *cells, dotted(p.origin)))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    right = {0, 3, *range(4, 4 + len(heads))}
     click.echo(f"Model: {loaded.name}    input shape: {loaded.input_shape()}")
     for row in rows:
-        click.echo("  ".join(cell.rjust(w) if c in (0, 3) else cell.ljust(w) for c, (cell, w) in enumerate(zip(row, widths))).rstrip())
-    trainable = sum(p.trainable for p in planned)
-    frozen = sum(p.non_trainable for p in planned)
+        click.echo("  ".join(cell.rjust(w) if c in right else cell.ljust(w)
+                             for c, (cell, w) in enumerate(zip(row, widths))).rstrip())
+    trainable, frozen = (sum(c[0] for c in counts[0]), sum(c[1] for c in counts[0]))
     click.echo(f"Total params: {trainable + frozen:,} ({(trainable + frozen) * 4 / 1024:,.2f} KB as float32)")
     click.echo(f"Trainable params: {trainable:,}")
     click.echo(f"Non-trainable params: {frozen:,}")
+    for stage, count in zip(stages, counts) if staged else ():
+        backbone = stage.trainable if isinstance(stage.trainable, bool) else f"last {stage.trainable.last} layers"
+        click.echo(f"Stage {stage.number}: epochs {stage.first + 1}-{stage.end}, backbone trainable: "
+                   f"{str(backbone).lower()}, {stage.spec.train.optimizer.type} at learning rate "
+                   f"{stage.spec.train.optimizer.resolved_learning_rate():g}: {sum(c[0] for c in count):,} "
+                   f"trainable, {sum(c[1] for c in count):,} frozen")
     if with_keras:
         from .api import build_model
 
@@ -316,6 +328,30 @@ def evaluate(target, data_dir, spec_file):
 
 
 @main.command()
+@click.argument("target", metavar="RUN_DIR|EXPORT_DIR")
+@click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on (0.0.0.0: all).")
+@click.option("--port", default=8501, show_default=True, type=click.IntRange(0, 65535),
+              help="The port (TensorFlow Serving's REST port by default; 0: any free one).")
+@click.option("--max-batch", default=64, show_default=True, type=click.IntRange(1, 1024),
+              help="At most this many images per model call when concurrent requests are batched.")
+@click.option("--batch-wait", default=2.0, show_default=True, type=click.FloatRange(0, 1000), metavar="MS",
+              help="How long the first request of a batch waits for others, in milliseconds.")
+@click.option("--no-batching", is_flag=True, help="One model call per request (same as --max-batch 1).")
+def serve(target, host, port, max_batch, batch_wait, no_batching):
+    """Serve a run's model, or an exported one, over TensorFlow Serving's REST API, with a drawing page at /.
+
+    POST /v1/models/NAME:predict takes {"instances": [...]} of uint8 images; POST /v1/models/NAME:classify
+    an image file (multipart field "file"). Concurrent requests are batched into one model call.
+    """
+    try:
+        from .deploy.server import serve as run_server
+    except ModuleNotFoundError as err:
+        raise UserError(f"serve needs {err.name}: pip install -e \".[serve]\"") from None
+    run_server(target, host, port, 1 if no_batching else max_batch, 0 if no_batching else batch_wait / 1000,
+               announce=click.echo)
+
+
+@main.command()
 @click.argument("target", metavar="RUN_DIR|MODEL")
 @click.argument("images", nargs=-1, required=True)
 @click.option("--spec", "spec_file", help="The spec the model was trained with (default: the run's spec.yaml).")
@@ -337,3 +373,31 @@ def predict(target, images, spec_file):
             click.echo(f"{p['file']}: {p['class']} (probability {p['probability']:.3f})")
     if problems:
         raise UserError(*problems)
+
+
+@main.command("export")
+@click.argument("run_dir")
+@click.option("--format", "fmt", type=click.Choice(["savedmodel", "litert", "onnx"]), default="savedmodel",
+              show_default=True,
+              help="savedmodel: TensorFlow Serving's layout; litert: a .tflite file; onnx: a .onnx file.")
+@click.option("--quantize", type=click.Choice(["float16", "int8"]),
+              help="litert only: float16 weights, or int8 throughout (calibrated on training images).")
+@click.option("--out", type=click.Path(file_okay=False), help="The folder to export into (default: RUN_DIR/export).")
+@click.option("--data-dir", type=click.Path(), help="A folder with the dataset's files (default: the run's).")
+def export_command(run_dir, fmt, quantize, out, data_dir):
+    """Export a run's model for deployment (uint8 images in, probabilities out), then check it against the
+    Keras model on the test set; exit 1 if it misses its bar (float: 99.9% top-1 agreement; int8: at most
+    0.5 accuracy points lost)."""
+    from .api import Reporter, export
+    from .errors import ExportFailed
+
+    try:
+        exported = export(run_dir, fmt, quantize, out=out, data_dir=data_dir, reporter=Reporter(echo=note))
+    except ExportFailed as err:
+        for line in err.parity.lines() if err.parity else []:
+            click.echo(line)
+        raise
+    click.echo(f"exported {exported.key}: {exported.path}")
+    for line in exported.parity.lines():
+        click.echo(line)
+    click.echo(f"labels.txt and export.json in {exported.folder}")

@@ -27,3 +27,14 @@ class Interrupted(Error):
     """Ctrl-C: the last finished epoch is kept and the run is marked interrupted. Exit 130."""
 
     exit_code = 130
+
+
+class ExportFailed(Error):
+    """An export missed its parity bar or its converter failed; the artifact is moved aside as failed. Exit 1.
+    `parity` holds the figures that missed the bar (None when the converter failed)."""
+
+    exit_code = 1
+
+    def __init__(self, *messages: str, parity=None):
+        super().__init__(*messages)
+        self.parity = parity

@@ -18,3 +18,35 @@ def write_spec(tmp_path):
         return path
 
     return write
+
+
+TINY_SERVED = """
+name: tiny
+seed: 7
+data: {source: bundled, max_train: 1280, validation: 256, batch_size: 64}
+model:
+  layers: [flatten, {dense: {units: 32, activation: relu}}, {dense: 10}]
+train:
+  epochs: 1
+  optimizer: {type: adam, learning_rate: 0.003}
+  tensorboard: {enabled: false}
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A run of a tiny Dense model trained for one epoch on the bundled sample (test_serve.py, test_page.py)."""
+    import mnist_keras as mk
+
+    folder = tmp_path_factory.mktemp("served")
+    (folder / "tiny.yaml").write_text(TINY_SERVED)
+    return Path(mk.fit(mk.load_spec(folder / "tiny.yaml"), runs=folder / "runs").path)
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tiny_run):
+    """`mnist-keras serve` of tiny_run, running for the whole session."""
+    from serve_process import Server
+
+    with Server(tiny_run) as server:
+        yield server

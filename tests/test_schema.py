@@ -18,7 +18,8 @@ from mnist_keras.spec.layers import LAYERS
 from mnist_keras.spec.schema import Optimizer, Spec, SpecProblems
 
 OPTIMIZERS = typing.get_args(typing.get_args(Optimizer)[0])
-KERAS_CLASSES = [*LAYERS.values(), *INITIALIZERS, Regularizer, *OPTIMIZERS]
+# A backbone is a keras.applications network or an earlier run's layers, not one Keras class's arguments.
+KERAS_CLASSES = [*(cls for cls in LAYERS.values() if cls.kind != "backbone"), *INITIALIZERS, Regularizer, *OPTIMIZERS]
 MODEL = {"layers": ["flatten", {"dense": 10}]}
 
 

@@ -41,13 +41,12 @@ def read_images(files: list[str], image_shape: list[int], fit: str | None = None
     resized by area averaging, and inverted when its mean is above mid-gray (dark ink on light paper),
     since MNIST digits are light on a dark background.
     """
-    height, width = image_shape[:2]
     images, good, problems = [], [], []
     for file in files:
         found = check_image_files([file])
         if not found:
             try:
-                images.append(image_array(file, image_shape, fit) if fit else _mnist_like(file, height, width))
+                images.append(decode_image(file, image_shape, fit))
                 good.append(file)
             except UserError as err:
                 found = err.messages
@@ -56,7 +55,20 @@ def read_images(files: list[str], image_shape: list[int], fit: str | None = None
     return np.array(images, np.uint8).reshape(-1, *shape), good, problems
 
 
-def _mnist_like(file: str, height: int, width: int) -> np.ndarray:
+def decoding_fit(data, source: str | None) -> str | None:
+    """How to decode image files for a model trained on `data` read from `source` (the run record's): fitted by
+    the spec's `fit` for image-file data sets and colour images, MNIST-like (None) for gray digit arrays."""
+    colour = data.image_shape[2:] not in ([], [1])
+    return data.preprocess.fit if colour or source in ("folders", "split-folders", "csv") else None
+
+
+def decode_image(file, image_shape: list[int], fit: str | None = None) -> np.ndarray:
+    """One image (a path, or a binary file object whose `name` messages quote) as read_images decodes it:
+    fitted to `image_shape` by `fit`, or MNIST-like ([H, W]) without one."""
+    return image_array(file, image_shape, fit) if fit else _mnist_like(file, *image_shape[:2])
+
+
+def _mnist_like(file, height: int, width: int) -> np.ndarray:
     """One image file, decoded and made MNIST-like; a UserError when it is not an image or too large."""
     from PIL import Image
 
@@ -66,10 +78,12 @@ def _mnist_like(file: str, height: int, width: int) -> np.ndarray:
     return np.clip(small.round(), 0, 255).astype(np.uint8)
 
 
-def load_image(file: str):
-    """One image file decoded by Pillow (a GIF's first frame); a UserError when it is not an image or too large."""
+def load_image(file):
+    """One image file (a path or a binary file object) decoded by Pillow (a GIF's first frame); a UserError when
+    it is not an image or too large."""
     from PIL import Image, UnidentifiedImageError
 
+    name = file if isinstance(file, (str, os.PathLike)) else getattr(file, "name", "the image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -80,16 +94,16 @@ def load_image(file: str):
                 return image.copy()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         declared = str(err) if str(err)[0].isdigit() else f"over {Image.MAX_IMAGE_PIXELS:,}"  # Pillow's own check
-        raise UserError(f"{file}: too large: {declared} pixels; an image may have at most {MAX_PIXELS:,} "
+        raise UserError(f"{name}: too large: {declared} pixels; an image may have at most {MAX_PIXELS:,} "
                         "(40 megapixels)") from None
     except UnidentifiedImageError:
-        raise UserError(f"{file}: cannot be read as an image (PNG, JPEG, GIF or BMP): unknown format") from None
+        raise UserError(f"{name}: cannot be read as an image (PNG, JPEG, GIF or BMP): unknown format") from None
     except Exception as err:  # Pillow's decoders raise many kinds (OSError, SyntaxError, ValueError...) on bad data
         detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(f"{file}: cannot be read as an image (PNG, JPEG, GIF or BMP): {detail}") from None
+        raise UserError(f"{name}: cannot be read as an image (PNG, JPEG, GIF or BMP): {detail}") from None
 
 
-def image_array(file: str, image_shape: list[int], fit: str) -> np.ndarray:
+def image_array(file, image_shape: list[int], fit: str) -> np.ndarray:
     """One image file as uint8 pixels of `image_shape` ([H, W], [H, W, 1]: gray; [H, W, 3]: RGB), transparency
     laid over white, fitted to the size by `fit`: stretch, crop (the centre) or pad (with black)."""
     height, width = image_shape[:2]

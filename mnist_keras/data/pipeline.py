@@ -28,6 +28,7 @@ class Pipelines:
     """The datasets for model.fit / evaluate, and their sizes."""
 
     train: Any  # tf.data.Dataset of (x, y) batches, epochs start_epoch..epochs-1 back to back
+    train_from: Any  # epoch -> the same from that epoch on (a new fit call, as a stage starts)
     validation: Any | None  # None when data.validation is 0
     test: Any
     steps_per_epoch: int
@@ -170,11 +171,14 @@ def make_pipelines(spec: Spec, data, start_epoch: int = 0, cache_dir: str | None
         out = batches(split, tf.data.Dataset.from_tensors(tf.range(n)))
         return out.apply(tf.data.experimental.assert_cardinality(math.ceil(n / d.batch_size)))
 
-    train = batches(splits[0], tf.data.Dataset.range(start_epoch, spec.train.epochs).map(order), d.drop_remainder)
+    def train_from(epoch: int):
+        return batches(splits[0], tf.data.Dataset.range(epoch, spec.train.epochs).map(order), d.drop_remainder)
+
+    train = train_from(start_epoch)
     shape = tuple(train.element_spec[0].shape[1:])
     if shape != spec.input_shape():
         raise UserError(f"model.input_shape: the data gives images of shape {list(shape)}, but the model takes "
                         f"{list(spec.input_shape())}; match model.input_shape to data.image_shape and data.preprocess")
     validation, test = splits[1] and finite(splits[1]), finite(splits[2])
-    return Pipelines(train, validation, test, steps, n_train, len(splits[1][1]) if splits[1] else 0,
+    return Pipelines(train, train_from, validation, test, steps, n_train, len(splits[1][1]) if splits[1] else 0,
                      len(splits[2][1]), shape)

@@ -47,11 +47,16 @@ def image_shape(spec: Spec) -> tuple[int, int, int]:
     return (shape[0], shape[1], shape[2] if len(shape) == 3 else 1)
 
 
+def require_classifier(spec: Spec, where: str | Path | None = None) -> None:
+    """UserError for a regression spec, naming `where` (the run directory) or else the spec."""
+    if spec.loss() == "mse":
+        raise UserError(f"{where or spec.name}: a regression model (loss mse) gives a value, not class "
+                        "probabilities; only classifiers can be deployed")
+
+
 def serving_model(spec: Spec, trained, class_names: list[str] | None = None) -> Deployable:
     """The trained model behind the spec's preprocessing and a softmax; UserError for a regression spec."""
-    if spec.loss() == "mse":
-        raise UserError(f"{spec.name}: a regression model (loss mse) gives a value, not class probabilities; "
-                        "only classifiers can be deployed")
+    require_classifier(spec)
     shape = image_shape(spec)
     images = keras.Input(shape=shape, dtype="uint8", name="images")
     logits = trained(Preprocessing(spec.data.preprocess.model_dump(mode="json"), name="preprocessing")(images))

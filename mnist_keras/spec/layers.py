@@ -10,9 +10,11 @@ import math
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import AfterValidator, BeforeValidator, Discriminator, Field, Tag, create_model
+from pydantic import AfterValidator, BeforeValidator, Discriminator, Field, Tag, create_model, model_validator
 from pydantic_core import PydanticCustomError
 
+from .applications import APPLICATIONS, Described, input_problem
+from .applications import describe as describe_application
 from .fields import (
     MAX_INT,
     ActivationName,
@@ -83,7 +85,7 @@ class Layer(KerasObject):
     def output_shape(self, shape: Shape) -> Shape:
         return shape
 
-    def weights(self, shape: Shape) -> tuple[int, int]:
+    def weight_counts(self, shape: Shape) -> tuple[int, int]:
         """(trainable, non-trainable) parameter counts for an input of `shape`."""
         return 0, 0
 
@@ -119,7 +121,7 @@ class Dense(WeightedLayer):
             raise ShapeError("dense needs an input with at least one axis")
         return shape[:-1] + (self.units,)
 
-    def weights(self, shape):
+    def weight_counts(self, shape):
         return shape[-1] * self.units + self.units * self.use_bias, 0
 
 
@@ -142,7 +144,7 @@ class Conv2D(WeightedLayer):
         out = _window_out(shape, self.kernel_size, self.strides, self.dilation_rate, self.padding, "kernel", field)
         return out + (self.filters,)
 
-    def weights(self, shape):
+    def weight_counts(self, shape):
         kh, kw = self.kernel_size
         return kh * kw * shape[2] * self.filters + self.filters * self.use_bias, 0
 
@@ -211,7 +213,7 @@ class BatchNorm(Layer):
             raise ShapeError("batch_norm needs an input with at least one axis")
         return shape
 
-    def weights(self, shape):
+    def weight_counts(self, shape):
         return shape[-1] * (self.center + self.scale), 2 * shape[-1]
 
 
@@ -380,6 +382,79 @@ class RandomContrast(ValueAugmentation):
     keras_class = "RandomContrast"
 
 
+class Unfreeze(StrictModel):
+    """Train only the backbone's last layers."""
+
+    last: PositiveInt = _describe("how many of the backbone's last layers with weights train (counted from its "
+                                  "output; its BatchNorm layers stay frozen)")
+
+
+Trainable = Annotated[Union[bool, Unfreeze], Field(union_mode="left_to_right")]
+
+
+def _known_application(name: str) -> str:
+    if name not in APPLICATIONS:
+        raise ValueError(f"unknown backbone '{name}'{did_you_mean(name, APPLICATIONS)}; known: "
+                         + ", ".join(APPLICATIONS))
+    return name
+
+
+class Backbone(Layer):
+    """A pretrained network, first in the layer list (only augmentation may come before it).
+
+    A `keras.applications` network by name, without its top, or an earlier run's model up to one of its
+    layers. It takes the pixels as the data gives them and applies its own preprocessing inside the model
+    (`preprocess_input`, or the run's)."""
+
+    kind = "backbone"
+    keras_class = "Sequential"
+    shorthand = "name"
+    name: Annotated[str, AfterValidator(_known_application)] | None = Field(
+        None, description="a keras.applications network: " + ", ".join(APPLICATIONS))
+    weights: str | None = Field(None, description="imagenet (Keras' file, downloaded once; the default), none "
+                                "(random), or the path of a .keras, .h5 or .weights.h5 file of the same network")
+    pooling: Literal["avg", "max", "none"] | None = Field(None, description="how the network's last feature map "
+                                                          "becomes a vector: avg (the default), max, or none (keep "
+                                                          "the map)")
+    run: str | None = Field(None, description="an earlier run directory whose best model (else its final one) "
+                            "is the backbone")
+    until: str | Annotated[int, Field(ge=0, le=MAX_INT)] | None = Field(
+        None, description="with run: the last layer taken, by name or index (default: the one before its "
+        "output layer)")
+    trainable: Trainable = Field(False, description="false: frozen (its BatchNorm layers in inference mode); "
+                                 "true: all of it trains; {last: N}: only its last N layers with weights")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.name is None) == (self.run is None):
+            raise ValueError("a backbone is either `name: NETWORK` (keras.applications) or `run: RUN_DIR`")
+        if self.run is not None:
+            extra = [f for f in ("weights", "pooling") if getattr(self, f) is not None]
+            if extra:
+                raise ValueError(f"{' and '.join(extra)} belong to a keras.applications backbone, not to `run:`")
+        elif self.until is not None:
+            raise ValueError("`until` picks a layer of an earlier run (`run:`), not of a keras.applications network")
+        return self
+
+    def weights_file(self) -> str | None:
+        """The weights file path, if `weights` names one."""
+        return None if self.weights in (None, "imagenet", "none") else self.weights
+
+    def pretrained(self) -> bool:
+        """True for Keras' ImageNet weights."""
+        return self.weights in (None, "imagenet")
+
+    def pool(self) -> str:
+        return self.pooling or "avg"
+
+    def describe(self, shape: Shape) -> Described:
+        """The network for this input shape (a keras.applications one; a run's is described by the Spec)."""
+        problem = input_problem(self.name, shape)
+        if problem:
+            raise ShapeError(problem)
+        return describe_application(self.name, tuple(shape), self.pool())
+
+
 class Macro(StrictModel):
     """A spec entry that expands to several layers (a stack or a template)."""
 
@@ -493,7 +568,7 @@ LAYERS: dict[str, type[Layer]] = {
     cls.kind: cls
     for cls in (Dense, Conv2D, MaxPool2D, AvgPool2D, Flatten, Dropout, BatchNorm, Activation, Reshape, Resizing,
                 Rescaling, RandomTranslation, RandomRotation, RandomZoom, RandomFlip, RandomCrop,
-                RandomBrightness, RandomContrast)
+                RandomBrightness, RandomContrast, Backbone)
 }
 MACROS: dict[str, type[Macro]] = {cls.kind: cls for cls in (DenseStack, ConvPoolStack, LeNet5)}
 TEMPLATES: dict[str, type[Macro]] = {"lenet5": LeNet5}
@@ -567,10 +642,30 @@ class PlannedLayer:
     output_shape: Shape
     trainable: int
     non_trainable: int
+    backbone: Described | None = None  # a backbone's own layers
 
 
-def plan_layers(entries: list[tuple[tuple, Any]], input_shape: Shape, num_classes: int) -> list[PlannedLayer]:
-    """Expand `(spec path, entry)` pairs and infer every shape; ShapeError.path says where it broke."""
+def frozen_counts(layers, trainable, keep_batch_norm_frozen: bool) -> tuple[int, int]:
+    """(trainable, non-trainable) weights of a backbone's `layers` under a `trainable` setting."""
+    count = len(layers) if trainable is True else 0 if trainable is False else trainable.last
+    on = [i >= len(layers) - count and not (keep_batch_norm_frozen and layer.batch_norm)
+          for i, layer in enumerate(layers)]
+    total = sum(layer.trainable for layer, o in zip(layers, on) if o)
+    return total, sum(layer.trainable + layer.non_trainable for layer in layers) - total
+
+
+def _check_first(planned: list[PlannedLayer], path: tuple) -> None:
+    """ShapeError unless everything before the backbone is augmentation."""
+    before = [p.name for p in planned if not isinstance(p.layer, ImageAugmentation)]
+    if before:
+        raise ShapeError(f"a backbone must be the first layer (only augmentation layers may come before it), "
+                         f"but {', '.join(before)} come{'s' * (len(before) == 1)} before it")
+
+
+def plan_layers(entries: list[tuple[tuple, Any]], input_shape: Shape, num_classes: int,
+                describe_run=None) -> list[PlannedLayer]:
+    """Expand `(spec path, entry)` pairs and infer every shape; ShapeError.path says where it broke.
+    `describe_run(backbone, shape)` describes a backbone taken from an earlier run."""
     planned, counts, shape = [], {}, tuple(input_shape)
     for path, entry in entries:
         name, content = entry_content(entry)
@@ -581,14 +676,21 @@ def plan_layers(entries: list[tuple[tuple, Any]], input_shape: Shape, num_classe
             err.path = base + ((err.field,) if err.field else ())
             raise
         for layer, origin in expanded:
+            described = None
             try:
-                out = layer.output_shape(shape)
-                trainable, frozen = layer.weights(shape)
+                if isinstance(layer, Backbone):
+                    _check_first(planned, path)
+                    described = describe_run(layer, shape) if layer.run else layer.describe(shape)
+                    out = described.output_shape
+                    trainable, frozen = frozen_counts(described.layers, layer.trainable, layer.trainable is not True)
+                else:
+                    out = layer.output_shape(shape)
+                    trainable, frozen = layer.weight_counts(shape)
             except ShapeError as err:
                 err.path = base + ((err.field,) if err.field and layer is content else origin)
                 raise
             counts[layer.kind] = counts.get(layer.kind, 0) + 1
-            label = f"{layer.kind}_{counts[layer.kind]}"
-            planned.append(PlannedLayer(label, layer, base + origin, out, trainable, frozen))
+            label = "backbone" if described else f"{layer.kind}_{counts[layer.kind]}"
+            planned.append(PlannedLayer(label, layer, base + origin, out, trainable, frozen, described))
             shape = out
     return planned

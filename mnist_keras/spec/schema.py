@@ -10,6 +10,8 @@ from __future__ import annotations
 import inspect
 import math
 import re
+from dataclasses import dataclass
+from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, BeforeValidator, Field, PrivateAttr, ValidationError, model_validator
@@ -30,7 +32,8 @@ from .fields import (
     type_tag,
     typed_union,
 )
-from .layers import LayerEntry, PlannedLayer, ShapeError, TemplateEntry, plan_layers
+from .applications import Described, LayerWeights
+from .layers import Backbone, LayerEntry, PlannedLayer, ShapeError, TemplateEntry, Trainable, frozen_counts, plan_layers
 
 Path = tuple
 MAX_THREADS = 1024
@@ -386,6 +389,19 @@ class EarlyStopping(StrictModel):
     restore_best_weights: bool = Field(True, description="end with the weights of the best epoch")
 
 
+class Stage(StrictModel):
+    """Part of the training with its own backbone freezing, optimizer and schedule (whose counts start at the
+    stage's first epoch)."""
+
+    epochs: PositiveInt = Field(description="the stage's epochs")
+    trainable: Trainable | None = Field(None, description="the backbone in this stage: false, true or {last: N} "
+                                        "(default: the backbone's own trainable)")
+    optimizer: Optimizer | None = Field(None, description="the optimizer of this stage, new at its start "
+                                        "(default: train.optimizer)")
+    lr_schedule: LRSchedule | None = Field(None, description="the schedule of this stage (default: "
+                                           "train.lr_schedule)")
+
+
 class Train(StrictModel):
     """Loss, optimizer, learning-rate schedule and callbacks."""
 
@@ -402,6 +418,19 @@ class Train(StrictModel):
                                                  "(default: off)")
     terminate_on_nan: bool = Field(True, description="stop (and mark the run failed) at a NaN loss")
     csv_log: bool = Field(True, description="write each epoch's metrics to history.csv")
+    stages: Annotated[list[Stage], Field(min_length=1, max_length=100)] | None = Field(
+        None, description="train in stages, one after another (e.g. a frozen backbone, then fine-tuning); "
+        "train.epochs is then their total unless set lower (default: one stage)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _epochs_of_stages(cls, data):
+        """train.epochs defaults to the stages' total."""
+        stages = data.get("stages") if isinstance(data, dict) else None
+        if isinstance(stages, list) and "epochs" not in data and all(
+                isinstance(s, dict) and type(s.get("epochs")) is int for s in stages):
+            data = {**data, "epochs": max(1, sum(s["epochs"] for s in stages))}
+        return data
 
 
 # -------------------------------------------------------------------------------------- runtime
@@ -451,6 +480,51 @@ class Runtime(StrictModel):
 
 
 # ----------------------------------------------------------------------------------------- spec
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One stage: its number (from 1), its epochs [first, end) counted from 0, the spec as it trains in it (its
+    optimizer, schedule and train.epochs), and the backbone's trainable setting (None without a backbone)."""
+
+    number: int
+    first: int
+    end: int
+    spec: "Spec"
+    trainable: Any
+
+
+MAX_SPEC_BYTES = 1 << 20
+
+
+def _run_backbone(backbone: Backbone, shape: tuple) -> Described:
+    """An earlier run's model up to `until`, described from the run's own spec (no TensorFlow)."""
+    import yaml
+
+    run = FilePath(backbone.run)
+    spec_file = run / "spec.yaml"
+    if not (spec_file.is_file() and (run / "state.json").is_file()):
+        raise ShapeError(f"{run} is not a run directory (a run has spec.yaml and state.json)", "run")
+    try:
+        if spec_file.stat().st_size > MAX_SPEC_BYTES:
+            raise ValueError("over 1 MiB")
+        source = Spec.model_validate(yaml.safe_load(spec_file.read_text(encoding="utf-8")))
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise ShapeError(f"{spec_file} cannot be read as a spec ({first})", "run") from None
+    planned = source.plan()
+    names = [p.name for p in planned]
+    until = backbone.until if backbone.until is not None else max(0, len(planned) - 2)
+    index = names.index(until) if until in names else until if isinstance(until, int) else None
+    if index is None or index >= len(planned):
+        listed = ", ".join(f"{i}: {name}" for i, name in enumerate(names))
+        raise ShapeError(f"the run {run} has no layer {until!r}; its layers are {listed}", "until")
+    if tuple(source.input_shape()) != tuple(shape):
+        raise ShapeError(f"the run's model takes images of shape {list(source.input_shape())}, but this spec gives "
+                         f"{list(shape)}; match data.image_shape and data.preprocess.resize to the run's", "run")
+    layers = tuple(LayerWeights(p.name, p.trainable, p.non_trainable, p.layer.kind == "batch_norm")
+                   for p in planned[:index + 1] if p.trainable + p.non_trainable)
+    return Described(planned[index].output_shape, layers, index)
 
 
 class SpecProblems(ValueError):
@@ -515,7 +589,41 @@ class Spec(StrictModel):
 
     def plan(self) -> list[PlannedLayer]:
         """Every Keras layer with its output shape and parameter counts; raises ShapeError."""
-        return plan_layers(self.model.entries(), self.input_shape(), self.data.num_classes)
+        return plan_layers(self.model.entries(), self.input_shape(), self.data.num_classes, _run_backbone)
+
+    def backbone(self) -> Backbone | None:
+        """The model's backbone layer, if it has one."""
+        return next((e.backbone for _, e in self.model.entries() if isinstance(getattr(e, "backbone", None),
+                                                                               Backbone)), None)
+
+    def stages(self) -> list[StagePlan]:
+        """The stages up to train.epochs (one, the whole run, without train.stages)."""
+        backbone = self.backbone()
+        default = backbone.trainable if backbone else None
+        if not self.train.stages:
+            return [StagePlan(1, 0, self.train.epochs, self, default)]
+        plans, first = [], 0
+        for number, stage in enumerate(self.train.stages, 1):
+            if first >= self.train.epochs:
+                break
+            train = self.train.model_copy(update={"epochs": stage.epochs, "stages": None,
+                                                  "optimizer": stage.optimizer or self.train.optimizer,
+                                                  "lr_schedule": stage.lr_schedule or self.train.lr_schedule})
+            trainable = default if stage.trainable is None or not backbone else stage.trainable
+            plans.append(StagePlan(number, first, first + stage.epochs, self.model_copy(update={"train": train}),
+                                   trainable))
+            first += stage.epochs
+        return plans
+
+    def keeps_batch_norm_frozen(self) -> bool:
+        """True when the backbone is frozen (wholly or in part) at any stage: its BatchNorm layers then stay in
+        inference mode throughout, as Keras' transfer-learning guide prescribes."""
+        return any(stage.trainable is not True for stage in self.stages()) if self.backbone() else False
+
+    def stage_weights(self, planned: list[PlannedLayer], stage: StagePlan) -> list[tuple[int, int]]:
+        """(trainable, frozen) weights of each planned layer in a stage."""
+        return [frozen_counts(p.backbone.layers, stage.trainable, self.keeps_batch_norm_frozen()) if p.backbone
+                else (p.trainable, p.non_trainable) for p in planned]
 
     def problems(self) -> list[tuple[Path, str]]:
         """What is wrong with the spec as a whole, as (spec path, message) pairs."""
@@ -559,8 +667,23 @@ class Spec(StrictModel):
                      f"{runtime.distribute}; list its GPUs in runtime.gpus instead")]
         return []
 
+    def _stage_problems(self) -> list[tuple[Path, str]]:
+        stages, problems = self.train.stages or [], []
+        total = sum(stage.epochs for stage in stages)
+        if stages and self.train.epochs > total:
+            problems.append((("train", "epochs"), f"{self.train.epochs} epochs, but the stages cover {total}; "
+                             "leave train.epochs out (it is their total) or lengthen a stage"))
+        problems += [(("train", "stages", i, "lr_schedule"), "plateau watches the whole run: set it as "
+                      "train.lr_schedule, not in a stage") for i, stage in enumerate(stages)
+                     if stage.lr_schedule and stage.lr_schedule.type == "plateau"]
+        if not self.backbone():
+            problems += [(("train", "stages", i, "trainable"), "there is no backbone to freeze or unfreeze; "
+                          "add a `backbone` as the first layer or leave trainable out")
+                         for i, stage in enumerate(stages) if stage.trainable is not None]
+        return problems
+
     def _train_problems(self) -> list[tuple[Path, str]]:
-        train, problems = self.train, []
+        train, problems = self.train, self._stage_problems()
         watched = [(("train", "lr_schedule", "monitor"), getattr(train.lr_schedule, "monitor", None)),
                    (("train", "early_stopping", "monitor"), train.early_stopping and train.early_stopping.monitor)]
         if "monitor" in train.checkpoint.model_fields_set and train.checkpoint.save_best:

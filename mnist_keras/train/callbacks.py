@@ -28,11 +28,13 @@ def finite_or_none(logs: dict) -> dict[str, float | None]:
 
 
 class EpochStats(keras.callbacks.Callback):
-    """Adds learning_rate, epoch_seconds and images_per_second to each epoch's logs."""
+    """Adds learning_rate, epoch_seconds and images_per_second to each epoch's logs, and the stage number
+    when the spec trains in stages."""
 
-    def __init__(self, images_per_epoch: int):
+    def __init__(self, images_per_epoch: int, spec: Spec):
         super().__init__()
         self.images_per_epoch = images_per_epoch
+        self.stages = spec.stages() if spec.train.stages else []
 
     def on_epoch_begin(self, epoch, logs=None):
         self.lr, self.start, self.train_end = current_lr(self.model), time.perf_counter(), None
@@ -45,6 +47,8 @@ class EpochStats(keras.callbacks.Callback):
         logs["learning_rate"] = self.lr
         logs["epoch_seconds"] = now - self.start
         logs["images_per_second"] = self.images_per_epoch / ((self.train_end or now) - self.start)
+        if self.stages:
+            logs["stage"] = next(s.number for s in self.stages if s.first <= epoch < s.end)
 
 
 class NaNGuard(keras.callbacks.Callback):
@@ -98,6 +102,7 @@ class _OwnState:
     def on_epoch_end(self, epoch, logs=None):
         if self.monitor in (logs or {}):
             super().on_epoch_end(epoch, logs)
+        self.saved = self.get_state()  # what the next stage's fit starts from
 
 
 def _number(value) -> float | None:
@@ -218,7 +223,7 @@ def make_callbacks(spec: Spec, run: Path, state: RunState, images_per_epoch: int
             monitor=e.monitor, mode=e.mode, patience=e.patience, min_delta=e.min_delta,
             restore_best_weights=e.restore_best_weights, saved=saved.get("early_stopping"), run=run)
     guard = NaNGuard() if spec.train.terminate_on_nan else None
-    callbacks = [EpochStats(images_per_epoch), *([guard] if guard else []), *stateful.values(),
+    callbacks = [EpochStats(images_per_epoch, spec), *([guard] if guard else []), *stateful.values(),
                  RunRecorder(run, spec, state, stateful)]
     tb = spec.train.tensorboard
     if tb.enabled:

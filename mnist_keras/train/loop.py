@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from .. import __version__
 from ..backend import keras, tf
+from ..backbones import set_trainable
 from ..builder import build_model
 from ..errors import TrainingFailed, UserError
 from ..runs.files import atomic_write, run_file
@@ -106,12 +107,16 @@ def train_run(spec: Spec, run: Path, prepared: Prepared, state: RunState, notify
     start = state.epochs_done
     pipes = make_pipelines(spec, data, start_epoch=start, cache_dir=run / "cache")
     labels = data.y_train[:pipes.n_train] if isinstance(data, Arrays) else data.train.labels
+    stages = spec.stages()
+    current = next((s for s in stages if s.first <= start < s.end), stages[-1])
     with placement.scope():
         if start:
-            model = _resumed_model(spec, run, state, pipes.steps_per_epoch, extended_from, notify)
+            staged = bool(spec.train.stages)
+            model = _resumed_model(current.spec, run, state, pipes.steps_per_epoch,
+                                   None if staged else extended_from, notify)
+            compiled = current if start > current.first or not staged else None  # the checkpoint's optimizer
         else:
-            model = build_model(spec)
-            compile_model(model, spec, pipes.steps_per_epoch)
+            model, compiled = build_model(spec), None
         images_per_epoch = pipes.steps_per_epoch * spec.data.batch_size
         callbacks, guard = make_callbacks(spec, run, state, min(images_per_epoch, pipes.n_train))
         if spec.train.tensorboard.enabled:
@@ -129,12 +134,24 @@ def train_run(spec: Spec, run: Path, prepared: Prepared, state: RunState, notify
                (f"epochs {start + 1}-{spec.train.epochs}" if start < spec.train.epochs else "all epochs done: evaluating"))
         started = time.perf_counter()
         try:
-            model.fit(
-                pipes.train, epochs=spec.train.epochs, initial_epoch=start, steps_per_epoch=pipes.steps_per_epoch,
-                validation_data=pipes.validation, validation_freq=spec.train.validation_freq,
-                callbacks=callbacks, verbose=verbose, shuffle=False,
-                class_weight=class_weights(spec.data, data.class_names, labels),
-            )
+            for stage in (s for s in stages if s.end > start):
+                first = max(start, stage.first)
+                if stage is not compiled:
+                    set_trainable(model, spec, stage.trainable)
+                    compile_model(model, stage.spec, pipes.steps_per_epoch)
+                if len(stages) > 1:
+                    notify(f"stage {stage.number}: epochs {first + 1}-{min(stage.end, spec.train.epochs)}, "
+                           f"{sum(math.prod(w.shape) for w in model.trainable_weights):,} trainable parameters, "
+                           f"{stage.spec.train.optimizer.type} at learning rate {current_lr(model):.3g}")
+                model.fit(
+                    pipes.train if first == start else pipes.train_from(first), epochs=min(stage.end, spec.train.epochs),
+                    initial_epoch=first, steps_per_epoch=pipes.steps_per_epoch,
+                    validation_data=pipes.validation, validation_freq=spec.train.validation_freq,
+                    callbacks=callbacks, verbose=verbose, shuffle=False,
+                    class_weight=class_weights(spec.data, data.class_names, labels),
+                )
+                if model.stop_training:  # early stopping or the NaN stop ends the run, not just the stage
+                    break
         except tf.errors.InvalidArgumentError as err:  # a streamed file that changed after the data check
             if "cannot read or decode image file" not in err.message:
                 raise

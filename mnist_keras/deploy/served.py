@@ -1,0 +1,137 @@
+"""The model a server serves, from a run directory or an exported SavedModel, behind one interface.
+
+An export folder is `OUT/NAME` holding `export.json`, `labels.txt` and numbered SavedModel versions (`1/`,
+`2/`, ...; TensorFlow Serving's layout); the highest version is served. A run directory is served through
+serving.py's deployable model. TensorFlow loads only once the folder has been recognised.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..data.images import decode_image, decoding_fit
+from ..errors import UserError
+
+
+@dataclass
+class ServedModel:
+    """A classifier of uint8 images of `input_shape` (H, W, C): name, version, class names, and how uploaded
+    image files are decoded (`fit`: None for MNIST-like, else stretch, crop or pad, as data.images does)."""
+
+    name: str
+    version: int
+    input_shape: tuple[int, int, int]
+    class_names: list[str]
+    fit: str | None
+    source: str
+    call: Callable[[np.ndarray], np.ndarray]
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images (N, H, W, C) -> float32 probabilities (N, classes)."""
+        return np.asarray(self.call(images), np.float32)
+
+    def decode(self, data: bytes, filename: str | None) -> np.ndarray:
+        """An uploaded image file as one uint8 image of `input_shape`; UserError naming the file when it is not one."""
+        upload = io.BytesIO(data)
+        upload.name = filename or "the upload"
+        return decode_image(upload, list(self.input_shape), self.fit).reshape(self.input_shape)
+
+
+def locate(target: str | Path):
+    """What `target` holds, checked without TensorFlow: an export folder `OUT/NAME` (also found as the one
+    NAME inside `OUT`) as its Path, or a run directory as its Run; UserError for anything else."""
+    from ..runs.run import open_run
+
+    path = Path(target)
+    if not path.is_dir():
+        raise UserError(f"{target}: no such run directory or export folder")
+    return _export_folder(path) or open_run(path)
+
+
+def load_served(found) -> ServedModel:
+    """The model of what locate() found, loaded and ready to predict."""
+    served = _load_export(found) if isinstance(found, Path) else _load_run(found)
+    width = served.predict(np.zeros((1, *served.input_shape), np.uint8)).shape[1]  # traced now, not on a request
+    if width != len(served.class_names):
+        raise UserError(f"{served.source}: the model gives {width} probabilities for {len(served.class_names)} "
+                        "class names")
+    return served
+
+
+def _export_folder(path: Path) -> Path | None:
+    if (path / "export.json").is_file():
+        return path
+    try:
+        found = sorted(p for p in path.iterdir() if (p / "export.json").is_file())
+    except OSError as err:
+        raise UserError(f"{path}: cannot read: {err.strerror or err}") from None
+    if len(found) > 1:
+        raise UserError(f"{path}: holds {len(found)} exported models ({', '.join(p.name for p in found)}); "
+                        f"serve one of them: {path / found[0].name}")
+    return found[0] if found else None
+
+
+def _load_run(run) -> ServedModel:
+    from ..backend import tf
+    from .serving import serving_model
+
+    deployable = serving_model(run.spec, run.load_model(), run.state.classes)
+    signature = tf.TensorSpec([None, *deployable.input_shape], tf.uint8)
+    forward = tf.function(lambda images: deployable.model(images, training=False), input_signature=[signature])
+    fit = decoding_fit(run.spec.data, (run.state.data or {}).get("source"))
+    return ServedModel(deployable.name, 1, deployable.input_shape, deployable.class_names, fit, str(run.path),
+                       lambda images: forward(images).numpy())
+
+
+def _load_export(folder: Path) -> ServedModel:
+    info = _export_info(folder / "export.json")
+    versions = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file())
+    if not versions:
+        raise UserError(f"{folder}: no SavedModel version folder (1/, 2/, ...) with a saved_model.pb")
+    from ..backend import tf
+
+    saved = folder / str(versions[-1])
+    try:
+        loaded = tf.saved_model.load(str(saved))
+    except Exception as err:  # TensorFlow raises many kinds on a damaged SavedModel
+        raise UserError(f"{saved}: cannot load the SavedModel: {str(err).strip().splitlines()[0]}") from None
+    if "serving_default" not in loaded.signatures:
+        raise UserError(f"{saved}: the SavedModel has no serving_default signature")
+    signature = loaded.signatures["serving_default"]
+    (input_name, spec), = signature.structured_input_signature[1].items()
+    shape = tuple(info["image_shape"])
+    if spec.dtype != tf.uint8 or list(spec.shape) != [None, *shape]:
+        raise UserError(f"{saved}: serving_default takes {spec.dtype.name} {list(spec.shape)}, export.json says "
+                        f"uint8 images of {list(shape)}")
+    outputs = list(signature.structured_outputs)
+    output = "probabilities" if "probabilities" in outputs else outputs[0]
+
+    def call(images: np.ndarray, model=loaded) -> np.ndarray:  # `model` keeps the variables alive
+        return signature(**{input_name: tf.constant(images)})[output].numpy()
+
+    fit = info.get("fit", None if shape[2] == 1 else "stretch")
+    return ServedModel(info["name"], versions[-1], shape, info["class_names"], fit, str(folder), call)
+
+
+def _export_info(file: Path) -> dict:
+    """export.json, checked: name, image_shape [H, W, C], class_names (from labels.txt when it has none)."""
+    try:
+        info = json.loads(file.read_text())
+        if not info.get("class_names") and (file.parent / "labels.txt").is_file():
+            info["class_names"] = (file.parent / "labels.txt").read_text().splitlines()
+    except (OSError, ValueError) as err:
+        raise UserError(f"{file}: cannot read: {getattr(err, 'strerror', None) or err}") from None
+    shape, names = info.get("image_shape"), info.get("class_names")
+    if not (isinstance(info.get("name"), str) and isinstance(shape, list) and len(shape) == 3
+            and all(isinstance(d, int) and d > 0 for d in shape) and isinstance(names, list) and names
+            and all(isinstance(n, str) for n in names)):
+        raise UserError(f"{file}: expected {{\"name\": str, \"image_shape\": [H, W, C], \"class_names\": [str, ...]}}")
+    if info.get("fit") not in (None, "stretch", "crop", "pad"):
+        raise UserError(f"{file}: fit must be null, stretch, crop or pad, not {info['fit']!r}")
+    return info

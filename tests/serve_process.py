@@ -1,0 +1,72 @@
+"""`mnist-keras serve` as a real subprocess on 127.0.0.1, for test_serve.py and test_page.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`python -m mnist_keras ARGS` to its end."""
+    return subprocess.run([sys.executable, "-m", "mnist_keras", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+class Server:
+    """`mnist-keras serve TARGET --port FREE_PORT ARGS...`: entering waits until it answers and gives its base URL;
+    leaving stops it with Ctrl-C (SIGINT) and checks it ended cleanly (exit 0 or 130, no traceback)."""
+
+    def __init__(self, target, *args: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mnist_keras", "serve", str(target), "--port", str(self.port), *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    def __enter__(self) -> "Server":
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the server ended with {self.process.returncode}: {self.process.stderr.read()}")
+            try:
+                urllib.request.urlopen(self.url + "/v1/stats", timeout=5).read()
+                return self
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.2)
+        raise AssertionError("the server did not answer within 120 s")
+
+    def __exit__(self, *_):
+        self.process.send_signal(signal.SIGINT)
+        out, err = self.process.communicate(timeout=30)
+        self.stdout, self.stderr = out, err
+        assert self.process.returncode in (0, 130), err
+        assert "Traceback" not in err, err
+
+    def request(self, method: str, path: str, body: bytes | dict | None = None,
+                headers: dict | None = None) -> tuple[int, dict]:
+        """(status, JSON answer) of one request; a dict body is sent as JSON."""
+        if isinstance(body, dict):
+            body, headers = json.dumps(body).encode(), {"Content-Type": "application/json", **(headers or {})}
+        request = urllib.request.Request(self.url + path, data=body, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())

@@ -1,0 +1,246 @@
+"""`mnist-keras serve` (issue 16): TensorFlow Serving's REST API over a real server process, image uploads,
+every bad request answered with a 4xx and {"error": ...}, dynamic batching, exports, and clean start and stop."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+from serve_process import Server, run_cli  # noqa: E402
+
+SHAPE = (28, 28, 1)
+MIB = 1 << 20
+CLASSES = [str(i) for i in range(10)]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_run):
+    """The run's deployable model, computed in this process: uint8 images -> probabilities."""
+    from mnist_keras.deploy.serving import run_deployable
+
+    model = run_deployable(tiny_run).model
+    return lambda images: model.predict(np.asarray(images, np.uint8), verbose=0)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(0).integers(0, 256, (5, *SHAPE), dtype=np.uint8)
+
+
+def good_request_works(server, reference, images) -> None:
+    status, answer = server.request("POST", "/v1/models/tiny:predict", {"instances": images[:1].tolist()})
+    assert status == 200, answer
+    np.testing.assert_allclose(answer["predictions"], reference(images[:1]), atol=1e-5)
+
+
+def test_status_and_metadata_as_tf_serving(tiny_server):
+    for path in ("/v1/models/tiny", "/v1/models/tiny/versions/1"):
+        status, answer = tiny_server.request("GET", path)
+        assert status == 200
+        assert answer["model_version_status"] == [{"version": "1", "state": "AVAILABLE",
+                                                   "status": {"error_code": "OK", "error_message": ""}}]
+    status, answer = tiny_server.request("GET", "/v1/models/tiny/metadata")
+    assert status == 200 and answer["model_spec"]["name"] == "tiny"
+    signature = answer["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    images = signature["inputs"]["images"]
+    assert images["dtype"] == "DT_UINT8"
+    assert [int(d["size"]) for d in images["tensor_shape"]["dim"]] == [-1, *SHAPE]
+    assert [int(d["size"]) for d in signature["outputs"]["probabilities"]["tensor_shape"]["dim"]] == [-1, 10]
+    assert answer["metadata"]["class_names"] == CLASSES
+
+
+def test_predict_row_and_columnar_formats_match_the_run_model(tiny_server, reference, images):
+    expected = reference(images)
+    bodies = {"predictions": [{"instances": images.tolist()},                         # [H, W, C] rows
+                              {"instances": images[..., 0].tolist()},                 # [H, W] for one channel
+                              {"instances": [{"images": i.tolist()} for i in images]},  # named input
+                              {"signature_name": "serving_default", "instances": images.astype(float).tolist()}],
+              "outputs": [{"inputs": images.tolist()}, {"inputs": {"images": images[..., 0].tolist()}}]}
+    for key, requests in bodies.items():
+        for body in requests:
+            status, answer = tiny_server.request("POST", "/v1/models/tiny:predict", body)
+            assert status == 200, answer
+            assert list(answer) == [key]
+            np.testing.assert_allclose(answer[key], expected, atol=1e-5)
+            np.testing.assert_allclose(np.sum(answer[key], axis=1), 1, atol=1e-5)
+
+
+def multipart(data: bytes, field: str = "file", filename: str = "digit.png") -> tuple[bytes, dict]:
+    boundary = "mnist-keras-test-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def test_classify_an_uploaded_png_as_predict_decodes_files(tiny_server, reference, tmp_path):
+    from PIL import Image
+
+    from mnist_keras.data.images import decode_image
+    from mnist_keras.data.sources import BUNDLED
+
+    with np.load(BUNDLED) as sample:
+        digit = sample["x_test"][0]
+    png = tmp_path / "digit.png"
+    Image.fromarray(255 - digit).resize((112, 112)).save(png)  # dark ink on white paper, 4x larger
+    status, answer = tiny_server.request("POST", "/v1/models/tiny:classify", *multipart(png.read_bytes()))
+    assert status == 200, answer
+    expected = reference(decode_image(str(png), list(SHAPE)).reshape(1, *SHAPE))[0]
+    assert answer["class"] == int(expected.argmax()) and answer["label"] == CLASSES[answer["class"]]
+    assert list(answer["probabilities"]) == CLASSES
+    np.testing.assert_allclose(list(answer["probabilities"].values()), expected, atol=1e-5)
+
+
+BAD_JSON = [
+    (b"{not json", 400, "not valid JSON"),
+    (b"[1, 2]", 400, '"instances"'),
+    (b'{"instances": [], "inputs": []}', 400, '"instances"'),
+    (b'{"instances": []}', 400, "non-empty"),
+    (b'{"instances": "pixels"}', 400, "non-empty list"),
+    (b'{"instances": [[1, 2, 3]]}', 400, "shape [3]"),
+    (b'{"instances": [[[300]]]}', 400, "shape"),
+    (b'{"inputs": [[[1, 2], [3]]]}', 400, "ragged"),
+    (b'{"instances": [[[1, "a"]]]}', 400, "not text"),
+    (b'{"instances": [[[1, null]]]}', 400, "not null"),
+    (b'{"instances": [[[true, false]]]}', 400, "not true/false"),
+    (b'{"instances": [NaN]}', 400, "not valid JSON"),
+    (b'{"instances": [{"pixels": 1}]}', 400, "one input, 'images'"),
+    (b'{"signature_name": "other", "instances": [0]}', 400, "unknown signature_name"),
+    (json.dumps({"instances": [0] * 1025}).encode(), 400, "too many instances: 1025"),
+]
+
+
+@pytest.mark.parametrize("body, status, error", BAD_JSON, ids=[e for _, _, e in BAD_JSON])
+def test_bad_predict_bodies_are_400_and_the_server_keeps_serving(tiny_server, reference, images, body, status, error):
+    got, answer = tiny_server.request("POST", "/v1/models/tiny:predict", body, {"Content-Type": "application/json"})
+    assert (got, list(answer)) == (status, ["error"])
+    assert error in answer["error"]
+    good_request_works(tiny_server, reference, images)
+
+
+def test_bad_pixel_values_are_400(tiny_server, reference, images):
+    for value, error in ((256, "in 0..255"), (-1, "in 0..255"), (1.5, "whole numbers"), (1e300, "in 0..255")):
+        pixels = images[0].astype(float)
+        pixels[3, 4, 0] = value
+        status, answer = tiny_server.request("POST", "/v1/models/tiny:predict", {"instances": [pixels.tolist()]})
+        assert status == 400 and error in answer["error"], (value, answer)
+    good_request_works(tiny_server, reference, images)
+
+
+@pytest.mark.parametrize("method, path, status, error", [
+    ("POST", "/v1/models/other:predict", 404, "Servable not found for request: Latest(other)"),
+    ("GET", "/v1/models/other", 404, "Servable not found"),
+    ("GET", "/v1/models/tiny/versions/7/metadata", 404, "Specific(tiny, 7)"),
+    ("GET", "/v1/nothing", 404, "Not Found"),
+    ("PUT", "/v1/models/tiny:predict", 405, "Method Not Allowed"),
+])
+def test_unknown_models_versions_and_routes(tiny_server, reference, images, method, path, status, error):
+    got, answer = tiny_server.request(method, path, b"{}" if method != "GET" else None)
+    assert got == status and error in answer["error"]
+    good_request_works(tiny_server, reference, images)
+
+
+def test_bad_uploads_are_400(tiny_server, reference, images):
+    cases = [(multipart(b"this is not an image", filename="notes.txt"), "notes.txt: cannot be read as an image"),
+             (multipart(b"", filename="empty.png"), "empty.png: cannot be read as an image"),
+             (multipart(b"\x89PNG\r\n\x1a\n" + b"\0" * 64), "cannot be read as an image"),
+             (multipart(b"x", field="image"), 'field "file"'),
+             ((b'{"file": 1}', {"Content-Type": "application/json"}), 'field "file"')]
+    for (body, headers), error in cases:
+        status, answer = tiny_server.request("POST", "/v1/models/tiny:classify", body, headers)
+        assert status == 400 and error in answer["error"], answer
+    good_request_works(tiny_server, reference, images)
+
+
+def raw_exchange(server, head: bytes, chunks=()) -> tuple[int, dict]:
+    """Send a hand-written request (head, then body chunks, stopping if the server answers first)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(head)
+        try:
+            for chunk in chunks:
+                sock.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server refused the body before it was all sent
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, json.loads(response.read())
+
+
+def test_bodies_over_16_mib_are_413_before_being_read(tiny_server, reference, images):
+    declared = (b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 20000000\r\n\r\n")
+    status, answer = raw_exchange(tiny_server, declared)  # nothing of the body sent: refused on the header alone
+    assert status == 413 and "at most 16,777,216 bytes" in answer["error"]
+
+    chunk = b"[" + b"0," * 500_000
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(20)) + b"0\r\n\r\n"  # 20 MB, no length
+    streamed = (b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n")
+    pieces = [chunked[i:i + MIB] for i in range(0, len(chunked), MIB)]
+    status, answer = raw_exchange(tiny_server, streamed, pieces)
+    assert status == 413 and "too large" in answer["error"]
+    good_request_works(tiny_server, reference, images)
+
+
+def test_concurrent_requests_are_answered_and_batched(tiny_server, reference):
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (64, *SHAPE), dtype=np.uint8)
+    expected = reference(images)
+    _, before = tiny_server.request("GET", "/v1/stats")
+    start, answers = threading.Barrier(64), [None] * 64
+
+    def post(i: int) -> None:
+        start.wait()
+        answers[i] = tiny_server.request("POST", "/v1/models/tiny:predict", {"instances": images[i:i + 1].tolist()})
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(64)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for i, (status, answer) in enumerate(answers):
+        assert status == 200, answer
+        np.testing.assert_allclose(answer["predictions"][0], expected[i], atol=1e-5)
+    _, after = tiny_server.request("GET", "/v1/stats")
+    assert after["batching"] == {"enabled": True, "max_batch_size": 64, "batch_wait_ms": 2.0}
+    assert after["requests"] - before["requests"] >= 64
+    calls = after["model_calls"] - before["model_calls"]
+    assert calls < 64 and after["largest_batch"] > 1, (before, after)  # some requests shared a model call
+
+
+def test_serves_an_export_folder(tiny_run, reference, images, tmp_path):
+    from mnist_keras.deploy.export import export_run
+
+    export_run(tiny_run, "savedmodel", out=tmp_path / "out")  # OUT/tiny/1/, labels.txt, export.json
+    (tmp_path / "out" / "tiny" / "0").mkdir()  # a lower version without a model: the highest is served
+    with Server(tmp_path / "out", "--no-batching") as server:
+        status, answer = server.request("POST", "/v1/models/tiny:predict", {"inputs": images.tolist()})
+        assert status == 200
+        np.testing.assert_allclose(answer["outputs"], reference(images), atol=1e-5)
+        assert server.request("GET", "/v1/stats")[1]["batching"]["enabled"] is False
+        assert server.request("GET", "/v1/models/tiny/metadata")[1]["metadata"]["class_names"] == CLASSES
+    assert server.stdout.startswith(f"serving tiny (version 1) from {tmp_path / 'out' / 'tiny'} at "
+                                    f"http://127.0.0.1:{server.port}/")
+    assert server.stdout.count("\n") == 1 and "tensorflow" not in server.stderr.lower()
+
+
+def test_bad_folders_and_a_port_in_use_exit_2_with_one_message(tiny_run, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        cases = [((tmp_path / "missing", "--port", port), "no such run directory or export folder"),  # the folder first
+                 ((tmp_path / "empty",), "not a run directory"),
+                 ((tiny_run, "--port", port), "the port is in use; pick another with --port")]
+        for args, message in cases:
+            result = run_cli("serve", *map(str, args))
+            assert result.returncode == 2 and result.stderr.startswith("error: ") and message in result.stderr
+            assert result.stderr.count("\n") == 1 and result.stdout == ""
