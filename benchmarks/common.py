@@ -9,6 +9,7 @@ import argparse
 import gzip
 import json
 import math
+import platform
 import time
 from pathlib import Path
 
@@ -78,3 +79,14 @@ class Report:
         })
         self.excluded += eval_seconds
         Path(self.path).write_text(json.dumps({"epochs": self.epochs}, indent=1))
+
+
+def cpu_model() -> str:
+    """The CPU's model name, for the benchmarks' headers."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -29,6 +29,8 @@ from urllib.parse import quote
 
 import numpy as np
 
+from common import cpu_model
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "mnist_keras" / "data" / "mnist_sample.npz"
 MODES = {"batching on": [], "batching off": ["--no-batching"]}
@@ -47,7 +49,7 @@ def main() -> None:
         model = args.run or "lenet5 (model_specs/lenet5.yaml, 1 epoch on the bundled sample)"
         bodies = request_bodies(200)
         print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPU cores "
-              f"({cpu_name()}), python {platform.python_version()}")
+              f"({cpu_model()}), python {platform.python_version()}")
         print(f"{model}: {args.clients} clients, single-image :predict requests, up to {args.requests:,} per mode "
               f"or {args.seconds:g} s")
         print(f"  {'':14}{'predictions/s':>14}{'p50 ms':>9}{'p99 ms':>9}{'mean batch':>12}{'answered':>10}")
@@ -129,16 +131,6 @@ async def _load(port: int, name: str, bodies: list[bytes], clients: int, request
     milliseconds = (ends - starts) * 1000
     return {"rate": len(ends) / (ends.max() - starts.min()), "p50": np.percentile(milliseconds, 50),
             "p99": np.percentile(milliseconds, 99), "answered": len(ends) + warmup}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -23,8 +22,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
+from common import cpu_model  # noqa: E402
 from mnist_keras.runs.files import read_json, write_text  # noqa: E402
 from mnist_keras.spec import Spec  # noqa: E402
 from mnist_keras.spec.loader import load_spec  # noqa: E402
@@ -86,16 +86,6 @@ def row(file: Path, spec: Spec, metrics: dict) -> dict:
         "seconds": sum(seconds) / len(seconds), "device": metrics["device"], "versions": metrics["versions"],
         "data": metrics["data"],
     }
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def regression_notes(rows: list[dict]) -> list[str]:
