@@ -2,14 +2,17 @@
 
     python benchmarks/throughput.py --data-dir DIR [--models lenet5 dense] [--repeats N] [--epochs N]
 
-For each model, runs A B C A B C ... as subprocesses on the full MNIST, each with the shipped spec's
+For each model, runs A B C D A B C D ... as subprocesses on the full MNIST, each with the shipped spec's
 batch size, optimizer, learning-rate schedule, epochs and held-out validation images:
   A  mnist-keras fit model_specs/MODEL.yaml (benchmarks/fit_probe.py: the CLI plus a test-set probe)
   B  benchmarks/keras_baseline.py  (Keras-tutorial style tf.data + compile + fit)
   C  benchmarks/torch_baseline.py  (PyTorch CPU loop on preprocessed tensors)
+  D  benchmarks/keras_baseline.py --tuned  (Keras by hand, tuned: preprocessed tensors, prefetch,
+     steps_per_execution 16)
 and prints medians over repeats: seconds per epoch and images/s (epochs after the first), test
 accuracy after the last epoch, time from the command's start to the first epoch at the target test
-accuracy (test evaluation itself excluded), peak resident memory, and the ratios A/B and A/C.
+accuracy (test evaluation itself excluded), peak resident memory, and the ratios of A to the others.
+`fast` (model_specs/fast.yaml, made for time to 99%) runs A and D only.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGET_ACCURACY = {"lenet5": 0.99, "dense": 0.98}
+TARGET_ACCURACY = {"lenet5": 0.99, "dense": 0.98, "fast": 0.99}
+COLUMNS = {"lenet5": "ABCD", "dense": "ABCD", "fast": "AD"}
 
 
 def baseline_args(spec, epochs: int) -> list[str]:
@@ -61,9 +65,11 @@ def measure(who: str, model: str, args, spec, epochs: int, work: Path) -> dict:
         command = [python, "benchmarks/fit_probe.py", str(report), "fit", f"model_specs/{model}.yaml",
                    "--data-dir", args.data_dir, "--runs", str(work / "runs"), "--epochs", str(epochs)]
     else:
-        script = {"B": "benchmarks/keras_baseline.py", "C": "benchmarks/torch_baseline.py"}[who]
+        script = {"B": "benchmarks/keras_baseline.py", "C": "benchmarks/torch_baseline.py",
+                  "D": "benchmarks/keras_baseline.py"}[who]
         command = [python, script, "--model", model, "--data-dir", args.data_dir, "--out", str(report),
-                   *baseline_args(spec, epochs), *(["--threads", str(args.torch_threads)] if who == "C" else [])]
+                   *baseline_args(spec, epochs), *(["--threads", str(args.torch_threads)] if who == "C" else []),
+                   *(["--tuned"] if who == "D" else [])]
     started, rss = run(command, work / f"{who}.log")
     epochs_seen = json.loads(report.read_text())["epochs"]
     if who == "A":  # the run's own figures, from its metrics.json
@@ -81,7 +87,8 @@ def measure(who: str, model: str, args, spec, epochs: int, work: Path) -> dict:
 
 
 def summarize(model: str, spec, epochs: int, results: dict[str, list[dict]], torch_threads: int) -> str:
-    names = {"A": "A mnist-keras fit", "B": "B Keras script", "C": f"C PyTorch ({torch_threads} thread)"}
+    names = {"A": "A mnist-keras fit", "B": "B Keras tutorial", "C": f"C PyTorch ({torch_threads} thread)",
+             "D": "D Keras tuned"}
     rate = {}
     lines = [f"{model}: batch {spec.data.batch_size}, {epochs} epochs, {len(results['A'])} repeats (medians)",
              f"  {'':22}{'s/epoch':>8}{'images/s':>10}{'test acc':>10}"
@@ -95,7 +102,7 @@ def summarize(model: str, spec, epochs: int, results: dict[str, list[dict]], tor
         lines.append(f"  {names[who]:22}{seconds:8.2f}{rate[who]:10,.0f}"
                      f"{statistics.median(r['accuracy'] for r in runs):10.2%}{to_target:>16}"
                      f"{statistics.median(r['rss'] for r in runs):7,.0f} MiB")
-    lines.append(f"  images/s ratios: A/B {rate['A'] / rate['B']:.2f}x, A/C {rate['A'] / rate['C']:.2f}x")
+    lines.append("  images/s ratios: " + ", ".join(f"A/{who} {rate['A'] / rate[who]:.2f}x" for who in rate if who != "A"))
     return "\n".join(lines)
 
 
@@ -117,7 +124,7 @@ def main() -> None:
     for model in args.models:
         spec = load_spec(ROOT / "model_specs" / f"{model}.yaml")
         epochs = args.epochs or spec.train.epochs
-        results: dict[str, list[dict]] = {"A": [], "B": [], "C": []}
+        results: dict[str, list[dict]] = {who: [] for who in COLUMNS[model]}
         for _ in range(args.repeats):
             for who in results:
                 with tempfile.TemporaryDirectory(prefix="mnist-keras-bench-") as work:
