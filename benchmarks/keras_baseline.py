@@ -73,6 +73,7 @@ elif args.model == "fast":
         keras.layers.Activation("relu"),
         keras.layers.MaxPooling2D(),
         keras.layers.Flatten(),
+        keras.layers.Dense(128, activation="relu"),
         keras.layers.Dense(10),
     ])
 else:
