@@ -16,7 +16,7 @@ $PY -m mnist_keras devices
 run() {  # NAME SPEC ARGS...
   local name=$1 spec=$2; shift 2
   local start; start=$(date +%s.%N)
-  timeout 150 $PY benchmarks/fit_probe.py "$OUT/$name.json" fit "$spec" --data-dir "$DATA" --runs "$OUT/runs-$name" "$@" \
+  timeout 75 $PY benchmarks/fit_probe.py "$OUT/$name.json" fit "$spec" --data-dir "$DATA" --runs "$OUT/runs-$name" "$@" \
     > "$OUT/$name.log" 2>&1 || { echo "$name: failed"; tail -5 "$OUT/$name.log"; return; }
   $PY - "$OUT/$name.json" "$start" "$name" "$OUT/runs-$name" <<'PY'
 import json, statistics, sys, glob
@@ -33,5 +33,6 @@ PY
 run lenet5 model_specs/lenet5.yaml
 run fast model_specs/fast.yaml
 run lenet5-bfloat16 model_specs/lenet5.yaml --set runtime.mixed_precision=bfloat16
-run lenet5-float16 model_specs/lenet5.yaml --set runtime.mixed_precision=float16
+
 run lenet5-xla model_specs/lenet5.yaml --set runtime.jit_compile=true
+run lenet5-float16 model_specs/lenet5.yaml --set runtime.mixed_precision=float16
