@@ -29,6 +29,39 @@ def preprocess(images, labels):
     if args.model == "lenet5":
         images = tf.image.resize(images[..., tf.newaxis], (32, 32))
     elif args.model == "fast":
+        images = images[..., tf.newaxis]
+    return images, labels
+
+
+def dataset(x, y, shuffle=False):
+    if args.tuned:  # preprocessed once, in memory
+        x, y = preprocess(x, y)
+        ds = tf.data.Dataset.from_tensor_slices((x, y))
+        ds = ds.shuffle(len(y)) if shuffle else ds
+        return ds.batch(args.batch_size).prefetch(tf.data.AUTOTUNE)
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle:
+        ds = ds.shuffle(10000)
+    return ds.batch(args.batch_size).map(preprocess).prefetch(tf.data.AUTOTUNE)
+
+
+train_ds = dataset(x_train, y_train, shuffle=True)
+val_ds = dataset(x_val, y_val) if len(y_val) else None
+test_ds = dataset(data["x_test"], data["y_test"])
+
+if args.model == "lenet5":
+    model = keras.Sequential([
+        keras.Input((32, 32, 1)),
+        keras.layers.Conv2D(6, 5, activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(16, 5, activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Flatten(),
+        keras.layers.Dense(120, activation="relu"),
+        keras.layers.Dense(84, activation="relu"),
+        keras.layers.Dense(10),
+    ])
+elif args.model == "fast":
     model = keras.Sequential([
         keras.Input((28, 28, 1)),
         keras.layers.Conv2D(6, 5, padding="same"),
