@@ -38,9 +38,9 @@ def load_mnist(data_dir: str) -> dict[str, np.ndarray]:
     return out
 
 
-def arguments(description: str, threads: bool = False) -> argparse.Namespace:
+def arguments(description: str, threads: bool = False, tuned: bool = False) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--model", choices=["lenet5", "dense"], required=True)
+    parser.add_argument("--model", choices=["lenet5", "dense", "fast"] if tuned else ["lenet5", "dense"], required=True)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--batch-size", type=int, required=True)
@@ -52,6 +52,9 @@ def arguments(description: str, threads: bool = False) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="write the per-epoch report (JSON) here")
     if threads:
         parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: PyTorch's choice)")
+    if tuned:
+        parser.add_argument("--tuned", action="store_true",
+                            help="hand-tuned: images preprocessed once, shuffle+batch+prefetch, steps_per_execution 16")
     return parser.parse_args()
 
 

@@ -2,14 +2,18 @@
 
     python benchmarks/throughput.py --data-dir DIR [--models lenet5 dense] [--repeats N] [--epochs N]
 
-For each model, runs A B C A B C ... as subprocesses on the full MNIST, each with the shipped spec's
+For each model, runs A B C D A B C D ... as subprocesses on the full MNIST, each with the shipped spec's
 batch size, optimizer, learning-rate schedule, epochs and held-out validation images:
   A  mnist-keras fit model_specs/MODEL.yaml (benchmarks/fit_probe.py: the CLI plus a test-set probe)
   B  benchmarks/keras_baseline.py  (Keras-tutorial style tf.data + compile + fit)
   C  benchmarks/torch_baseline.py  (PyTorch CPU loop on preprocessed tensors)
+  D  benchmarks/keras_baseline.py --tuned  (Keras by hand, tuned: preprocessed tensors, prefetch,
+     steps_per_execution 16)
 and prints medians over repeats: seconds per epoch and images/s (epochs after the first), test
 accuracy after the last epoch, time from the command's start to the first epoch at the target test
-accuracy (test evaluation itself excluded), peak resident memory, and the ratios A/B and A/C.
+accuracy (test evaluation itself excluded), peak resident memory, and the ratios of A to the others.
+`fast` (model_specs/fast.yaml, made for time to 99%) runs A and D only. With --onednn-column, a column E runs D
+with TF_ENABLE_ONEDNN_OPTS=1 (mnist-keras sets it; TensorFlow turns oneDNN on by itself only on some CPUs).
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGET_ACCURACY = {"lenet5": 0.99, "dense": 0.98}
+TARGET_ACCURACY = {"lenet5": 0.99, "dense": 0.98, "fast": 0.99}
+COLUMNS = {"lenet5": "ABCD", "dense": "ABCD", "fast": "AD"}
 
 
 def baseline_args(spec, epochs: int) -> list[str]:
@@ -42,9 +47,9 @@ def baseline_args(spec, epochs: int) -> list[str]:
             "--validation", str(n_val), "--mean", str(norm.mean), "--std", str(norm.std)]
 
 
-def run(command: list[str], log: Path) -> tuple[float, float]:
+def run(command: list[str], log: Path, extra_env: dict | None = None) -> tuple[float, float]:
     """Run `command`; return (start time, peak resident memory in MiB). Exits if it fails."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "benchmarks")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "benchmarks")]), **(extra_env or {})}
     with open(log, "w") as out:
         started = time.time()
         child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
@@ -61,10 +66,12 @@ def measure(who: str, model: str, args, spec, epochs: int, work: Path) -> dict:
         command = [python, "benchmarks/fit_probe.py", str(report), "fit", f"model_specs/{model}.yaml",
                    "--data-dir", args.data_dir, "--runs", str(work / "runs"), "--epochs", str(epochs)]
     else:
-        script = {"B": "benchmarks/keras_baseline.py", "C": "benchmarks/torch_baseline.py"}[who]
+        script = {"B": "benchmarks/keras_baseline.py", "C": "benchmarks/torch_baseline.py",
+                  "D": "benchmarks/keras_baseline.py", "E": "benchmarks/keras_baseline.py"}[who]
         command = [python, script, "--model", model, "--data-dir", args.data_dir, "--out", str(report),
-                   *baseline_args(spec, epochs), *(["--threads", str(args.torch_threads)] if who == "C" else [])]
-    started, rss = run(command, work / f"{who}.log")
+                   *baseline_args(spec, epochs), *(["--threads", str(args.torch_threads)] if who == "C" else []),
+                   *(["--tuned"] if who in "DE" else [])]
+    started, rss = run(command, work / f"{who}.log", {"TF_ENABLE_ONEDNN_OPTS": "1"} if who == "E" else None)
     epochs_seen = json.loads(report.read_text())["epochs"]
     if who == "A":  # the run's own figures, from its metrics.json
         metrics = json.loads(next((work / "runs").glob("*/*/metrics.json")).read_text())
@@ -81,7 +88,8 @@ def measure(who: str, model: str, args, spec, epochs: int, work: Path) -> dict:
 
 
 def summarize(model: str, spec, epochs: int, results: dict[str, list[dict]], torch_threads: int) -> str:
-    names = {"A": "A mnist-keras fit", "B": "B Keras script", "C": f"C PyTorch ({torch_threads} thread)"}
+    names = {"A": "A mnist-keras fit", "B": "B Keras tutorial", "C": f"C PyTorch ({torch_threads} thread)",
+             "D": "D Keras tuned", "E": "E D + oneDNN"}
     rate = {}
     lines = [f"{model}: batch {spec.data.batch_size}, {epochs} epochs, {len(results['A'])} repeats (medians)",
              f"  {'':22}{'s/epoch':>8}{'images/s':>10}{'test acc':>10}"
@@ -95,16 +103,18 @@ def summarize(model: str, spec, epochs: int, results: dict[str, list[dict]], tor
         lines.append(f"  {names[who]:22}{seconds:8.2f}{rate[who]:10,.0f}"
                      f"{statistics.median(r['accuracy'] for r in runs):10.2%}{to_target:>16}"
                      f"{statistics.median(r['rss'] for r in runs):7,.0f} MiB")
-    lines.append(f"  images/s ratios: A/B {rate['A'] / rate['B']:.2f}x, A/C {rate['A'] / rate['C']:.2f}x")
+    lines.append("  images/s ratios: " + ", ".join(f"A/{who} {rate['A'] / rate[who]:.2f}x" for who in rate if who != "A"))
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True, help="a folder with the four MNIST IDX files")
-    parser.add_argument("--models", nargs="+", choices=sorted(TARGET_ACCURACY), default=["lenet5", "dense"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, help="epochs per run (default: the spec's train.epochs)")
+    parser.add_argument("--onednn-column", action="store_true",
+                        help="add column E: D with TF_ENABLE_ONEDNN_OPTS=1, as mnist-keras runs")
+    parser.add_argument("--models", nargs="+", choices=sorted(TARGET_ACCURACY), default=["lenet5", "dense", "fast"])
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch.set_num_threads for C (on a shared 2-core machine 1 is far faster than 2)")
     args = parser.parse_args()
@@ -117,7 +127,8 @@ def main() -> None:
     for model in args.models:
         spec = load_spec(ROOT / "model_specs" / f"{model}.yaml")
         epochs = args.epochs or spec.train.epochs
-        results: dict[str, list[dict]] = {"A": [], "B": [], "C": []}
+        columns = COLUMNS[model] + ("E" if args.onednn_column and model != "fast" else "")
+        results: dict[str, list[dict]] = {who: [] for who in columns}
         for _ in range(args.repeats):
             for who in results:
                 with tempfile.TemporaryDirectory(prefix="mnist-keras-bench-") as work:

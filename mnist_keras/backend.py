@@ -29,16 +29,28 @@ def silenced_stderr():
 
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# TensorFlow turns its oneDNN kernels on by itself only on CPUs with AVX512_VNNI, AVX512_BF16 or AMX; elsewhere
+# (an AMD EPYC with AVX2, say) it falls back to Eigen, 3-5x slower for convolutions (README, Performance).
+# Set TF_ENABLE_ONEDNN_OPTS=0 to compare, or for bit-exact results across machines.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 # The threads TensorFlow starts inherit this mask: Ctrl-C and SIGTERM reach the main thread only, even while
 # it waits inside TensorFlow's C++ (train/distribute.py's stoppable_wait relies on it).
 _mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+_hidden: list = []
 try:
+    # Keras imports scikit-learn (for its sklearn wrappers, which need scipy.stats) and matplotlib.pyplot (for
+    # keras.visualization) when they are installed: 1.5-2 s of the import, for features mnist-keras never uses.
+    # Hidden while Keras loads, they stay importable afterwards.
+    _hidden = [name for name in ("sklearn", "matplotlib.pyplot") if name not in sys.modules]
+    sys.modules.update(dict.fromkeys(_hidden))
     with silenced_stderr():
         import keras
         import tensorflow as tf
 
         tf.config.list_physical_devices()
 finally:
+    for _name in _hidden:
+        sys.modules.pop(_name, None)
     signal.pthread_sigmask(signal.SIG_SETMASK, _mask)
 tf.get_logger().setLevel("ERROR")
 

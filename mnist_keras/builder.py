@@ -20,7 +20,8 @@ def build_model(spec: Spec):
         else:
             layers.append(planned.layer.keras(planned.name))
         shape = planned.output_shape
-    if spec.runtime.mixed_precision:
+    mixed = spec.runtime.mixed_precision
+    if mixed and (mixed != "auto" or keras.mixed_precision.global_policy().name != "float32"):
         layers.append(keras.layers.Activation("linear", dtype="float32", name="float32_logits"))
     model = keras.Sequential(layers, name=spec.name)
     if spec.backbone():

@@ -5,6 +5,7 @@ that train or predict."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -29,6 +30,26 @@ class Group(click.Group):
         except KeyboardInterrupt:
             click.echo("\ninterrupted", err=True)
             sys.exit(130)
+
+
+def run() -> None:
+    """The `mnist-keras` console script: main(), then, once TensorFlow was loaded, exit at once. Python's own
+    teardown of TensorFlow (its atexit handlers, threads and modules) adds 2 s or more to every training command,
+    and by then every file has been written and closed."""
+    try:
+        main()
+    except SystemExit as done:
+        code = done.code
+    else:
+        code = 0
+    if "tensorflow" not in sys.modules:
+        sys.exit(code)
+    if isinstance(code, str):  # sys.exit("message"): printed, exit status 1
+        print(code, file=sys.stderr)
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
 
 
 def overrides_option(func):

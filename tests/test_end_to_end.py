@@ -13,7 +13,7 @@ MNIST_DIR = os.environ.get("MNIST_KERAS_MNIST_DIR")
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not MNIST_DIR, reason="set MNIST_KERAS_MNIST_DIR to the MNIST files")]
 
 
-@pytest.mark.parametrize("name,target", [("lenet5", 0.990), ("dense", 0.980)])
+@pytest.mark.parametrize("name,target", [("lenet5", 0.990), ("dense", 0.980), ("fast", 0.990)])
 def test_shipped_spec_reaches_its_accuracy(name, target, tmp_path):
     result = CliRunner().invoke(main, ["fit", str(SHIPPED / f"{name}.yaml"), "--data-dir", MNIST_DIR,
                                        "--runs", str(tmp_path)])

@@ -102,7 +102,10 @@ class ValidationImages(keras.callbacks.Callback):
         self.writer = tf.summary.create_file_writer(str(self.log_dir))
 
     def on_epoch_end(self, epoch, logs=None):
-        predicted = self.model.predict(self.validation, verbose=0).argmax(axis=-1)
+        # The model called eagerly batch by batch: model.predict would trace a function of its own (a second or more
+        # on a CPU, in the first epoch) for what takes a fraction of that to run.
+        predicted = np.concatenate([keras.ops.convert_to_numpy(self.model(x, training=False)).argmax(axis=-1)
+                                    for x, _ in self.validation])
         counts = confusion_matrix(self.labels, predicted, self.classes)
         wrong = np.flatnonzero(predicted != self.labels)
         shown = wrong[:MISCLASSIFIED_SHOWN]

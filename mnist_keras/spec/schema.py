@@ -464,8 +464,9 @@ class Runtime(StrictModel):
     distribute: Literal["none", "mirrored", "multi_worker"] = Field(
         "none", description="mirrored: this machine's GPUs; multi_worker: several machines")
     gpus: list[NonNegativeInt] | None = Field(None, description="the GPUs distribute uses (default: all)")
-    mixed_precision: bool | Literal["float16", "bfloat16"] = Field(
-        False, description="true: float16 on GPU, bfloat16 on CPU")
+    mixed_precision: bool | Literal["float16", "bfloat16", "auto"] = Field(
+        False, description="true: float16 on GPU, bfloat16 on CPU; auto: bfloat16 where the hardware computes in it "
+        "(CPUs with AVX512_BF16 or AMX, GPUs of compute capability 8.0 and up), else float32")
     jit_compile: bool = Field(False, description="compile each step with XLA")
     # "epoch" (a whole epoch per call into TensorFlow) is 18-50% faster on CPU (benchmarks/throughput.py), but the
     # progress bar, per-batch callbacks and the NaN check then see only the end of each epoch.

@@ -9,6 +9,7 @@ moment leaves the run record and its checkpoints consistent; files no record nam
 from __future__ import annotations
 
 import math
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,48 @@ class EpochStats(keras.callbacks.Callback):
         logs["images_per_second"] = self.images_per_epoch / ((self.train_end or now) - self.start)
         if self.stages:
             logs["stage"] = next(s.number for s in self.stages if s.first <= epoch < s.end)
+
+
+class LiveProgbar(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar, moving while one call into TensorFlow runs several steps (runtime.steps_per_execution
+    above 1, or epoch): a thread reads the optimizer's step counter every `every` seconds and moves the bar
+    (Keras moves it only when a call returns). The read is one variable, so it costs nothing measurable."""
+
+    def __init__(self, every: float = 0.25):
+        super().__init__()
+        self.every, self.stop, self.poller = every, threading.Event(), None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
+        self.first = int(self.model.optimizer.iterations.numpy())
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.verbose == 1 and self.target:
+            self.stop.clear()
+            self.poller = threading.Thread(target=self._poll, daemon=True, name="mnist-keras-progress")
+            self.poller.start()
+
+    def _poll(self):
+        while not self.stop.wait(self.every):
+            try:
+                done = int(self.model.optimizer.iterations.numpy()) - self.first
+            except Exception:  # noqa: BLE001 - a display must never break training
+                return
+            if not self.stop.is_set() and 0 < done < self.target:
+                self.progbar.update(done, finalize=False)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.poller:
+            self.stop.set()
+            self.poller.join()
+            self.poller = None
+        super().on_train_batch_end(batch, logs)
+
+    def on_train_end(self, logs=None):
+        if self.poller:
+            self.stop.set()
+            self.poller.join()
+            self.poller = None
 
 
 class NaNGuard(keras.callbacks.Callback):

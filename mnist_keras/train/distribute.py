@@ -231,9 +231,31 @@ def multi_worker(runtime, gpus: list, cluster: dict, notify: Callable[[str], Non
                      strategy=strategy, on_gpu=bool(gpus), is_chief=strategy.extended.should_checkpoint)
 
 
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU computes in bfloat16 (AVX512_BF16 or AMX): Linux's /proc/cpuinfo flags."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def gpu_has_bfloat16() -> bool:
+    """Whether every GPU TensorFlow sees has compute capability 8.0 or more (Ampere and later: bfloat16 tensor cores)."""
+    from ..backend import tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    return bool(gpus) and all(
+        (tf.config.experimental.get_device_details(gpu).get("compute_capability") or (0, 0)) >= (8, 0) for gpu in gpus)
+
+
 def precision_policy(runtime, placement: Placement) -> str:
-    """The Keras dtype policy: float32, or mixed float16 on GPU / bfloat16 on CPU (or as named)."""
+    """The Keras dtype policy: float32, or mixed float16 on GPU / bfloat16 on CPU (or as named); `auto` is mixed
+    bfloat16 where the hardware has it, else float32."""
     choice = runtime.mixed_precision
+    if choice == "auto":
+        choice = "bfloat16" if (gpu_has_bfloat16() if placement.on_gpu else cpu_has_bfloat16()) else False
     if choice is False:
         return "float32"
     if choice is True:

@@ -25,7 +25,7 @@ from ..errors import TrainingFailed, UserError
 from ..runs.files import atomic_write, run_file
 from ..runs.record import RunMetrics, RunState, write_metrics, write_state
 from ..spec import Spec
-from .callbacks import finite_or_none, make_callbacks, restore_rng_state
+from .callbacks import LiveProgbar, finite_or_none, make_callbacks, restore_rng_state
 from .compile import compile_model, current_lr, make_schedule, spans_the_run
 from .distribute import Placement, configure
 from .objects import load_model
@@ -122,6 +122,8 @@ def train_run(spec: Spec, run: Path, prepared: Prepared, state: RunState, notify
         if spec.train.tensorboard.enabled:
             callbacks += dashboard_callbacks(spec, run / "logs", state, data, pipes.validation)
         callbacks += list(extra_callbacks)
+        if verbose == 1 and spec.runtime.steps_per_execution != 1:
+            callbacks.append(LiveProgbar())
         if state.classes and state.classes != data.class_names:
             raise UserError(f"{run}: the data's classes ({', '.join(data.class_names)[:200]}) are not the run's "
                             f"({', '.join(state.classes)[:200]}); resume with the data the run was trained on")
