@@ -57,9 +57,8 @@ def _affine(prep: Preprocess, channels: int) -> tuple[np.ndarray, np.ndarray]:
     """(m, b) with preprocessed = raw * m + b, per channel, for raw pixels in 0..255."""
     m, b = np.full(channels, prep.scale, "float64"), np.full(channels, prep.offset, "float64")
     if prep.normalize:
-        mean, std = (([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]) if prep.normalize == "imagenet"
-                     else (prep.normalize.mean, prep.normalize.std))
-        mean, std = np.broadcast_to(mean, channels), np.broadcast_to(std, channels)
+        # the spec turns `normalize: imagenet` into its mean and std as it validates
+        mean, std = np.broadcast_to(prep.normalize.mean, channels), np.broadcast_to(prep.normalize.std, channels)
         m, b = m / std, (b - mean) / std
     return m, b
 
