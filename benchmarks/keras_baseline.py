@@ -64,17 +64,16 @@ if args.model == "lenet5":
 elif args.model == "fast":
     model = keras.Sequential([
         keras.Input((28, 28, 1)),
-        keras.layers.Conv2D(6, 5, padding="same"),
+        keras.layers.Conv2D(8, 5, padding="same", use_bias=False),
+        keras.layers.MaxPooling2D(),
         keras.layers.BatchNormalization(),
         keras.layers.Activation("relu"),
+        keras.layers.Conv2D(16, 5, use_bias=False),
         keras.layers.MaxPooling2D(),
-        keras.layers.Conv2D(16, 5),
         keras.layers.BatchNormalization(),
         keras.layers.Activation("relu"),
-        keras.layers.MaxPooling2D(),
         keras.layers.Flatten(),
-        keras.layers.Dense(120, activation="relu"),
-        keras.layers.Dense(84, activation="relu"),
+        keras.layers.Dense(128, activation="relu"),
         keras.layers.Dense(10),
     ])
 else:
