@@ -88,6 +88,27 @@ def test_sweep_trains_every_combination_and_ranks_them(sweep):
         assert "batch_size: 32" in (run / "spec.yaml").read_text()
 
 
+def test_validation_images_predict_through_one_traced_function(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from mnist_keras.reports.dashboards import ValidationImages
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((70, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, 70)
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    validation = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)  # 32 + 32 + 6: a short last batch
+    images = ValidationImages(tmp_path, validation, (x * 255).astype(np.uint8), y, [str(i) for i in range(10)])
+    images.set_model(model)
+    images.on_train_begin()
+    for epoch in range(2):
+        np.testing.assert_array_equal(images.predictions(), model.predict(x, verbose=0).argmax(axis=-1))
+        images.on_epoch_end(epoch)
+    images.on_train_end()
+    assert images.classify.experimental_get_tracing_count() == 1
+    assert list(tmp_path.glob("events.out.tfevents.*"))
+
+
 def test_event_files_hold_every_tag(sweep):
     import tensorflow as tf
     from tensorboard.plugins.hparams import metadata

@@ -152,11 +152,14 @@ def make_pipelines(spec: Spec, data, start_epoch: int = 0, cache_dir: str | None
                 return (tf.gather(x, i) if cached else images(tf.gather(x, i))), labels(tf.gather(y, i))
 
             out = orders.flat_map(plain(lambda order: index_batches(order, drop_remainder)))
-            out = out.map(plain(take), num_parallel_calls=tf.data.AUTOTUNE)
+            out = out.map(plain(take), num_parallel_calls=2)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        # Gathering batches from memory needs no tuning, and tf.data's autotuning thread held the iterator's
+        # deletion, so model.fit's return, for 2-12 s at random (README, Performance): off for in-memory data.
+        options.autotune.enabled = isinstance(x, Stream)
         out = out.with_options(options)
-        return out.prefetch(tf.data.AUTOTUNE) if d.prefetch else out
+        return out.prefetch(tf.data.AUTOTUNE if isinstance(x, Stream) else 2) if d.prefetch else out
 
     seed = tf.constant(spec.seed, tf.int64)
 
