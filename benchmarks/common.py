@@ -78,7 +78,7 @@ class Report:
         self.epochs.append({
             "epoch": len(self.epochs) + 1, "train_seconds": train_seconds, "epoch_seconds": epoch_seconds,
             "images_per_second": self.images / train_seconds, "test_accuracy": test_accuracy,
-            "end_time": time.time() - eval_seconds, "excluded_seconds": self.excluded,
+            "end_time": time.time() - eval_seconds, "excluded_seconds": self.excluded, "eval_seconds": eval_seconds,
         })
         self.excluded += eval_seconds
         Path(self.path).write_text(json.dumps({"epochs": self.epochs}, indent=1))

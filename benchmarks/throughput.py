@@ -11,8 +11,9 @@ batch size, optimizer, learning-rate schedule, epochs and held-out validation im
      steps_per_execution 16)
 and prints medians over repeats: seconds per epoch and images/s (epochs after the first), test
 accuracy after the last epoch, time from the command's start to the first epoch at the target test
-accuracy (test evaluation itself excluded), peak resident memory, and the ratios of A to the others.
-`fast` (model_specs/fast.yaml, made for time to 99%) runs A and D only. With --onednn-column, a column E runs D
+accuracy (test evaluation itself excluded), the whole command's wall time (likewise), peak resident memory,
+the load average around the runs, and the ratios of A to the others.
+`fast` (model_specs/fast.yaml, made for time to 99%) runs A and D (and E). With --onednn-column, a column E runs D
 with TF_ENABLE_ONEDNN_OPTS=1 (mnist-keras sets it; TensorFlow turns oneDNN on by itself only on some CPUs).
 """
 
@@ -47,16 +48,17 @@ def baseline_args(spec, epochs: int) -> list[str]:
             "--validation", str(n_val), "--mean", str(norm.mean), "--std", str(norm.std)]
 
 
-def run(command: list[str], log: Path, extra_env: dict | None = None) -> tuple[float, float]:
-    """Run `command`; return (start time, peak resident memory in MiB). Exits if it fails."""
+def run(command: list[str], log: Path, extra_env: dict | None = None) -> tuple[float, float, float]:
+    """Run `command`; return (start time, end time, peak resident memory in MiB). Exits if it fails."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "benchmarks")]), **(extra_env or {})}
     with open(log, "w") as out:
         started = time.time()
         child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         _, status, usage = os.wait4(child.pid, 0)
+        ended = time.time()
     if os.waitstatus_to_exitcode(status):
         sys.exit(f"failed: {' '.join(command)}\n{log.read_text()[-3000:]}")
-    return started, usage.ru_maxrss / 1024
+    return started, ended, usage.ru_maxrss / 1024
 
 
 def measure(who: str, model: str, args, spec, epochs: int, work: Path) -> dict:
@@ -71,7 +73,8 @@ def measure(who: str, model: str, args, spec, epochs: int, work: Path) -> dict:
         command = [python, script, "--model", model, "--data-dir", args.data_dir, "--out", str(report),
                    *baseline_args(spec, epochs), *(["--threads", str(args.torch_threads)] if who == "C" else []),
                    *(["--tuned"] if who in "DE" else [])]
-    started, rss = run(command, work / f"{who}.log", {"TF_ENABLE_ONEDNN_OPTS": "1"} if who == "E" else None)
+    load = os.getloadavg()[0]
+    started, ended, rss = run(command, work / f"{who}.log", {"TF_ENABLE_ONEDNN_OPTS": "1"} if who == "E" else None)
     epochs_seen = json.loads(report.read_text())["epochs"]
     if who == "A":  # the run's own figures, from its metrics.json
         metrics = json.loads(next((work / "runs").glob("*/*/metrics.json")).read_text())
@@ -83,8 +86,10 @@ def measure(who: str, model: str, args, spec, epochs: int, work: Path) -> dict:
     reached = [e for e in epochs_seen if e["test_accuracy"] >= TARGET_ACCURACY[model]]
     to_target = (reached[0]["end_time"] - started - reached[0]["excluded_seconds"], reached[0]["epoch"]) \
         if reached else None
+    excluded = sum(e["eval_seconds"] for e in epochs_seen)  # the per-epoch test probes
     return {"seconds": seconds[1:] or seconds, "rates": rates[1:] or rates, "accuracy": final,
-            "to_target": to_target, "rss": rss}
+            "to_target": to_target, "rss": rss, "wall": ended - started - excluded,
+            "load": (load, os.getloadavg()[0])}
 
 
 def summarize(model: str, spec, epochs: int, results: dict[str, list[dict]], torch_threads: int) -> str:
@@ -93,7 +98,7 @@ def summarize(model: str, spec, epochs: int, results: dict[str, list[dict]], tor
     rate = {}
     lines = [f"{model}: batch {spec.data.batch_size}, {epochs} epochs, {len(results['A'])} repeats (medians)",
              f"  {'':22}{'s/epoch':>8}{'images/s':>10}{'test acc':>10}"
-             f"{'to ' + format(TARGET_ACCURACY[model], '.1%'):>16}{'peak RSS':>10}"]
+             f"{'to ' + format(TARGET_ACCURACY[model], '.1%'):>16}{'command':>9}{'peak RSS':>10}"]
     for who, runs in results.items():
         rate[who] = statistics.median(r for run in runs for r in run["rates"])
         seconds = statistics.median(s for run in runs for s in run["seconds"])
@@ -102,7 +107,10 @@ def summarize(model: str, spec, epochs: int, results: dict[str, list[dict]], tor
             f"{statistics.median(t for t, _ in reached):.1f} s (ep {statistics.median(e for _, e in reached):g})"
         lines.append(f"  {names[who]:22}{seconds:8.2f}{rate[who]:10,.0f}"
                      f"{statistics.median(r['accuracy'] for r in runs):10.2%}{to_target:>16}"
+                     f"{statistics.median(r['wall'] for r in runs):7.1f} s"
                      f"{statistics.median(r['rss'] for r in runs):7,.0f} MiB")
+    loads = [x for runs in results.values() for run in runs for x in run["load"]]
+    lines.append(f"  1-minute load average {min(loads):.1f}-{max(loads):.1f} at the starts and ends of the runs")
     lines.append("  images/s ratios: " + ", ".join(f"A/{who} {rate['A'] / rate[who]:.2f}x" for who in rate if who != "A"))
     return "\n".join(lines)
 
@@ -127,7 +135,7 @@ def main() -> None:
     for model in args.models:
         spec = load_spec(ROOT / "model_specs" / f"{model}.yaml")
         epochs = args.epochs or spec.train.epochs
-        columns = COLUMNS[model] + ("E" if args.onednn_column and model != "fast" else "")
+        columns = COLUMNS[model] + ("E" if args.onednn_column else "")
         results: dict[str, list[dict]] = {who: [] for who in columns}
         for _ in range(args.repeats):
             for who in results:
