@@ -156,7 +156,7 @@ def make_pipelines(spec: Spec, data, start_epoch: int = 0, cache_dir: str | None
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         # Gathering batches from memory needs no tuning, and tf.data's autotuning thread held the iterator's
-        # deletion, so model.fit's return, for 2-12 s at random (README, Performance): off for in-memory data.
+        # deletion, so model.fit's return, for 1.5-12 s at random (README, Performance): off for in-memory data.
         options.autotune.enabled = isinstance(x, Stream)
         out = out.with_options(options)
         return out.prefetch(tf.data.AUTOTUNE if isinstance(x, Stream) else 2) if d.prefetch else out

@@ -102,9 +102,9 @@ class ValidationImages(keras.callbacks.Callback):
         self.writer = tf.summary.create_file_writer(str(self.log_dir))
         # Traced once for the run, batch size left open: model.predict would trace a function of its own, and
         # calling the model eagerly batch by batch cost 1.5 s per LeNet-5 epoch on a 2-core CPU.
+        images = self.validation.element_spec[0]
         self.classify = tf.function(lambda x: tf.argmax(self.model(x, training=False), axis=-1),
-                                    input_signature=[tf.TensorSpec(shape=(None, *self.validation.element_spec[0].shape[1:]),
-                                                                   dtype=self.validation.element_spec[0].dtype)])
+                                    input_signature=[tf.TensorSpec((None, *images.shape[1:]), images.dtype)])
 
     def predictions(self) -> np.ndarray:
         """The class the model gives each validation image, in order."""
