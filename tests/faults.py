@@ -133,5 +133,8 @@ def install(fault: str) -> None:
 
 
 if __name__ == "__main__":
+    # Ctrl-C as in a terminal, also when the test runner was started in the background (`cmd &` makes
+    # a non-interactive shell's children ignore SIGINT, and Python then installs no KeyboardInterrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     install(sys.argv[1])
     cli.main(sys.argv[2:], prog_name="mnist-keras")

@@ -109,6 +109,25 @@ def test_validation_images_predict_through_one_traced_function(tmp_path):
     assert list(tmp_path.glob("events.out.tfevents.*"))
 
 
+def test_validation_images_every_n_epochs_and_after_the_last(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from mnist_keras.reports.dashboards import ValidationImages
+
+    x, y = np.zeros((8, 28, 28, 1), np.float32), np.arange(8) % 2
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(2)])
+    images = ValidationImages(tmp_path, tf.data.Dataset.from_tensor_slices((x, y)).batch(4), x.astype(np.uint8), y,
+                              ["0", "1"], every=3)
+    images.set_model(model)
+    images.set_params({"epochs": 7})
+    images.on_train_begin()
+    for epoch in range(7):
+        images.on_epoch_end(epoch)
+    images.on_train_end()
+    assert [e.step for e in accumulate(tmp_path).Tensors("confusion_matrix")] == [2, 5, 6]  # epochs 3, 6, 7 (last)
+
+
 def test_event_files_hold_every_tag(sweep):
     import tensorflow as tf
     from tensorboard.plugins.hparams import metadata

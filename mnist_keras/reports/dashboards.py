@@ -1,7 +1,7 @@
 """TensorBoard dashboards beyond Keras' own scalars, written into the run's `logs/` folder.
 
-  logs/validation  images `confusion_matrix` and `misclassified`, each epoch (classifiers with a
-                   validation set)
+  logs/validation  images `confusion_matrix` and `misclassified`, every train.tensorboard.images_every
+                   epochs and after the last (classifiers with a validation set)
   logs/            text `spec` (the resolved spec, on a fresh start), the HParams session (hyperparameters
                    and `--set` values) and, at the end, scalars `Test/accuracy` and `Test/loss` (capitalised, so
                    the HParams table, which orders metrics by tag, shows them first)
@@ -90,13 +90,14 @@ class RunDescription(keras.callbacks.Callback):
 
 
 class ValidationImages(keras.callbacks.Callback):
-    """Each epoch: one prediction pass over the validation set, drawn as a confusion matrix and a grid
-    of the first misclassified images (true -> predicted)."""
+    """Every `every` epochs and after the last: one prediction pass over the validation set, drawn as a
+    confusion matrix and a grid of the first misclassified images (true -> predicted)."""
 
-    def __init__(self, log_dir: Path, validation, images: np.ndarray, labels: np.ndarray, names: list[str]):
+    def __init__(self, log_dir: Path, validation, images: np.ndarray, labels: np.ndarray, names: list[str],
+                 every: int = 1):
         super().__init__()
         self.log_dir, self.validation, self.images, self.labels = log_dir, validation, images, labels
-        self.names, self.classes = names, len(names)
+        self.names, self.classes, self.every = names, len(names), every
 
     def on_train_begin(self, logs=None):
         self.writer = tf.summary.create_file_writer(str(self.log_dir))
@@ -111,6 +112,8 @@ class ValidationImages(keras.callbacks.Callback):
         return np.concatenate([self.classify(x).numpy() for x, _ in self.validation])
 
     def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every and epoch + 1 != (self.params or {}).get("epochs"):
+            return
         predicted = self.predictions()
         counts = confusion_matrix(self.labels, predicted, self.classes)
         wrong = np.flatnonzero(predicted != self.labels)
@@ -137,7 +140,8 @@ def dashboard_callbacks(spec: Spec, log_dir: Path, state: RunState, arrays, vali
     held_out = slice(n_train, n_train + n_val)
     callbacks.append(ValidationImages(log_dir / "validation", validation, arrays.x_train[held_out],
                                       arrays.y_train[held_out].astype(np.int64),
-                                      arrays.class_names or [str(i) for i in range(spec.data.num_classes)]))
+                                      arrays.class_names or [str(i) for i in range(spec.data.num_classes)],
+                                      spec.train.tensorboard.images_every))
     return callbacks
 
 

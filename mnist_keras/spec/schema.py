@@ -375,6 +375,8 @@ class TensorBoard(StrictModel):
     enabled: bool = Field(True, description="write TensorBoard logs")
     histograms: bool = Field(False, description="weight histograms every epoch")
     graph: bool = Field(True, description="write the model's graph")
+    images_every: PositiveInt = Field(1, description="draw the validation confusion matrix and misclassified "
+                                      "images every N epochs and after the last (each costs a prediction pass)")
     profile_batches: Annotated[list[PositiveInt], Field(min_length=2, max_length=2)] | None = Field(
         None, description="[first, last] batch to profile, first <= last (default: no profiling)")
 
