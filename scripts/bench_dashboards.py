@@ -46,6 +46,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as logs:
         (images,) = dashboard_callbacks(spec, Path(logs), RunState(epochs_done=1), arrays, pipes.validation)[1:]
         images.set_model(model)
+        images.every = 1  # the cost of one drawing, whatever the spec's train.tensorboard.images_every
         images.on_train_begin()
         times = []
         for step in range(args.repeat + 1):  # the first call traces the predict function
