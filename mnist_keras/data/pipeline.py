@@ -20,8 +20,6 @@ from ..spec import Data, Preprocess, Spec
 from .sources import Arrays
 from .streaming import Stream, cache_mode, file_images
 
-IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])  # per-channel mean and std of pixels in [0, 1]
-
 
 @dataclass
 class Pipelines:
@@ -52,7 +50,7 @@ def pixels(x, prep: Preprocess):
     alike (per-channel mean and std as lists of floats, which take the array's dtype)."""
     if not prep.normalize:
         return x * prep.scale + prep.offset
-    mean, std = IMAGENET if prep.normalize == "imagenet" else (prep.normalize.mean, prep.normalize.std)
+    mean, std = prep.normalize.mean, prep.normalize.std  # `imagenet` is its mean and std once the spec is validated
     if isinstance(mean, list):
         return x * [prep.scale / s for s in std] + [(prep.offset - m) / s for m, s in zip(mean, std)]
     return x * (prep.scale / std) + (prep.offset - mean) / std
@@ -140,7 +138,8 @@ def make_pipelines(spec: Spec, data, start_epoch: int = 0, cache_dir: str | None
         x, y = split
         with tf.device("/CPU:0"):
             y = tf.constant(y)
-        if isinstance(x, Stream):  # one image per index, read in parallel and in order, preprocessed by the batch
+        streamed = isinstance(x, Stream)
+        if streamed:  # one image per index, read in parallel and in order, preprocessed by the batch
             out = orders.flat_map(plain(lambda order: x.images(order).batch(d.batch_size, drop_remainder)))
             out = out.map(plain(lambda x, i: (images(x), labels(tf.gather(y, i)))), num_parallel_calls=tf.data.AUTOTUNE)
         else:
@@ -157,9 +156,9 @@ def make_pipelines(spec: Spec, data, start_epoch: int = 0, cache_dir: str | None
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         # Gathering batches from memory needs no tuning, and tf.data's autotuning thread held the iterator's
         # deletion, so model.fit's return, for 1.5-12 s at random (README, Performance): off for in-memory data.
-        options.autotune.enabled = isinstance(x, Stream)
+        options.autotune.enabled = streamed
         out = out.with_options(options)
-        return out.prefetch(tf.data.AUTOTUNE if isinstance(x, Stream) else 2) if d.prefetch else out
+        return out.prefetch(tf.data.AUTOTUNE if streamed else 2) if d.prefetch else out
 
     seed = tf.constant(spec.seed, tf.int64)
 

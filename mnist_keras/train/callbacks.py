@@ -80,18 +80,18 @@ class LiveProgbar(keras.callbacks.ProgbarLogger):
             if not self.stop.is_set() and 0 < done < self.target:
                 self.progbar.update(done, finalize=False)
 
-    def on_train_batch_end(self, batch, logs=None):
+    def _stop_polling(self):
         if self.poller:
             self.stop.set()
             self.poller.join()
             self.poller = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._stop_polling()
         super().on_train_batch_end(batch, logs)
 
     def on_train_end(self, logs=None):
-        if self.poller:
-            self.stop.set()
-            self.poller.join()
-            self.poller = None
+        self._stop_polling()
 
 
 class NaNGuard(keras.callbacks.Callback):
