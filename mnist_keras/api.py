@@ -23,6 +23,7 @@ from .runs.record import RunState, write_state
 from .runs.run import Run, model_target, open_run
 from .spec import Spec, dotted, dump_spec, parse_override
 from .spec import load_spec as _load_spec
+from .train.global_state import keeps_global_state
 
 
 @dataclass
@@ -66,6 +67,7 @@ def _with(spec: Spec, overrides: Sequence[str] = (), **values: Any) -> Spec:
     return changed
 
 
+@keeps_global_state
 def fit(spec: Spec, runs: str | Path = "runs", *, data_dir: str | None = None, device: str | None = None,
         distribute: str | None = None, cluster: dict | None = None, reporter: Reporter | None = None) -> Run:
     """Train `spec` in a new run directory under `runs`, evaluate it on the test set, and return the Run.
@@ -75,6 +77,7 @@ def fit(spec: Spec, runs: str | Path = "runs", *, data_dir: str | None = None, d
     return _train(spec, None, runs, state, reporter or Reporter(), cluster)
 
 
+@keeps_global_state
 def resume(run: Run | str | Path, epochs: int | None = None, *, data_dir: str | None = None,
            device: str | None = None, distribute: str | None = None, overrides: Sequence[str] = (),
            spec: Spec | None = None,
@@ -169,6 +172,7 @@ def _train_worker(spec: Spec, chief_run: Path | None, prepared, state: RunState,
     return Run(None, spec, state, metrics.model_dump(mode="json"))
 
 
+@keeps_global_state
 def evaluate(target: str | Path, *, data_dir: str | None = None, spec_file: str | None = None,
              reporter: Reporter | None = None) -> dict[str, Any]:
     """Test-set metrics of a run's model (or a .keras file): accuracy, loss, per_class (name -> images and
@@ -191,6 +195,7 @@ def evaluate(target: str | Path, *, data_dir: str | None = None, spec_file: str 
             "dataset": arrays.provenance["dataset"], "source": arrays.provenance["source"]}
 
 
+@keeps_global_state
 def predict(target: str | Path, images: Sequence[str], *, spec_file: str | None = None
             ) -> tuple[list[dict[str, Any]], list[str]]:
     """Classify image files with a run's model: ([{file, class (its name), probability} or {file, value} for a
@@ -225,6 +230,7 @@ def predict(target: str | Path, images: Sequence[str], *, spec_file: str | None 
             for f, p in zip(files, probabilities)], problems
 
 
+@keeps_global_state
 def export(run: Run | str | Path, fmt: str = "savedmodel", quantize: str | None = None, *,
            out: str | Path | None = None, data_dir: str | None = None, reporter: Reporter | None = None):
     """Export a run's model for deployment ("savedmodel", "litert" with quantize None/"float16"/"int8", or
@@ -237,6 +243,7 @@ def export(run: Run | str | Path, fmt: str = "savedmodel", quantize: str | None 
                       notify=reporter or Reporter())
 
 
+@keeps_global_state
 def sweep(spec_file: str | Path, grids: Sequence[str], overrides: Sequence[str] = (), *, sample: int | None = None,
           seed: int = 0, runs: str | Path = "runs", data_dir: str | None = None,
           reporter: Reporter | None = None) -> Iterator[tuple[list[str], Run]]:

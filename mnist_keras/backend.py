@@ -28,11 +28,13 @@ def silenced_stderr():
         os.close(devnull)
 
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Defaults for TensorFlow's import, where the caller has not chosen; the caller's environment is put back after it.
 # TensorFlow turns its oneDNN kernels on by itself only on CPUs with AVX512_VNNI, AVX512_BF16 or AMX; elsewhere
-# (an AMD EPYC with AVX2, say) it falls back to Eigen, 3-5x slower for convolutions (README, Performance).
+# (an AMD EPYC with AVX2, say) it falls back to Eigen, 3-5x slower for convolutions (docs: performance).
 # Set TF_ENABLE_ONEDNN_OPTS=0 to compare, or for bit-exact results across machines.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+_IMPORT_DEFAULTS = {"TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "1"}
+_added = [name for name in _IMPORT_DEFAULTS if name not in os.environ]
+os.environ.update({name: _IMPORT_DEFAULTS[name] for name in _added})
 # The threads TensorFlow starts inherit this mask: Ctrl-C and SIGTERM reach the main thread only, even while
 # it waits inside TensorFlow's C++ (train/distribute.py's stoppable_wait relies on it).
 _mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
@@ -51,6 +53,8 @@ try:
 finally:
     for _name in _hidden:
         sys.modules.pop(_name, None)
+    for _name in _added:  # both are read once, while TensorFlow starts
+        os.environ.pop(_name, None)
     signal.pthread_sigmask(signal.SIG_SETMASK, _mask)
 tf.get_logger().setLevel("ERROR")
 
