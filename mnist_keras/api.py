@@ -21,8 +21,10 @@ from .errors import Interrupted, TrainingFailed, UserError
 from .runs.files import create_run_dir, remove_partial_files, write_text
 from .runs.record import RunState, write_state
 from .runs.run import Run, model_target, open_run
+from .runs.table import RunRow
 from .spec import Spec, dotted, dump_spec, parse_override
 from .spec import load_spec as _load_spec
+from .spec.summary import ModelSummary, summarize_model
 from .train.global_state import keeps_global_state
 
 
@@ -267,4 +269,63 @@ def sweep(spec_file: str | Path, grids: Sequence[str], overrides: Sequence[str] 
         yield combo, fit(spec, runs, data_dir=data_dir, reporter=reporter)
 
 
-__all__ = ["Reporter", "Run", "build_model", "evaluate", "export", "fit", "load_spec", "open_run", "predict", "resume", "sweep"]
+def summary(spec: Spec) -> ModelSummary:
+    """The spec's layers, output shapes and parameter counts (per stage), computed without TensorFlow."""
+    return summarize_model(spec)
+
+
+def keras_summary(spec: Spec, plan: ModelSummary | None = None) -> list[str]:
+    """Keras' own summary of the built model, as lines; UserError if Keras counts other parameters than the plan."""
+    plan = plan or summarize_model(spec)
+    model = build_model(spec)
+    lines: list[str] = []
+    model.summary(print_fn=lambda line, **_: lines.append(line))
+    if model.count_params() != plan.trainable + plan.frozen:
+        raise UserError(f"{spec.name}: Keras counts {model.count_params():,} parameters, the plan "
+                        f"{plan.trainable + plan.frozen:,}")
+    return lines
+
+
+def list_runs(root: str | Path = "runs") -> list[RunRow]:
+    """Every run directory under `root`, oldest first, at a glance; a run that cannot be read is a row whose
+    state is `unreadable`. UserError when `root` holds none."""
+    from .runs.table import find_runs, summarize
+
+    found = find_runs(root)
+    if not found:
+        raise UserError(f"{root}: no run directories here")
+    return [summarize(run) for run in found]
+
+
+def report(run_dirs: Sequence[str | Path], out: str | Path | None = None, *, data_dir: str | None = None,
+           reporter: Reporter | None = None) -> Path:
+    """Learning curves, the test confusion matrix and per-class accuracy of one or several runs, as figures and
+    an HTML page in `out` (default: RUN_DIR/report for one run); returns index.html's path."""
+    from .reports.page import build_report
+
+    if out is None and len(run_dirs) != 1:
+        raise UserError("give the folder to write a report on several runs to (out)")
+    return build_report([str(d) for d in run_dirs], Path(out or Path(run_dirs[0]) / "report"), data_dir,
+                        reporter or Reporter())
+
+
+def devices() -> list[str]:
+    """What TensorFlow sees, a line each: its build, the CPU, and each GPU with memory and compute capability."""
+    from .train.distribute import device_lines
+
+    return device_lines()
+
+
+def serve(target: str | Path, *, host: str = "127.0.0.1", port: int = 8501, max_batch: int = 64,
+          batch_wait: float = 0.002, reporter: Reporter | None = None) -> None:
+    """Serve a run directory or an export folder over TensorFlow Serving's REST API until Ctrl-C; concurrent
+    requests are batched (up to `max_batch` images, the first waiting `batch_wait` seconds for others)."""
+    try:
+        from .deploy.server import serve as run_server
+    except ModuleNotFoundError as err:
+        raise UserError(f"serve needs {err.name}: pip install -e \".[serve]\"") from None
+    run_server(str(target), host, port, max_batch, batch_wait, announce=reporter or Reporter())
+
+
+__all__ = ["Reporter", "Run", "build_model", "devices", "evaluate", "export", "fit", "keras_summary", "list_runs",
+           "load_spec", "open_run", "predict", "report", "resume", "serve", "summary", "sweep"]

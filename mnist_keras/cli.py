@@ -107,42 +107,37 @@ def validate(specs, overrides):
 @click.option("--keras", "with_keras", is_flag=True, help="Also build the model in Keras and print its own summary.")
 def summary(spec, overrides, with_keras):
     """Layers, output shapes and parameter counts, computed before any training."""
-    from .spec import dotted, load_spec
+    from .api import load_spec, summary as summarize
 
-    loaded = load_spec(spec, overrides)
-    planned = loaded.plan()
-    stages = loaded.stages()
-    counts = [loaded.stage_weights(planned, stage) for stage in stages]
-    staged = len(stages) > 1 or loaded.backbone() is not None
-    heads = [f"stage {s.number} trainable / frozen" for s in stages] if staged else []
+    plan = summarize(load_spec(spec, overrides))
+    heads = [f"stage {s.number} trainable / frozen" for s in plan.stages] if plan.staged else []
     rows = [("#", "layer", "output shape", "params", *heads, "from spec")]
-    for i, p in enumerate(planned, 1):
-        shape = "(None, " + ", ".join(str(d) for d in p.output_shape) + ")"
-        cells = [f"{c[i - 1][0]:,} / {c[i - 1][1]:,}" for c in counts] if staged else []
-        rows.append((str(i), p.name, shape, f"{p.trainable + p.non_trainable:,}", *cells, dotted(p.origin)))
+    for i, layer in enumerate(plan.layers, 1):
+        cells = [f"{t:,} / {f:,}" for t, f in layer.stage_weights] if plan.staged else []
+        shape = "(None, " + ", ".join(str(d) for d in layer.output_shape) + ")"
+        rows.append((str(i), layer.name, shape, f"{layer.params:,}", *cells, layer.origin))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     right = {0, 3, *range(4, 4 + len(heads))}
-    click.echo(f"Model: {loaded.name}    input shape: {loaded.input_shape()}")
+    click.echo(f"Model: {plan.name}    input shape: {plan.input_shape}")
     for row in rows:
         click.echo("  ".join(cell.rjust(w) if c in right else cell.ljust(w)
                              for c, (cell, w) in enumerate(zip(row, widths))).rstrip())
-    trainable, frozen = (sum(c[0] for c in counts[0]), sum(c[1] for c in counts[0]))
-    click.echo(f"Total params: {trainable + frozen:,} ({(trainable + frozen) * 4 / 1024:,.2f} KB as float32)")
-    click.echo(f"Trainable params: {trainable:,}")
-    click.echo(f"Non-trainable params: {frozen:,}")
-    for stage, count in zip(stages, counts) if staged else ():
+    total = plan.trainable + plan.frozen
+    click.echo(f"Total params: {total:,} ({total * 4 / 1024:,.2f} KB as float32)")
+    click.echo(f"Trainable params: {plan.trainable:,}")
+    click.echo(f"Non-trainable params: {plan.frozen:,}")
+    for index, stage in enumerate(plan.stages if plan.staged else ()):
         backbone = stage.trainable if isinstance(stage.trainable, bool) else f"last {stage.trainable.last} layers"
+        trainable, frozen = plan.stage_totals(index)
         click.echo(f"Stage {stage.number}: epochs {stage.first + 1}-{stage.end}, backbone trainable: "
                    f"{str(backbone).lower()}, {stage.spec.train.optimizer.type} at learning rate "
-                   f"{stage.spec.train.optimizer.resolved_learning_rate():g}: {sum(c[0] for c in count):,} "
-                   f"trainable, {sum(c[1] for c in count):,} frozen")
+                   f"{stage.spec.train.optimizer.resolved_learning_rate():g}: {trainable:,} trainable, "
+                   f"{frozen:,} frozen")
     if with_keras:
-        from .api import build_model
+        from .api import keras_summary
 
-        model = build_model(loaded)
-        model.summary(print_fn=lambda line, **_: click.echo(line))
-        if model.count_params() != trainable + frozen:
-            raise UserError(f"{spec}: Keras counts {model.count_params():,} parameters, the plan {trainable + frozen:,}")
+        for line in keras_summary(load_spec(spec, overrides), plan):
+            click.echo(line)
 
 
 @main.command()
@@ -295,16 +290,14 @@ def _grid_sweep(spec, grids, overrides, sample, seed, epochs, data_dir, runs_roo
 @click.argument("root", default="runs", required=False)
 def runs(root):
     """A table of the runs under ROOT (default: runs): name, start, epochs, accuracies, state, directory."""
-    from .runs.table import COLUMNS, find_runs, format_table, summarize
+    from .api import list_runs
+    from .runs.table import COLUMNS, format_table
 
-    found = find_runs(root)
-    if not found:
-        raise UserError(f"{root}: no run directories here")
-    rows = [summarize(run) for run in found]
-    click.echo(format_table(rows, COLUMNS))
+    rows = list_runs(root)
+    click.echo(format_table([row.columns() for row in rows], COLUMNS))
     for row in rows:
-        if row.get("reason"):
-            click.echo(f"unreadable: {row['reason']}", err=True)
+        if row.reason:
+            click.echo(f"unreadable: {row.reason}", err=True)
 
 
 @main.command()
@@ -314,18 +307,18 @@ def runs(root):
 @click.option("--data-dir", type=click.Path(), help="A folder with the dataset's files (default: each run's).")
 def report(run_dirs, out, data_dir):
     """Learning curves, test confusion matrix, per-class accuracy and an HTML page for one or several runs."""
-    from .reports.page import build_report
+    from .api import Reporter, report as write_report
 
     if out is None and len(run_dirs) > 1:
         raise click.UsageError("give --out DIR for a report on several runs")
-    index = build_report(list(run_dirs), Path(out or Path(run_dirs[0]) / "report"), data_dir, note)
+    index = write_report(list(run_dirs), out, data_dir=data_dir, reporter=Reporter(echo=note))
     click.echo(f"wrote {index} and its figures ({len(run_dirs)} run{'s' if len(run_dirs) > 1 else ''})")
 
 
 @main.command()
 def devices():
     """What TensorFlow sees: CPUs, and GPUs with their memory and compute capability."""
-    from .train.distribute import device_lines
+    from .api import devices as device_lines
 
     for line in device_lines():
         click.echo(line)
@@ -364,12 +357,10 @@ def serve(target, host, port, max_batch, batch_wait, no_batching):
     POST /v1/models/NAME:predict takes {"instances": [...]} of uint8 images; POST /v1/models/NAME:classify
     an image file (multipart field "file"). Concurrent requests are batched into one model call.
     """
-    try:
-        from .deploy.server import serve as run_server
-    except ModuleNotFoundError as err:
-        raise UserError(f"serve needs {err.name}: pip install -e \".[serve]\"") from None
-    run_server(target, host, port, 1 if no_batching else max_batch, 0 if no_batching else batch_wait / 1000,
-               announce=click.echo)
+    from .api import Reporter, serve as run_server
+
+    run_server(target, host=host, port=port, max_batch=1 if no_batching else max_batch,
+               batch_wait=0 if no_batching else batch_wait / 1000, reporter=Reporter(echo=click.echo))
 
 
 @main.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -41,17 +42,37 @@ def planned_epochs(run: Path) -> int:
     return epochs
 
 
-def summarize(run: Path) -> dict:
+@dataclass
+class RunRow:
+    """One run at a glance; `reason` says why a run whose files cannot be read is `unreadable`."""
+
+    name: str
+    started: str
+    directory: str
+    state: str
+    epochs: str = "?"
+    best_validation_accuracy: float | None = None
+    test_accuracy: float | None = None
+    reason: str | None = None
+
+    def columns(self) -> dict:
+        """The row under the table's column names (COLUMNS)."""
+        return {"name": self.name, "started": self.started, "epochs": self.epochs,
+                "best val acc": self.best_validation_accuracy, "test acc": self.test_accuracy, "state": self.state,
+                "directory": self.directory}
+
+
+def summarize(run: Path) -> RunRow:
     """name, started, epochs (done/planned), best validation and test accuracy, state, directory;
     a run whose files cannot be read is `unreadable`, with the first reason."""
-    summary = {"name": run.parent.name, "started": started(run), "directory": str(run),
-               "epochs": "?", "best val acc": None, "test acc": None}
+    found = {"name": run.parent.name, "started": started(run), "directory": str(run)}
     try:
         state, metrics, planned = read_state(run), read_metrics(run), planned_epochs(run)
     except UserError as err:
-        return {**summary, "state": "unreadable", "reason": err.messages[0]}
-    return {**summary, "epochs": f"{state.epochs_done}/{planned}", "best val acc": state.best_validation_accuracy(),
-            "test acc": metrics.test.get("accuracy") if metrics else None, "state": state.shown_status()}
+        return RunRow(**found, state="unreadable", reason=err.messages[0])
+    return RunRow(**found, state=state.shown_status(), epochs=f"{state.epochs_done}/{planned}",
+                  best_validation_accuracy=state.best_validation_accuracy(),
+                  test_accuracy=metrics.test.get("accuracy") if metrics else None)
 
 
 def format_table(rows: list[dict], columns: tuple[str, ...] | list[str]) -> str:

@@ -74,8 +74,7 @@ def ranked_table(results: list[tuple[list[str], Path]]) -> str:
     keys = [text.partition("=")[0] for text in results[0][0]] if results else []
     rows = []
     for combo, run in results:
-        summary = summarize(run)
-        rows.append({**summary, **{text.partition("=")[0]: text.partition("=")[2] for text in combo}})
+        rows.append({**summarize(run).columns(), **{text.partition("=")[0]: text.partition("=")[2] for text in combo}})
     rows.sort(key=lambda row: -(row["best val acc"] if row["best val acc"] is not None else -1))
     for rank, row in enumerate(rows, 1):
         row["#"] = rank
