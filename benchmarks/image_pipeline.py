@@ -86,7 +86,7 @@ def rss(n: int) -> None:
 
 def throughput(n: int, batch: int) -> None:
     from mnist_keras.backend import tf
-    from mnist_keras.builder import build_model
+    from mnist_keras.model.build import build_model
     from mnist_keras.data import make_pipelines
     from mnist_keras.train.compile import compile_model
 

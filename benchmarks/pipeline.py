@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="time each figure this many times, keep the best")
     args = parser.parse_args()
 
-    from mnist_keras.builder import build_model
+    from mnist_keras.model.build import build_model
     from mnist_keras.data import load_arrays, make_pipelines
     from mnist_keras.backend import tf
     from mnist_keras.spec.loader import load_spec

@@ -4,7 +4,8 @@
     import mnist_keras as mk
     spec = mk.load_spec("model_specs/lenet5.yaml", overrides=["train.epochs=1"])
     model = mk.build_model(spec)          # the keras.Sequential, not yet compiled
-    run = mk.fit(spec, runs="runs")       # an mk.Run: run.path, run.metrics["test"]["accuracy"], run.load_model()
+    run = mk.fit(spec, runs="runs")       # an mk.Run: run.path, run.metrics["test"]["accuracy"]
+    model = mk.load_model(run)            # the trained keras model
     run = mk.resume(mk.open_run(run.path), epochs=2)
 """
 
@@ -50,9 +51,16 @@ def load_spec(path: str | Path, overrides: Sequence[Any] = ()) -> Spec:
     return spec
 
 
+def load_model(run: Run | str | Path, which: str = "final"):
+    """A run's trained keras model: "final" (model.keras), "best" or "last" (checkpoints), checked against its spec."""
+    from .model.objects import load_run_model
+
+    return load_run_model(run if isinstance(run, Run) else open_run(run), which)
+
+
 def build_model(spec: Spec):
     """The uncompiled keras.Sequential the spec describes."""
-    from .builder import build_model as build
+    from .model.build import build_model as build
 
     return build(spec)
 
@@ -180,7 +188,7 @@ def evaluate(target: str | Path, *, data_dir: str | None = None, spec_file: str 
     """Test-set metrics of a run's model (or a .keras file): accuracy, loss, per_class (name -> images and
     accuracy), images, dataset, source, model."""
     from .data import load_arrays, make_pipelines
-    from .train.objects import load_model
+    from .model.objects import load_model
 
     spec, model_file, run = model_target(target, spec_file)
     arrays = load_arrays(spec.data, data_dir or (run and run.state.data_dir), reporter or Reporter(), spec.seed)
@@ -217,7 +225,7 @@ def predict(target: str | Path, images: Sequence[str], *, spec_file: str | None 
     if not files:
         return [], problems
     from .data.pipeline import preprocess_images
-    from .train.objects import load_model
+    from .model.objects import load_model
 
     outputs = load_model(model_file, spec).predict(preprocess_images(spec, pixels), verbose=0)
     if spec.loss() == "mse":
@@ -327,5 +335,5 @@ def serve(target: str | Path, *, host: str = "127.0.0.1", port: int = 8501, max_
     run_server(str(target), host, port, max_batch, batch_wait, announce=reporter or Reporter())
 
 
-__all__ = ["Reporter", "Run", "build_model", "devices", "evaluate", "export", "fit", "keras_summary", "list_runs",
+__all__ = ["Reporter", "Run", "build_model", "devices", "evaluate", "export", "fit", "keras_summary", "list_runs", "load_model",
            "load_spec", "open_run", "predict", "report", "resume", "serve", "summary", "sweep"]

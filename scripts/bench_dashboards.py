@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
 
-    from mnist_keras.builder import build_model
+    from mnist_keras.model.build import build_model
     from mnist_keras.reports.dashboards import dashboard_callbacks
     from mnist_keras.data import make_pipelines
     from mnist_keras.spec.loader import load_spec

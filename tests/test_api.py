@@ -71,7 +71,7 @@ def test_api_is_silent_and_raises_typed_errors(write_spec, tmp_path, capfd):
     assert json.loads((run.path / "state.json").read_text())["overrides"] == {"train.epochs": 1}
     opened = mk.open_run(run.path)
     assert opened.metrics == run.metrics and opened.spec.overrides == {"train.epochs": 1}
-    model = opened.load_model()
+    model = mk.load_model(opened)
     assert model.count_params() == mk.build_model(spec).count_params()
     with pytest.raises(mk.UserError, match="the run finished after 1 epochs"):
         mk.resume(opened)
@@ -117,7 +117,7 @@ def test_best_weights_survive_a_resume(write_spec, tmp_path):
     assert result.exit_code == 0, result.output
     state = json.loads((run / "state.json").read_text())
     assert state["best"]["epoch"] == 1 and state["callbacks"]["early_stopping"]["best_epoch"] == 0
-    from mnist_keras.train.objects import load_model
+    from mnist_keras.model.objects import load_model
 
     final, best = load_model(run / "model.keras").get_weights(), load_model(run / "checkpoints/best.keras").get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(final, best))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import SHIPPED
-from mnist_keras.builder import build_model
+from mnist_keras.model.build import build_model
 from mnist_keras.spec.loader import load_spec
 
 LAYERS = {

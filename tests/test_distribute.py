@@ -68,7 +68,7 @@ def run_dir(runs: Path, name: str) -> Path:
 
 
 def weights(run: Path) -> list[np.ndarray]:
-    from mnist_keras.train.objects import load_model
+    from mnist_keras.model.objects import load_model
 
     return load_model(run / "model.keras").get_weights()
 
@@ -110,7 +110,7 @@ def free_ports(count: int) -> list[int]:
 
 def test_two_workers_train_in_step_and_only_the_chief_writes(write_spec, tmp_path):
     from mnist_keras.train.loop import weights_digest
-    from mnist_keras.train.objects import load_model
+    from mnist_keras.model.objects import load_model
 
     spec, scratch = write_spec(SPEC), tmp_path / "tmp"
     scratch.mkdir()
@@ -164,7 +164,7 @@ def test_mixed_precision_keeps_logits_in_float32(write_spec, tmp_path, float32_a
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "on cpu" in result.output and "TensorFlow sees no GPU), mixed_bfloat16" in result.output
-    from mnist_keras.train.objects import load_model
+    from mnist_keras.model.objects import load_model
 
     model = load_model(run_dir(tmp_path / "runs", "small") / "model.keras")
     assert model.layers[-1].name == "float32_logits" and model.layers[-1].dtype_policy.name == "float32"

@@ -165,7 +165,7 @@ def test_files_train_through_the_pipeline_with_imagenet_normalize(tmp_path):
     assert pipes.n_val == 5 and x.shape[1:] == (16, 16, 3)
     mean = np.asarray(x).reshape(-1, 3).mean(0)
     assert np.all(np.abs(mean) < 3)
-    model = __import__("mnist_keras.builder", fromlist=["build_model"]).build_model(spec)
+    model = __import__("mnist_keras.model.build", fromlist=["build_model"]).build_model(spec)
     assert model.output_shape == (None, 2)
 
 

@@ -83,7 +83,7 @@ def test_the_cats_vs_dogs_spec_trains_on_a_class_folder(tmp_path):
 @pytest.mark.parametrize("cache", ["none", "disk"])
 def test_a_resumed_streamed_run_ends_bit_identical(tmp_path, cache):
     """Files streamed from disk: 1 epoch then --resume to 3 gives the weights of 3 epochs in one go."""
-    from mnist_keras.train.objects import load_model
+    from mnist_keras.model.objects import load_model
 
     folder = photos(tmp_path / "photos", per_class=24)
     spec = tmp_path / "photos.yaml"

@@ -50,7 +50,7 @@ def test_cpu_flags_are_read_from_proc_cpuinfo():
 def test_auto_precision_in_float32_adds_no_float32_layer():
     import keras
 
-    from mnist_keras.builder import build_model
+    from mnist_keras.model.build import build_model
     from mnist_keras.spec.loader import load_spec
 
     keras.mixed_precision.set_global_policy("float32")

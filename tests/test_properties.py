@@ -148,7 +148,7 @@ templates = st.builds(lambda a, p, pad: {"lenet5": {"activation": a, "pool": p, 
 @given(model=st.one_of(st.builds(lambda ls: {"layers": ls}, layer_lists), st.builds(lambda t: {"template": t}, templates)),
        resize=st.sampled_from([None, [32, 32], [20, 24]]))
 def test_valid_specs_build_with_the_planned_parameter_count(model, resize, tmp_path):
-    from mnist_keras.builder import build_model
+    from mnist_keras.model.build import build_model
 
     path = tmp_path / "random.yaml"
     path.write_text(yaml.safe_dump({"model": model, "data": {"preprocess": {"resize": resize}}}))

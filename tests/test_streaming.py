@@ -141,7 +141,7 @@ def test_fit_modes(tmp_path, fit, rows):
 def test_a_run_resumed_on_a_streamed_folder_ends_like_an_uninterrupted_one(files):
     """3 epochs in one go vs 1, then 2 more on a fresh pipeline from start_epoch=1: the same batches and weights."""
     from mnist_keras.backend import keras, tf
-    from mnist_keras.builder import build_model
+    from mnist_keras.model.build import build_model
     from mnist_keras.train.compile import compile_model
 
     spec = spec_of({"seed": 3, "data": {"batch_size": 8, "validation": 10, "cache": "none",
@@ -188,7 +188,7 @@ def colour_patches(n: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
 
 def test_a_colour_folder_trains_above_chance(tmp_path):
     from mnist_keras.backend import keras
-    from mnist_keras.builder import build_model
+    from mnist_keras.model.build import build_model
     from mnist_keras.train.compile import compile_model
 
     def split(name, n, seed):

@@ -97,11 +97,11 @@ def batch_norm_stats(model) -> list[np.ndarray]:
 def test_an_earlier_run_is_a_backbone_and_its_frozen_batch_norm_never_moves(write_spec, tmp_path, pretrained):
     before = batch_norm_stats(_as_backbone(pretrained))
     run = mk.fit(mk.load_spec(finetune(write_spec, pretrained)), runs=tmp_path / "runs")
-    model = run.load_model()
+    model = mk.load_model(run)
     after = batch_norm_stats(model)
     assert before and all(np.array_equal(b, a) for b, a in zip(before, after))  # frozen in stage 1, kept in 2
     assert [h["stage"] for h in run.state.history] == [1, 2, 2]
-    source = mk.open_run(pretrained).load_model()
+    source = mk.load_model(pretrained)
     conv = lambda m: m.get_layer("backbone").get_layer("conv2d_1").get_weights()[0]  # noqa: E731
     assert not np.array_equal(conv(model), source.get_layer("conv2d_1").get_weights()[0])  # stage 2 trained it
 
@@ -110,7 +110,7 @@ def _as_backbone(run: Path):
     """The pretrained model with its layers under a `backbone` Sequential, as batch_norm_stats reads them."""
     from mnist_keras.backend import keras
 
-    source = mk.open_run(run).load_model()
+    source = mk.load_model(run)
     return keras.Sequential([keras.Input(source.input_shape[1:]), keras.Sequential(source.layers, name="backbone")])
 
 
@@ -119,18 +119,18 @@ def test_a_backbone_trained_throughout_updates_its_batch_norm(write_spec, tmp_pa
     spec = finetune(write_spec, pretrained).read_text().replace("backbone: {run:", "backbone: {trainable: true, run:")
     path = write_spec(spec, "trained.yaml")
     before = batch_norm_stats(_as_backbone(pretrained))
-    after = batch_norm_stats(mk.fit(mk.load_spec(path), runs=tmp_path / "runs").load_model())
+    after = batch_norm_stats(mk.load_model(mk.fit(mk.load_spec(path), runs=tmp_path / "runs")))
     assert not all(np.array_equal(b, a) for b, a in zip(before, after))
 
 
 def test_a_run_resumed_inside_the_second_stage_ends_bit_identical(write_spec, tmp_path, pretrained):
     path = finetune(write_spec, pretrained, second="{last: 1}")
-    whole = mk.fit(mk.load_spec(path), runs=tmp_path / "whole").load_model().get_weights()
+    whole = mk.load_model(mk.fit(mk.load_spec(path), runs=tmp_path / "whole")).get_weights()
     for stop in (2, 1):  # inside stage 2, and at the boundary
         run = mk.fit(mk.load_spec(path, [f"train.epochs={stop}"]), runs=tmp_path / f"part{stop}")
         resumed = mk.resume(run.path, epochs=3)
         assert [h["stage"] for h in resumed.state.history] == [1, 2, 2]
-        assert all(np.array_equal(a, b) for a, b in zip(whole, resumed.load_model().get_weights()))
+        assert all(np.array_equal(a, b) for a, b in zip(whole, mk.load_model(resumed).get_weights()))
 
 
 def test_the_backbone_sees_its_own_runs_pixels(write_spec, tmp_path, pretrained):
@@ -145,7 +145,7 @@ def test_the_backbone_sees_its_own_runs_pixels(write_spec, tmp_path, pretrained)
     ours = model.get_layer("backbone").predict(preprocess_images(spec, x), verbose=0)
     theirs = _as_backbone(pretrained).layers[0].layers
     expected = preprocess_images(source.spec, x)
-    for layer in source.load_model().layers[:5]:
+    for layer in mk.load_model(source).layers[:5]:
         expected = layer(expected)
     assert np.allclose(ours, np.asarray(expected), atol=1e-4)
     assert theirs
@@ -160,7 +160,7 @@ def test_a_keras_application_trains_in_stages_and_predicts_plain_images(write_sp
     assert "stage 2 trainable / frozen" in summary.output and "backbone trainable: last 10 layers" in summary.output
     start = batch_norm_stats(mk.build_model(mk.load_spec(path)))
     run = mk.fit(mk.load_spec(path), runs=tmp_path / "runs")
-    model = run.load_model()
+    model = mk.load_model(run)
     layers = [layer.name for layer in model.get_layer("backbone").layers]
     assert layers[:2] == ["pixels", "preprocess_input"]
     assert all(np.array_equal(a, b) for a, b in zip(start, batch_norm_stats(model)))
@@ -213,7 +213,7 @@ def test_the_transfer_zoo_specs_build_and_train_one_step(tmp_path, file):
     spec = mk.load_spec(SHIPPED / file, overrides)
     run = mk.fit(spec, runs=tmp_path / "runs")
     assert run.state.status == "finished" and len(run.state.history) == 2
-    assert run.load_model().count_params() == sum(p.trainable + p.non_trainable for p in spec.plan())
+    assert mk.load_model(run).count_params() == sum(p.trainable + p.non_trainable for p in spec.plan())
 
 
 @pytest.mark.parametrize("name", ["MobileNetV2", "MobileNetV3Small", "MobileNetV3Large", "EfficientNetB0",

@@ -197,10 +197,11 @@ def _export(run: Run, fmt: str, quantize: str | None, folder: Path, record: dict
     """Convert in a scratch folder, check parity there, then rename the artifact into place (or aside as failed)
     and record it in export.json."""
     from ..data import load_arrays
+    from ..model.objects import load_run_model
     from .serving import serving_model
 
     spec, key, name = run.spec, artifact_key(fmt, quantize), artifact_name(fmt, quantize)
-    deployable = serving_model(spec, run.load_model(), run.state.classes)
+    deployable = serving_model(spec, load_run_model(run), run.state.classes)
     arrays = load_arrays(spec.data, data_dir or run.state.data_dir, notify, spec.seed)
     images = _as_images(arrays.x_test, deployable.input_shape)
     keras_probabilities = deployable.model.predict(images, batch_size=256, verbose=0)

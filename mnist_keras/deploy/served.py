@@ -79,9 +79,10 @@ def _export_folder(path: Path) -> Path | None:
 
 def _load_run(run) -> ServedModel:
     from ..backend import tf
+    from ..model.objects import load_run_model
     from .serving import serving_model
 
-    deployable = serving_model(run.spec, run.load_model(), run.state.classes)
+    deployable = serving_model(run.spec, load_run_model(run), run.state.classes)
     signature = tf.TensorSpec([None, *deployable.input_shape], tf.uint8)
     forward = tf.function(lambda images: deployable.model(images, training=False), input_signature=[signature])
     fit = decoding_fit(run.spec.data, (run.state.data or {}).get("source"))

@@ -68,7 +68,8 @@ def serving_model(spec: Spec, trained, class_names: list[str] | None = None) -> 
 
 def run_deployable(target: str | Path, which: str = "final") -> Deployable:
     """The deployable model of a run directory (its final model by default)."""
+    from ..model.objects import load_run_model
     from ..runs.run import open_run
 
     run = open_run(target)
-    return serving_model(run.spec, run.load_model(which), run.state.classes)
+    return serving_model(run.spec, load_run_model(run, which), run.state.classes)

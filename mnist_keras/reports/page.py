@@ -32,10 +32,11 @@ MISCLASSIFIED_SHOWN = 40
 def test_predictions(run: Run, data_dir: str | None, notify: Callable[[str], None]):
     """(test images, labels, predicted classes, model file, class names) of the run's model on its test set."""
     from ..data import load_arrays, make_pipelines
+    from ..model.objects import load_run_model
 
     spec, model_file = run.spec, run.model_file()
     arrays = load_arrays(spec.data, data_dir or run.state.data_dir, notify, spec.seed)
-    outputs = run.load_model().predict(make_pipelines(spec, arrays).test, verbose=0)
+    outputs = load_run_model(run).predict(make_pipelines(spec, arrays).test, verbose=0)
     if spec.loss() == "mse":  # a regression on the digit value: its rounded prediction is its class
         predicted = np.clip(np.round(outputs[:, 0]), 0, spec.data.num_classes - 1).astype(np.int64)
     else:

@@ -1,4 +1,5 @@
-"""A run directory as one object: its spec, its record, its metrics and its models."""
+"""A run directory as one object: its spec, its record, its metrics and its model files (model/objects.py
+loads them)."""
 
 from __future__ import annotations
 
@@ -35,12 +36,6 @@ class Run:
         if not self.state.checkpoint:
             raise UserError(f"{self.path}: no model.keras or checkpoint in this run directory")
         return run_file(self.path, self.state.checkpoint)
-
-    def load_model(self, which: Literal["final", "best", "last"] = "final"):
-        """The trained keras model, checked against the run's spec."""
-        from ..train.objects import load_model
-
-        return load_model(self.model_file(which), self.spec)
 
 
 def open_run(path: str | Path) -> Run:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..backend import keras
 from ..spec import Spec
-from .objects import InverseTimePower, rounded_accuracy
+from ..model.objects import InverseTimePower, rounded_accuracy
 
 def spans_the_run(spec: Spec) -> bool:
     """True for a schedule whose length is the run's (cosine or polynomial without decay_steps)."""

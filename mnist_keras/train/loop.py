@@ -19,8 +19,8 @@ from typing import Any, Callable
 
 from .. import __version__
 from ..backend import keras, tf
-from ..backbones import set_trainable
-from ..builder import build_model
+from ..model.backbones import set_trainable
+from ..model.build import build_model
 from ..errors import TrainingFailed, UserError
 from ..runs.files import atomic_write, run_file
 from ..runs.record import RunMetrics, RunState, write_metrics, write_state
@@ -28,7 +28,7 @@ from ..spec import Spec
 from .callbacks import LiveProgbar, finite_or_none, make_callbacks, restore_rng_state
 from .compile import compile_model, current_lr, make_schedule, spans_the_run
 from .distribute import Placement, configure
-from .objects import load_model
+from ..model.objects import load_model
 
 
 @dataclass

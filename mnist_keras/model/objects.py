@@ -8,9 +8,13 @@ from __future__ import annotations
 import stat
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from ..backend import keras
 from ..errors import UserError
+
+if TYPE_CHECKING:
+    from ..runs.run import Run
 
 
 @keras.saving.register_keras_serializable(package="mnist_keras")
@@ -65,3 +69,8 @@ def load_model(path: Path, spec=None):
     if spec is not None:
         check_model_fits(model, spec, str(path))
     return model
+
+
+def load_run_model(run: "Run", which: Literal["final", "best", "last"] = "final"):
+    """A run's trained model (model.keras, or its best or last checkpoint), checked against the run's spec."""
+    return load_model(run.model_file(which), run.spec)

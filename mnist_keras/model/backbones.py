@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import keras
-from .errors import UserError
-from .spec import Preprocess, Spec, dotted
-from .spec.applications import APPLICATIONS, make_network
-from .spec.layers import Backbone, PlannedLayer
+from ..backend import keras
+from ..errors import UserError
+from ..spec import Preprocess, Spec, dotted
+from ..spec.applications import APPLICATIONS, make_network
+from ..spec.layers import Backbone, PlannedLayer
 
 BACKBONE = "backbone"  # the Keras name of the backbone inside the model
 
@@ -116,10 +116,11 @@ def _network(backbone: Backbone, shape: tuple, place: str):
 
 def _run_layers(backbone: Backbone, until: int) -> tuple[list, Preprocess]:
     """The earlier run's layers up to `until` (from its best model, else its final one) and its preprocessing."""
-    from .runs.run import open_run
+    from ..runs.run import open_run
+    from .objects import load_run_model
 
     run = open_run(backbone.run)
-    model = run.load_model("best" if run.state.best else "final")
+    model = load_run_model(run, "best" if run.state.best else "final")
     return model.layers[:until + 1], run.spec.data.preprocess
 
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from .spec import Spec
+from ..spec import Spec
 
 
 def build_model(spec: Spec):
     """The uncompiled keras.Sequential the spec describes, named after the spec, its backbone (if any) frozen as
     the first stage says. Under mixed precision a parameter-free float32 layer ends it, so the logits and the
     loss stay in float32."""
-    from .backend import keras
+    from ..backend import keras
 
     layers, shape = [keras.Input(shape=spec.input_shape(), name="image")], spec.input_shape()
     for planned in spec.plan():
