@@ -91,6 +91,19 @@ def test_python_api_page_shows_the_readme_example():
     assert re.search(block, (DOCS / "python-api.md").read_text(), re.S).group(1) == readme
 
 
+def test_whole_specs_in_the_docs_load(tmp_path):
+    """Every YAML block of the README and the docs with a top-level name and model is a spec that loads."""
+    from mnist_keras.spec.loader import load_spec
+
+    blocks = [block for page in [ROOT / "README.md", *PAGES]
+              for block in re.findall(r"```yaml\n(.*?)```", page.read_text(), re.S)
+              if re.search(r"^name:", block, re.M) and re.search(r"^model:", block, re.M)]
+    assert len(blocks) >= 3
+    for i, block in enumerate(blocks):
+        (tmp_path / f"{i}.yaml").write_text(block)
+        load_spec(tmp_path / f"{i}.yaml")
+
+
 def test_code_layout_page_names_every_module_and_only_those():
     """docs/architecture.md's table names every module and package of mnist_keras/, and the files it names
     inside a package exist there."""
