@@ -7,8 +7,8 @@ through `mnist-keras fit` (the real command, one process per spec), then reads e
 table from the runs' metrics.json. A spec that already has a finished run of exactly the same resolved
 spec and data under --runs is not trained again (--retrain forces it), so an interrupted table resumes.
 The reported accuracy comes from the spec's `description` ("Reported: 99.04% ..."). The table replaces
-the text between `<!-- zoo:begin -->` and `<!-- zoo:end -->` in --out (README.md), or is the whole file
-when --out has no such markers.
+the text between `<!-- zoo:begin -->` and `<!-- zoo:end -->` in --out (docs/model-zoo.md), or is the whole
+file when --out has no such markers; its links to the specs are relative to --out.
 """
 
 from __future__ import annotations
@@ -104,7 +104,8 @@ def regression_notes(rows: list[dict]) -> list[str]:
     return notes
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], links_from: Path = ROOT) -> str:
+    """The Markdown table, its spec links relative to the folder `links_from`."""
     lines = [
         "| spec | parameters | epochs | test accuracy | reported | difference | seconds/epoch | device |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
@@ -113,7 +114,8 @@ def table(rows: list[dict]) -> str:
         stated = r["reported"] is not None
         reported = f"{r['reported']:.2%}" if stated else "—"
         difference = f"{(r['accuracy'] - r['reported']) * 100:+.2f} points" if stated else ""
-        lines.append(f"| [`{r['name']}`]({r['file']}) | {r['params']:,} | {r['epochs']} | {r['accuracy']:.2%} | "
+        link = Path(os.path.relpath(ROOT / r["file"], links_from)).as_posix()
+        lines.append(f"| [`{r['name']}`]({link}) | {r['params']:,} | {r['epochs']} | {r['accuracy']:.2%} | "
                      f"{reported} | {difference} | {r['seconds']:.1f} | {r['device']} |")
     versions, data = rows[0]["versions"], rows[0]["data"]
     sources = {(r["data"]["dataset"], r["data"]["path"], str(r["data"]["counts"])) for r in rows}
@@ -144,7 +146,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", metavar="NAME", help="train only these specs (names or file stems); "
                         "the table still lists every spec that has a finished run")
     parser.add_argument("--runs", default="runs/zoo", help="the folder for run directories (default: runs/zoo)")
-    parser.add_argument("--out", default=str(ROOT / "README.md"), help="the file to write the table into")
+    parser.add_argument("--out", default=str(ROOT / "docs/model-zoo.md"), help="the file to write the table into")
     parser.add_argument("--retrain", action="store_true", help="train even where a finished run exists")
     args = parser.parse_args()
 
@@ -166,7 +168,7 @@ def main() -> None:
             rows.append(row(file, spec, read_json(run / "metrics.json")))
     if not rows:
         sys.exit("zoo: no finished runs to tabulate")
-    write_table(Path(args.out), table(rows))
+    write_table(Path(args.out), table(rows, Path(args.out).resolve().parent))
     print(f"zoo: {len(rows)} of {len(specs)} specs tabulated into {args.out}")
 
 

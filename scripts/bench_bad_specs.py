@@ -3,7 +3,7 @@
     python scripts/bench_bad_specs.py
 
 Prints, per file: exit code, wall seconds and peak resident memory; then the worst of each. The bar
-(README, Reliability): exit code 2, under 2 seconds, bounded memory, for every one of them.
+(docs/reliability.md): exit code 2, under 2 seconds, bounded memory, for every one of them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Generate the README's spec reference from the schema itself (run with --check in the tests)."""
+"""Generate the spec reference page, docs/reference/spec.md, from the schema itself (run with --check in the tests)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pydantic_core import PydanticUndefined
 from mnist_keras.spec import fields, layers
 from mnist_keras.spec import schema as spec
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs/reference/spec.md"
 BEGIN, END = "<!-- spec-reference:begin -->", "<!-- spec-reference:end -->"
 
 
@@ -36,7 +36,7 @@ def type_name(annotation) -> str:
 
 def table(cls: type[BaseModel], title: str) -> list[str]:
     doc = (cls.__doc__ or "").strip().splitlines()
-    lines = [f"#### `{title}`", ""] + ([doc[0], ""] if doc and cls.__doc__ != BaseModel.__doc__ else [])
+    lines = [f"## `{title}`", ""] + ([doc[0], ""] if doc and cls.__doc__ != BaseModel.__doc__ else [])
     lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
     for name, field in cls.model_fields.items():
         if field.default is PydanticUndefined:
@@ -73,16 +73,16 @@ def reference() -> str:
 
 
 def main() -> int:
-    text = README.read_text()
+    text = PAGE.read_text()
     head, _, rest = text.partition(BEGIN)
     _, _, tail = rest.partition(END)
     updated = f"{head}{BEGIN}\n{reference()}\n{END}{tail}"
     if "--check" in sys.argv:
         if updated != text:
-            print("README.md's spec reference is out of date: run python scripts/spec_reference.py")
+            print("docs/reference/spec.md is out of date: run python scripts/spec_reference.py")
             return 1
         return 0
-    README.write_text(updated)
+    PAGE.write_text(updated)
     return 0
 
 
