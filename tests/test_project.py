@@ -1,5 +1,6 @@
 """The project's promises about itself: README in sync with the schema and the CLI, CI runs the README's tests."""
 
+import os
 import re
 import subprocess
 import sys
@@ -35,3 +36,17 @@ def test_help_is_quick_and_lists_commands():
     assert result.exit_code == 0
     for name in ("fit", "validate", "summary", "schema", "evaluate", "predict"):
         assert name in result.output
+
+
+def test_no_arguments_prints_the_help_and_what_to_try_first():
+    """`mnist-keras` alone (issue 23): the help, exit 2, and a last line naming a command that works."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "80"}
+    done = subprocess.run([sys.executable, "-m", "mnist_keras"], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=120)
+    assert done.returncode == 2 and "Commands:" in done.stderr
+    last = done.stderr.strip().splitlines()[-1].strip()
+    assert last.startswith("Try first: mnist-keras fit model_specs/lenet5.yaml") and len(last) < 80, last
+    spec = last.split()[4]
+    checked = subprocess.run([sys.executable, "-m", "mnist_keras", "validate", spec], capture_output=True,
+                             text=True, env=env, cwd=ROOT, timeout=120)
+    assert checked.returncode == 0, checked.stderr
