@@ -50,3 +50,24 @@ def test_no_arguments_prints_the_help_and_what_to_try_first():
     checked = subprocess.run([sys.executable, "-m", "mnist_keras", "validate", spec], capture_output=True,
                              text=True, env=env, cwd=ROOT, timeout=120)
     assert checked.returncode == 0, checked.stderr
+
+
+def _readme_blocks_after(heading: str) -> list[str]:
+    section = (ROOT / "README.md").read_text().split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```yaml\n(.*?)```\n", section, re.S)
+
+
+def test_readme_spec_is_the_shipped_lenet5_and_its_layer_list_plans_alike():
+    """README's "A spec" (issue 23: it had drifted from the file) and its layer-list form of the template."""
+    import yaml
+
+    from mnist_keras.spec import load_spec
+    from mnist_keras.spec.schema import Spec
+
+    shipped, layers = _readme_blocks_after("## A spec")[:2]
+    assert shipped == (ROOT / "model_specs" / "lenet5.yaml").read_text()
+    spec = load_spec(ROOT / "model_specs" / "lenet5.yaml")
+    listed = Spec.model_validate({**spec.model_dump(mode="json"), "model": yaml.safe_load(layers)["model"]})
+    plan = [(p.layer.keras_config(), p.output_shape, p.trainable) for p in spec.plan()]
+    assert plan == [(p.layer.keras_config(), p.output_shape, p.trainable) for p in listed.plan()]
+    assert len(plan) == 8 and sum(p[2] for p in plan) == 61_706
