@@ -215,7 +215,8 @@ def test_tensorboard_server_serves_scalars_images_and_hparams(sweep):
         assert [m["name"]["tag"] for m in experiment["metricInfos"][:2]] == ["Test/accuracy", "Test/loss"]  # first
         assert infos["Train.optimizer.learning_rate"]["domainInterval"] == {"minValue": 0.003, "maxValue": 0.01}
         assert infos["Train.optimizer.learning_rate"]["differs"] and not infos["Data.batch_size"]["differs"]
-        assert infos["Data.batch_size"]["type"] == "DATA_TYPE_STRING" and infos["Data.batch_size"]["domainDiscrete"] == ["32"]
+        batch = infos["Data.batch_size"]
+        assert batch["type"] == "DATA_TYPE_STRING" and batch["domainDiscrete"] == ["32"]  # shown as 32, not 32.000
         # The HParams tab checks the first 5 of this order (a stable sort, differing ones first): issue 23
         shown = sorted(experiment["hparamInfos"], key=lambda info: not info.get("differs", False))[:5]
         assert [info["name"] for info in shown] == ["Train.optimizer.learning_rate", "Data.batch_size", "Model.layers",
