@@ -22,7 +22,7 @@ args = parser.parse_args()
 live, results = loop.LiveProgbar, {"live bar": [], "Keras' bar": []}
 for _ in range(args.repeats):
     for name in results:
-        loop.LiveProgbar = live if name == "live bar" else keras.callbacks.ProgbarLogger
+        loop.LiveProgbar = live if name == "live bar" else lambda **_: keras.callbacks.ProgbarLogger()
         spec = mk.load_spec("model_specs/lenet5.yaml", overrides=[
             "train.epochs=3", "data.max_train=25600", "train.tensorboard.enabled=false"])
         with contextlib.redirect_stdout(io.StringIO()) as out:

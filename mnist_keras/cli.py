@@ -71,7 +71,11 @@ def reporter():
                     verbose=1 if sys.stdout.isatty() else 2)
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+FIRST_STEP = "Try first: mnist-keras fit model_specs/lenet5.yaml  (LeNet-5 on MNIST)"
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             epilog=FIRST_STEP)
 @click.version_option(__version__, prog_name="mnist-keras")
 def main():
     """Declarative Keras models: YAML specs in, trained models and TensorBoard runs out."""

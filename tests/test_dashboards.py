@@ -155,12 +155,17 @@ def test_event_files_hold_every_tag(sweep):
         test_accuracy = tf.make_ndarray(top.Tensors("Test/accuracy")[0].tensor_proto)
         assert test_accuracy == pytest.approx(metrics["test"]["accuracy"])
         content = top.SummaryMetadata(metadata.SESSION_START_INFO_TAG).plugin_data.content
-        hparams = metadata.parse_session_start_info_plugin_data(content).hparams
-        assert hparams["train.optimizer.learning_rate"].number_value == pytest.approx(float(lr))
-        assert hparams["data.batch_size"].number_value == 32
-        assert hparams["train.optimizer.type"].string_value == "adam"
-        assert hparams["model.layers"].string_value == "dense32 dense10"
-        assert hparams["model.params"].number_value == 784 * 32 + 32 + 33 * 10
+        start = metadata.parse_session_start_info_plugin_data(content)
+        hparams = start.hparams
+        assert start.group_name == f"{run.name} tiny"  # issue 23: the part that tells runs apart first
+        assert hparams["Train.optimizer.learning_rate"].number_value == pytest.approx(float(lr))
+        assert hparams["Data.batch_size"].string_value == "32"  # --grid data.batch_size=32: the same column
+        assert hparams["Train.optimizer.type"].string_value == "adam"
+        assert hparams["Train.lr_schedule.type"].string_value == "constant"
+        assert hparams["Model.layers"].string_value == "dense32 dense10"
+        assert hparams["model.params"].string_value == str(784 * 32 + 32 + 33 * 10)  # issue 23: not 25450.0
+        assert hparams["seed"].string_value == "7" and hparams["train.epochs"].string_value == "2"
+        assert "data.batch_size" not in hparams and "train.optimizer.learning_rate" not in hparams
 
 
 def free_port() -> int:
@@ -208,17 +213,23 @@ def test_tensorboard_server_serves_scalars_images_and_hparams(sweep):
         experiment = ask("/data/plugin/hparams/experiment", {"experimentName": ""})
         infos = {info["name"]: info for info in experiment["hparamInfos"]}
         assert [m["name"]["tag"] for m in experiment["metricInfos"][:2]] == ["Test/accuracy", "Test/loss"]  # first
-        assert infos["train.optimizer.learning_rate"]["domainInterval"] == {"minValue": 0.003, "maxValue": 0.01}
-        assert infos["train.optimizer.learning_rate"]["differs"] and not infos["data.batch_size"]["differs"]
+        assert infos["Train.optimizer.learning_rate"]["domainInterval"] == {"minValue": 0.003, "maxValue": 0.01}
+        assert infos["Train.optimizer.learning_rate"]["differs"] and not infos["Data.batch_size"]["differs"]
+        batch = infos["Data.batch_size"]
+        assert batch["type"] == "DATA_TYPE_STRING" and batch["domainDiscrete"] == ["32"]  # shown as 32, not 32.000
+        # The HParams tab checks the first 5 of this order (a stable sort, differing ones first): issue 23
+        shown = sorted(experiment["hparamInfos"], key=lambda info: not info.get("differs", False))[:5]
+        assert [info["name"] for info in shown] == ["Train.optimizer.learning_rate", "Data.batch_size", "Model.layers",
+                                                    "Train.lr_schedule.type", "Train.optimizer.type"]
         groups = ask("/data/plugin/hparams/session_groups", {
             "experimentName": "", "startIndex": 0, "sliceSize": 10,
             "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]})
         assert len(groups["sessionGroups"]) == 2
         for group in groups["sessionGroups"]:
             (session,) = group["sessions"]
-            run = runs[f"{group['hparams']['train.optimizer.learning_rate']:g}"]
+            run = runs[f"{group['hparams']['Train.optimizer.learning_rate']:g}"]
             assert session["name"] == f"tiny/{run.name}/logs"
-            assert group["name"] == f"tiny/{run.name}"  # issue 14: a row per run, named by its directory
+            assert group["name"] == f"{run.name} tiny"  # issues 14, 23: a row per run, its folder's name first
             values = {(m["name"]["group"], m["name"]["tag"]): m["value"] for m in group["metricValues"]}
             metrics = json.loads((run / "metrics.json").read_text())
             assert values[("", "Test/accuracy")] == pytest.approx(metrics["test"]["accuracy"])

@@ -14,7 +14,8 @@ from pydantic_core import PydanticUndefined
 from mnist_keras.backend import keras
 from mnist_keras.cli import main
 from mnist_keras.spec.fields import INITIALIZERS, KerasObject, Regularizer
-from mnist_keras.spec.layers import LAYERS
+from mnist_keras.spec.layers import ENTRIES, LAYERS
+from mnist_keras.spec.loader import json_schema
 from mnist_keras.spec.schema import Optimizer, Spec, SpecProblems
 
 OPTIMIZERS = typing.get_args(typing.get_args(Optimizer)[0])
@@ -86,10 +87,15 @@ def _schema_properties(node, where=""):
             yield from _schema_properties(value, where)
 
 
-def test_every_field_has_a_description():
-    properties = _schema_properties(Spec.model_json_schema())
+def test_every_property_of_the_generated_schema_has_a_description():
+    """What an editor shows on hover, the layer-entry keys (`conv2d:`) included (issue 23)."""
+    properties = list(_schema_properties(json_schema()))
     undocumented = [where for where, prop in properties if not prop.get("description")]
     assert not undocumented
+    entries = {where.rsplit(".", 1)[1]: prop["description"] for where, prop in properties
+               if where.rsplit(".", 1)[0].endswith("Entry")}
+    assert set(entries) == set(ENTRIES) and "short for `dense: {units: VALUE}`" in entries["dense"]
+    assert entries["conv2d"].startswith("A 2D convolution") and "keras.layers.Conv2D" in entries["conv2d"]
 
 
 @pytest.mark.parametrize("make", [Spec.model_validate, lambda data: Spec(**data)], ids=["model_validate", "init"])

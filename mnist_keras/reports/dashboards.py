@@ -7,9 +7,16 @@
                    the HParams table, which orders metrics by tag, shows them first)
 
 The HParams metrics are found by the plugin itself from the scalars of logs/ and its train/ and
-validation/ folders. No experiment config is written: with several runs under one --logdir the plugin
-would pick one run's config at random and hide the other runs' hyperparameters; without it, it
-takes the union of all runs' sessions, so every run of a sweep compares side by side.
+validation/ folders. No experiment config (`hp.hparams_config`) is written: with several runs under one
+--logdir the plugin would pick one run's config at random, hide the other runs' hyperparameters and
+mark none as differing; without it, it takes the union of all runs' sessions and marks the columns
+whose values differ, so every run of a sweep compares side by side.
+
+The HParams tab checks 5 columns by default: those that differ between the runs first, then the rest
+by name (the plugin sorts by name, capitals first; a config cannot change that). So the five that
+matter most for one run are named by their spec paths capitalised (`Train.optimizer.learning_rate`),
+the others by their plain spec paths. The table shows every number to 5 significant digits (42 as
+42.000), so integers are written as text; a row is named by its run folder, then the spec's name.
 """
 
 from __future__ import annotations
@@ -47,10 +54,23 @@ def _lookup(data: Any, path: tuple) -> Any:
     return data
 
 
-def hparams(spec: Spec) -> dict[str, bool | int | float | str]:
-    """The run's hyperparameters for the HParams dashboard, named by their spec paths: the main ones, then
-    each overridden path (spec.overrides) with its resolved value (what the spec holds after validation, so
-    1 and 1.0 for a float agree across runs, and an override of a main one is the same column)."""
+SHOWN = {"data.batch_size": "Data.batch_size", "model.layers": "Model.layers",  # checked by default
+         "train.lr_schedule.type": "Train.lr_schedule.type", "train.optimizer.learning_rate":
+         "Train.optimizer.learning_rate", "train.optimizer.type": "Train.optimizer.type"}
+
+
+def _column(value: Any) -> bool | float | str:
+    """A value as the HParams table shows it as written: an integer as text, a list or mapping as JSON."""
+    if isinstance(value, (bool, float, str)):
+        return value
+    return str(value) if isinstance(value, int) else json.dumps(value)
+
+
+def hparams(spec: Spec) -> dict[str, bool | float | str]:
+    """The run's hyperparameters for the HParams dashboard, named by their spec paths (the five of SHOWN
+    capitalised): the main ones, then each overridden path (spec.overrides) with its resolved value (what the
+    spec holds after validation, so 1 and 1.0 for a float agree across runs, and an override of a main one is
+    the same column)."""
     values: dict[str, Any] = {
         "train.optimizer.type": spec.train.optimizer.type, "train.optimizer.learning_rate": spec.train.optimizer.resolved_learning_rate(),
         "train.lr_schedule.type": spec.train.lr_schedule.type, "data.batch_size": spec.data.batch_size,
@@ -63,8 +83,8 @@ def hparams(spec: Spec) -> dict[str, bool | int | float | str]:
             value = _lookup(resolved, parse_override(f"{name}=null")[0])
         except (KeyError, IndexError, TypeError):
             pass  # a path that validation rewrote (e.g. into a shorthand layer entry): the value as given
-        values[name] = value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
-    return values
+        values[name] = value
+    return {SHOWN.get(name, name): _column(value) for name, value in values.items()}
 
 
 def _image(figure) -> np.ndarray:
@@ -84,8 +104,8 @@ class RunDescription(keras.callbacks.Callback):
         with writer.as_default(step=0):
             if not self.resumed:
                 tf.summary.text("spec", f"```yaml\n{dump_spec(self.spec)}```")
-            run = self.log_dir.parent  # each run its own HParams row, named by its directory (a resume: the same)
-            hp.hparams(hparams(self.spec), trial_id=f"{run.parent.name}/{run.name}")
+            run = self.log_dir.parent  # each run its own HParams row, named by its directory (a resume: the same):
+            hp.hparams(hparams(self.spec), trial_id=f"{run.name} {run.parent.name}")  # the part that differs first
         writer.close()
 
 

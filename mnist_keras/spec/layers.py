@@ -605,6 +605,16 @@ def normalize_entry(value: Any, registry: dict[str, type], what: str) -> dict:
     return {name: args}
 
 
+def entry_description(name: str, cls: type) -> str:
+    """What an editor shows on hover over `name:`: the class's first paragraph, and its short form."""
+    text = " ".join((cls.__doc__ or "").split("\n\n")[0].split())
+    if issubclass(cls, Layer) and cls is not Backbone:
+        text += f" Built as {cls.keras_module}.{cls.keras_class}."
+    if cls.shorthand:
+        text += f" `{name}: VALUE` is short for `{name}: {{{cls.shorthand}: VALUE}}`."
+    return text
+
+
 def _entry_union(registry: dict[str, type], what: str):
     """A pydantic type for `- name: {args}` entries (also `- name` and `- name: scalar`)."""
 
@@ -616,7 +626,7 @@ def _entry_union(registry: dict[str, type], what: str):
 
     members = tuple(
         Annotated[create_model(f"{cls.__name__}Entry", __base__=StrictModel,
-                               **{name: (cls, Field(description=f"`{name}` and its arguments"))}), Tag(name)]
+                               **{name: (cls, Field(description=entry_description(name, cls)))}), Tag(name)]
         for name, cls in registry.items()
     )
     return Annotated[Union[members], Discriminator(tag), BeforeValidator(normalize)]

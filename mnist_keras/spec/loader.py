@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticCustomError
 
 from ..errors import UserError
-from .layers import ENTRIES, TEMPLATES, did_you_mean, normalize_entry
+from .layers import ENTRIES, TEMPLATES, did_you_mean, entry_description, normalize_entry
 from .schema import Spec
 
 MAX_BYTES = 1_000_000  # a spec is a few kilobytes; refuse anything near a megabyte
@@ -490,7 +490,8 @@ def json_schema() -> dict:
     for name, cls in {**ENTRIES, **TEMPLATES}.items():
         args = {"$ref": f"#/$defs/{cls.__name__}"}
         short = [defs[cls.__name__]["properties"][cls.shorthand]] if cls.shorthand else []
-        defs[f"{cls.__name__}Entry"]["properties"][name] = {"anyOf": [args, *short, {"type": "null"}]}
+        defs[f"{cls.__name__}Entry"]["properties"][name] = {"anyOf": [args, *short, {"type": "null"}],
+                                                            "description": entry_description(name, cls)}
 
     def bare_names(node: Any) -> None:
         if isinstance(node, dict):

@@ -122,8 +122,8 @@ def train_run(spec: Spec, run: Path, prepared: Prepared, state: RunState, notify
         if spec.train.tensorboard.enabled:
             callbacks += dashboard_callbacks(spec, run / "logs", state, data, pipes.validation)
         callbacks += list(extra_callbacks)
-        if verbose == 1 and spec.runtime.steps_per_execution != 1:
-            callbacks.append(LiveProgbar())
+        if verbose:
+            callbacks.append(LiveProgbar(poll=spec.runtime.steps_per_execution != 1, epochs=spec.train.epochs))
         if state.classes and state.classes != data.class_names:
             raise UserError(f"{run}: the data's classes ({', '.join(data.class_names)[:200]}) are not the run's "
                             f"({', '.join(state.classes)[:200]}); resume with the data the run was trained on")
