@@ -38,3 +38,10 @@ class ExportFailed(Error):
     def __init__(self, *messages: str, parity=None):
         super().__init__(*messages)
         self.parity = parity
+
+
+def first_line(err: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (its type's name when it has none), at most `limit` characters:
+    what a one-line error message quotes of a library's exception."""
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:limit]

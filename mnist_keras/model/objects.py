@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from ..backend import keras
-from ..errors import UserError
+from ..errors import UserError, first_line
 
 if TYPE_CHECKING:
     from ..runs.run import Run
@@ -63,9 +63,8 @@ def load_model(path: Path, spec=None):
             warnings.filterwarnings("ignore", "Skipping variable loading for optimizer")
             model = keras.models.load_model(path, safe_mode=True)
     except Exception as err:  # Keras raises many types for a damaged archive
-        message = str(err).splitlines()[0][:300] if str(err) else ""
         what = "checkpoint" if Path(path).parent.name == "checkpoints" else "model"
-        raise UserError(f"{path}: cannot load this {what} ({type(err).__name__}: {message})") from None
+        raise UserError(f"{path}: cannot load this {what} ({type(err).__name__}: {first_line(err)})") from None
     if spec is not None:
         check_model_fits(model, spec, str(path))
     return model
