@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BeforeValidator, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (AfterValidator, BeforeValidator, Field, PrivateAttr, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 from pydantic_core import InitErrorDetails
 
 from .fields import (
@@ -122,6 +123,16 @@ class Data(StrictModel):
     cache_dir: str | None = Field(None, description="where cache: disk keeps decoded images (default: the run's "
                                   "cache/ folder)")
     prefetch: bool = Field(True, description="prepare the next batches while the model trains")
+
+    @field_validator("image_shape")
+    @classmethod
+    def _colour_mode(cls, shape: list[int], info: ValidationInfo) -> list[int]:
+        """MNIST and Fashion-MNIST are read gray or RGB, as the channels ask; other counts cannot be made."""
+        dataset = info.data.get("dataset")
+        if dataset in TRAIN_SIZES and shape[2:] not in ([], [1], [3]):
+            raise ValueError(f"{dataset} is read as gray (1 channel) or RGB (3), not {shape[2]} channels; "
+                             f"set data.image_shape: [{shape[0]}, {shape[1]}, 1] or [{shape[0]}, {shape[1]}, 3]")
+        return shape
 
     @model_validator(mode="after")
     def _per_channel(self):
