@@ -407,12 +407,14 @@ def read_json(path: Path) -> tuple[dict, dict, dict, tuple[int, int]]:
         document = json.loads(raw)
     except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError; nesting too deep
         raise UserError(f"{path}: not a JSON file ({str(err).splitlines()[0]})") from None
-    if not (isinstance(document, list) and len(document) == 3
-            and all(isinstance(split, list) and len(split) == 2 for split in document)):
+    if not isinstance(document, list) or len(document) != 3:
         raise UserError(f"{path}: holds {_json_kind(document)}; expected a list of three splits (train, "
                         "validation, test), each [images, labels], as PaddlePaddle's mnist.json.gz")
     arrays, where = {}, {}
-    for (split, (x_key, y_key)), (images, labels) in zip(SPLITS.items(), document):
+    for (split, (x_key, y_key)), pair in zip(SPLITS.items(), document):
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise UserError(f"{path}: the {split} split is {_json_kind(pair)}; expected [images, labels]")
+        images, labels = pair
         where[x_key], where[y_key] = f"{path}: {split} images", f"{path}: {split} labels"
         arrays[x_key], arrays[y_key] = _json_images(where[x_key], images), _json_labels(where[y_key], labels)
     pixels = [arrays[x_key] for x_key, _ in SPLITS.values()]
@@ -430,21 +432,22 @@ def _json_images(where: str, images) -> np.ndarray:
     """A split's images, each a flat list of the same square number of finite numbers, as float64 (N, H, W)."""
     if not isinstance(images, list) or not images or not isinstance(images[0], list):
         raise UserError(f"{where}: {_json_kind(images)}; expected a list of images, each a list of numbers")
-    size, side = len(images[0]), math.isqrt(len(images[0]))
-    if side * side != size or not size:
-        raise UserError(f"{where}: image 0 has {size} numbers, not a square image; each image is a flat list of "
-                        "height x width numbers (784 for 28x28)")
+    size = len(images[0])
     odd = next((i for i, image in enumerate(images) if not isinstance(image, list) or len(image) != size), None)
     if odd is not None:
         raise UserError(f"{where}: image {odd} is {_json_kind(images[odd])}, but image 0 has {size} numbers")
     try:
         x = np.array(images)
-    except ValueError:  # lists inside an image
+    except ValueError:  # lists of different lengths inside an image
         x = None
     if x is None or x.dtype.kind not in "iuf" or x.ndim != 2:
         found = next(((i, v) for i, image in enumerate(images) for v in image if type(v) not in (int, float)), None)
         what = f"image {found[0]} holds {_json_kind(found[1])}" if found else "an integer is beyond 64 bits"
-        raise UserError(f"{where}: {what}; each image is a list of numbers")
+        raise UserError(f"{where}: {what}; each image is a flat list of numbers")
+    side = math.isqrt(size)
+    if side * side != size or not size:
+        raise UserError(f"{where}: images of {size} numbers are not square; each image is a flat list of "
+                        "height x width numbers (784 for 28x28)")
     if not np.isfinite(x).all():
         raise UserError(f"{where}: image {int(np.argmin(np.isfinite(x).all(axis=1)))} holds NaN or infinity")
     return x.astype(np.float64).reshape(len(x), side, side)
