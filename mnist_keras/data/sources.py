@@ -222,7 +222,7 @@ def check_array(key: str, array: np.ndarray, where: str, data: Data) -> np.ndarr
         raise UserError(f"{where}: images of shape {array.shape[1:]} hold no pixels")
     got, want = channels(array.shape[1:]), channels(data.image_shape)
     if got != want and not {got, want} <= {1, 3}:
-        raise UserError(f"{where}: images have {got} channels, but data.image_shape {list(data.image_shape)} asks "
+        raise UserError(f"{where}: images have {got} channel{'s' * (got != 1)}, but data.image_shape {list(data.image_shape)} asks "
                         f"for {want}; images are converted between 1 (gray) and 3 (RGB) channels only; set "
                         f"data.image_shape: {[*data.image_shape[:2], got]}")
     return array
