@@ -54,17 +54,21 @@ def info(spec, dataset, data_dir, overrides):
     """Source, shapes, dtypes, class counts and pixel statistics of the dataset."""
     import numpy as np
 
-    from .pipeline import pixels, split_sizes
+    from .pipeline import data_splits, pixels
     from .loading import load_arrays
 
     loaded = _load(spec, dataset, overrides)
     arrays = load_arrays(loaded.data, data_dir, _note, loaded.seed)
     prov, prep = arrays.provenance, loaded.data.preprocess
-    n_train, n_val = split_sizes(loaded.data, len(arrays.x_train))
+    train, validation, _ = data_splits(loaded.data, arrays)
+    n_train, n_val = len(train[1]), len(validation[1]) if validation else 0
     click.echo(f"dataset   {prov['dataset']} from {prov['source']}: {prov['path'] or 'keras.datasets'}")
     for name, digest in prov.get("sha256", {}).items():
         click.echo(f"          sha256 {digest}  {name}")
-    for split, x, y in (("train", arrays.x_train, arrays.y_train), ("test", arrays.x_test, arrays.y_test)):
+    for split, x, y in (("train", arrays.x_train, arrays.y_train), ("validation", arrays.x_val, arrays.y_val),
+                        ("test", arrays.x_test, arrays.y_test)):
+        if x is None:
+            continue
         click.echo(f"{split:<9} images {x.dtype} {x.shape}, labels {y.dtype} {y.shape}")
         counts = np.bincount(y, minlength=loaded.data.num_classes)
         click.echo("          per class: " + "  ".join(f"{c}: {n:,}" for c, n in zip(arrays.class_names, counts)))
@@ -80,7 +84,8 @@ def info(spec, dataset, data_dir, overrides):
         std = math.sqrt((hist * (values - mean) ** 2).sum() / hist.sum())
         present = values[hist > 0]
         click.echo(f"{name}: min {present.min():.4g}, max {present.max():.4g}, mean {mean:.4g}, std {std:.4g}")
-    click.echo(f"splits    {n_train:,} training, {n_val:,} validation (held out from the end), "
+    held_out = "the file's own split" if arrays.x_val is not None else "held out from the end"
+    click.echo(f"splits    {n_train:,} training, {n_val:,} validation ({held_out}), "
                f"{len(arrays.x_test):,} test; model input {loaded.input_shape()}")
 
 

@@ -37,7 +37,7 @@ def read_images(files: list[str], image_shape: list[int], fit: str | None = None
     """(uint8 images of the files read, those files, one message per other file).
 
     With a `fit` (stretch, crop, pad), as image_array decodes images of a folder or CSV data set. Without,
-    MNIST-like: gray (the mean of the colour channels), transparency laid over white, the whole image
+    MNIST-like: gray (ITU-R 601-2 luma, as Pillow's convert("L")), transparency laid over white, the whole image
     resized by area averaging, and inverted when its mean is above mid-gray (dark ink on light paper),
     since MNIST digits are light on a dark background.
     """
@@ -104,16 +104,31 @@ def load_image(file):
 
 
 def image_array(file, image_shape: list[int], fit: str) -> np.ndarray:
-    """One image file as uint8 pixels of `image_shape` ([H, W], [H, W, 1]: gray; [H, W, 3]: RGB), transparency
+    """One image file as uint8 pixels of `image_shape`, as fitted_pixels makes its decoded image."""
+    return fitted_pixels(load_image(file), image_shape, fit)
+
+
+def fitted_pixels(image, image_shape: list[int], fit: str) -> np.ndarray:
+    """A Pillow image as uint8 pixels of `image_shape` ([H, W], [H, W, 1]: gray; [H, W, 3]: RGB), transparency
     laid over white, fitted to the size by `fit`: stretch, crop (the centre) or pad (with black)."""
     height, width = image_shape[:2]
-    image = load_image(file)
     rgb = image_shape[2:] == [3] and not image.mode.startswith(("I", "F"))
     image = _over_white(image).convert("RGB") if rgb else _gray(image)
     pixels = np.asarray(_fitted(image, height, width, fit), np.float32)
     if len(image_shape) == 3 and pixels.ndim == 2:
         pixels = np.repeat(pixels[..., np.newaxis], image_shape[2], axis=-1)
     return np.clip(pixels.round(), 0, 255).astype(np.uint8)
+
+
+def fitted_arrays(x: np.ndarray, image_shape: list[int], fit: str) -> np.ndarray:
+    """uint8 images (N, H, W[, 1 or 3]) made `image_shape` as image files are (fitted_pixels): the channels
+    choose gray or RGB (gray replicated, RGB to luma), and `fit` reaches the height and width."""
+    from PIL import Image
+
+    out = np.empty((len(x), *image_shape), np.uint8)
+    for i, image in enumerate(x):
+        out[i] = fitted_pixels(Image.fromarray(image[..., 0] if image.shape[2:] == (1,) else image), image_shape, fit)
+    return out
 
 
 def _fitted(image, height: int, width: int, fit: str):
@@ -152,5 +167,5 @@ def _gray(image):
         return image.convert("F").point(lambda v: v / 257)
     image = _over_white(image)
     if image.mode != "L":
-        image = image.convert("RGB").convert("L", (1 / 3, 1 / 3, 1 / 3, 0))
+        image = image.convert("RGB").convert("L")  # ITU-R 601-2 luma, as Keras' color_mode and streaming.py
     return image.convert("F")

@@ -71,11 +71,12 @@ def apply_preprocess(prep: Preprocess, x):
     return x if prep.channel_axis or x.shape[-1] != 1 else x[..., 0]
 
 
-def _splits(data: Data, source) -> tuple[tuple, tuple | None, tuple]:
+def data_splits(data: Data, source) -> tuple[tuple, tuple | None, tuple]:
     """(images, labels) of the train, validation (None when there is none) and test splits; images are
-    uint8 arrays or lists of file paths. Files without a validation list hold out images as arrays do."""
+    uint8 arrays or lists of file paths. A source without a validation split holds out data.validation images."""
     if isinstance(source, Arrays):
-        train, test, validation = (source.x_train, source.y_train), (source.x_test, source.y_test), None
+        train, test = (source.x_train, source.y_train), (source.x_test, source.y_test)
+        validation = None if source.x_val is None else (source.x_val, source.y_val)
     else:
         train, test = (source.train.paths, source.train.labels), (source.test.paths, source.test.labels)
         validation = source.validation and (source.validation.paths, source.validation.labels)
@@ -93,7 +94,7 @@ def make_pipelines(spec: Spec, data, start_epoch: int = 0, cache_dir: str | None
     data.cache_dir, else in `cache_dir`)."""
     from ..backend import tf
     d, prep = spec.data, spec.data.preprocess
-    splits = _splits(d, data)
+    splits = data_splits(d, data)
     n_train = len(splits[0][1])
     steps = n_train // d.batch_size if d.drop_remainder else math.ceil(n_train / d.batch_size)
     if steps == 0:

@@ -1,4 +1,5 @@
-"""Where the images come from: IDX folders, .npz files, the Keras cache or download, the bundled sample.
+"""Where the images come from: IDX folders, .npz files, PaddlePaddle's mnist.json.gz, the Keras cache or download,
+the bundled sample.
 
 `mnist` and `fashion_mnist` are looked for, in order, in the named folder (--data-dir or
 data.data_dir), the Keras cache, then a keras.datasets download; `source: auto` falls back to the
@@ -14,6 +15,7 @@ import contextlib
 import gzip
 import hashlib
 import io
+import json
 import math
 import os
 import stat
@@ -37,6 +39,9 @@ IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049  # unsigned bytes, 3 and 1 dimensions
 OTHER_IDX_TYPES = {0x09: "signed bytes", 0x0B: "16-bit integers", 0x0C: "32-bit integers",  # MNIST's is 0x08
                    0x0D: "32-bit floats", 0x0E: "64-bit floats"}
 MAX_BYTES = 2**31  # the most a data file may hold, or declare, or decompress to: 2 GiB (full MNIST: 55 MB)
+MAX_JSON_NUMBERS = 64_000_000  # numbers in a JSON data file, ~32 bytes each once parsed (mnist.json.gz: 55 million)
+JSON_RANGES = ((0, 1), (-1, 1), (0, 255))  # pixel ranges a JSON data file may use, tried in this order
+SPLITS = {"train": ("x_train", "y_train"), "validation": ("x_val", "y_val"), "test": ("x_test", "y_test")}
 BUNDLED = Path(__file__).with_name("mnist_sample.npz")
 FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                  "Ankle boot"]
@@ -44,7 +49,8 @@ FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal"
 
 @dataclass
 class Arrays:
-    """A dataset in memory: uint8 images (N, H, W[, C]), integer labels, and where they came from."""
+    """A dataset in memory: uint8 images (N, H, W[, C]), integer labels, and where they came from. A source with
+    its own validation split (mnist.json.gz) gives x_val and y_val; the others hold out data.validation."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -52,6 +58,8 @@ class Arrays:
     y_test: np.ndarray
     provenance: dict  # dataset, source, path, counts, sha256 of each file read
     class_names: list[str] = field(default_factory=list)  # the name of each label
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
 
 
 def _silent(message: str) -> None:
@@ -67,7 +75,7 @@ def array_dataset(data: Data, data_dir: str | None = None, notify: Callable[[str
         if data.source in ("keras", "bundled"):
             raise UserError(f"{data.dataset}: data.source '{data.source}' serves only {' and '.join(DATASETS)}"
                             f"{did_you_mean(data.dataset, DATASETS)}; use source: auto or files for a path")
-        return _from_path(dataset_path(data, data_dir), data)
+        return _from_path(dataset_path(data, data_dir), data, notify)
     if data.source == "bundled":
         return _bundled(data)
     if data.source == "files" or (data.source == "auto" and folder):
@@ -116,15 +124,21 @@ def keras_cache() -> Path:
 # ------------------------------------------------------------------------------------ sources
 
 
-def _from_path(path: Path, data: Data) -> Arrays:
+def _from_path(path: Path, data: Data, notify: Callable[[str], None]) -> Arrays:
     if path.is_dir():
         return _from_folder(path, data, npz=False)
     if not path.exists():
         raise UserError(f"{path}: no such file or folder; data.dataset is {' or '.join(DATASETS)}"
                         f"{did_you_mean(data.dataset, DATASETS)}, a folder of IDX files or an .npz file")
     regular_file(path)
+    if path.name.endswith((".json", ".json.gz")):
+        arrays, where, sha256, (low, high) = read_json(path)
+        notify(f"note: {path}: pixels in [{low}, {high}] mapped to 0..255; its own splits are used: "
+               f"{len(arrays['x_train']):,} training, {len(arrays['x_val']):,} validation, "
+               f"{len(arrays['x_test']):,} test images (data.validation is ignored)")
+        return _finish(data, "json", path, (arrays, where, sha256))
     if path.suffix != ".npz":
-        raise UserError(f"{path}: expected a folder of IDX files or an .npz file")
+        raise UserError(f"{path}: expected a folder of IDX files, an .npz file or a .json.gz file")
     return _finish(data, "npz", path, read_npz(path))
 
 
@@ -168,19 +182,20 @@ def _bundled(data: Data) -> Arrays:
 def _finish(data: Data, source: str, path: Path | None, read: tuple[dict, dict, dict]) -> Arrays:
     """Check what a reader returned against the spec and record where it came from."""
     arrays, where, sha256 = read
-    arrays = {key: check_array(key, arrays[key], where[key], data) for key in KEYS}
-    for split in ("train", "test"):
-        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+    splits = {split: keys for split, keys in SPLITS.items() if keys[0] in arrays}
+    arrays = {key: check_array(key, arrays[key], where[key], data) for keys in splits.values() for key in keys}
+    for split, (x_key, y_key) in splits.items():
+        x, y = arrays[x_key], arrays[y_key]
         if not len(x):
-            raise UserError(f"{where[f'x_{split}']}: no {split} images; a dataset needs both splits")
+            raise UserError(f"{where[x_key]}: no {split} images; a dataset needs images in each split "
+                            f"({', '.join(splits)})")
         if len(x) != len(y):
-            raise UserError(f"{where[f'x_{split}']}: {len(x):,} images, "
-                            f"but {where[f'y_{split}']} has {len(y):,} labels")
+            raise UserError(f"{where[x_key]}: {len(x):,} images, but {where[y_key]} has {len(y):,} labels")
     provenance = {
         "dataset": data.dataset,
         "source": source,
         "path": str(path.resolve()) if path else None,
-        "counts": {"train": len(arrays["x_train"]), "test": len(arrays["x_test"])},
+        "counts": {split: len(arrays[x_key]) for split, (x_key, _) in splits.items()},
         "sha256": sha256,
     }
     names = FASHION_NAMES if data.dataset == "fashion_mnist" and data.num_classes == 10 else None
@@ -203,13 +218,19 @@ def check_array(key: str, array: np.ndarray, where: str, data: Data) -> np.ndarr
     if array.dtype != np.uint8 or array.ndim not in (3, 4):
         raise UserError(f"{where}: images are {array.dtype} with shape {array.shape}; "
                         "expected uint8 (0-255) with shape (N, height, width) or (N, height, width, channels)")
-    got, want = list(array.shape[1:]), list(data.image_shape)
-    if 0 in got:
-        raise UserError(f"{where}: images of shape {tuple(got)} hold no pixels")
-    if got + [1] * (3 - len(got)) != want + [1] * (3 - len(want)):
-        raise UserError(f"{where}: images are {'x'.join(map(str, got))}, but data.image_shape is {want}; "
-                        f"set data.image_shape: {got + [1] * (3 - len(got))}")
+    if 0 in array.shape[1:]:
+        raise UserError(f"{where}: images of shape {array.shape[1:]} hold no pixels")
+    got, want = channels(array.shape[1:]), channels(data.image_shape)
+    if got != want and not {got, want} <= {1, 3}:
+        raise UserError(f"{where}: images have {got} channel{'s' * (got != 1)}, but data.image_shape {list(data.image_shape)} asks "
+                        f"for {want}; images are converted between 1 (gray) and 3 (RGB) channels only; set "
+                        f"data.image_shape: {[*data.image_shape[:2], got]}")
     return array
+
+
+def channels(shape) -> int:
+    """The channels of an image shape: (H, W) and (H, W, 1) are gray, 1."""
+    return shape[2] if len(shape) == 3 else 1
 
 
 # ------------------------------------------------------------------------------- file formats
@@ -361,3 +382,87 @@ def _check_npy_header(path: Path, key: str, member, member_size: int) -> int:
         raise UserError(f"{path}: {key}: truncated: the .npy header declares shape {shape} of {dtype}, "
                         f"{nbytes:,} bytes, but the member holds {member_size - member.tell():,}")
     return nbytes
+
+
+def read_json(path: Path) -> tuple[dict, dict, dict, tuple[int, int]]:
+    """PaddlePaddle's mnist.json.gz (gzipped or plain JSON): a list of three splits, train, validation and test,
+    each [images, labels], every image a flat list of height x width numbers in [0, 1], [-1, 1] or 0..255:
+    (uint8 arrays x_train ... y_test, where, sha256, the pixel range found). At most MAX_BYTES are decompressed,
+    and the numbers are counted (MAX_JSON_NUMBERS) before the text is parsed."""
+    raw, digest = _read_file(path)
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
+                raw = _read_at_most(stream, MAX_BYTES + 1)
+        except (OSError, EOFError, zlib.error) as err:
+            raise UserError(f"{path}: corrupt or truncated gzip data ({err})") from None
+    elif path.suffix == ".gz":
+        raise UserError(f"{path}: not a gzip file (a .json.gz dataset is gzipped JSON)")
+    if len(raw) > MAX_BYTES:
+        raise UserError(f"{path}: decompresses to over {MAX_BYTES:,} bytes, the limit for a data file")
+    if raw.count(b",") >= MAX_JSON_NUMBERS:
+        raise UserError(f"{path}: over {MAX_JSON_NUMBERS:,} numbers, the limit for a JSON data file "
+                        "(mnist.json.gz holds 55 million)")
+    try:
+        document = json.loads(raw)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError; nesting too deep
+        raise UserError(f"{path}: not a JSON file ({str(err).splitlines()[0]})") from None
+    if not isinstance(document, list) or len(document) != 3:
+        raise UserError(f"{path}: holds {_json_kind(document)}; expected a list of three splits (train, "
+                        "validation, test), each [images, labels], as PaddlePaddle's mnist.json.gz")
+    arrays, where = {}, {}
+    for (split, (x_key, y_key)), pair in zip(SPLITS.items(), document):
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise UserError(f"{path}: the {split} split is {_json_kind(pair)}; expected [images, labels]")
+        images, labels = pair
+        where[x_key], where[y_key] = f"{path}: {split} images", f"{path}: {split} labels"
+        arrays[x_key], arrays[y_key] = _json_images(where[x_key], images), _json_labels(where[y_key], labels)
+    pixels = [arrays[x_key] for x_key, _ in SPLITS.values()]
+    low, high = next(((low, high) for low, high in JSON_RANGES
+                      if all(low <= x.min() and x.max() <= high for x in pixels)), (None, None))
+    if low is None:
+        raise UserError(f"{path}: pixel values range over {min(x.min() for x in pixels):g}.."
+                        f"{max(x.max() for x in pixels):g}; expected [0, 1], [-1, 1] or 0..255")
+    for x_key, _ in SPLITS.values():
+        arrays[x_key] = np.rint((arrays[x_key] - low) * (255 / (high - low))).astype(np.uint8)
+    return arrays, where, {path.name: digest}, (low, high)
+
+
+def _json_images(where: str, images) -> np.ndarray:
+    """A split's images, each a flat list of the same square number of finite numbers, as float64 (N, H, W)."""
+    if not isinstance(images, list) or not images or not isinstance(images[0], list):
+        raise UserError(f"{where}: {_json_kind(images)}; expected a list of images, each a list of numbers")
+    size = len(images[0])
+    odd = next((i for i, image in enumerate(images) if not isinstance(image, list) or len(image) != size), None)
+    if odd is not None:
+        raise UserError(f"{where}: image {odd} is {_json_kind(images[odd])}, but image 0 has {size} numbers")
+    try:
+        x = np.array(images)
+    except ValueError:  # lists of different lengths inside an image
+        x = None
+    if x is None or x.dtype.kind not in "iuf" or x.ndim != 2:
+        found = next(((i, v) for i, image in enumerate(images) for v in image if type(v) not in (int, float)), None)
+        what = f"image {found[0]} holds {_json_kind(found[1])}" if found else "an integer is beyond 64 bits"
+        raise UserError(f"{where}: {what}; each image is a flat list of numbers")
+    side = math.isqrt(size)
+    if side * side != size or not size:
+        raise UserError(f"{where}: images of {size} numbers are not square; each image is a flat list of "
+                        "height x width numbers (784 for 28x28)")
+    if not np.isfinite(x).all():
+        raise UserError(f"{where}: image {int(np.argmin(np.isfinite(x).all(axis=1)))} holds NaN or infinity")
+    return x.astype(np.float64).reshape(len(x), side, side)
+
+
+def _json_labels(where: str, labels) -> np.ndarray:
+    """A split's labels as an array (check_array checks their kind, shape and range)."""
+    if isinstance(labels, list):
+        with contextlib.suppress(ValueError):  # nested lists of different lengths
+            return np.array(labels)
+    raise UserError(f"{where}: {_json_kind(labels)}; expected a list of integer labels, one per image")
+
+
+def _json_kind(value) -> str:
+    """What a parsed JSON value is, for messages: `a list of 2 items`, `an object`, `a string`."""
+    if isinstance(value, list):
+        return f"a list of {len(value)} item{'s' * (len(value) != 1)}"
+    return {dict: "an object", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import keras, tf
-from ..data.pipeline import split_sizes
+from ..data.pipeline import data_splits
 from ..runs.record import RunState
 from ..spec import Spec, dump_spec, parse_override
 from .plots import confusion_figure, confusion_matrix, misclassified_figure, rgba
@@ -156,10 +156,8 @@ def dashboard_callbacks(spec: Spec, log_dir: Path, state: RunState, arrays, vali
     callbacks: list = [RunDescription(log_dir, spec, bool(state.epochs_done))]
     if validation is None or spec.loss() == "mse" or not hasattr(arrays, "x_train"):  # images in memory only
         return callbacks
-    n_train, n_val = split_sizes(spec.data, len(arrays.x_train))
-    held_out = slice(n_train, n_train + n_val)
-    callbacks.append(ValidationImages(log_dir / "validation", validation, arrays.x_train[held_out],
-                                      arrays.y_train[held_out].astype(np.int64),
+    images, labels = data_splits(spec.data, arrays)[1]
+    callbacks.append(ValidationImages(log_dir / "validation", validation, images, labels.astype(np.int64),
                                       arrays.class_names or [str(i) for i in range(spec.data.num_classes)],
                                       spec.train.tensorboard.images_every))
     return callbacks

@@ -47,10 +47,11 @@ def input_problem(name: str, shape: tuple[int, ...]) -> str | None:
     """Why `name` cannot take images of `shape` (height, width, channels), or None."""
     if len(shape) != 3:
         return f"{name} takes images (height, width, channels), but its input has shape {tuple(shape)}"
+    side = MIN_SIDE.get(name, 32)
     if shape[2] != 3:
         return (f"{name} takes RGB images (3 channels), but the data gives {shape[2]}; set data.image_shape to "
-                f"[{shape[0]}, {shape[1]}, 3] (image files are decoded to RGB)")
-    side = MIN_SIDE.get(name, 32)
+                f"[{max(side, shape[0])}, {max(side, shape[1])}, 3] (every source is read as that: gray images "
+                "replicated to RGB, resized by data.preprocess.fit)")
     if min(shape[:2]) < side:
         return (f"{name} needs images of at least {side}x{side}, but its input is {shape[0]}x{shape[1]}; set "
                 f"data.preprocess.resize: [{max(side, shape[0])}, {max(side, shape[1])}] or larger")

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BeforeValidator, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (AfterValidator, BeforeValidator, Field, PrivateAttr, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 from pydantic_core import InitErrorDetails
 
 from .fields import (
@@ -70,9 +71,9 @@ class Preprocess(StrictModel):
     normalize: Annotated[Normalize | Literal["imagenet"], AfterValidator(_preset)] | None = Field(
         None, description="standardize after scaling: {mean, std}, each a number or one per channel, or imagenet "
         "(RGB pixels scaled to 0..1; default: none)")
-    fit: Literal["stretch", "crop", "pad"] = Field("stretch", description="image files of another aspect ratio "
-                                                   "than data.image_shape: stretch them, crop the centre, or pad "
-                                                   "with black")
+    fit: Literal["stretch", "crop", "pad"] = Field("stretch", description="images (files or arrays) of another "
+                                                   "size than data.image_shape: stretch them, crop the centre, or "
+                                                   "pad with black")
     resize: Annotated[list[Side], Field(min_length=2, max_length=2)] | None = Field(
         None, description="[height, width] to resize the images to, each at most 8192 (default: keep)")
     resize_method: Literal["bilinear", "nearest", "bicubic", "area"] = Field("bilinear", description="how resize "
@@ -86,8 +87,8 @@ class Data(StrictModel):
     """Where the images come from and how the tf.data pipeline feeds them."""
 
     dataset: str = Field("mnist", min_length=1, description="mnist, fashion_mnist, a folder of IDX files, an .npz "
-                         "file, a folder of class folders (optionally inside train/, test/ and validation/), or a "
-                         ".csv of path,label lines")
+                         "file, a PaddlePaddle mnist.json.gz, a folder of class folders (optionally inside train/, "
+                         "test/ and validation/), or a .csv of path,label lines")
     source: Literal["auto", "keras", "files", "bundled"] = Field("auto", description="where to read the dataset "
                                                                  "(auto: data_dir, the Keras cache, a download, "
                                                                  "then the bundled sample)")
@@ -95,11 +96,12 @@ class Data(StrictModel):
                                  "dataset path is read inside it")
     image_shape: Annotated[list[Side], Field(min_length=2, max_length=3)] = Field(
         [28, 28, 1], description="[height, width] or [height, width, channels] of the images, each at most 8192; "
-        "image files are decoded to this size, gray (1 channel) or RGB (3)")
+        "every source is read at this size (data.preprocess.fit), gray (1 channel) or RGB (3)")
     num_classes: PositiveInt = Field(10, description="number of classes (the width of the output layer)")
     validation: Union[NonNegativeInt, Fraction] = Field(0.1, description="held out for validation: the last N "
                                                         "training images, or a fraction (image files: drawn per "
-                                                        "class, unless there is a validation/ folder)")
+                                                        "class, unless there is a validation/ folder; ignored "
+                                                        "for a .json.gz, which has its own)")
     test_split: Annotated[float, Field(gt=0, lt=1)] = Field(
         0.2, description="image files without a test/ folder: the fraction of each class held out for testing, "
         "drawn with `seed`")
@@ -122,6 +124,16 @@ class Data(StrictModel):
     cache_dir: str | None = Field(None, description="where cache: disk keeps decoded images (default: the run's "
                                   "cache/ folder)")
     prefetch: bool = Field(True, description="prepare the next batches while the model trains")
+
+    @field_validator("image_shape")
+    @classmethod
+    def _colour_mode(cls, shape: list[int], info: ValidationInfo) -> list[int]:
+        """MNIST and Fashion-MNIST are read gray or RGB, as the channels ask; other counts cannot be made."""
+        dataset = info.data.get("dataset")
+        if dataset in TRAIN_SIZES and shape[2:] not in ([], [1], [3]):
+            raise ValueError(f"{dataset} is read as gray (1 channel) or RGB (3), not {shape[2]} channels; "
+                             f"set data.image_shape: [{shape[0]}, {shape[1]}, 1] or [{shape[0]}, {shape[1]}, 3]")
+        return shape
 
     @model_validator(mode="after")
     def _per_channel(self):
