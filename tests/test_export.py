@@ -455,6 +455,9 @@ HOSTILE = {  # id: (how OUT/tiny is made, the export's arguments, the path the r
         pending={"scratch": "../../user"}))), (), "export.json"),
     "record names a path outside": (with_record(edit_record(lambda r: r["formats"]["savedmodel"].update(
         path="../user"))), (), "export.json"),
+    "record's path a list": (with_record(edit_record(lambda r: r["formats"]["savedmodel"].update(path=["1"]))), (),
+                             "export.json"),
+    "record's formats a list": (with_record(edit_record(lambda r: r.update(formats=[]))), (), "export.json"),
     "labels.txt changed": (with_record(user_file("labels.txt")), (), "labels.txt"),
     "labels.txt link": (with_record(lambda f, u: (shutil.copy(f / "labels.txt", u / "labels.txt"),
                                                   (f / "labels.txt").unlink(),

@@ -249,7 +249,7 @@ def _read_record(folder: Path, identity: dict) -> dict | None:
 
 def _valid_entry(entry) -> bool:
     """A format's entry in export.json: its key, its artifact's name and sha256 (None in records of old versions)."""
-    return (isinstance(entry, dict) and entry.get("path") in _artifact_names()
+    return (isinstance(entry, dict) and isinstance(entry.get("path"), str) and entry["path"] in _artifact_names()
             and artifact_key(entry.get("format"), entry.get("quantize")) in KEYS
             and isinstance(entry.get("sha256"), (str, type(None))))
 
@@ -293,9 +293,13 @@ def _check_owned(folder: Path, record: dict | None, labels: str, targets: tuple[
                         "own files, so move it away or choose another --out")
 
 
-def _read_bytes(path: Path) -> bytes:
-    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as handle:
-        return handle.read(RECORD_LIMIT + 1)
+def _read_bytes(path: Path) -> bytes | None:
+    """A small file's bytes, None when it cannot be read."""
+    try:
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as handle:
+            return handle.read(RECORD_LIMIT + 1)
+    except OSError:
+        return None
 
 
 @contextmanager
