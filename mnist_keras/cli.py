@@ -393,9 +393,9 @@ def predict(target, images, spec_file):
 
 @main.command("export")
 @click.argument("run_dir")
-@click.option("--format", "fmt", type=click.Choice(["savedmodel", "litert", "onnx"]), default="savedmodel",
-              show_default=True,
-              help="savedmodel: TensorFlow Serving's layout; litert: a .tflite file; onnx: a .onnx file.")
+@click.option("--format", "fmt", type=click.Choice(["savedmodel", "litert", "onnx", "all"]), default="savedmodel",
+              show_default=True, help="savedmodel: TensorFlow Serving's layout; litert: a .tflite file; onnx: a .onnx "
+              "file; all: every format and quantization the installed packages can export.")
 @click.option("--quantize", type=click.Choice(["float16", "int8"]),
               help="litert only: float16 weights, or int8 throughout (calibrated on training images).")
 @click.option("--out", type=click.Path(file_okay=False), help="The folder to export into (default: RUN_DIR/export).")
@@ -405,15 +405,29 @@ def export_command(run_dir, fmt, quantize, out, data_dir):
     Keras model on the test set; exit 1 if it misses its bar (float: 99.9% top-1 agreement; int8: at most
     0.5 accuracy points lost)."""
     from .api import Reporter, export
+    from .deploy.export import every_export
     from .errors import ExportFailed
 
-    try:
-        exported = export(run_dir, fmt, quantize, out=out, data_dir=data_dir, reporter=Reporter(echo=note))
-    except ExportFailed as err:
-        for line in err.parity.lines() if err.parity else []:
+    requests, skipped = [(fmt, quantize)], []
+    if fmt == "all":
+        if quantize:
+            raise UserError(f"--quantize {quantize}: not with --format all, which exports every quantization")
+        requests, skipped = every_export()
+    for line in skipped:
+        note(line)
+    failures, exported = [], None
+    for request in requests:
+        try:
+            exported = export(run_dir, *request, out=out, data_dir=data_dir, reporter=Reporter(echo=note))
+        except ExportFailed as err:
+            for line in err.parity.lines() if err.parity else []:
+                click.echo(line)
+            failures.append(err)
+            continue
+        click.echo(f"exported {exported.key}: {exported.path}")
+        for line in exported.parity.lines():
             click.echo(line)
-        raise
-    click.echo(f"exported {exported.key}: {exported.path}")
-    for line in exported.parity.lines():
-        click.echo(line)
-    click.echo(f"labels.txt and export.json in {exported.folder}")
+    if exported:
+        click.echo(f"labels.txt and export.json in {exported.folder}")
+    if failures:
+        raise ExportFailed(*[message for err in failures for message in err.messages])

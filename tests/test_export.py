@@ -4,9 +4,11 @@ place, and a missed bar exits 1 leaving no good-looking artifact."""
 
 import fcntl
 import json
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +31,7 @@ train:
 runtime: {deterministic: true}
 """
 DIGITS = [str(digit) for digit in range(10)]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli(*args):
@@ -90,17 +93,39 @@ def test_each_export_meets_its_bar(run_dir, fmt, quantize, artifact):
     assert "passed" in result.output and "tensorflow" in entry["versions"]
 
 
-def test_export_json_describes_every_export(run_dir):
-    """One record for all five exports (those of the test above), with the run, shapes and class names."""
+def test_format_all_exports_everything_into_one_record(run_dir):
+    """--format all: the five exports, one record with the run, shapes and class names, and no lock left."""
+    result = cli(run_dir, "--format", "all")
+    assert result.exit_code == 0, result.output
     folder = run_dir / "export" / "tiny"
-    for fmt, quantize, artifact in EXPORTS:
-        if not (folder / artifact).exists():
-            assert cli(run_dir, *export_args(fmt, quantize)).exit_code == 0
+    assert [line for line in result.output.splitlines() if line.startswith("exported ")] == [
+        f"exported {fmt}-{quantize}: {folder / artifact}" if quantize else f"exported {fmt}: {folder / artifact}"
+        for fmt, quantize, artifact in EXPORTS]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["export.json", "labels.txt", *(artifact for _, _, artifact in EXPORTS)])  # no .lock, no scratch folder
     found = record(folder)
     assert sorted(found["formats"]) == ["litert", "litert-float16", "litert-int8", "onnx", "savedmodel"]
     assert found["name"] == "tiny" and found["run"] == str(run_dir.resolve()) and found["image_shape"] == [28, 28, 1]
     assert found["class_names"] == DIGITS and found["output"]["shape"] == [None, 10]
-    assert not list(folder.glob(".partial-*"))
+    assert "pending" not in found and all(len(entry["sha256"]) == 64 for entry in found["formats"].values())
+
+
+def test_format_all_skips_a_format_whose_packages_are_missing(run_dir, tmp_path):
+    """In a Python without ai-edge-litert and tf2onnx (imports blocked as Python does: sys.modules[name] = None),
+    --format all exports the SavedModel and names what it skipped; --quantize is refused with it."""
+    code = ("import sys; sys.modules['ai_edge_litert'] = sys.modules['tf2onnx'] = None; "
+            "from mnist_keras.cli import run; sys.argv[1:] = sys.argv[2:]; run()")
+    done = subprocess.run([sys.executable, "-c", code, "-", "export", str(run_dir), "--format", "all", "--out",
+                           str(tmp_path)], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.splitlines() == [
+        "note: --format all skips litert: it needs ai-edge-litert (pip install 'mnist-keras[export]')",
+        "note: --format all skips onnx: it needs tf2onnx (pip install 'mnist-keras[export]')"]
+    assert done.stdout.startswith(f"exported savedmodel: {tmp_path / 'tiny' / '1'}\n")
+    assert sorted(p.name for p in (tmp_path / "tiny").iterdir()) == ["1", "export.json", "labels.txt"]
+    result = cli(run_dir, "--format", "all", "--quantize", "int8", "--out", tmp_path)
+    assert result.exit_code == 2 and "--quantize int8: not with --format all" in result.output
 
 
 def test_saved_model_serves_raw_uint8_images(run_dir, test_images, tmp_path):
@@ -157,13 +182,37 @@ def test_exporting_again_replaces_that_format_only(run_dir, tmp_path):
     assert cli(run_dir, "--format", "litert", "--quantize", "float16", "--out", tmp_path).exit_code == 0
     folder = tmp_path / "tiny"
     onnx_before = (folder / "model.onnx").stat().st_mtime_ns
-    first = record(folder)["formats"]["litert-float16"]["exported_at"]
-    (folder / "model-float16.tflite").write_bytes(b"stale")
-    (folder / ".partial-crashed").mkdir()  # as a crash in the middle of an export leaves it
+    first = record(folder)["formats"]["litert-float16"]
     assert cli(run_dir, "--format", "litert", "--quantize", "float16", "--out", tmp_path).exit_code == 0
-    assert (folder / "model-float16.tflite").read_bytes()[4:8] == b"TFL3"  # rewritten
-    assert (folder / "model.onnx").stat().st_mtime_ns == onnx_before and not (folder / ".partial-crashed").exists()
-    assert sorted(record(folder)["formats"]) == ["litert-float16", "onnx"] and first
+    again = record(folder)["formats"]["litert-float16"]
+    assert (folder / "model-float16.tflite").read_bytes()[4:8] == b"TFL3" and again["exported_at"] >= \
+        first["exported_at"]
+    assert (folder / "model.onnx").stat().st_mtime_ns == onnx_before
+    assert sorted(record(folder)["formats"]) == ["litert-float16", "onnx"]
+
+
+def test_what_a_crashed_export_left_is_recovered(run_dir, tmp_path):
+    """export.json names the scratch folder before it exists and the artifact before it is renamed into place,
+    so a crash at any point leaves a folder the next export can prove it made: as export.json is then."""
+    assert cli(run_dir, "--format", "onnx", "--out", tmp_path).exit_code == 0
+    folder = tmp_path / "tiny"
+    done = record(folder)
+    # Killed after renaming model.onnx into place, before the final export.json: the entry is only `pending`.
+    entry = done["formats"].pop("onnx")
+    scratch = folder / ".partial-0123456789abcdef"
+    (scratch / "1").mkdir(parents=True)  # half a conversion
+    (folder / ".partial-crashed").mkdir()  # not named by export.json: not the export's to remove
+    (folder / ".lock").touch()  # the empty lock file a killed export leaves
+    (folder / "export.json").write_text(json.dumps({**done, "pending": {"scratch": scratch.name, "entry": entry}}))
+    result = cli(run_dir, "--format", "onnx", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert not scratch.exists() and (folder / ".partial-crashed").is_dir() and not (folder / ".lock").exists()
+    assert sorted(record(folder)["formats"]) == ["onnx"] and "pending" not in record(folder)
+    # Killed before anything was put in place: only the scratch folder is named.
+    (folder / "export.json").write_text(json.dumps({**record(folder), "pending": {"scratch": scratch.name}}))
+    scratch.mkdir()
+    assert cli(run_dir, "--format", "savedmodel", "--out", tmp_path).exit_code == 0
+    assert not scratch.exists() and sorted(record(folder)["formats"]) == ["onnx", "savedmodel"]
 
 
 def copy_run(run_dir, tmp_path, name="copy"):
@@ -272,4 +321,176 @@ def test_a_failing_converter_exits_1_and_leaves_nothing(run_dir, tmp_path, monke
     result = cli(run_dir, "--format", "onnx", "--out", tmp_path)
     assert result.exit_code == 1 and "the onnx converter failed: Unsupported op: Foo" in result.output
     assert "Traceback" not in result.output and "details" not in result.output
-    assert sorted(p.name for p in (tmp_path / "tiny").iterdir()) == [".lock"]  # no artifact, no scratch folder
+    assert not (tmp_path / "tiny").exists()  # no artifact, no scratch folder, no export.json, no lock
+
+
+def test_a_failure_after_an_export_keeps_the_record_and_removes_the_lock(run_dir, tmp_path, monkeypatch):
+    from mnist_keras.deploy import export
+
+    assert cli(run_dir, "--format", "onnx", "--out", tmp_path).exit_code == 0
+    folder = tmp_path / "tiny"
+    before = (folder / "export.json").read_bytes()
+    def interrupted(deployable, path):
+        (path / "variables").mkdir(parents=True)
+        raise KeyboardInterrupt  # Ctrl-C in the middle of the conversion
+
+    monkeypatch.setattr(export, "write_saved_model", interrupted)
+    result = cli(run_dir, "--format", "savedmodel", "--out", tmp_path)
+    assert result.exit_code == 130, result.output
+    assert (folder / "export.json").read_bytes() == before
+    assert sorted(p.name for p in folder.iterdir()) == ["export.json", "labels.txt", "model.onnx"]
+
+
+@pytest.fixture(scope="module")
+def template(run_dir, tmp_path_factory):
+    """A real SavedModel export of run_dir (OUT/tiny), copied into each hostile folder below."""
+    out = tmp_path_factory.mktemp("template")
+    assert cli(run_dir, "--out", out).exit_code == 0
+    return out / "tiny"
+
+
+def snapshot(root):
+    """Every path under root, not following links: a file's bytes, mode and mtime, a link's target."""
+    found = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            info = os.lstat(path)
+            if os.path.islink(path):
+                found[path] = ("link", os.readlink(path))
+            elif os.path.isfile(path):
+                found[path] = ("file", Path(path).read_bytes(), info.st_mode, info.st_mtime_ns)
+            else:
+                found[path] = ("folder" if os.path.isdir(path) else "other", info.st_mode)
+    return found
+
+
+def with_record(setup):
+    """`setup` applied to a copy of the real export (export.json, labels.txt, 1/)."""
+    def apply(folder, user, template):
+        shutil.copytree(template, folder, symlinks=True)
+        setup(folder, user)
+    return apply
+
+
+def alone(setup):
+    """`setup` applied to a new, empty folder: no export.json."""
+    def apply(folder, user, template):
+        folder.mkdir()
+        setup(folder, user)
+    return apply
+
+
+def user_folder(name):
+    def setup(folder, user):
+        (folder / name).mkdir(exist_ok=True)
+        (folder / name / "notes.txt").write_text("the user's own notes\n")
+    return setup
+
+
+def user_file(name):
+    def setup(folder, user):
+        shutil.rmtree(folder / name, ignore_errors=True)
+        (folder / name).write_bytes(b"the user's own bytes\n")
+    return setup
+
+
+def link(name, to="victim.txt"):
+    def setup(folder, user):
+        if (folder / name).is_dir():
+            shutil.copytree(folder / name, user / to)
+            shutil.rmtree(folder / name)
+        (folder / name).symlink_to(user / to)
+    return setup
+
+
+def foreign_saved_model(folder, user):
+    (folder / "1").mkdir(exist_ok=True)
+    (folder / "1" / "saved_model.pb").write_bytes(b"another program's SavedModel")
+    (folder / "1" / "variables").mkdir(exist_ok=True)
+
+
+def changed_saved_model(folder, user):
+    (folder / "1" / "assets").mkdir(exist_ok=True)
+    (folder / "1" / "assets" / "vocabulary.txt").write_text("added by the user\n")
+
+
+def edit_record(change):
+    def setup(folder, user):
+        found = record(folder)
+        change(found)
+        (folder / "export.json").write_text(json.dumps(found))
+    return setup
+
+
+def fifo(name):
+    return lambda folder, user: os.mkfifo(folder / name)
+
+
+LITERT, FLOAT16, INT8, ONNX = ("--format", "litert"), ("--format", "litert", "--quantize", "float16"), \
+    ("--format", "litert", "--quantize", "int8"), ("--format", "onnx")
+HOSTILE = {  # id: (how OUT/tiny is made, the export's arguments, the path the refusal names)
+    "lock link, no record": (alone(link(".lock")), (), ".lock"),
+    "lock link": (with_record(link(".lock")), (), ".lock"),
+    "lock a user file": (with_record(user_file(".lock")), (), ".lock"),
+    "lock a folder": (with_record(user_folder(".lock")), (), ".lock"),
+    "lock a fifo": (with_record(fifo(".lock")), (), ".lock"),
+    "version folder link": (with_record(link("1", "saved")), (), "1"),
+    "version folder link to a missing place": (with_record(lambda f, u: (shutil.rmtree(f / "1"), (f / "1").symlink_to(
+        u / "nowhere"))), (), "1"),
+    "foreign SavedModel, no record": (alone(foreign_saved_model), (), ""),
+    "foreign SavedModel in a recorded folder": (with_record(lambda f, u: (shutil.rmtree(f / "1"),
+                                                                         foreign_saved_model(f, u))), (), "1"),
+    "foreign SavedModel, record without it": (
+        with_record(lambda f, u: (edit_record(lambda r: r["formats"].clear())(f, u))), (), "1"),
+    "recorded SavedModel changed": (with_record(changed_saved_model), (), "1"),
+    "saved_model.pb replaced": (with_record(user_file("1/saved_model.pb")), (), "1"),
+    "export.json link": (with_record(lambda f, u: (shutil.copy(f / "export.json", u / "record.json"),
+                                                   (f / "export.json").unlink(),
+                                                   (f / "export.json").symlink_to(u / "record.json"))), (), "export.json"),
+    "export.json a folder": (with_record(lambda f, u: ((f / "export.json").unlink(), user_folder("export.json")(f, u))),
+                             (), "export.json"),
+    "export.json a list": (with_record(lambda f, u: (f / "export.json").write_text("[1, 2]")), (), "export.json"),
+    "record names a scratch folder outside": (with_record(edit_record(lambda r: r.update(
+        pending={"scratch": "../../user"}))), (), "export.json"),
+    "record names a path outside": (with_record(edit_record(lambda r: r["formats"]["savedmodel"].update(
+        path="../user"))), (), "export.json"),
+    "record's path a list": (with_record(edit_record(lambda r: r["formats"]["savedmodel"].update(path=["1"]))), (),
+                             "export.json"),
+    "record's formats a list": (with_record(edit_record(lambda r: r.update(formats=[]))), (), "export.json"),
+    "labels.txt changed": (with_record(user_file("labels.txt")), (), "labels.txt"),
+    "labels.txt link": (with_record(lambda f, u: (shutil.copy(f / "labels.txt", u / "labels.txt"),
+                                                  (f / "labels.txt").unlink(),
+                                                  (f / "labels.txt").symlink_to(u / "labels.txt"))), (), "labels.txt"),
+    "export folder link": (lambda f, u, t: (shutil.copytree(t, u / "export"), f.symlink_to(u / "export")), (), ""),
+    "export folder a file": (lambda f, u, t: f.write_text("mine"), (), ""),
+    "folder model.tflite, no record": (alone(user_folder("model.tflite")), LITERT, ""),
+    "folder model.tflite": (with_record(user_folder("model.tflite")), LITERT, "model.tflite"),
+    "file model.tflite": (with_record(user_file("model.tflite")), LITERT, "model.tflite"),
+    "folder model.tflite.failed": (with_record(user_folder("model.tflite.failed")), LITERT, "model.tflite.failed"),
+    "folder model-float16.tflite": (with_record(user_folder("model-float16.tflite")), FLOAT16, "model-float16.tflite"),
+    "file model-int8.tflite": (with_record(user_file("model-int8.tflite")), INT8, "model-int8.tflite"),
+    "link model.tflite": (with_record(link("model.tflite")), LITERT, "model.tflite"),
+    "folder model.onnx": (with_record(user_folder("model.onnx")), ONNX, "model.onnx"),
+    "file model.onnx": (with_record(user_file("model.onnx")), ONNX, "model.onnx"),
+    "fifo model.onnx": (with_record(fifo("model.onnx")), ONNX, "model.onnx"),
+    "file 1.failed": (with_record(user_file("1.failed")), (), "1.failed"),
+    "file 1": (with_record(user_file("1")), (), "1"),
+}
+
+
+@pytest.mark.parametrize("setup, args, offender", HOSTILE.values(), ids=HOSTILE)
+def test_export_replaces_nothing_it_cannot_prove_it_made(run_dir, template, tmp_path, setup, args, offender):
+    """Links, another program's files and the user's own at every name an export writes: exit 2 naming the path,
+    and every file under tmp_path (the user's outside OUT included) as it was, to the byte and the mtime."""
+    out, user = tmp_path / "out", tmp_path / "user"
+    out.mkdir()
+    user.mkdir()
+    (user / "victim.txt").write_text("the user's file a link points to\n")
+    setup(out / "tiny", user, template)
+    before = snapshot(tmp_path)
+    result = cli(run_dir, "--out", out, *args)
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    named = out / "tiny" / offender if offender else out / "tiny"
+    assert result.output.startswith(f"error: {named}: ") and result.output.count("\n") == 1, result.output
+    assert snapshot(tmp_path) == before

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import shutil
 import socket
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -244,3 +246,88 @@ def test_bad_folders_and_a_port_in_use_exit_2_with_one_message(tiny_run, tmp_pat
             result = run_cli("serve", *map(str, args))
             assert result.returncode == 2 and result.stderr.startswith("error: ") and message in result.stderr
             assert result.stderr.count("\n") == 1 and result.stdout == ""
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run, tmp_path_factory):
+    """A real SavedModel export of tiny_run: OUT/tiny with 1/, labels.txt and export.json."""
+    from mnist_keras.deploy.export import export_run
+
+    return export_run(tiny_run, "savedmodel", out=tmp_path_factory.mktemp("exported")).folder
+
+
+def record_as(text):
+    return lambda folder: (folder / "export.json").write_text(text)
+
+
+def record_with(**changes):
+    def change(folder):
+        found = json.loads((folder / "export.json").read_text())
+        (folder / "export.json").write_text(json.dumps({**found, **changes}))
+    return change
+
+
+BAD_EXPORTS = {  # id: (how the copy of a real export is damaged, the file the message names, what it says)
+    "a list": (record_as("[1, 2, 3]"), "export.json", "expected a JSON object, not list"),
+    "a string": (record_as('"tiny"'), "export.json", "expected a JSON object, not str"),
+    "null": (record_as("null"), "export.json", "expected a JSON object, not NoneType"),
+    "not JSON": (record_as("{\"name\": "), "export.json", "cannot be read as JSON"),
+    "huge": (record_as(json.dumps({"name": "tiny", "pad": "x" * (2 << 20)})), "export.json", "too large"),
+    "name a number": (record_with(name=7), "export.json", "expected {"),
+    "image_shape a string": (record_with(image_shape="28x28"), "export.json", "expected {"),
+    "image_shape of booleans": (record_with(image_shape=[True, True, True]), "export.json", "expected {"),
+    "image_shape huge": (record_with(image_shape=[10**12, 28, 1]), "export.json", "expected {"),
+    "class_names a dict": (record_with(class_names={"0": 1}), "export.json", "expected {"),
+    "class_names nested": (record_with(class_names=[["0"]] * 10), "export.json", "expected {"),
+    "fit a list": (record_with(fit=["pad"]), "export.json", "fit must be null, stretch, crop or pad"),
+    "export.json a folder": (lambda f: ((f / "export.json").unlink(), (f / "export.json").mkdir()), "",
+                             "not a run directory"),
+    "labels.txt not text": (lambda f: (record_with(class_names=None)(f), (f / "labels.txt").write_bytes(b"\xff\xfe")),
+                            "labels.txt", "cannot read"),
+    "version folder ²": (lambda f: (f / "1").rename(f / "\u00b2"), "", "no SavedModel version folder"),
+    "version folder ١ (Arabic-Indic one)": (lambda f: (f / "1").rename(f / "\u0661"), "",
+                                             "no SavedModel version folder"),
+}
+
+
+@pytest.mark.parametrize("damage, named, says", BAD_EXPORTS.values(), ids=BAD_EXPORTS)
+def test_a_bad_export_folder_exits_2_naming_the_file(exported, tmp_path, damage, named, says):
+    folder = tmp_path / "tiny"
+    shutil.copytree(exported, folder)
+    damage(folder)
+    result = run_cli("serve", str(folder), "--port", "0")
+    place = folder / named if named else folder
+    assert result.returncode == 2 and result.stderr.startswith(f"error: {place}: "), result.stderr[-3000:]
+    assert says in result.stderr and result.stderr.count("\n") == 1 and result.stdout == ""
+
+
+def test_a_version_folder_named_01_is_served_from_that_folder(exported, tiny_run, reference, images, tmp_path):
+    folder = tmp_path / "tiny"
+    shutil.copytree(exported, folder)
+    (folder / "1").rename(folder / "01")
+    (folder / "\u00b2").mkdir()  # not a version: ignored
+    with Server(folder) as server:
+        status, answer = server.request("POST", "/v1/models/tiny:predict", {"instances": images[:2].tolist()})
+        assert status == 200
+        np.testing.assert_allclose(answer["predictions"], reference(images[:2]), atol=1e-5)
+    assert "(version 1)" in server.stdout
+
+
+def test_a_client_that_leaves_mid_body_is_one_log_line(tiny_run, reference, images):
+    """Clients that declare a 1,000-byte body, send part of it and disconnect: one short line each in the log,
+    no traceback, and the server goes on serving."""
+    heads = [b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             b"Content-Length: 1000\r\n\r\n{\"instances\": [[",
+             b"POST /v1/models/tiny:classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b"
+             b"\r\nContent-Length: 1000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"file\"; "
+             b"filename=\"d.png\"\r\n\r\n\x89PNG"]
+    with Server(tiny_run, "--no-batching") as server:
+        for head in heads * 2:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+                sock.sendall(head)
+                time.sleep(0.2)  # the server is reading the body when the client leaves
+        good_request_works(server, reference, images)
+    lines = [line for line in server.stderr.splitlines() if line not in ("", "interrupted")]  # Ctrl-C's own
+    assert len(lines) == 4 and all("the client disconnected before sending its whole body (1000 bytes declared)"
+                                   in line for line in lines), server.stderr
+    assert sum(":predict" in line for line in lines) == 2 and all(len(line) < 160 for line in lines)

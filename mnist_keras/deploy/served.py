@@ -8,7 +8,6 @@ serving.py's deployable model. TensorFlow loads only once the folder has been re
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,6 +16,9 @@ import numpy as np
 
 from ..data.images import decode_image, decoding_fit
 from ..errors import UserError
+from ..runs.files import read_json
+
+RECORD_LIMIT = 2**20  # bytes: export.json and labels.txt are a few kilobytes
 
 
 @dataclass
@@ -92,12 +94,16 @@ def _load_run(run) -> ServedModel:
 
 def _load_export(folder: Path) -> ServedModel:
     info = _export_info(folder / "export.json")
-    versions = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file())
+    try:  # TensorFlow Serving's versions: folders named by a number (ASCII digits: "²".isdigit() too)
+        versions = sorted((int(p.name), p) for p in folder.iterdir()
+                          if p.name.isascii() and p.name.isdigit() and (p / "saved_model.pb").is_file())
+    except OSError as err:
+        raise UserError(f"{folder}: cannot read: {err.strerror or err}") from None
     if not versions:
         raise UserError(f"{folder}: no SavedModel version folder (1/, 2/, ...) with a saved_model.pb")
     from ..backend import tf
 
-    saved = folder / str(versions[-1])
+    version, saved = versions[-1]
     try:
         loaded = tf.saved_model.load(str(saved))
     except Exception as err:  # TensorFlow raises many kinds on a damaged SavedModel
@@ -117,20 +123,24 @@ def _load_export(folder: Path) -> ServedModel:
         return signature(**{input_name: tf.constant(images)})[output].numpy()
 
     fit = info.get("fit", None if shape[2] == 1 else "stretch")
-    return ServedModel(info["name"], versions[-1], shape, info["class_names"], fit, str(folder), call)
+    return ServedModel(info["name"], version, shape, info["class_names"], fit, str(folder), call)
 
 
 def _export_info(file: Path) -> dict:
     """export.json, checked: name, image_shape [H, W, C], class_names (from labels.txt when it has none)."""
-    try:
-        info = json.loads(file.read_text())
-        if not info.get("class_names") and (file.parent / "labels.txt").is_file():
-            info["class_names"] = (file.parent / "labels.txt").read_text().splitlines()
-    except (OSError, ValueError) as err:
-        raise UserError(f"{file}: cannot read: {getattr(err, 'strerror', None) or err}") from None
+    info = read_json(file, RECORD_LIMIT)
+    if not isinstance(info, dict):
+        raise UserError(f"{file}: expected a JSON object, not {type(info).__name__}")
+    labels = file.parent / "labels.txt"
+    if not info.get("class_names") and labels.is_file():
+        try:
+            with open(labels, "rb") as handle:
+                info["class_names"] = handle.read(RECORD_LIMIT).decode().splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise UserError(f"{labels}: cannot read: {getattr(err, 'strerror', None) or err}") from None
     shape, names = info.get("image_shape"), info.get("class_names")
     if not (isinstance(info.get("name"), str) and isinstance(shape, list) and len(shape) == 3
-            and all(isinstance(d, int) and d > 0 for d in shape) and isinstance(names, list) and names
+            and all(type(d) is int and 0 < d <= 2**16 for d in shape) and isinstance(names, list) and names
             and all(isinstance(n, str) for n in names)):
         raise UserError(f"{file}: expected {{\"name\": str, \"image_shape\": [H, W, C], \"class_names\": [str, ...]}}")
     if info.get("fit") not in (None, "stretch", "crop", "pad"):

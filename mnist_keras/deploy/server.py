@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import gc
 import json
+import logging
 import socket
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -24,6 +25,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from ..errors import UserError
 from .batching import Batcher
@@ -86,6 +88,7 @@ def create_app(model: ServedModel, batcher: Batcher, max_body: int = MAX_BODY,
     app.add_middleware(BodyLimit, max_body=max_body)
     app.add_exception_handler(BadRequest, lambda _r, err: _error(err.message, err.status))
     app.add_exception_handler(HTTPException, lambda _r, err: _error(str(err.detail), err.status_code))
+    app.add_exception_handler(ClientDisconnect, _disconnected)
     app.add_exception_handler(Exception, lambda _r, err: _error(f"internal error: {type(err).__name__}: {err}", 500))
     page = _page(model)
 
@@ -171,6 +174,15 @@ class BodyLimit:
 
     def _message(self, declared: bytes) -> str:
         return f"the body is too large ({declared.decode('latin-1')} bytes); at most {self.max_body:,} bytes"
+
+
+def _disconnected(request: Request, _err: ClientDisconnect) -> Response:
+    """A client that left before sending its whole body: one log line, no traceback (and no one to answer)."""
+    declared = request.headers.get("content-length")
+    logging.getLogger("uvicorn.error").warning(
+        "%s %s: the client disconnected before sending its whole body%s", request.method, request.url.path,
+        f" ({declared} bytes declared)" if declared else "")
+    return Response(status_code=400)
 
 
 def _json(content: dict) -> Response:
