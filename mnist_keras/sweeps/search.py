@@ -41,11 +41,11 @@ def open_search(file: str | Path, storage: str | None = None, study: str | None 
     sweep = read_sweep(file)
     if not existing:
         check_points(sweep, list(overrides))
-    name = study or sweep.file.stem
+    name = sweep.file.stem if study is None else study
     try:
         check_run_name(name)
     except ValueError as err:
-        raise UserError(f"--study {clip(name)}: {err}" if study else
+        raise UserError(f"--study {clip(name)}: {err}" if study is not None else
                         f"{sweep.where}: the study is named after the file: {err}; give --study NAME") from None
     runs = Path(runs)
     if storage is None and existing and not (runs / "sweeps.db").is_file():
@@ -91,12 +91,12 @@ def _gpus() -> list[str]:
 
 def worker_command(search: Search, index: int, jobs: int, data_dir: str | None) -> tuple[list[str], dict]:
     """The command and environment of worker `index`: its own GPU when there are any, else its share of the
-    CPU threads (unless --set gives runtime.threads)."""
+    CPU threads (unless --set gives or the space searches runtime.threads)."""
     env, sets = dict(os.environ), list(search.overrides)
     gpus = _gpus()
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
-    elif not any(str(o).startswith("runtime.threads") for o in sets):
+    elif not any(str(o).startswith("runtime.threads") for o in [*sets, *search.sweep.space]):
         sets.append(f"runtime.threads.intra_op={max(1, (os.cpu_count() or 1) // jobs)}")
     command = [sys.executable, "-m", "mnist_keras", "sweep", str(search.sweep.file), "--storage", search.storage,
                "--study", search.study.study_name, "--runs", str(search.runs), "--worker", str(index + 1)]
