@@ -118,7 +118,8 @@ def summary(spec, overrides, with_keras):
     from .sweeps.file import is_sweep_file, read_sweep
 
     if is_sweep_file(spec):
-        raise UserError(f"{spec}: a sweep file, and summary takes a spec: mnist-keras summary {read_sweep(spec).spec_file}")
+        raise UserError(f"{spec}: a sweep file, and summary takes a spec: "
+                        f"mnist-keras summary {read_sweep(spec).spec_file}")
     loaded = load_spec(spec, overrides)
     planned = loaded.plan()
     stages = loaded.stages()

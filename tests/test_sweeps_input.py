@@ -302,8 +302,7 @@ def test_show_of_a_file_without_a_study_creates_nothing(tmp_path, content):
 # ------------------------------------------------------------------------- names that become paths
 
 
-@pytest.mark.parametrize("name", ["../../escape", "..", "/tmp/escape-absolute", "a/b", "a\\b", ".hidden", "", "x" * 65,
-                                  "tab\there"])
+@pytest.mark.parametrize("name", ["../../escape", "..", "/tmp/escape-absolute", "a/b", "a\\b", "", "tab\there"])
 @pytest.mark.parametrize("show", [False, True], ids=["sweep", "show"])
 def test_a_study_name_that_is_no_plain_name_is_refused_before_anything_is_written(tmp_path, name, show):
     work = tmp_path / "work"

@@ -119,7 +119,7 @@ def _check_tables(url: str, engine_kwargs: dict, readonly: bool) -> None:
     place = clip(str(_sqlite_file(url) or shown_url(url)), 240)
     foreign = sorted(names - OPTUNA_TABLES)
     if foreign:
-        listed = ", ".join(clip(name) for name in foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        listed = ", ".join(clip(name) for name in foreign[:5]) + (f" and {len(foreign) - 5} more" * (len(foreign) > 5))
         raise UserError(f"{place}: this database holds tables that are not an Optuna study's ({listed}); a sweep "
                         "writes nothing into another program's database: give it one of its own (--storage URL)")
     known = _optuna_revisions()
@@ -316,9 +316,9 @@ def write_best_spec(sweep: Sweep, study: optuna.Study, out: Path) -> str | None:
         text = (Path(run) / "spec.yaml").read_text()
     else:
         return f"note: no best spec: trial #{best.number} recorded no spec (its run directory is not here)"
-    header = (f"# the spec the best trial trained (#{best.number}, {sweep.config.objective.metric} {best.value:.4g}; "
-              f"study '{study.study_name}', sweep file {sweep.file}, run {run})\n")
-    write_text(out, header + text)
+    header = (f"the spec the best trial trained (#{best.number}, {sweep.config.objective.metric} {best.value:.4g}; "
+              f"study '{study.study_name}', sweep file {sweep.file}, run {run})")
+    write_text(out, f"# {' '.join(header.splitlines())}\n{text}")
     return f"best spec: {out} (train it: mnist-keras fit {out})"
 
 
