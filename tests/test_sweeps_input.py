@@ -336,10 +336,11 @@ def test_a_retry_never_trains_in_a_recorded_folder_outside_runs(tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
     from mnist_keras.sweeps.search import open_search
-    from mnist_keras.sweeps.study import distributions
+    from mnist_keras.sweeps.study import distributions, quiet
 
     search = open_search(tmp_path / "sweep.yaml", runs=tmp_path / "runs")
-    crashed = search.study.ask(distributions(search.sweep))  # a trial whose process died, recorded in a hostile study
+    with quiet():
+        crashed = search.study.ask(distributions(search.sweep))  # a trial whose process died, in a hostile study
     crashed.set_user_attr("process", {"trial": crashed.number, "host": socket.gethostname(), "pid": 2**22 + 1})
     crashed.set_user_attr("run_dir", str(outside))
     done = cli(tmp_path, "sweep", "sweep.yaml")
