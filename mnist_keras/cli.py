@@ -88,19 +88,26 @@ main.add_command(data)
 @click.argument("specs", nargs=-1, required=True)
 @overrides_option
 def validate(specs, overrides):
-    """Check spec files; print every problem with its file, line and spec path."""
+    """Check spec files and sweep files (a sweep file's spec at every listed value and range end, as `sweep`
+    does before training); print every problem with its file, line and spec path."""
     from .spec import load_spec
+    from .sweeps.file import check_points, is_sweep_file, read_sweep
 
     failed = []
     for file in specs:
         try:
-            spec = load_spec(file, overrides)
+            if is_sweep_file(file):
+                sweep = read_sweep(file)
+                check_points(sweep, list(overrides))
+                spec, searched = sweep.load_point({}, overrides), f"; a sweep of {len(sweep.space)} spec paths"
+            else:
+                spec, searched = load_spec(file, overrides), ""
         except UserError as err:
             failed += err.messages
             continue
         planned = spec.plan()
         params = sum(p.trainable + p.non_trainable for p in planned)
-        click.echo(f"ok: {file} ({spec.name}: {len(planned)} layers, {params:,} parameters)")
+        click.echo(f"ok: {file} ({spec.name}: {len(planned)} layers, {params:,} parameters{searched})")
     if failed:
         raise UserError(*failed)
 
@@ -112,7 +119,11 @@ def validate(specs, overrides):
 def summary(spec, overrides, with_keras):
     """Layers, output shapes and parameter counts, computed before any training."""
     from .api import load_spec, summary as summarize
+    from .sweeps.file import is_sweep_file, read_sweep
 
+    if is_sweep_file(spec):
+        raise UserError(f"{spec}: a sweep file, and summary takes a spec: "
+                        f"mnist-keras summary {read_sweep(spec).spec_file}")
     plan = summarize(load_spec(spec, overrides))
     heads = [f"stage {s.number} trainable / frozen" for s in plan.stages] if plan.staged else []
     rows = [("#", "layer", "output shape", "params", *heads, "from spec")]
@@ -259,7 +270,9 @@ def sweep(file, grids, overrides, sample, seed, epochs, data_dir, runs_root, sto
         return
     if grids or sample or epochs:
         raise click.UsageError("--grid, --random and --epochs go with a SPEC; a sweep file lists its `space:`")
-    from .sweeps.search import open_search, results, run_search
+    if show and overrides:
+        raise click.UsageError("--set goes with a sweep that trains; --show reads what the trials trained")
+    from .sweeps.search import open_search, refuse_all_failed, results, run_search
 
     search = open_search(file, storage, study_name, runs_root, overrides, existing=show)
     if not show:
@@ -267,12 +280,14 @@ def sweep(file, grids, overrides, sample, seed, epochs, data_dir, runs_root, sto
     if worker:
         return
     for line in results(search):
-        click.echo(line)
+        click.echo(line, err=line.startswith("note:"))
     if plots:
         from .sweeps.study import write_plots
 
         for line in write_plots(search.study, Path(plots)):
             click.echo(line, err=line.startswith("note:"))
+    if not show:
+        refuse_all_failed(search)
 
 
 def _grid_sweep(spec, grids, overrides, sample, seed, epochs, data_dir, runs_root):

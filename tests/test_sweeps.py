@@ -221,11 +221,15 @@ def test_show_ranks_the_trials_writes_the_best_spec_and_the_figures(tmp_path, mo
     sweep_file = write_sweep(tmp_path)
     from mnist_keras.sweeps.search import open_search
 
-    study = open_search(sweep_file, runs=tmp_path / "runs").study
+    from mnist_keras.spec import dump_spec
+
+    search = open_search(sweep_file, runs=tmp_path / "runs")
     for number, (rate, batch, value) in enumerate([(0.01, 64, 0.8), (0.002, 32, 0.9), (0.02, 32, 0.7)]):
-        study.add_trial(optuna.trial.create_trial(
-            params={"train.optimizer.learning_rate": rate, "data.batch_size": batch}, value=value,
-            distributions=_distributions(sweep_file), user_attrs={"epochs": 1, "run_dir": f"runs/sweep/{number}"}))
+        params = {"train.optimizer.learning_rate": rate, "data.batch_size": batch}
+        search.study.add_trial(optuna.trial.create_trial(
+            params=params, value=value, distributions=_distributions(sweep_file),
+            user_attrs={"epochs": 1, "run_dir": f"runs/sweep/{number}",
+                        "spec": dump_spec(search.sweep.load_point(params, []))}))
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["sweep", "sweep.yaml", "--show", "--plots", "figures"])
     assert result.exit_code == 0, result.output

@@ -465,7 +465,8 @@ def _device_name(value: str) -> str:
     return value
 
 
-def _run_name(value: str) -> str:
+def check_run_name(value: str) -> str:
+    """A name that becomes a folder (a run's, a study's): ValueError unless it is a plain name."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
         raise ValueError(f"a name is 1-64 letters, digits, '_', '.' or '-' (it names run directories), got {value!r}")
     return value
@@ -560,7 +561,7 @@ def _gib(size: int) -> str:
 class Spec(StrictModel):
     """A whole spec file."""
 
-    name: Annotated[str, AfterValidator(_run_name)] = Field("model", description="names the run directories "
+    name: Annotated[str, AfterValidator(check_run_name)] = Field("model", description="names the run directories "
                                                             "(default: the file's name)")
     description: str | None = Field(None, description="free text, shown in listings")
     seed: Seed = Field(42, description="seeds weights, shuffling, dropout and augmentation; 0 to 4,294,967,295")

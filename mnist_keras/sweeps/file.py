@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator, model_validator
 
 from ..errors import UserError
-from ..spec import Override, Spec
+from ..spec import Override, Spec, parse_override
 from ..spec.loader import clip, read_yaml_file, validate_data
 
 MAX_TRIALS = 10_000
@@ -178,9 +178,44 @@ def is_sweep_file(file: str | Path) -> bool:
     return isinstance(data, dict) and "space" in data
 
 
+def _replaced(path: tuple, value, searched: tuple) -> bool:
+    """True when a `--set` of `value` at `path` would be replaced by the space's value at `searched`: it sets
+    that path, a part of it, or a mapping or list that holds it."""
+    if path[: len(searched)] == searched:
+        return True
+    if searched[: len(path)] != path:
+        return False
+    for key in searched[len(path):]:
+        if isinstance(key, int) and isinstance(value, list) and key < len(value) or \
+                isinstance(value, dict) and key in value:
+            value = value[key]
+        else:
+            return False
+    return True
+
+
+def refuse_searched_overrides(sweep: Sweep, overrides: list[str]) -> None:
+    """UserError for every `--set` that sets a path the space searches (each trial's value would replace it)."""
+    problems = []
+    for override in overrides:
+        path, value = parse_override(override)
+        for space_path in sweep.space:
+            try:
+                searched, _ = parse_override(f"{space_path}=0")
+            except UserError:
+                continue  # a malformed space path: check_points names it
+            if _replaced(path, value, searched):
+                problems.append(f"{Override(override).flag}: {sweep.places[space_path]}: space.{clip(space_path)} "
+                                "searches this path, so each trial's value would replace it; drop the --set, or "
+                                "take the path out of the space")
+    if problems:
+        raise UserError(*problems)
+
+
 def check_points(sweep: Sweep, overrides: list[str]) -> None:
-    """Load the spec at every listed value and both ends of every range, each alone and then in combination
-    (up to MAX_CHECKED combinations); UserError with every problem."""
+    """Refuse a `--set` of a searched path, then load the spec at every listed value and both ends of every
+    range, each alone and then in combination (up to MAX_CHECKED combinations); UserError with every problem."""
+    refuse_searched_overrides(sweep, overrides)
     problems: list[str] = []
     for path, distribution in sweep.space.items():
         for value in distribution.values:

@@ -13,10 +13,13 @@ from pathlib import Path
 from typing import Callable
 
 import optuna
+from optuna.trial import TrialState
 
 from ..errors import Interrupted, TrainingFailed, UserError
+from ..spec.loader import clip
+from ..spec.schema import check_run_name
 from .file import Sweep, check_points, read_sweep
-from .study import default_storage, open_storage, open_study, ranked_table, shown_url, work, write_best_spec
+from .study import FINISHED, default_storage, open_storage, open_study, ranked_table, shown_url, work, write_best_spec
 
 
 @dataclass
@@ -32,11 +35,18 @@ class Search:
 
 def open_search(file: str | Path, storage: str | None = None, study: str | None = None, runs: str | Path = "runs",
                 overrides: list[str] | tuple = (), *, existing: bool = False) -> Search:
-    """Read the sweep file and open its study (creating it unless `existing`). Unless `existing`, every listed
-    value and range end is first loaded as a spec: UserError for any bad input, before anything trains."""
+    """Read the sweep file and open its study (creating it, unless `existing`: then it is only read). Unless
+    `existing`, every listed value and range end is first loaded as a spec: UserError for any bad input (a study
+    name that is no plain name, a database of another program included), before anything is written."""
     sweep = read_sweep(file)
     if not existing:
         check_points(sweep, list(overrides))
+    name = sweep.file.stem if study is None else study
+    try:
+        check_run_name(name)
+    except ValueError as err:
+        raise UserError(f"--study {clip(name)}: {err}" if study is not None else
+                        f"{sweep.where}: the study is named after the file: {err}; give --study NAME") from None
     runs = Path(runs)
     if storage is None and existing and not (runs / "sweeps.db").is_file():
         raise UserError(f"{runs / 'sweeps.db'}: no such study storage; give --storage URL or --runs DIR")
@@ -46,11 +56,10 @@ def open_search(file: str | Path, storage: str | None = None, study: str | None 
         except OSError as err:
             raise UserError(f"{runs}: cannot create the runs folder ({err.strerror})") from None
     url = storage or default_storage(runs)
-    name = study or sweep.file.stem
-    opened = open_storage(url)
+    opened = open_storage(url, readonly=existing)
     if existing and name not in {s.study_name for s in opened.get_all_studies()}:
         raise UserError(f"{shown_url(url)}: no study '{name}' here; give --study NAME")
-    return Search(sweep, open_study(sweep, opened, name), url, runs, list(overrides))
+    return Search(sweep, open_study(sweep, opened, name, existing), url, runs, list(overrides))
 
 
 def run_search(search: Search, jobs: int = 1, data_dir: str | None = None, echo: Callable[[str], None] = print,
@@ -82,12 +91,12 @@ def _gpus() -> list[str]:
 
 def worker_command(search: Search, index: int, jobs: int, data_dir: str | None) -> tuple[list[str], dict]:
     """The command and environment of worker `index`: its own GPU when there are any, else its share of the
-    CPU threads (unless --set gives runtime.threads)."""
+    CPU threads (unless --set gives or the space searches runtime.threads)."""
     env, sets = dict(os.environ), list(search.overrides)
     gpus = _gpus()
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
-    elif not any(str(o).startswith("runtime.threads") for o in sets):
+    elif not any(str(o).startswith("runtime.threads") for o in [*sets, *search.sweep.space]):
         sets.append(f"runtime.threads.intra_op={max(1, (os.cpu_count() or 1) // jobs)}")
     command = [sys.executable, "-m", "mnist_keras", "sweep", str(search.sweep.file), "--storage", search.storage,
                "--study", search.study.study_name, "--runs", str(search.runs), "--worker", str(index + 1)]
@@ -123,9 +132,15 @@ def _run_workers(search: Search, jobs: int, data_dir: str | None) -> None:
 
 def results(search: Search) -> list[str]:
     """The ranked table and the best trial's spec file (written to RUNS/<study>-best.yaml)."""
-    lines = [ranked_table(search.sweep, search.study)]
-    best = write_best_spec(search.sweep, search.study, search.overrides,
-                           search.runs / f"{search.study.study_name}-best.yaml")
-    if best:
-        lines.append(f"best spec: {best} (train it: mnist-keras fit {best})")
-    return lines
+    best = write_best_spec(search.sweep, search.study, search.runs / f"{search.study.study_name}-best.yaml")
+    return [ranked_table(search.sweep, search.study), *([best] if best else [])]
+
+
+def refuse_all_failed(search: Search) -> None:
+    """TrainingFailed with the first failure's message when no trial of the study finished and some failed."""
+    trials = search.study.get_trials(deepcopy=False)
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    if failed and not any(t.state in FINISHED for t in trials):
+        first = min(failed, key=lambda t: t.number)
+        raise TrainingFailed(f"every trial failed; the first, trial {first.number}: "
+                             f"{first.user_attrs.get('error', 'its process died')}")

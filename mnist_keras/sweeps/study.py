@@ -4,8 +4,10 @@ for, which trials count, the workers' loop, and the ranked table. No TensorFlow 
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
+import sqlite3
 import time
 import warnings
 from contextlib import contextmanager
@@ -14,6 +16,7 @@ from typing import Callable
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import UserError
@@ -26,6 +29,7 @@ HEARTBEAT_S = 5  # a running trial writes a heartbeat this often
 GRACE_S = 60  # a trial without one for this long is taken as crashed (another machine's), failed and retried
 MAX_RETRIES = 3  # a trial whose process keeps dying (out of memory, say) is retried this often, then left failed
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+OPTUNA_TABLES = {*models.BaseModel.metadata.tables, "alembic_version"}  # what a study's database may hold
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -49,24 +53,90 @@ def default_storage(runs: Path) -> str:
     return f"sqlite:///{runs / 'sweeps.db'}"
 
 
-def open_storage(url: str, attempts: int = 10) -> RDBStorage:
-    """The study storage with heartbeats and retries of crashed trials; UserError when it cannot be reached.
-    Processes started together may all create the tables at once: the losers try again a second later."""
+def open_storage(url: str, readonly: bool = False, attempts: int = 10) -> RDBStorage:
+    """The study storage with heartbeats and retries of crashed trials; UserError when it cannot be reached, is
+    read-only, or holds anything but Optuna's tables (checked before anything is written). `readonly` (--show)
+    creates nothing and opens an SQLite file read-only. Processes started together may all create the tables at
+    once: the losers try again a second later."""
     from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-    connect = {"timeout": 60} if url.startswith("sqlite") else {"connect_timeout": 10}
     for attempt in range(attempts):
         try:
+            engine_kwargs = _engine_kwargs(url, readonly)
+            _check_tables(url, engine_kwargs, readonly)
             with quiet():
-                return RDBStorage(url, engine_kwargs={"connect_args": connect}, heartbeat_interval=HEARTBEAT_S,
-                                  grace_period=GRACE_S,
+                return RDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=readonly,
+                                  heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                                   heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
         except IntegrityError as err:
             if attempt == attempts - 1:
                 raise _unusable(url, err) from None
             time.sleep(1)
-        except (SQLAlchemyError, ImportError, ValueError, OSError) as err:
+        except (SQLAlchemyError, ImportError, ValueError, OSError, RuntimeError) as err:  # RuntimeError: an old schema
             raise _unusable(url, err) from None
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of an sqlite:/// URL (None for another database or one in memory)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def _engine_kwargs(url: str, readonly: bool) -> dict:
+    """How to connect: with a timeout; an SQLite file read-only for --show, and refused when it is read-only
+    for a sweep, which writes its trials there."""
+    file = _sqlite_file(url)
+    if file is None:
+        return {"connect_args": {"timeout": 60} if url.startswith("sqlite") else {"connect_timeout": 10}}
+    if readonly:
+        uri = f"{file.resolve().as_uri()}?mode=ro"
+        return {"creator": lambda: sqlite3.connect(uri, uri=True, timeout=60, check_same_thread=False)}
+    marked = file.exists() and (not os.access(file, os.W_OK) or not file.stat().st_mode & 0o222)  # root too
+    if marked or file.parent.is_dir() and not os.access(file.parent, os.W_OK | os.X_OK):
+        raise UserError(f"{clip(str(file), 240)}: the study database is read-only, and a sweep records its trials "
+                        "in it; only --show reads it")
+    return {"connect_args": {"timeout": 60}}
+
+
+def _check_tables(url: str, engine_kwargs: dict, readonly: bool) -> None:
+    """UserError for a database that holds tables (or an Alembic schema) that are not an Optuna study's, and,
+    for --show, for one without Optuna's tables."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, **engine_kwargs)
+    try:
+        with engine.connect() as connection:
+            inspector = sqlalchemy.inspect(connection)
+            names = set(inspector.get_table_names()) | set(inspector.get_view_names())
+            revisions = connection.execute(sqlalchemy.text("SELECT version_num FROM alembic_version")).scalars().all() \
+                if "alembic_version" in names else []
+    finally:
+        engine.dispose()
+    place = clip(str(_sqlite_file(url) or shown_url(url)), 240)
+    foreign = sorted(names - OPTUNA_TABLES)
+    if foreign:
+        listed = ", ".join(clip(name) for name in foreign[:5]) + (f" and {len(foreign) - 5} more" * (len(foreign) > 5))
+        raise UserError(f"{place}: this database holds tables that are not an Optuna study's ({listed}); a sweep "
+                        "writes nothing into another program's database: give it one of its own (--storage URL)")
+    known = _optuna_revisions()
+    other = next((str(r) for r in revisions if r not in known), None)
+    if other is not None:
+        raise UserError(f"{place}: this database's alembic_version is {clip(other)}, another application's schema, "
+                        "not Optuna's; give the sweep a database of its own (--storage URL)")
+    if readonly and "studies" not in names:
+        raise UserError(f"{place}: no Optuna study here")
+
+
+def _optuna_revisions() -> set[str]:
+    """The Alembic revisions of Optuna's own schema."""
+    from alembic.script import ScriptDirectory
+    from optuna.storages import _rdb
+
+    return {r.revision for r in ScriptDirectory(str(Path(_rdb.__file__).parent / "alembic")).walk_revisions()}
 
 
 def _unusable(url: str, err: Exception) -> UserError:
@@ -90,15 +160,19 @@ def _pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
             "none": optuna.pruners.NopPruner}[sweep.config.pruner]()
 
 
-def open_study(sweep: Sweep, storage: RDBStorage, name: str) -> optuna.Study:
-    """The named study, made for this sweep's space and objective if new; UserError if it was made for another."""
-    study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True, sampler=sampler(sweep),
-                                pruner=_pruner(sweep), direction=sweep.config.objective.direction)
+def open_study(sweep: Sweep, storage: RDBStorage, name: str, existing: bool = False) -> optuna.Study:
+    """The named study (an `existing` one only loaded, nothing written), made for this sweep's space and
+    objective if new; UserError if it was made for another."""
+    if existing:
+        study = optuna.load_study(storage=storage, study_name=name, sampler=sampler(sweep), pruner=_pruner(sweep))
+    else:
+        study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True, sampler=sampler(sweep),
+                                    pruner=_pruner(sweep), direction=sweep.config.objective.direction)
     record = sweep.space_record()
     made_for = study.user_attrs.get("space")
-    if made_for is None:
+    if made_for is None and not existing:
         study.set_user_attr("space", record)
-    elif made_for != record:
+    elif made_for is not None and made_for != record:
         raise UserError(f"{sweep.where}: study '{clip(name)}' in {shown_url(storage.url)} was made for another "
                         f"search ({_difference(json.loads(made_for), json.loads(record))}); give this one its own "
                         "--study NAME, or run the study's own sweep file")
@@ -221,20 +295,31 @@ def _short(value) -> str | None:
     return f"{value:.4g}" if isinstance(value, float) else None if value is None else str(value)
 
 
-def write_best_spec(sweep: Sweep, study: optuna.Study, overrides: list[str], out: Path) -> Path | None:
-    """The best finished trial's spec as a plain spec file (`mnist-keras fit` takes it); None before one finished."""
+def write_best_spec(sweep: Sweep, study: optuna.Study, out: Path) -> str | None:
+    """Write the spec the best finished trial trained (its recorded spec.yaml, `--set` values included) to `out`,
+    for `mnist-keras fit`; the line that says so, a note when the trial recorded none, None before one finished."""
     from ..runs.files import write_text
-    from ..spec import dump_spec
+    from ..spec import load_spec, validate_spec
+    from ..spec.loader import parse_yaml
 
     try:
         best = study.best_trial
     except ValueError:
         return None
-    spec = sweep.load_point(best.params, overrides)
-    header = (f"# the best trial (#{best.number}, {sweep.config.objective.metric} {best.value:.4g}) of study "
-              f"'{study.study_name}', sweep file {sweep.file}\n")
-    write_text(out, header + dump_spec(spec))
-    return out
+    where = f"study '{clip(study.study_name)}', trial #{best.number}: its recorded spec"
+    text, run = best.user_attrs.get("spec"), best.user_attrs.get("run_dir")
+    if isinstance(text, str):
+        data, locations = parse_yaml(text, where)
+        validate_spec(data, where, locations)  # a tampered record is refused, not written
+    elif isinstance(run, str) and (Path(run) / "spec.yaml").is_file():  # a trial recorded before the spec was
+        load_spec(Path(run) / "spec.yaml")
+        text = (Path(run) / "spec.yaml").read_text()
+    else:
+        return f"note: no best spec: trial #{best.number} recorded no spec (its run directory is not here)"
+    header = (f"the spec the best trial trained (#{best.number}, {sweep.config.objective.metric} {best.value:.4g}; "
+              f"study '{study.study_name}', sweep file {sweep.file}, run {run})")
+    write_text(out, f"# {' '.join(header.splitlines())}\n{text}")
+    return f"best spec: {out} (train it: mnist-keras fit {out})"
 
 
 def write_plots(study: optuna.Study, folder: Path) -> list[str]:

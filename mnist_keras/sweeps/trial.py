@@ -114,17 +114,21 @@ class TrialRunner:
 
     def _run_dir(self, trial: optuna.Trial) -> Path:
         """The trial's run directory: a crashed trial's (inherited in the retry's user attributes) when it is on
-        this machine, else a new one, recorded in the trial before anything trains in it."""
-        recorded = trial.user_attrs.get("run_dir")
-        if recorded and Path(recorded).is_dir():
+        this machine under RUNS/<study>, else a new one, recorded in the trial with its spec before anything
+        trains in it."""
+        recorded, folder = trial.user_attrs.get("run_dir"), self.runs / self.study.study_name
+        if isinstance(recorded, str) and Path(recorded).is_dir() and \
+                Path(recorded).resolve().parent == folder.resolve():
             run = Path(recorded)
         else:
             run = create_run_dir(self.runs, self.study.study_name)
             trial.set_user_attr("run_dir", str(run))
         if not (run / "state.json").is_file():
             spec = self.sweep.load_point(trial.params, self.overrides)
-            write_text(run / "spec.yaml", dump_spec(spec))
+            text = dump_spec(spec)
+            write_text(run / "spec.yaml", text)
             write_state(run, RunState(data_dir=self.data_dir, overrides=spec.overrides))
+            trial.set_user_attr("spec", text)  # what the best spec is, read from any machine
         return run
 
     def _train(self, trial: optuna.Trial, run: Path) -> RunState:
