@@ -117,6 +117,14 @@ def test_code_layout_page_names_every_module_and_only_those():
     present = {f"mnist_keras/{p.name}/" for p in package.iterdir() if (p / "__init__.py").is_file()}
     present |= {f"mnist_keras/{p.name}" for p in package.glob("*.py") if not p.name.startswith("__")}
     assert sorted(name for name, _ in rows) == sorted(present)
+    import tomllib
+
+    contract = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"][0]
+    layer = {module.strip(): index for index, names in enumerate(reversed(contract["layers"]))
+             for module in names.split("|")}
+    ranks = [layer["mnist_keras." + name[len("mnist_keras/"):].removesuffix("/").removesuffix(".py")] for name, _ in rows]
+    assert sorted(layer) == sorted("mnist_keras." + n[12:].removesuffix("/").removesuffix(".py") for n, _ in rows)
+    assert ranks == sorted(ranks), "the table's rows are not in the layers' order (lowest first)"
 
 
 def mkdocs_build(config: Path, site: Path) -> subprocess.CompletedProcess:
@@ -187,3 +195,14 @@ def test_readme_spec_is_the_shipped_lenet5_and_its_layer_list_plans_alike():
     plan = [(p.layer.keras_config(), p.output_shape, p.trainable) for p in spec.plan()]
     assert plan == [(p.layer.keras_config(), p.output_shape, p.trainable) for p in listed.plan()]
     assert len(plan) == 8 and sum(p[2] for p in plan) == 61_706
+
+
+def test_the_package_layering_holds():
+    """pyproject.toml's import-linter contracts (the layers, no Keras in run records): none broken, and so no
+    import cycle between the package's layers."""
+    pytest.importorskip("importlinter")
+    result = subprocess.run([sys.executable, "-c", "import sys; from importlinter.cli import lint_imports; "
+                             "sys.exit(lint_imports(no_cache=True))"], capture_output=True, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert re.search(r"Contracts: (\d+) kept, 0 broken", result.stdout).group(1) == "2"

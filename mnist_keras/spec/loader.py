@@ -449,7 +449,9 @@ def load_spec(file: str | Path, overrides: Sequence[str] = ()) -> Spec:
         raise UserError(f"{where}:1:1: (top level): a spec is a mapping (key: value) at the top level, "
                         f"not a {type(data).__name__}")
     data.setdefault("name", re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem)[:64] or "model")
-    return validate_spec(data, where, locations, overrides)
+    spec = validate_spec(data, where, locations, overrides)
+    spec._overrides = {dotted(key): value for key, value in (parse_override(text) for text in overrides)}
+    return spec
 
 
 def validate_spec(data: dict, where: str, locations: dict, overrides: Sequence[str] = ()) -> Spec:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator, model_validator
 
 from ..errors import UserError
-from ..spec import Override, Spec, parse_override
+from ..spec import Override, Spec, load_spec, parse_override
 from ..spec.loader import clip, read_yaml_file, validate_data
 
 MAX_TRIALS = 10_000
@@ -140,10 +140,9 @@ class Sweep:
 
     def load_point(self, params: dict[str, Any], overrides: list[str]) -> Spec:
         """The spec at one point of the space; a problem a space value causes is placed in the sweep file."""
-        from ..api import load_spec as api_load_spec
 
         try:
-            return api_load_spec(self.spec_file, [*overrides, *self.point_overrides(params)])
+            return load_spec(self.spec_file, [*overrides, *self.point_overrides(params)])
         except UserError as err:
             raise UserError(*(_from_space(message, self) for message in err.messages)) from None
 

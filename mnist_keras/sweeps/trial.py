@@ -14,12 +14,13 @@ import optuna
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..api import Reporter, resume
 from ..backend import keras
 from ..errors import TrainingFailed, UserError
+from ..reporter import Reporter
 from ..runs.files import create_run_dir, write_text
 from ..runs.record import RunState, read_metrics, read_state, write_metrics, write_state
 from ..spec import dump_spec
+from ..train.session import resume_run
 from .file import Sweep
 from .study import HEARTBEAT_S, retry_of
 
@@ -138,7 +139,7 @@ class TrialRunner:
         if state.status in ("finished", "pruned"):
             return state  # trained before its process died, but not yet told
         report = ReportToTrial(trial, self.sweep.config.objective.metric, state.history)
-        resume(run, data_dir=self.data_dir, reporter=Reporter(), callbacks=[report])
+        resume_run(run, data_dir=self.data_dir, reporter=Reporter(), callbacks=[report])
         state = read_state(run)
         if report.pruned:
             _mark_pruned(run, state)

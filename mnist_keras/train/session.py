@@ -1,0 +1,132 @@
+"""Training sessions: a new run (fit_run) or an earlier one continued (resume_run), prepared, trained, and
+recorded; the typed errors on failure. The API and the sweeps' trials both train through here."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import Interrupted, TrainingFailed, UserError
+from ..reporter import Reporter
+from ..runs.files import create_run_dir, remove_partial_files, write_text
+from ..runs.record import RunState, write_state
+from ..runs.run import Run, open_run
+from ..spec import Spec, dump_spec
+
+
+def _with(spec: Spec, overrides: Sequence[str] = (), **values: Any) -> Spec:
+    """The spec with `--set` overrides and spec-path values (None leaves a value as it is), validated again."""
+    from ..spec import validate_spec
+
+    flags = [*overrides, *(f"{path}={json.dumps(value)}" for path, value in values.items() if value is not None)]
+    if not flags:
+        return spec
+    changed = validate_spec(spec.model_dump(mode="json"), f"spec {spec.name}", {}, flags)
+    changed._overrides = dict(spec.overrides)
+    return changed
+
+
+def fit_run(spec: Spec, runs: str | Path = "runs", *, data_dir: str | None = None, device: str | None = None,
+        distribute: str | None = None, cluster: dict | None = None, reporter: Reporter | None = None) -> Run:
+    """Train `spec` in a new run directory under `runs`, evaluate it on the test set, and return the Run.
+    `device` and `distribute` override the spec's runtime; `cluster` is a TF_CONFIG mapping for multi_worker."""
+    spec = _with(spec, **{"runtime.device": device, "runtime.distribute": distribute})
+    state = RunState(status="running", epochs_done=0, data_dir=data_dir, overrides=spec.overrides)
+    return _train(spec, None, runs, state, reporter or Reporter(), cluster)
+
+
+def resume_run(run: Run | str | Path, epochs: int | None = None, *, data_dir: str | None = None,
+           device: str | None = None, distribute: str | None = None, overrides: Sequence[str] = (),
+           spec: Spec | None = None,
+           cluster: dict | None = None, reporter: Reporter | None = None, callbacks: Sequence = ()) -> Run:
+    """Continue a run from its last checkpoint, to `epochs` epochs in all (default: the spec's). Only the
+    epochs and where it runs may change: `overrides` or a `spec` that change anything else are refused.
+    `callbacks`: Keras callbacks run after the run's own each epoch (a sweep's pruning)."""
+    run = run if isinstance(run, Run) else open_run(run)
+    if run.path is None:
+        raise UserError("this worker wrote no run: resume the chief's run directory")
+    state, current = run.state, run.spec
+    if state.status == "running" and state.process_alive():
+        raise UserError(f"{run.path}: process {state.pid} on this machine is still training this run; stop it "
+                        "first (Ctrl-C keeps its last epoch), or wait for it to finish")
+    if epochs is not None and epochs < state.epochs_done:
+        raise UserError(f"{run.path}: {state.epochs_done} epochs are done already; --epochs must be at least that")
+    where = {"train.epochs": epochs, "runtime.device": device, "runtime.distribute": distribute}
+    new = _with(current, **where)
+    if overrides or spec is not None:
+        asked = _with(spec or current, overrides, name=current.name, **where)
+        if asked.model_dump() != new.model_dump():
+            raise UserError(f"{run.path}: refusing to resume with a different spec (only --epochs, --device and "
+                            f"--distribute may change):\n{_diff(dump_spec(new), dump_spec(asked))}")
+    if state.status == "finished" and state.epochs_done >= new.train.epochs:
+        raise UserError(f"{run.path}: the run finished after {state.epochs_done} epochs; pass --epochs N "
+                        f"(more than {state.epochs_done}) to train further")
+    state.data_dir = data_dir or state.data_dir
+    remove_partial_files(run.path)
+    grows = current.train.epochs if new.train.epochs > current.train.epochs else None
+    return _train(new, run.path, None, state, reporter or Reporter(), cluster, grows, tuple(callbacks))
+
+
+def _diff(old: str, new: str) -> str:
+    lines = difflib.unified_diff(old.splitlines(), new.splitlines(), "run's spec", "new spec", n=0, lineterm="")
+    return "\n".join(line for line in lines if not line.startswith("@@"))
+
+
+def _train(spec: Spec, run: Path | None, runs: str | Path | None, state: RunState, reporter: Reporter,
+           cluster: dict | None, grows: int | None = None, callbacks: tuple = ()) -> Run:
+    """Prepare, then train in `run` (a new directory under `runs` when None); the typed errors on failure."""
+    from .loop import prepare, train_run
+
+    try:
+        prepared = prepare(spec, state.data_dir, cluster, reporter)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted before training began; nothing was written") from None
+    if not prepared.placement.is_chief:
+        return _train_worker(spec, run, prepared, state, reporter)
+    new, run = run is None, run or create_run_dir(runs, spec.name)
+    try:
+        write_text(run / "spec.yaml", dump_spec(spec))
+        metrics = train_run(spec, run, prepared, state, reporter, reporter.verbose, grows, callbacks)
+    except UserError:  # refused before the first epoch began (a backbone's weights, the data's batches)
+        if new and not (run / "state.json").exists():
+            shutil.rmtree(run, ignore_errors=True)
+        raise
+    except KeyboardInterrupt:
+        _mark(run, state, "interrupted")
+        raise Interrupted(f"interrupted after epoch {state.epochs_done}; resume with: "
+                          f"mnist-keras fit --resume {run}") from None
+    except OSError as err:  # a full disk, a folder made read-only, a removed run directory
+        _mark(run, state, "failed")
+        raise TrainingFailed(f"cannot write {err.filename or run}: {err.strerror or err}; training stopped after "
+                             f"epoch {state.epochs_done}, whose checkpoint is kept. Free some space (or fix the "
+                             f"folder), then resume with: mnist-keras fit --resume {run}") from None
+    return Run(run, spec, state, metrics.model_dump(mode="json"))
+
+
+def _mark(run: Path, state: RunState, status: str) -> None:
+    """Record why the run stopped, if the disk still allows (state.json already names the last epoch)."""
+    if state.epochs_done or (run / "state.json").exists():
+        state.status = status
+        try:
+            write_state(run, state)
+        except OSError:
+            pass
+
+
+def _train_worker(spec: Spec, chief_run: Path | None, prepared, state: RunState, reporter: Reporter) -> Run:
+    """Train as a multi_worker worker other than the chief: in step with it, in a scratch copy of its run."""
+    from .distribute import scratch_run_dir
+    from .loop import train_run
+
+    with scratch_run_dir(chief_run) as scratch:
+        try:
+            metrics = train_run(spec, scratch, prepared, state, reporter, reporter.verbose)
+        except TrainingFailed:
+            raise TrainingFailed(f"{prepared.placement.described}: the loss became NaN; the chief's run keeps the "
+                                 "last good checkpoint") from None
+        except KeyboardInterrupt:
+            raise Interrupted(f"{prepared.placement.described}: interrupted") from None
+    return Run(None, spec, state, metrics.model_dump(mode="json"))
