@@ -138,7 +138,7 @@ def check(spec, dataset, data_dir, overrides):
     from .sources import Arrays
 
     loaded, notes = _load(spec, dataset, overrides), []
-    found = load_data(loaded.data, data_dir, notes.append, loaded.seed)
+    found = load_data(loaded.data, data_dir, notes.append, loaded.seed, decode=True)
     if isinstance(found, Arrays):
         click.echo(f"{loaded.data.dataset}: {len(found.x_train):,} training and {len(found.x_test):,} test images "
                    "from array files, checked on loading")

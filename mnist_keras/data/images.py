@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -81,6 +82,22 @@ def _mnist_like(file, height: int, width: int) -> np.ndarray:
 def load_image(file):
     """One image file (a path or a binary file object) decoded by Pillow (a GIF's first frame); a UserError when
     it is not an image or too large."""
+    with _opened(file) as image:
+        image.load()
+        return image.copy()
+
+
+def check_image(file, decode: bool = False) -> None:
+    """A UserError, worded as load_image's, when `file` is not an image within MAX_PIXELS: by its header and
+    Pillow's verify (cheap: no pixels decoded), or by decoding it whole."""
+    with _opened(file) as image:
+        image.load() if decode else image.verify()
+
+
+@contextmanager
+def _opened(file):
+    """Pillow's image of `file`, its header read and its size checked against MAX_PIXELS before any pixel is
+    decoded; what fails in the block (decoding) becomes the same UserError naming the file."""
     from PIL import Image, UnidentifiedImageError
 
     name = file if isinstance(file, (str, os.PathLike)) else getattr(file, "name", "the image")
@@ -90,8 +107,9 @@ def load_image(file):
             with Image.open(file, formats=FORMATS) as image:
                 if image.width * image.height > MAX_PIXELS:
                     raise Image.DecompressionBombError(f"{image.width}x{image.height} = {image.width * image.height:,}")
-                image.load()
-                return image.copy()
+                yield image
+    except UserError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         declared = str(err) if str(err)[0].isdigit() else f"over {Image.MAX_IMAGE_PIXELS:,}"  # Pillow's own check
         raise UserError(f"{name}: too large: {declared} pixels; an image may have at most {MAX_PIXELS:,} "
