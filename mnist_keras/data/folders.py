@@ -281,24 +281,25 @@ def to_arrays(files: Files, data: Data, notify: Callable[[str], None] = _silent)
     if total > MAX_BYTES:
         raise UserError(f"{files.provenance['path']}: {total:,} bytes of images in memory, over {MAX_BYTES:,}; "
                         "use smaller data.image_shape")
-    arrays = {}
+    arrays, problems = {}, {}
     for key, lists in (("train", [files.train, files.validation]), ("test", [files.test])):
         paths = [p for images in lists if images for p in images.paths]
         labels = np.concatenate([images.labels for images in lists if images])
-        decoded, problems = [], {}
+        decoded, failed = [], {}
         for file in paths:
             try:
                 decoded.append(image_array(file, data.image_shape, data.preprocess.fit))
             except UserError as err:
-                problems[file] = err.messages
-        if problems and data.on_bad_file == "refuse":
-            _raise([m for messages in problems.values() for m in messages],
-                   "set data.on_bad_file: skip to train without them")
-        if problems:
-            notify(f"note: skipped {len(problems)} {key} image files that cannot be decoded")
-        keep = np.array([file not in problems for file in paths], bool)
+                failed[file] = err.messages
+        if failed and data.on_bad_file == "skip":
+            notify(f"note: skipped {len(failed)} {key} image files that cannot be decoded")
+        problems.update(failed)
+        keep = np.array([file not in failed for file in paths], bool)
         arrays[f"x_{key}"] = np.array(decoded, np.uint8).reshape(-1, *data.image_shape)
         arrays[f"y_{key}"] = labels[keep]
+    if problems and data.on_bad_file == "refuse":
+        _raise([m for messages in problems.values() for m in messages],
+               "set data.on_bad_file: skip to train without them")
     return Arrays(**arrays, provenance=files.provenance, class_names=files.class_names)
 
 

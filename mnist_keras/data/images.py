@@ -7,6 +7,7 @@ declares more than MAX_PIXELS pixels. One bad file does not stop the others: eac
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from contextlib import contextmanager
 
@@ -111,7 +112,9 @@ def _opened(file):
     except UserError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        declared = str(err) if str(err)[0].isdigit() else f"over {Image.MAX_IMAGE_PIXELS:,}"  # Pillow's own check
+        pillows = re.search(r"\((\d+) pixels\)", str(err))  # Pillow's own check, at open: "Image size (N pixels)"
+        declared = f"{int(pillows[1]):,}" if pillows else str(err) if str(err)[:1].isdigit() else \
+            f"over {Image.MAX_IMAGE_PIXELS:,}"
         raise UserError(f"{name}: too large: {declared} pixels; an image may have at most {MAX_PIXELS:,} "
                         "(40 megapixels)") from None
     except UnidentifiedImageError:

@@ -116,9 +116,7 @@ class _Decoder:
         return image
 
     def write(self, file: Path, image: np.ndarray) -> None:
-        """The copy written whole or not at all (a temporary file, renamed); a folder that fails is given up."""
-        if self.folder in self.noted:
-            return
+        """The copy written whole or not at all (a temporary file, renamed); a write that fails is noted once."""
         pixels = image.tobytes()
         partial = file.with_name(f"{file.name}.{os.getpid()}-{threading.get_ident()}.partial")
         try:
@@ -127,8 +125,8 @@ class _Decoder:
         except OSError as err:
             with contextlib.suppress(OSError):
                 partial.unlink(missing_ok=True)
-            self.note(f"note: cannot write the disk cache {self.folder}: {err.strerror or err}; its images are "
-                      "decoded without it", key=self.folder)
+            self.note(f"note: cannot write {file} in the disk cache: {err.strerror or err}; images not cached are "
+                      "decoded each epoch", key=self.folder)
 
     def note(self, message: str, key=None) -> None:
         key = message if key is None else key
