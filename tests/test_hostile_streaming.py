@@ -354,7 +354,10 @@ def test_an_image_changed_during_training_is_named(tmp_path):
 
 
 def test_a_cached_copy_damaged_during_training_is_rebuilt(tmp_path):
-    victim, code, out = corrupt_when_training_ends(tmp_path, "disk", lambda run: next((tmp_path / "c").glob("test-*/0.u8")))
+    def a_cached_test_image(run):
+        return next((tmp_path / "c").glob("test-*/0.u8"))
+
+    victim, code, out = corrupt_when_training_ends(tmp_path, "disk", a_cached_test_image)
     clean(out)
     assert code == 0 and f"note: {victim}: a damaged copy in the disk cache" in out, out
     assert victim.stat().st_size == 28 * 28 + 16
@@ -426,7 +429,8 @@ def test_a_class_left_without_training_images_is_refused(tmp_path):
         code, out = check(tmp_path, dataset, validation)
         clean(out)
         assert code == 2 and "every class needs a training image" in out, (dataset, out)
-        found = dict(re.findall(r"class '(\w)' has no training image left \(0 train, (\d+ validation, \d+ test)\)", out))
+        found = dict(re.findall(r"class '(\w)' has no training image left \(0 train, (\d+ validation, \d+ test)\)",
+                                out))
         assert found == starved, (dataset, out)
     code, out = fit(tmp_path, tmp_path / "two")
     assert code == 2 and "class 'a' has no training image left (0 train, " in out and not runs_left(tmp_path), out

@@ -101,7 +101,7 @@ def _opened(file):
     decoded; what fails in the block (decoding) becomes the same UserError naming the file."""
     from PIL import Image, UnidentifiedImageError
 
-    name = file if isinstance(file, (str, os.PathLike)) else getattr(file, "name", "the image")
+    name = _name(file)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -120,8 +120,17 @@ def _opened(file):
     except UnidentifiedImageError:
         raise UserError(f"{name}: cannot be read as an image (PNG, JPEG, GIF or BMP): unknown format") from None
     except Exception as err:  # Pillow's decoders raise many kinds (OSError, SyntaxError, ValueError...) on bad data
-        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(f"{name}: cannot be read as an image (PNG, JPEG, GIF or BMP): {detail}") from None
+        raise _unreadable(file, err) from None
+
+
+def _name(file) -> str:
+    """How messages name `file`: its path, or a file object's name."""
+    return file if isinstance(file, (str, os.PathLike)) else getattr(file, "name", "the image")
+
+
+def _unreadable(file, err: Exception) -> UserError:
+    detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return UserError(f"{_name(file)}: cannot be read as an image (PNG, JPEG, GIF or BMP): {detail}")
 
 
 def image_array(file, image_shape: list[int], fit: str) -> np.ndarray:
@@ -129,9 +138,12 @@ def image_array(file, image_shape: list[int], fit: str) -> np.ndarray:
     laid over white, fitted to the size by `fit`: stretch, crop (the centre) or pad (with black)."""
     height, width = image_shape[:2]
     image = load_image(file)
-    rgb = image_shape[2:] == [3] and not image.mode.startswith(("I", "F"))
-    image = _over_white(image).convert("RGB") if rgb else _gray(image)
-    pixels = np.asarray(_fitted(image, height, width, fit), np.float32)
+    try:
+        rgb = image_shape[2:] == [3] and not image.mode.startswith(("I", "F"))
+        image = _over_white(image).convert("RGB") if rgb else _gray(image)
+        pixels = np.asarray(_fitted(image, height, width, fit), np.float32)
+    except Exception as err:  # a mode Pillow decodes but cannot convert
+        raise _unreadable(file, err) from None
     if len(image_shape) == 3 and pixels.ndim == 2:
         pixels = np.repeat(pixels[..., np.newaxis], image_shape[2], axis=-1)
     return np.clip(pixels.round(), 0, 255).astype(np.uint8)
