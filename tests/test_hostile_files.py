@@ -262,7 +262,7 @@ DIGIT[8:48, 16:24] = 255  # a light stroke on black
 
 
 HOSTILE_IMAGES = {
-    "20000x20000 in 50 KB": (png(20000, 20000, bytes(20001 * 8)), "too large: over 89,478,485 pixels"),
+    "20000x20000 in 50 KB": (png(20000, 20000, bytes(20001 * 8)), "too large: 400,000,000 pixels"),
     "just over the limit": (png(8000, 5001), "too large: 8000x5001 = 40,008,000 pixels; an image may have at most "
                             "40,000,000 \\(40 megapixels\\)"),
     "truncated png": (image_bytes(DIGIT, "PNG")[:60], "cannot be read as an image \\(PNG, JPEG, GIF or BMP\\)"),

@@ -73,7 +73,7 @@ def test_every_cache_choice_gives_the_batches_of_the_arrays(files, tmp_path):
                 np.testing.assert_array_equal(x.numpy(), x0.numpy())
                 np.testing.assert_array_equal(y.numpy(), y0.numpy())
     cached, = (tmp_path / "cache").glob("train-*")
-    assert len(list(cached.glob("*.tensor"))) == 40 and not list((tmp_path / "cache").glob("*.partial*"))
+    assert len(list(cached.glob("*.u8"))) == 40 and not list(cached.glob("*.partial"))
 
 
 def test_disk_cache_needs_a_folder(files):
@@ -91,51 +91,48 @@ def test_a_given_validation_list_is_used_whole(files):
 
 
 def test_a_file_that_fails_to_decode_is_named(files, tmp_path):
+    from mnist_keras.backend import tf
+    from mnist_keras.errors import UserError
+
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n but then nothing")
     broken = Files(ImageList(files.train.paths[:20] + [str(bad)] + files.train.paths[21:], files.train.labels),
                    None, files.test, [], {})
-    for cache in ("none", "memory"):  # memory decodes in make_pipelines, none as the batches are drawn
-        with pytest.raises(Exception, match=f"cannot read or decode image file.*{bad}"):
-            list(make_pipelines(make_spec(cache=cache, validation=0), broken).train)
+    with pytest.raises(UserError, match=f"{bad}: cannot be read as an image"):  # decoded in make_pipelines
+        make_pipelines(make_spec(cache="memory", validation=0), broken)
     last = Files(ImageList(files.train.paths[:-1] + [str(bad)], files.train.labels), None, files.test, [], {})
-    with pytest.raises(Exception, match=f"cannot read or decode image file.*{bad}"):  # a gap at the very end
-        list(make_pipelines(make_spec(validation=0, shuffle=0, cache="none"), last).train)
+    for data, shuffle in ((broken, "all"), (last, 0)):  # decoded as the batches are drawn, the very last too
+        pipes = make_pipelines(make_spec(validation=0, shuffle=shuffle, cache="none"), data)
+        with pytest.raises(tf.errors.InvalidArgumentError, match="an image file failed to decode"):
+            list(pipes.train)
+        assert pipes.failure().startswith(f"{bad}: cannot be read as an image (PNG, JPEG, GIF or BMP)")
 
 
 def decoded(tmp_path, image: np.ndarray, shape, fit="stretch", suffix=".png") -> np.ndarray:
-    """`image` written as a file and read back by the streaming decoder."""
+    """`image` written as a file and read back as a streamed pipeline reads it."""
     from mnist_keras.backend import tf
-    from mnist_keras.data.streaming import decoder
+    from mnist_keras.data.streaming import file_images
 
     path, = write_images(tmp_path, image[None], suffix)
     spec = make_spec(image_shape=list(shape), preprocess={"fit": fit} if fit != "stretch" else {})
-    return decoder(spec)(tf.constant(path)).numpy()
+    stream = file_images(spec, "train", [path], "none", None, print)
+    (got, index), = stream.images(tf.constant([0])).as_numpy_iterator()
+    return got
 
 
-def test_colour_modes_and_transparency(tmp_path):
-    rgba = np.zeros((4, 4, 4), np.uint8)
-    rgba[..., 0], rgba[:, :2, 3], rgba[:, 2:, 3] = 200, 255, 0  # red: left half opaque, right half clear
-    got = decoded(tmp_path, rgba, (4, 4, 3))
-    assert got[:, :2].tolist() == [[[200, 0, 0]] * 2] * 4 and got[:, 2:].tolist() == [[[255, 255, 255]] * 2] * 4
-    gray = np.full((4, 4), 77, np.uint8)
-    assert decoded(tmp_path, gray, (4, 4, 3)).tolist() == [[[77] * 3] * 4] * 4  # gray -> RGB
-    rgb = np.zeros((4, 4, 3), np.uint8)
-    rgb[..., 1] = 255
-    assert decoded(tmp_path, rgb, (4, 4, 1)).tolist() == [[[150]] * 4] * 4  # RGB -> gray (ITU-R 601 luma)
-    jpeg = decoded(tmp_path, np.full((16, 16, 3), 120, np.uint8), (8, 8, 3), suffix=".jpg")
-    assert jpeg.shape == (8, 8, 3) and abs(int(jpeg.mean()) - 120) <= 2
+@pytest.mark.parametrize("fit", ["stretch", "crop", "pad"])
+@pytest.mark.parametrize("shape", [(4, 4, 1), (4, 4, 3), (6, 3, 3)])
+def test_streamed_images_are_decoded_as_in_memory(tmp_path, fit, shape):
+    """One decoder for every cache choice: images.image_array, on gray, RGB, RGBA and JPEG files."""
+    from mnist_keras.data.images import image_array
 
-
-@pytest.mark.parametrize("fit, rows", [
-    ("stretch", [[255] * 4, [223] * 4, [32] * 4, [0] * 4]),  # squashed: white on top, black below, rows blended
-    ("crop", [[255] * 4] * 2 + [[0] * 4] * 2),  # the central 4x4: rows 2..5 of 8, half white, half black
-    ("pad", [[0, 255, 255, 0], [0, 223, 223, 0], [0, 32, 32, 0], [0] * 4]),  # squashed to 4x2, black bands beside
-])
-def test_fit_modes(tmp_path, fit, rows):
-    tall = np.zeros((8, 4), np.uint8)  # H x W: a white 4x4 top, a black 4x4 bottom
-    tall[:4] = 255
-    assert decoded(tmp_path, tall, (4, 4, 1), fit)[..., 0].tolist() == rows
+    rng = np.random.default_rng(5)
+    for i, (size, suffix) in enumerate([((8, 4), ".png"), ((5, 9, 3), ".png"), ((7, 7, 4), ".png"),
+                                        ((16, 12, 3), ".jpg")]):
+        image = rng.integers(0, 256, size, dtype=np.uint8)
+        got = decoded(tmp_path / str(i), image, shape, fit, suffix)
+        want = image_array(str(next((tmp_path / str(i)).iterdir())), list(shape), fit)
+        np.testing.assert_array_equal(got, want)
 
 
 def test_a_run_resumed_on_a_streamed_folder_ends_like_an_uninterrupted_one(files):

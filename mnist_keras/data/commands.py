@@ -137,13 +137,14 @@ def preview(spec, dataset, data_dir, overrides, out, count, split):
 @data.command()
 @_data_options
 def check(spec, dataset, data_dir, overrides):
-    """Check image files before training: undecodable files, empty or missing classes, images shared between
-    splits, and the balance of the classes (exit 2 on a problem that stops training)."""
+    """Check image files before training: files that do not decode (each decoded whole), empty or missing
+    classes, classes left without training images, images shared between splits, and the balance of the
+    classes (exit 2 on a problem that stops training)."""
     from .loading import load_data
     from .sources import Arrays
 
     loaded, notes = _load(spec, dataset, overrides), []
-    found = load_data(loaded.data, data_dir, notes.append, loaded.seed)
+    found = load_data(loaded.data, data_dir, notes.append, loaded.seed, decode=True)
     if isinstance(found, Arrays):
         click.echo(f"{loaded.data.dataset}: {len(found.x_train):,} training and {len(found.x_test):,} test images "
                    "from array files, checked on loading")

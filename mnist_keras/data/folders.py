@@ -65,9 +65,10 @@ def image_source(path: Path) -> str | None:
 
 
 def load_files(data: Data, data_dir: str | None = None, notify: Callable[[str], None] = _silent,
-               seed: int = 42) -> Files:
+               seed: int = 42, decode: bool = False) -> Files:
     """The image files `data.dataset` names, split, checked and labelled; a UserError for what cannot work.
-    `seed` (the spec's) draws the held-out test and validation images."""
+    `seed` (the spec's) draws the held-out test and validation images; `decode` checks each file by decoding it
+    whole (`data check`), not only by its header and Pillow's verify."""
     path = dataset_path(data, data_dir)
     source = image_source(path)
     if source is None:
@@ -82,7 +83,7 @@ def load_files(data: Data, data_dir: str | None = None, notify: Callable[[str], 
         splits = {split: _class_folders(root) for split, root in roots.items()}
     class_names = sorted(set().union(*splits.values()))
     _check_classes(path, splits, class_names, data.num_classes)
-    skipped = _drop_bad_files(splits, data.on_bad_file, notify)
+    skipped = _drop_bad_files(splits, data.on_bad_file, notify, decode)
     held_out = {}
     if "test" not in splits:
         total = sum(map(len, splits["train"].values()))
@@ -94,6 +95,7 @@ def load_files(data: Data, data_dir: str | None = None, notify: Callable[[str], 
             raise UserError(f"data.validation: holding out {count:,} of {total:,} training images leaves none to "
                             "train on")
         splits["validation"], held_out["validation"] = _hold_out(splits["train"], count, [seed, 1])
+    _check_training_classes(path, splits, class_names)
     lists = {split: _image_list(classes, class_names) for split, classes in splits.items()}
     root = path.parent if source == "csv" else path
     provenance = {
@@ -108,6 +110,17 @@ def load_files(data: Data, data_dir: str | None = None, notify: Callable[[str], 
     for message in provenance["shared"]:
         notify(f"warning: {message}")
     return files
+
+
+def _check_training_classes(path: Path, splits: dict, class_names: list[str]) -> None:
+    """Refuse classes the test and validation draws left without a training image, with their counts."""
+    def counts(name):
+        return ", ".join(f"{len(splits[split][name])} {split}" for split in SPLITS if split in splits)
+
+    _raise([f"{path}: class '{name}' has no training image left ({counts(name)})"
+            for name in class_names if not splits["train"][name]],
+           "every class needs a training image: add images to these classes, or lower data.test_split and "
+           "data.validation")
 
 
 def _hold_out(classes: dict[str, list[str]], total: int, seed: list[int]) -> tuple[dict, list[str]]:
@@ -140,7 +153,7 @@ def _class_folders(root: Path) -> dict[str, list[str]]:
     classes = {}
     for folder in _subfolders(root):
         classes[folder.name] = sorted(
-            str(Path(dirpath, name).resolve())
+            _resolved(Path(dirpath, name))
             for dirpath, dirnames, names in os.walk(folder.path)
             for name in names
             if name.lower().endswith(SUFFIXES) and not name.startswith(".")
@@ -148,6 +161,14 @@ def _class_folders(root: Path) -> dict[str, list[str]]:
         if not classes[folder.name]:
             raise UserError(f"{folder.path}: class '{folder.name}' has no images ({', '.join(SUFFIXES)} files)")
     return classes
+
+
+def _resolved(path: Path) -> str:
+    """The absolute path with its links resolved; as it is for a link loop (which the file check then names)."""
+    try:
+        return str(path.resolve())
+    except (RuntimeError, OSError):  # "Symlink loop" (Python < 3.13 raises RuntimeError)
+        return os.path.abspath(path)
 
 
 def _csv_classes(path: Path) -> dict[str, list[str]]:
@@ -194,31 +215,28 @@ def _check_classes(path: Path, splits: dict, class_names: list[str], num_classes
                         f"data.num_classes is {num_classes}; set data.num_classes: {len(class_names)}")
 
 
-def bad_files(paths: list[str]) -> dict[str, list[str]]:
-    """{file: its messages} of the files that Pillow cannot open and verify as images."""
-    from PIL import Image
-
-    from .images import FORMATS, check_image_files
+def bad_files(paths: list[str], decode: bool = False) -> dict[str, list[str]]:
+    """{file: its messages} of the files that are no image Pillow opens within images.MAX_PIXELS (by the header)
+    and verifies, or, with `decode`, decodes whole as training does."""
+    from .images import check_image, check_image_files
 
     problems = {}
     for file in paths:
         found = check_image_files([file])
         if not found:
             try:
-                with Image.open(file, formats=FORMATS) as image:
-                    image.verify()
-            except Exception as err:  # Pillow raises many kinds on bad data
-                detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-                found = [f"{file}: cannot be read as an image (PNG, JPEG, GIF or BMP): {detail}"]
+                check_image(file, decode)
+            except UserError as err:
+                found = err.messages
         if found:
             problems[file] = found
     return problems
 
 
-def _drop_bad_files(splits: dict, on_bad_file: str, notify: Callable[[str], None]) -> list[str]:
+def _drop_bad_files(splits: dict, on_bad_file: str, notify: Callable[[str], None], decode: bool) -> list[str]:
     """Refuse (listing them) or drop the files that cannot be decoded; the dropped files."""
     every = [file for classes in splits.values() for files in classes.values() for file in files]
-    bad = bad_files(every)
+    bad = bad_files(every, decode)
     if on_bad_file == "refuse":
         _raise([m for messages in bad.values() for m in messages],
                f"{len(bad)} of {len(every)} image files cannot be decoded; fix or remove them, "
@@ -263,24 +281,25 @@ def to_arrays(files: Files, data: Data, notify: Callable[[str], None] = _silent)
     if total > MAX_BYTES:
         raise UserError(f"{files.provenance['path']}: {total:,} bytes of images in memory, over {MAX_BYTES:,}; "
                         "use smaller data.image_shape")
-    arrays = {}
+    arrays, problems = {}, {}
     for key, lists in (("train", [files.train, files.validation]), ("test", [files.test])):
         paths = [p for images in lists if images for p in images.paths]
         labels = np.concatenate([images.labels for images in lists if images])
-        decoded, problems = [], {}
+        decoded, failed = [], {}
         for file in paths:
             try:
                 decoded.append(image_array(file, data.image_shape, data.preprocess.fit))
             except UserError as err:
-                problems[file] = err.messages
-        if problems and data.on_bad_file == "refuse":
-            _raise([m for messages in problems.values() for m in messages],
-                   "set data.on_bad_file: skip to train without them")
-        if problems:
-            notify(f"note: skipped {len(problems)} {key} image files that cannot be decoded")
-        keep = np.array([file not in problems for file in paths], bool)
+                failed[file] = err.messages
+        if failed and data.on_bad_file == "skip":
+            notify(f"note: skipped {len(failed)} {key} image files that cannot be decoded")
+        problems.update(failed)
+        keep = np.array([file not in failed for file in paths], bool)
         arrays[f"x_{key}"] = np.array(decoded, np.uint8).reshape(-1, *data.image_shape)
         arrays[f"y_{key}"] = labels[keep]
+    if problems and data.on_bad_file == "refuse":
+        _raise([m for messages in problems.values() for m in messages],
+               "set data.on_bad_file: skip to train without them")
     return Arrays(**arrays, provenance=files.provenance, class_names=files.class_names)
 
 

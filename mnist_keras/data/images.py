@@ -7,7 +7,9 @@ declares more than MAX_PIXELS pixels. One bad file does not stop the others: eac
 from __future__ import annotations
 
 import os
+import re
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -81,31 +83,63 @@ def _mnist_like(file, height: int, width: int) -> np.ndarray:
 def load_image(file):
     """One image file (a path or a binary file object) decoded by Pillow (a GIF's first frame); a UserError when
     it is not an image or too large."""
+    with _opened(file) as image:
+        image.load()
+        return image.copy()
+
+
+def check_image(file, decode: bool = False) -> None:
+    """A UserError, worded as load_image's, when `file` is not an image within MAX_PIXELS: by its header and
+    Pillow's verify (cheap: no pixels decoded), or by decoding it whole."""
+    with _opened(file) as image:
+        image.load() if decode else image.verify()
+
+
+@contextmanager
+def _opened(file):
+    """Pillow's image of `file`, its header read and its size checked against MAX_PIXELS before any pixel is
+    decoded; what fails in the block (decoding) becomes the same UserError naming the file."""
     from PIL import Image, UnidentifiedImageError
 
-    name = file if isinstance(file, (str, os.PathLike)) else getattr(file, "name", "the image")
+    name = _name(file)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(file, formats=FORMATS) as image:
                 if image.width * image.height > MAX_PIXELS:
                     raise Image.DecompressionBombError(f"{image.width}x{image.height} = {image.width * image.height:,}")
-                image.load()
-                return image.copy()
+                yield image
+    except UserError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        declared = str(err) if str(err)[0].isdigit() else f"over {Image.MAX_IMAGE_PIXELS:,}"  # Pillow's own check
+        pillows = re.search(r"\((\d+) pixels\)", str(err))  # Pillow's own check, at open: "Image size (N pixels)"
+        declared = f"{int(pillows[1]):,}" if pillows else str(err) if str(err)[:1].isdigit() else \
+            f"over {Image.MAX_IMAGE_PIXELS:,}"
         raise UserError(f"{name}: too large: {declared} pixels; an image may have at most {MAX_PIXELS:,} "
                         "(40 megapixels)") from None
     except UnidentifiedImageError:
         raise UserError(f"{name}: cannot be read as an image (PNG, JPEG, GIF or BMP): unknown format") from None
     except Exception as err:  # Pillow's decoders raise many kinds (OSError, SyntaxError, ValueError...) on bad data
-        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(f"{name}: cannot be read as an image (PNG, JPEG, GIF or BMP): {detail}") from None
+        raise _unreadable(file, err) from None
+
+
+def _name(file) -> str:
+    """How messages name `file`: its path, or a file object's name."""
+    return file if isinstance(file, (str, os.PathLike)) else getattr(file, "name", "the image")
+
+
+def _unreadable(file, err: Exception) -> UserError:
+    detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return UserError(f"{_name(file)}: cannot be read as an image (PNG, JPEG, GIF or BMP): {detail}")
 
 
 def image_array(file, image_shape: list[int], fit: str) -> np.ndarray:
     """One image file as uint8 pixels of `image_shape`, as fitted_pixels makes its decoded image."""
-    return fitted_pixels(load_image(file), image_shape, fit)
+    image = load_image(file)
+    try:
+        return fitted_pixels(image, image_shape, fit)
+    except Exception as err:  # a mode Pillow decodes but cannot convert
+        raise _unreadable(file, err) from None
 
 
 def fitted_pixels(image, image_shape: list[int], fit: str) -> np.ndarray:

@@ -14,12 +14,13 @@ from .sources import DATASETS, MAX_BYTES, SPLITS, Arrays, _silent, array_dataset
 
 
 def load_data(data: Data, data_dir: str | None = None, notify: Callable[[str], None] = _silent,
-              seed: int = 42) -> Arrays | Files:
+              seed: int = 42, decode: bool = False) -> Arrays | Files:
     """The dataset `data` names: Files for image files (folders, CSV), else Arrays. `seed` (the spec's) draws
-    the test and validation images held out from image files; `notify` gets notes for the user."""
+    the test and validation images held out from image files; `notify` gets notes for the user; `decode`
+    checks image files by decoding each whole (load_files)."""
     if data.dataset not in DATASETS and data.source not in ("keras", "bundled") \
             and image_source(dataset_path(data, data_dir)):
-        return load_files(data, data_dir, notify, seed)
+        return load_files(data, data_dir, notify, seed, decode)
     return shaped(array_dataset(data, data_dir, notify), data, notify)
 
 

@@ -5,19 +5,20 @@ without it, each batch is preprocessed as it is drawn, which holds only the uint
 draws batches of indices and gathers them: one gather per batch, run in parallel and prefetched.
 Files (streaming.py): `cache: memory` decodes each split once into uint8 arrays and goes on as
 above; `none` and `disk` read each image of an epoch's order as it is drawn, in parallel and in
-order, so only the indices are held in memory. The order of epoch e is a stateless shuffle seeded
-by (seed, e) alone, so a run resumed at epoch k sees the very batches an uninterrupted run saw in epoch k.
+order, so only the indices are held in memory (a file that fails to decode then: `Pipelines.failure`).
+The order of epoch e is a stateless shuffle seeded by (seed, e) alone, so a run resumed at epoch k
+sees the very batches an uninterrupted run saw in epoch k.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import UserError
 from ..spec import Data, Preprocess, Spec
-from .sources import Arrays
+from .sources import Arrays, _silent
 from .streaming import Stream, cache_mode, file_images
 
 
@@ -34,6 +35,7 @@ class Pipelines:
     n_val: int
     n_test: int
     input_shape: tuple[int, ...]
+    failure: Callable[[], str | None]  # the message of the first streamed file that failed to decode, if any
 
 
 def split_sizes(data: Data, n: int) -> tuple[int, int]:
@@ -88,10 +90,11 @@ def data_splits(data: Data, source) -> tuple[tuple, tuple | None, tuple]:
     return tuple(part[:n_train] for part in train), validation, test
 
 
-def make_pipelines(spec: Spec, data, start_epoch: int = 0, cache_dir: str | None = None) -> Pipelines:
+def make_pipelines(spec: Spec, data, start_epoch: int = 0, cache_dir: str | None = None,
+                   notify: Callable[[str], None] = _silent) -> Pipelines:
     """The train (from `start_epoch` on), validation and test datasets the spec's data section describes, from
     `data`: an Arrays, or a Files whose images stream from disk (`data.cache: disk` keeps their decoded copies in
-    data.cache_dir, else in `cache_dir`)."""
+    data.cache_dir, else in `cache_dir`; `notify` gets the notes of files skipped and copies rebuilt)."""
     from ..backend import tf
     d, prep = spec.data, spec.data.preprocess
     splits = data_splits(d, data)
@@ -112,8 +115,9 @@ def make_pipelines(spec: Spec, data, start_epoch: int = 0, cache_dir: str | None
     plain = tf.autograph.experimental.do_not_convert
     if not isinstance(data, Arrays):
         folder = d.cache_dir or cache_dir
-        splits = [split and (file_images(spec, name, split[0], mode, folder), split[1])
+        splits = [split and (file_images(spec, name, split[0], mode, folder, notify), split[1])
                   for name, split in zip(("train", "validation", "test"), splits)]
+    streams = [split[0] for split in splits if split and isinstance(split[0], Stream)]
 
     def images(x):
         return preprocess_images(spec, x)
@@ -134,14 +138,22 @@ def make_pipelines(spec: Spec, data, start_epoch: int = 0, cache_dir: str | None
             out = out.concatenate(tf.data.Dataset.from_tensors(order[full * batch:]))
         return out
 
-    def batches(split, orders, drop_remainder=False):
-        """(images, labels) batches of each index vector of `orders`, one vector after the other."""
+    def batches(split, orders, drop_remainder=False, refill=False):
+        """(images, labels) batches of each index vector of `orders`, one vector after the other. Streamed images
+        skipped as they are read (Stream.images) are replaced with `refill`, else leave their batch smaller."""
         x, y = split
         with tf.device("/CPU:0"):
             y = tf.constant(y)
         streamed = isinstance(x, Stream)
         if streamed:  # one image per index, read in parallel and in order, preprocessed by the batch
-            out = orders.flat_map(plain(lambda order: x.images(order).batch(d.batch_size, drop_remainder)))
+            def read(order):
+                if refill or not x.skip:
+                    return x.images(order, refill).batch(d.batch_size, drop_remainder)
+                nothing = tf.data.Dataset.from_tensors((tf.zeros([0, *x.shape], tf.uint8), tf.zeros([0], order.dtype)))
+                return index_batches(order, drop_remainder).flat_map(  # one batch per batch of indices, always
+                    lambda batch: x.images(batch).batch(d.batch_size).concatenate(nothing).take(1))
+
+            out = orders.flat_map(plain(read))
             out = out.map(plain(lambda x, i: (images(x), labels(tf.gather(y, i)))), num_parallel_calls=tf.data.AUTOTUNE)
         else:
             cached = mode == "memory"
@@ -180,7 +192,8 @@ def make_pipelines(spec: Spec, data, start_epoch: int = 0, cache_dir: str | None
         return out.apply(tf.data.experimental.assert_cardinality(math.ceil(n / d.batch_size)))
 
     def train_from(epoch: int):
-        return batches(splits[0], tf.data.Dataset.range(epoch, spec.train.epochs).map(plain(order)), d.drop_remainder)
+        return batches(splits[0], tf.data.Dataset.range(epoch, spec.train.epochs).map(plain(order)), d.drop_remainder,
+                       refill=True)
 
     train = train_from(start_epoch)
     shape = tuple(train.element_spec[0].shape[1:])
@@ -189,4 +202,5 @@ def make_pipelines(spec: Spec, data, start_epoch: int = 0, cache_dir: str | None
                         f"{list(spec.input_shape())}; match model.input_shape to data.image_shape and data.preprocess")
     validation, test = splits[1] and finite(splits[1]), finite(splits[2])
     return Pipelines(train, train_from, validation, test, steps, n_train, len(splits[1][1]) if splits[1] else 0,
-                     len(splits[2][1]), shape)
+                     len(splits[2][1]), shape,
+                     lambda: next((message for stream in streams for message in stream.failures), None))

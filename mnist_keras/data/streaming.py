@@ -1,26 +1,36 @@
 """Image files -> uint8 images of data.image_shape, for pipelines that stream from disk.
 
-Each file is decoded by TensorFlow (PNG, JPEG, GIF, BMP, WebP; the first frame of an animation),
-transparency laid over white, made gray or RGB as data.image_shape's channels ask, and fit to its
-height x width (`data.preprocess.fit`: stretch, crop to the aspect ratio, or pad). `file_images`
-gives what the pipeline takes a split's images from: with `data.cache: memory`, one uint8 array
-decoded once; with `none`, a Stream that decodes each image as it is drawn; with `disk`, a Stream
-over decoded copies written, once, to one file per image in the cache folder (random access, so
-each epoch's shuffle stays exact). An image that fails to decode stops the run with its file named.
+Every data.cache choice decodes with the one decoder, images.image_array (Pillow, as `predict` does):
+what `data check` and `cache: memory` accept streams, and an image over 40 megapixels is refused by its
+header before it is decoded. tf.data calls it for each image as it is drawn (tf.numpy_function, in
+parallel: Pillow decodes and resizes without holding Python's lock). `file_images` gives what the
+pipeline takes a split's images from: with `cache: memory`, one uint8 array decoded once; with
+`none`, a Stream that decodes each image as it is drawn; with `disk`, a Stream that reads each image's
+decoded copy from one file per image in the cache folder (random access, so each epoch's shuffle stays
+exact), decoding and writing the copy first where it is missing or damaged: each copy ends with its
+checksum, so a truncated or altered copy is named and rebuilt. An image that fails to decode at run
+time stops the run with its file named (Pipelines.failure), or under `on_bad_file: skip` is left out
+with a note.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import shutil
-from dataclasses import dataclass
+import tempfile
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
+
+import numpy as np
 
 from ..errors import UserError
 from ..spec import Data, Spec
+
+CHECKSUM = 16  # bytes of blake2b digest after the pixels of each cached image
 
 
 def cache_mode(data: Data) -> str:
@@ -30,106 +40,157 @@ def cache_mode(data: Data) -> str:
 
 @dataclass
 class Stream:
-    """A split's images, read one by one: `read(i)` is image i (uint8, H x W x C), `names[i]` the file it comes from."""
+    """A split's images, read one by one: `read(i)` is (image i, uint8 H x W x C; whether it decoded)."""
 
     read: Callable
-    names: Any  # a string tensor
+    shape: tuple[int, int, int]
+    skip: bool  # data.on_bad_file: skip (else a file that fails stops the iteration)
+    failures: list[str] = field(default_factory=list)  # the messages of the files that stopped it
 
-    def images(self, order):
-        """(image, index) for each index of `order`, read in parallel and kept in order. An image that fails
-        to read is an error naming its file: failures are dropped, and the first gap in the indices is reported."""
+    def images(self, order, refill: bool = False):
+        """(image, index) for each index of `order`, read in parallel and kept in order. A file that fails to
+        decode stops the iteration (an assertion; its message is in `failures`), or under skip is left out;
+        with `refill` the order's first images are read again in its place, so an epoch keeps its batches."""
         from ..backend import tf
-        expected = tf.data.Dataset.from_tensor_slices(order)
-        read = expected.map(lambda i: (self.read(i), i), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        blank = tf.zeros(read.element_spec[0].shape, tf.uint8)
-        end = tf.data.Dataset.from_tensors((blank, tf.constant(-1, order.dtype)))
-        pairs = tf.data.Dataset.zip(read.ignore_errors().concatenate(end), expected)
+        read = tf.data.Dataset.from_tensor_slices(order).map(
+            lambda i: (*self.read(i), i), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if not self.skip:
+            def check(image, ok, i):
+                with tf.control_dependencies([tf.debugging.Assert(ok, ["an image file failed to decode", i])]):
+                    return tf.identity(image), i
 
-        def check(image_index, want):
-            image, i = image_index
-            failed = ["cannot read or decode image file", self.names[want], "(changed since the data was checked?)"]
-            with tf.control_dependencies([tf.debugging.Assert(tf.equal(i, want), failed)]):
-                return tf.identity(image), i
-
-        return pairs.take(tf.size(order, tf.int64)).map(check)
+            return read.map(check)
+        kept = read.filter(lambda image, ok, i: ok).map(lambda image, ok, i: (image, i))
+        return kept.repeat().take(tf.size(order, tf.int64)) if refill else kept
 
 
-def decoder(spec: Spec) -> Callable:
-    """A graph function: file path -> uint8 image of data.image_shape, as the module's docstring says."""
-    from ..backend import tf
-    height, width, channels = (*spec.data.image_shape, 1)[:3]
-    fit = spec.data.preprocess.fit
+class _Decoder:
+    """The Python side of a Stream: image i of `paths` decoded by images.image_array, read from and written to
+    the disk cache `folder` where there is one; each failure noted once."""
 
-    def decode(path):
-        image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)  # 1 to 4 channels
-        n = tf.shape(image)[-1]
-        alpha = tf.equal(n % 2, 0)  # gray + alpha, or RGBA
-        colour = tf.cast(image[..., : n - tf.cast(alpha, tf.int32)], tf.float32)
-        opacity = tf.where(alpha, tf.cast(image[..., -1:], tf.float32) / 255, 1.0)
-        colour = 255 - (255 - colour) * opacity  # laid over white
-        rgb = tf.ensure_shape(tf.tile(colour, [1, 1, 3 // tf.shape(colour)[-1]]), [None, None, 3])
-        image = tf.image.rgb_to_grayscale(rgb) if channels == 1 else rgb
-        if fit == "crop":  # the largest central box of the target's aspect ratio
-            h, w = tf.shape(image)[0], tf.shape(image)[1]
-            crop_h = tf.clip_by_value(w * height // width, 1, h)
-            crop_w = tf.clip_by_value(h * width // height, 1, w)
-            image = tf.image.crop_to_bounding_box(image, (h - crop_h) // 2, (w - crop_w) // 2, crop_h, crop_w)
-        if fit == "pad":
-            image = tf.image.resize_with_pad(image, height, width, antialias=True)
-        else:
-            image = tf.image.resize(image, [height, width], antialias=True)
-        return tf.ensure_shape(tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), [height, width, channels])
+    def __init__(self, spec: Spec, paths: list[str], folder: Path | None, notify: Callable[[str], None],
+                 failures: list[str]):
+        self.paths, self.folder, self.notify, self.failures = paths, folder, notify, failures
+        self.image_shape, self.fit = spec.data.image_shape, spec.data.preprocess.fit
+        self.shape = (*spec.data.image_shape, 1)[:3]
+        self.size = int(np.prod(self.shape))
+        self.skip = spec.data.on_bad_file == "skip"
+        self.noted: set[str] = set()
+        self.lock = threading.Lock()
 
-    return decode
+    def __call__(self, i) -> tuple[np.ndarray, bool]:
+        try:
+            return (self.cached(int(i)) if self.folder else self.decoded(int(i))), np.bool_(True)
+        except UserError as err:
+            message = err.messages[0]
+            if self.skip:
+                self.note(f"note: left out {message} (data.on_bad_file: skip)")
+            else:
+                with self.lock:
+                    self.failures.append(message)
+            return np.zeros(self.shape, np.uint8), np.bool_(False)
+
+    def decoded(self, i: int) -> np.ndarray:
+        from .images import image_array
+
+        return image_array(self.paths[i], self.image_shape, self.fit).reshape(self.shape)
+
+    def cached(self, i: int) -> np.ndarray:
+        """Image i from its copy in the cache folder; decoded and written there when missing or damaged."""
+        file = self.folder / f"{i}.u8"
+        try:
+            with open(file, "rb") as stored:
+                raw = stored.read(self.size + CHECKSUM + 1)
+        except FileNotFoundError:
+            raw = None
+        except OSError as err:
+            raw = f"unreadable: {err.strerror}"
+        if isinstance(raw, bytes) and len(raw) == self.size + CHECKSUM and _digest(raw[:self.size]) == raw[self.size:]:
+            return np.frombuffer(raw, np.uint8, self.size).reshape(self.shape)
+        if raw is not None:
+            found = raw if isinstance(raw, str) else f"{len(raw):,} bytes, or a wrong checksum"
+            self.note(f"note: {file}: a damaged copy in the disk cache ({found}; a copy is "
+                      f"{self.size + CHECKSUM:,} bytes); rebuilt from {self.paths[i]}")
+        image = self.decoded(i)
+        self.write(file, image)
+        return image
+
+    def write(self, file: Path, image: np.ndarray) -> None:
+        """The copy written whole or not at all (a temporary file, renamed); a write that fails is noted once."""
+        pixels = image.tobytes()
+        partial = file.with_name(f"{file.name}.{os.getpid()}-{threading.get_ident()}.partial")
+        try:
+            partial.write_bytes(pixels + _digest(pixels))
+            os.replace(partial, file)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
+            self.note(f"note: cannot write {file} in the disk cache: {err.strerror or err}; images not cached are "
+                      "decoded each epoch", key=self.folder)
+
+    def note(self, message: str, key=None) -> None:
+        key = message if key is None else key
+        with self.lock:
+            if key in self.noted:
+                return
+            self.noted.add(key)
+        self.notify(message)
 
 
-def file_images(spec: Spec, split: str, paths: list[str], mode: str, cache_dir: str | None):
+def _digest(pixels: bytes) -> bytes:
+    return hashlib.blake2b(pixels, digest_size=CHECKSUM).digest()
+
+
+def file_images(spec: Spec, split: str, paths: list[str], mode: str, cache_dir: str | None,
+                notify: Callable[[str], None]):
     """What the pipeline takes a split's images from: a uint8 array (memory) or a Stream (none, disk)."""
     from ..backend import tf
-    names = tf.constant(paths, tf.string)
-    decode = decoder(spec)
-    stream = Stream(lambda i: decode(names[i]), names)
-    if mode == "none":
-        return stream
-    every = stream.images(tf.range(len(paths), dtype=tf.int64))
+    folder = None
+    if mode == "disk":
+        if not cache_dir:
+            raise UserError("data.cache: disk needs a folder: set data.cache_dir")
+        folder = _cache_folder(Path(cache_dir), f"{split}-{_key(spec, paths)}")
+    failures: list[str] = []
+    decode = _Decoder(spec, paths, folder, notify, failures)
     if mode == "memory":
-        return every.batch(len(paths)).map(lambda x, i: x).get_single_element()
-    if not cache_dir:
-        raise UserError("data.cache: disk needs a folder: set data.cache_dir")
-    folder = Path(cache_dir) / f"{split}-{_key(spec, paths)}"
-    files = _numbered(folder, len(paths))
-    if not folder.is_dir():
-        _write_cache(every, folder, len(paths))
-    shape = [*spec.data.image_shape, 1][:3]
-    return Stream(lambda i: tf.ensure_shape(tf.io.parse_tensor(tf.io.read_file(files[i]), tf.uint8), shape), files)
+        images = []
+        for i in range(len(paths)):
+            image, ok = decode(i)
+            if not ok:
+                raise UserError(failures[0])
+            images.append(image)
+        return np.stack(images) if images else np.zeros((0, *decode.shape), np.uint8)
+
+    def read(i):
+        image, ok = tf.numpy_function(decode, [i], [tf.uint8, tf.bool], stateful=True)
+        return tf.ensure_shape(image, decode.shape), tf.ensure_shape(ok, [])
+
+    return Stream(read, decode.shape, decode.skip, failures)
+
+
+def _cache_folder(cache_dir: Path, name: str) -> Path:
+    """cache_dir/name, created, once a file could be written in it; a UserError, before training, if not."""
+    folder = cache_dir / name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        reason = "not a folder" if isinstance(err, (FileExistsError, NotADirectoryError)) else err.strerror or err
+        raise UserError(f"{cache_dir}: cannot keep the disk cache (data.cache: disk) there: {reason}; set "
+                        "data.cache_dir to a folder this process can write") from None
+    return folder
 
 
 def _key(spec: Spec, paths: list[str]) -> str:
-    """A digest of what the decoded images depend on: the shape, the fit, and each file's path, size and time."""
-    stats = [(path, os.stat(path).st_size, os.stat(path).st_mtime_ns) for path in paths]
-    what = [spec.data.image_shape, spec.data.preprocess.fit, stats]
+    """A digest of what the decoded images depend on: the cache's format, the shape, the fit, and each file's
+    path, size and time (a file gone since it was listed fails as it is read)."""
+    def stat(path):
+        try:
+            found = os.stat(path)
+        except OSError:
+            return None
+        return found.st_size, found.st_mtime_ns
+
+    what = ["u8+blake2b", spec.data.image_shape, spec.data.preprocess.fit, [(path, stat(path)) for path in paths]]
     return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
-
-
-def _numbered(folder: Path, n: int):
-    """The string tensor of the files <folder>/0.tensor ... <folder>/<n-1>.tensor."""
-    from ..backend import tf
-    return tf.strings.join([str(folder) + os.sep, tf.strings.as_string(tf.range(n)), ".tensor"])
-
-
-def _write_cache(images, folder: Path, n: int) -> None:
-    """Each image to its file under a temporary folder, then the folder renamed: a cache is whole or absent."""
-    from ..backend import tf
-    partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    staged = _numbered(partial, n)
-    def write(x, i):
-        with tf.control_dependencies([tf.io.write_file(staged[i], tf.io.serialize_tensor(x))]):
-            return tf.identity(i)
-
-    images.map(write, num_parallel_calls=tf.data.AUTOTUNE).reduce(tf.constant(0, tf.int64), lambda n, _: n + 1)
-    try:
-        partial.rename(folder)
-    except OSError:  # another process finished the same cache first
-        shutil.rmtree(partial, ignore_errors=True)

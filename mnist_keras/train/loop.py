@@ -105,7 +105,7 @@ def train_run(spec: Spec, run: Path, prepared: Prepared, state: RunState, notify
 
     placement, data = prepared.placement, prepared.data
     start = state.epochs_done
-    pipes = make_pipelines(spec, data, start_epoch=start, cache_dir=run / "cache")
+    pipes = make_pipelines(spec, data, start_epoch=start, cache_dir=run / "cache", notify=notify)
     labels = data.y_train[:pipes.n_train] if isinstance(data, Arrays) else data.train.labels
     stages = spec.stages()
     current = next((s for s in stages if s.first <= start < s.end), stages[-1])
@@ -154,18 +154,23 @@ def train_run(spec: Spec, run: Path, prepared: Prepared, state: RunState, notify
                 )
                 if model.stop_training:  # early stopping or the NaN stop ends the run, not just the stage
                     break
-        except tf.errors.InvalidArgumentError as err:  # a streamed file that changed after the data check
-            if "cannot read or decode image file" not in err.message:
+            wall = time.perf_counter() - started
+            if guard and guard.where:
+                state.status = "failed"
+                write_state(run, state)
+                raise TrainingFailed(_nan_message(spec, run, state, guard))
+            test = model.evaluate(pipes.test, verbose=0, return_dict=True)
+        except tf.errors.OpError:  # a streamed file that fails to decode (changed after the data was checked?)
+            failed = pipes.failure()
+            if not failed:
                 raise
             state.status = "failed"
             write_state(run, state)
-            raise TrainingFailed(err.message.splitlines()[0].split("{{")[0].strip()) from None
-        wall = time.perf_counter() - started
-        if guard and guard.where:
-            state.status = "failed"
-            write_state(run, state)
-            raise TrainingFailed(_nan_message(spec, run, state, guard))
-        test = model.evaluate(pipes.test, verbose=0, return_dict=True)
+            kept = (f"the checkpoint of epoch {state.epochs_done} is kept" if state.checkpoint
+                    else "no epoch finished")
+            raise TrainingFailed(f"{failed} (changed since the data was checked?); training stopped after epoch "
+                                 f"{state.epochs_done}, {kept}. Fix or remove the file, then resume with: "
+                                 f"mnist-keras fit --resume {run}") from None
         if spec.train.tensorboard.enabled:
             write_test_metrics(run / "logs", test, len(state.history) - 1)
     atomic_write(run / "model.keras", model.save)
