@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from .sources import regular_file
 
 MAX_PIXELS = 40_000_000  # 40 megapixels: a photo from a phone; a 50 KB PNG can declare 20000x20000
@@ -129,8 +129,7 @@ def _name(file) -> str:
 
 
 def _unreadable(file, err: Exception) -> UserError:
-    detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return UserError(f"{_name(file)}: cannot be read as an image (PNG, JPEG, GIF or BMP): {detail}")
+    return UserError(f"{_name(file)}: cannot be read as an image (PNG, JPEG, GIF or BMP): {first_line(err)}")
 
 
 def image_array(file, image_shape: list[int], fit: str) -> np.ndarray:

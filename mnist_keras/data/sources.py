@@ -27,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..spec.layers import did_you_mean
 from ..spec import Data
 
@@ -92,7 +92,7 @@ def array_dataset(data: Data, data_dir: str | None = None, notify: Callable[[str
     except UserError:
         raise
     except Exception as err:  # offline, a proxy, a failed checksum: any reason to use another source
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = first_line(err)
     if data.source == "keras" or data.dataset != "mnist":
         raise UserError(f"{data.dataset}: not in the Keras cache ({cache}) and the download failed ({reason}); "
                         "pass --data-dir DIR with the four IDX files, or download them into the cache")
@@ -359,8 +359,7 @@ def read_npz(path: Path) -> tuple[dict, dict, dict]:
                 with archive.open(members[key]) as member:
                     arrays[key] = np.lib.format.read_array(member, allow_pickle=False)
     except (OSError, ValueError, EOFError, RuntimeError, NotImplementedError, zipfile.BadZipFile, zlib.error) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(f"{path}: corrupt .npz file ({reason})") from None
+        raise UserError(f"{path}: corrupt .npz file ({first_line(err)})") from None
     return arrays, {key: f"{path}: {key}" for key in KEYS}, {path.name: digest}
 
 
@@ -406,7 +405,7 @@ def read_json(path: Path) -> tuple[dict, dict, dict, tuple[int, int]]:
     try:
         document = json.loads(raw)
     except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError; nesting too deep
-        raise UserError(f"{path}: not a JSON file ({str(err).splitlines()[0]})") from None
+        raise UserError(f"{path}: not a JSON file ({first_line(err)})") from None
     if not isinstance(document, list) or len(document) != 3:
         raise UserError(f"{path}: holds {_json_kind(document)}; expected a list of three splits (train, "
                         "validation, test), each [images, labels], as PaddlePaddle's mnist.json.gz")

@@ -38,7 +38,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ..errors import ExportFailed, UserError
+from ..errors import ExportFailed, UserError, first_line
 from ..runs.files import read_json, write_json, write_text
 from ..runs.run import Run, open_run
 from .parity import Parity, check_parity
@@ -370,11 +370,11 @@ def _export(run: Run, fmt: str, quantize: str | None, folder: Path, identity: di
             _convert(fmt, quantize, deployable, artifact,
                      lambda: _calibration(arrays.x_train, deployable.input_shape, spec.seed))
         except Exception as err:  # a converter's own failure: its message, not its traceback
-            raise ExportFailed(f"{good}: the {key} converter failed: {_first_line(err)}") from None
+            raise ExportFailed(f"{good}: the {key} converter failed: {first_line(err)}") from None
         try:
             parity = check_parity(fmt, artifact, quantize, keras_probabilities, images, arrays.y_test)
         except Exception as err:
-            raise ExportFailed(f"{good}: the {key} export does not run in its own runtime: {_first_line(err)}") \
+            raise ExportFailed(f"{good}: the {key} export does not run in its own runtime: {first_line(err)}") \
                 from None
         kept = good if parity.passed else failed
         entry = {"format": fmt, "quantize": quantize, "path": kept.name, "sha256": _digest(artifact),
@@ -416,11 +416,6 @@ def _convert(fmt: str, quantize: str | None, deployable, artifact: Path, calibra
             write_onnx(deployable, artifact)
         else:
             write_litert(deployable, artifact, quantize, calibration)
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _as_images(x: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from ..data.images import decode_image, decoding_fit
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..runs.files import read_json
 
 RECORD_LIMIT = 2**20  # bytes: export.json and labels.txt are a few kilobytes
@@ -107,7 +107,7 @@ def _load_export(folder: Path) -> ServedModel:
     try:
         loaded = tf.saved_model.load(str(saved))
     except Exception as err:  # TensorFlow raises many kinds on a damaged SavedModel
-        raise UserError(f"{saved}: cannot load the SavedModel: {str(err).strip().splitlines()[0]}") from None
+        raise UserError(f"{saved}: cannot load the SavedModel: {first_line(err)}") from None
     if "serving_default" not in loaded.signatures:
         raise UserError(f"{saved}: the SavedModel has no serving_default signature")
     signature = loaded.signatures["serving_default"]
