@@ -59,8 +59,13 @@ def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-def read_json(path: Path, limit: int = 64 * 2**20) -> Any:
-    """A JSON file of a run; UserError if it is missing, not a regular file, too large or not JSON."""
+MAX_JSON_BYTES = 64 * 2**20
+MAX_JSON_DEPTH = 64  # the tool's own records nest a few levels; deeper is no record it wrote
+
+
+def read_json(path: Path, limit: int = MAX_JSON_BYTES, depth: int = MAX_JSON_DEPTH) -> Any:
+    """A JSON file the tool reads (a run's record, an export's): UserError naming the file if it is missing,
+    not a regular file, over `limit` bytes, nested deeper than `depth` or not JSON."""
     path = Path(path)
     try:
         info = path.lstat()
@@ -68,9 +73,26 @@ def read_json(path: Path, limit: int = 64 * 2**20) -> Any:
             raise UserError(f"{path}: not a regular file")
         if info.st_size > limit:
             raise UserError(f"{path}: {info.st_size:,} bytes is too large for this file (limit {limit:,})")
-        return json.loads(path.read_bytes())
+        data = json.loads(path.read_bytes())
+        if _nested_deeper(data, depth):
+            raise RecursionError
+    except RecursionError:  # json gives up past Python's recursion limit; below it, the walk counts
+        raise UserError(f"{path}: JSON nested deeper than {depth} levels; not a file this tool wrote") from None
     except (OSError, ValueError) as err:
         raise UserError(f"{path}: cannot be read as JSON ({getattr(err, 'strerror', None) or err})") from None
+    return data
+
+
+def _nested_deeper(data: Any, depth: int) -> bool:
+    """True when lists and objects in `data` nest more than `depth` levels (counted without recursion)."""
+    stack = [(data, 1)]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, (dict, list)):
+            if level > depth:
+                return True
+            stack.extend((item, level + 1) for item in (value.values() if isinstance(value, dict) else value))
+    return False
 
 
 def create_run_dir(root: str | Path, name: str) -> Path:
