@@ -51,7 +51,7 @@ def summarize(run: Path) -> dict:
     except UserError as err:
         return {**summary, "state": "unreadable", "reason": err.messages[0]}
     return {**summary, "epochs": f"{state.epochs_done}/{planned}", "best val acc": state.best_validation_accuracy(),
-            "test acc": metrics.test.get("accuracy") if metrics else None, "state": state.shown_status()}
+            "test acc": metrics.test.get("accuracy") if metrics else None, "state": state.shown_status(run)}
 
 
 def format_table(rows: list[dict], columns: tuple[str, ...] | list[str]) -> str:
