@@ -71,10 +71,10 @@ def evaluate(target: str | Path, *, data_dir: str | None = None, spec_file: str 
              reporter: Reporter | None = None) -> dict[str, Any]:
     """Test-set metrics of a run's model (or a .keras file): accuracy, loss, per_class (name -> images and
     accuracy), images, dataset, source, model."""
+    spec, model_file, run = model_target(target, spec_file)  # before TensorFlow loads: bad input is refused fast
     from .data import load_arrays, make_pipelines
     from .model.objects import load_model
 
-    spec, model_file, run = model_target(target, spec_file)
     arrays = load_arrays(spec.data, data_dir or (run and run.state.data_dir), reporter or Reporter(), spec.seed)
     model = load_model(model_file, spec)
     test = make_pipelines(spec, arrays).test

@@ -1,5 +1,6 @@
 """TensorBoard dashboards, reports, the runs table and sweeps, on two real runs of a 2x1 sweep."""
 
+import fcntl
 import json
 import os
 import re
@@ -298,7 +299,9 @@ def test_runs_table_shows_each_state(sweep, tmp_path):
     broken.mkdir()
     shutil.copy(source / "spec.yaml", broken)
     (broken / "state.json").write_text("{not json")
-    result = CliRunner().invoke(main, ["runs", str(root)])
+    with open(root / "other" / "20260101-000002" / ".lock", "w") as lock:  # as the training process holds it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = CliRunner().invoke(main, ["runs", str(root)])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()  # the table; why a run is unreadable goes to stderr
     assert lines[0].split() == ["name", "started", "epochs", "best", "val", "acc", "test", "acc", "state", "directory"]

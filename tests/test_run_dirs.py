@@ -2,6 +2,7 @@
 cannot trust with one message naming the file and exit code 2, never writes outside the run, and never
 lets two processes train one run."""
 
+import fcntl
 import json
 import os
 import shutil
@@ -83,7 +84,11 @@ def test_a_run_held_by_a_live_process_is_not_resumed(run):
     state = json.loads((run / "state.json").read_text())
     (run / "state.json").write_text(json.dumps({**state, "status": "running", "pid": os.getpid(),
                                                 "host": socket.gethostname()}))
-    refused(cli("fit", "--resume", run, "--epochs", 2), f"process {os.getpid()} on this machine is still training")
+    with open(run / ".lock", "w") as lock:  # as the training process holds it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.write(f"{os.getpid()} {socket.gethostname()}\n")
+        lock.flush()
+        refused(cli("fit", "--resume", run, "--epochs", 2), f"process {os.getpid()} on this machine is still training")
     assert json.loads((run / "state.json").read_text())["pid"] == os.getpid()
 
 

@@ -64,7 +64,7 @@ def _metrics_rows(run: Run) -> list[tuple[str, str]]:
     test = metrics.get("test", {})
     best = state.best_validation_accuracy()
     rows = [
-        ("state", state.shown_status()),
+        ("state", state.shown_status(run.path)),
         ("--set", " ".join(f"{path}={value}" for path, value in state.overrides.items()) or "-"),
         ("epochs", f"{state.epochs_done} of {run.spec.train.epochs}"),
         ("best validation accuracy", f"{best:.2%}" if best is not None else "-"),

@@ -7,20 +7,24 @@ Layout of `runs/<name>/<YYYYmmdd-HHMMSS>/`:
   checkpoints/     epoch-N.keras (the last finished epoch, for --resume) and best.keras
   model.keras      the final model
   logs/            TensorBoard event files;  history.csv  the CSV log
+  .lock            held (flock) by the process training the run, for as long as it trains
 
 A command working on a run reads and writes only inside it: a run holding a symbolic link is refused.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+import socket
 import stat
 import tempfile
 import time
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..errors import UserError
 
@@ -59,8 +63,13 @@ def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-def read_json(path: Path, limit: int = 64 * 2**20) -> Any:
-    """A JSON file of a run; UserError if it is missing, not a regular file, too large or not JSON."""
+MAX_JSON_BYTES = 64 * 2**20
+MAX_JSON_DEPTH = 64  # the tool's own records nest a few levels; deeper is no record it wrote
+
+
+def read_json(path: Path, limit: int = MAX_JSON_BYTES, depth: int = MAX_JSON_DEPTH) -> Any:
+    """A JSON file the tool reads (a run's record, an export's): UserError naming the file if it is missing,
+    not a regular file, over `limit` bytes, nested deeper than `depth` or not JSON."""
     path = Path(path)
     try:
         info = path.lstat()
@@ -68,9 +77,26 @@ def read_json(path: Path, limit: int = 64 * 2**20) -> Any:
             raise UserError(f"{path}: not a regular file")
         if info.st_size > limit:
             raise UserError(f"{path}: {info.st_size:,} bytes is too large for this file (limit {limit:,})")
-        return json.loads(path.read_bytes())
+        data = json.loads(path.read_bytes())
+        if _nested_deeper(data, depth):
+            raise RecursionError
+    except RecursionError:  # json gives up past Python's recursion limit; below it, the walk counts
+        raise UserError(f"{path}: JSON nested deeper than {depth} levels; not a file this tool wrote") from None
     except (OSError, ValueError) as err:
         raise UserError(f"{path}: cannot be read as JSON ({getattr(err, 'strerror', None) or err})") from None
+    return data
+
+
+def _nested_deeper(data: Any, depth: int) -> bool:
+    """True when lists and objects in `data` nest more than `depth` levels (counted without recursion)."""
+    stack = [(data, 1)]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, (dict, list)):
+            if level > depth:
+                return True
+            stack.extend((item, level + 1) for item in (value.values() if isinstance(value, dict) else value))
+    return False
 
 
 def create_run_dir(root: str | Path, name: str) -> Path:
@@ -109,6 +135,73 @@ def open_run_dir(path: str | Path) -> Path:
     if missing:
         raise UserError(f"{run}: not a run directory (no {' or '.join(missing)})")
     return run
+
+
+LOCK = ".lock"
+
+
+@contextmanager
+def training_lock(run: Path) -> Iterator[None]:
+    """Hold `run`'s lock while training it; UserError naming the holder if another process has it. The OS
+    drops the lock when the process ends, however it ends, so the run of a crashed process is free again."""
+    try:
+        fd = os.open(run / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, FILE_MODE)
+    except OSError as err:
+        raise UserError(f"{run / LOCK}: cannot open the run's lock file ({err.strerror})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UserError(f"{run / LOCK}: not a regular file")
+        for _ in range(20):  # `runs` may be holding it shared for an instant (training_holder)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(0.05)
+        else:
+            raise _busy(run, _holder(fd))
+        with suppress(OSError):  # who holds it, for the message of a second process; a full disk may refuse
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+def training_holder(run: Path) -> str | None:
+    """Who holds `run`'s lock ("process 123 on this machine"), or None when no process trains the run."""
+    try:
+        fd = os.open(run / LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return _holder(fd)
+    finally:
+        os.close(fd)
+
+
+def check_not_training(run: Path) -> None:
+    """UserError naming the process that holds `run`'s lock, if one does."""
+    holder = training_holder(run)
+    if holder:
+        raise _busy(run, holder)
+
+
+def _busy(run: Path, holder: str) -> UserError:
+    return UserError(f"{run}: {holder} is still training this run; stop it first (Ctrl-C keeps its last epoch), "
+                     "or wait for it to finish")
+
+
+def _holder(fd: int) -> str:
+    """The lock file's "PID HOST" as words."""
+    pid, _, host = os.pread(fd, 300, 0).decode(errors="replace").strip().partition(" ")
+    where = "this machine" if host == socket.gethostname() else \
+        host[:100] if host.isprintable() and host else "another machine"
+    return f"process {pid[:20]} on {where}" if pid.isascii() and pid.isdigit() else "another process"
 
 
 def check_no_links(run: Path) -> None:

@@ -11,13 +11,16 @@ from __future__ import annotations
 import os
 import re
 import socket
+from contextlib import AbstractContextManager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import UserError
-from .files import read_json, write_json
+from ..spec.fields import MAX_INT
+from .files import read_json, training_holder, write_json
 
 FORMAT = 2
 Status = Literal["running", "finished", "interrupted", "failed", "pruned"]  # pruned: stopped early by a sweep
@@ -43,8 +46,35 @@ class Best(_Record):
 
     monitor: str
     value: float
-    epoch: int = Field(ge=1)
+    epoch: int = Field(ge=1, le=MAX_INT)
     file: CheckpointFile = "checkpoints/best.keras"
+
+
+class BackboneLayer(_Record):
+    name: str
+    trainable: int = Field(ge=0)
+    non_trainable: int = Field(ge=0)
+    batch_norm: bool
+
+
+class BackboneRun(_Record):
+    """The earlier run a run's backbone came from, as it was when training began: its absolute path (for
+    provenance) and what checking the run's spec needs of it, so nothing after training reads it again."""
+
+    run: str
+    output_shape: list[Annotated[int, Field(ge=1, le=MAX_INT)]]
+    until: int = Field(ge=0, le=MAX_INT)
+    layers: list[BackboneLayer]
+
+    @classmethod
+    def of(cls, spec) -> "BackboneRun | None":
+        """The record of `spec`'s backbone run, None when it has none."""
+        planned = next((p for p in spec.plan() if p.backbone and p.layer.run), None)
+        if planned is None:
+            return None
+        described = planned.backbone
+        return cls(run=planned.layer.run, output_shape=list(described.output_shape), until=described.until,
+                   layers=[BackboneLayer(**asdict(layer)) for layer in described.layers])
 
 
 class RunState(_Record):
@@ -52,19 +82,20 @@ class RunState(_Record):
 
     format: int = FORMAT
     status: Status = "running"
-    epochs_done: int = Field(0, ge=0)
+    epochs_done: int = Field(0, ge=0, le=MAX_INT)
     history: list[dict[str, Number]] = []
     data_dir: str | None = None
     data: dict[str, Any] | None = None  # where the images came from (source, path, counts, sha256)
     classes: list[str] = []  # the class names in label order, frozen when training starts
     overrides: dict[str, Any] = {}  # spec path -> value, from --set (and sweep values)
+    backbone: BackboneRun | None = None  # an earlier run as the backbone
     callbacks: dict[str, dict[str, Any]] = {}  # each stateful callback's own state
     best: Best | None = None
     checkpoint: CheckpointFile | None = None  # the last finished epoch's model and optimizer, inside the run
     learning_rate: float | None = None
     rng: dict[str, list] = {}  # dropout/augmentation seed states, which Keras keeps out of checkpoints
     device: str | None = None
-    pid: int | None = None
+    pid: int | None = Field(None, ge=1, le=MAX_INT)  # the process that trained it last, on `host`
     host: str | None = None
 
     def process_alive(self) -> bool:
@@ -79,11 +110,22 @@ class RunState(_Record):
             return True
         return True
 
-    def shown_status(self) -> str:
-        """The status, with a `running` run whose process is gone shown as `interrupted (stale)`."""
-        if self.status == "running" and self.pid and self.host == socket.gethostname() and not self.process_alive():
+    def shown_status(self, run: Path) -> str:
+        """The status, with a `running` run that no process holds (files.training_lock) shown as
+        `interrupted (stale)`."""
+        if self.status == "running" and not training_holder(run):
             return "interrupted (stale)"
         return self.status
+
+    def recorded_backbone(self) -> AbstractContextManager:
+        """Within this, the run's spec is checked against the record of its backbone run, which is not read."""
+        from ..spec.applications import Described, LayerWeights
+        from ..spec.schema import recorded_backbones
+
+        backbone = self.backbone
+        return recorded_backbones({backbone.run: Described(
+            tuple(backbone.output_shape), tuple(LayerWeights(**layer.model_dump()) for layer in backbone.layers),
+            backbone.until)} if backbone else {})
 
     def best_validation_accuracy(self) -> float | None:
         values = [h["val_accuracy"] for h in self.history if h.get("val_accuracy") is not None]
@@ -98,7 +140,7 @@ class RunMetrics(_Record):
     run_dir: str
     status: Status = "finished"
     seed: int
-    epochs_done: int = Field(ge=0)
+    epochs_done: int = Field(ge=0, le=MAX_INT)
     device: str
     versions: dict[str, str]
     data: dict[str, Any]
@@ -131,6 +173,8 @@ def _read(model: type[_Record], path: Path):
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a JSON object, got {type(raw).__name__}; {unreadable}")
     found = raw.get("format", 1)
+    if not isinstance(found, int) or isinstance(found, bool):
+        raise UserError(f"{path}: format: {str(found)[:20]!r} is not a run format (an integer); {unreadable}")
     if found == 1:
         try:
             raw = _format_1(raw) if model is RunState else {**raw, "format": FORMAT}
@@ -144,7 +188,7 @@ def _read(model: type[_Record], path: Path):
     if missing:
         raise UserError(f"{path}: no {' or '.join(missing)}; {unreadable}")
     try:
-        return model.model_validate(raw)
+        return model.model_validate(raw, strict=True)  # "1" or true is no epoch count
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"

@@ -42,7 +42,8 @@ def open_run(path: str | Path) -> Run:
     """An existing run directory as a Run; UserError naming the file that is missing or unreadable."""
     run = open_run_dir(path)
     state = read_state(run)
-    spec = load_spec(run / "spec.yaml")
+    with state.recorded_backbone():
+        spec = load_spec(run / "spec.yaml")
     spec._overrides = dict(state.overrides)
     metrics = read_metrics(run)
     return Run(run, spec, state, metrics.model_dump(mode="json") if metrics else {})

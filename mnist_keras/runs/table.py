@@ -70,7 +70,7 @@ def summarize(run: Path) -> RunRow:
         state, metrics, planned = read_state(run), read_metrics(run), planned_epochs(run)
     except UserError as err:
         return RunRow(**found, state="unreadable", reason=err.messages[0])
-    return RunRow(**found, state=state.shown_status(), epochs=f"{state.epochs_done}/{planned}",
+    return RunRow(**found, state=state.shown_status(run), epochs=f"{state.epochs_done}/{planned}",
                   best_validation_accuracy=state.best_validation_accuracy(),
                   test_accuracy=metrics.test.get("accuracy") if metrics else None)
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import re
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path as FilePath
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Iterator, Literal, Union
 
 from pydantic import (AfterValidator, BeforeValidator, Field, PrivateAttr, ValidationError, ValidationInfo,
                       field_validator, model_validator)
@@ -33,6 +36,7 @@ from .fields import (
     type_tag,
     typed_union,
 )
+from ..errors import UserError
 from .applications import Described, LayerWeights
 from .layers import Backbone, LayerEntry, PlannedLayer, ShapeError, TemplateEntry, Trainable, frozen_counts, plan_layers
 
@@ -513,6 +517,39 @@ class StagePlan:
 MAX_SPEC_BYTES = 1 << 20
 
 
+_RECORDED: ContextVar[dict[str, Described]] = ContextVar("backbone runs as a run's record keeps them", default={})
+_OPENING: ContextVar[tuple[str, ...]] = ContextVar("backbone runs being described", default=())
+
+
+@contextmanager
+def recorded_backbones(described: dict[str, Described]) -> Iterator[None]:
+    """Within this, a backbone `run:` named here (by absolute path) is described as given, without reading
+    it: a finished run's spec is checked against its own record, so it no longer needs the earlier run."""
+    token = _RECORDED.set({**_RECORDED.get(), **described})
+    try:
+        yield
+    finally:
+        _RECORDED.reset(token)
+
+
+def _described_run(backbone: Backbone, shape: tuple) -> Described:
+    """The earlier run's backbone, from a record (recorded_backbones) or its own spec; UserError naming the
+    chain when runs name each other (or themselves) as backbones."""
+    key = os.path.abspath(backbone.run)
+    if key in _RECORDED.get():
+        return _RECORDED.get()[key]
+    chain = _OPENING.get()
+    if key in chain:
+        cycle = " -> ".join([*chain[chain.index(key):], key])
+        raise UserError(f"backbone runs form a cycle: {cycle} (each one's spec.yaml names the next as its "
+                        "backbone run); a backbone run must be an earlier run")
+    token = _OPENING.set((*chain, key))
+    try:
+        return _run_backbone(backbone, shape)
+    finally:
+        _OPENING.reset(token)
+
+
 def _run_backbone(backbone: Backbone, shape: tuple) -> Described:
     """An earlier run's model up to `until`, described from the run's own spec (no TensorFlow)."""
     import yaml
@@ -605,7 +642,7 @@ class Spec(StrictModel):
 
     def plan(self) -> list[PlannedLayer]:
         """Every Keras layer with its output shape and parameter counts; raises ShapeError."""
-        return plan_layers(self.model.entries(), self.input_shape(), self.data.num_classes, _run_backbone)
+        return plan_layers(self.model.entries(), self.input_shape(), self.data.num_classes, _described_run)
 
     def backbone(self) -> Backbone | None:
         """The model's backbone layer, if it has one."""

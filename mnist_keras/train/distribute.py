@@ -105,10 +105,23 @@ while True:
     for sig in (signal.SIGINT, signal.SIGTERM):
         if pending & (1 << (sig - 1)):
             sys.stderr.write(f"\\nstopped by {sig.name} while waiting for the other workers\\n")
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGUSR1)  # its C-level handler exits 128 + the signal
+            for _ in range(50):
+                time.sleep(0.1)
+                if not os.path.exists(status):
+                    sys.exit(0)
+            os.kill(pid, signal.SIGKILL)  # the handler could not run
             sys.exit(0)
     time.sleep(0.1)
 """
+
+
+def _exit_for_pending_stop(_signum: int) -> None:
+    """The watchdog's SIGUSR1, run by the C signal handler on the main thread, which holds the GIL inside
+    TensorFlow: end the process as the shell would report the pending stop, 128 + its number (130 for
+    Ctrl-C, 143 for SIGTERM)."""
+    pending = signal.sigpending() & {signal.SIGINT, signal.SIGTERM}
+    os._exit(128 + min(pending, default=signal.SIGINT))
 
 
 @contextmanager
@@ -117,9 +130,17 @@ def stoppable_wait() -> Iterator[None]:
     other workers, holding the GIL (no Python handler or thread runs) while TensorFlow takes SIGTERM as a
     preemption notice. Both signals are blocked in every thread meanwhile (TensorFlow's own threads block
     them from the start, see backend.py), so they stay pending, and a small watchdog process that reads
-    this process's pending signals from /proc ends it. (Without /proc they wait until the wait is over.)"""
+    this process's pending signals from /proc names the signal and sends SIGUSR1, whose handler (a C-level
+    one, through ctypes) exits with the code a stop by that signal has: 130 for Ctrl-C. (Without /proc they
+    wait until the wait is over.)"""
+    import ctypes
+
     stops = {signal.SIGINT, signal.SIGTERM}
     signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    libc = ctypes.CDLL(None)
+    libc.signal.restype, libc.signal.argtypes = ctypes.c_void_p, [ctypes.c_int, ctypes.c_void_p]
+    handler = ctypes.CFUNCTYPE(None, ctypes.c_int)(_exit_for_pending_stop)  # referenced until restored
+    previous = libc.signal(signal.SIGUSR1, ctypes.cast(handler, ctypes.c_void_p))
     watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid())]) \
         if os.path.exists(f"/proc/{os.getpid()}/status") else None
     try:
@@ -128,6 +149,7 @@ def stoppable_wait() -> Iterator[None]:
         if watchdog:
             watchdog.kill()
             watchdog.wait()
+        libc.signal(signal.SIGUSR1, previous)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
 
 

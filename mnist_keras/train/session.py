@@ -11,8 +11,9 @@ from typing import Any, Sequence
 
 from ..errors import Interrupted, TrainingFailed, UserError
 from ..reporter import Reporter
-from ..runs.files import create_run_dir, remove_partial_files, write_text
-from ..runs.record import RunState, write_state
+from ..runs.files import check_no_links, check_not_training, create_run_dir, remove_partial_files, training_lock, \
+    write_text
+from ..runs.record import BackboneRun, RunState, write_state
 from ..runs.run import Run, open_run
 from ..spec import Spec, dump_spec
 
@@ -34,7 +35,8 @@ def fit_run(spec: Spec, runs: str | Path = "runs", *, data_dir: str | None = Non
     """Train `spec` in a new run directory under `runs`, evaluate it on the test set, and return the Run.
     `device` and `distribute` override the spec's runtime; `cluster` is a TF_CONFIG mapping for multi_worker."""
     spec = _with(spec, **{"runtime.device": device, "runtime.distribute": distribute})
-    state = RunState(status="running", epochs_done=0, data_dir=data_dir, overrides=spec.overrides)
+    state = RunState(status="running", epochs_done=0, data_dir=data_dir, overrides=spec.overrides,
+                     backbone=BackboneRun.of(spec))
     return _train(spec, None, runs, state, reporter or Reporter(), cluster)
 
 
@@ -48,26 +50,25 @@ def resume_run(run: Run | str | Path, epochs: int | None = None, *, data_dir: st
     run = run if isinstance(run, Run) else open_run(run)
     if run.path is None:
         raise UserError("this worker wrote no run: resume the chief's run directory")
-    state, current = run.state, run.spec
-    if state.status == "running" and state.process_alive():
-        raise UserError(f"{run.path}: process {state.pid} on this machine is still training this run; stop it "
-                        "first (Ctrl-C keeps its last epoch), or wait for it to finish")
-    if epochs is not None and epochs < state.epochs_done:
-        raise UserError(f"{run.path}: {state.epochs_done} epochs are done already; --epochs must be at least that")
-    where = {"train.epochs": epochs, "runtime.device": device, "runtime.distribute": distribute}
-    new = _with(current, **where)
-    if overrides or spec is not None:
-        asked = _with(spec or current, overrides, name=current.name, **where)
-        if asked.model_dump() != new.model_dump():
-            raise UserError(f"{run.path}: refusing to resume with a different spec (only --epochs, --device and "
-                            f"--distribute may change):\n{_diff(dump_spec(new), dump_spec(asked))}")
-    if state.status == "finished" and state.epochs_done >= new.train.epochs:
-        raise UserError(f"{run.path}: the run finished after {state.epochs_done} epochs; pass --epochs N "
-                        f"(more than {state.epochs_done}) to train further")
-    state.data_dir = data_dir or state.data_dir
-    remove_partial_files(run.path)
-    grows = current.train.epochs if new.train.epochs > current.train.epochs else None
-    return _train(new, run.path, None, state, reporter or Reporter(), cluster, grows, tuple(callbacks))
+    with run.state.recorded_backbone():  # a finished run no longer needs the run it started from
+        state, current = run.state, run.spec
+        check_not_training(run.path)  # early; _train takes the run's lock before it writes anything
+        if epochs is not None and epochs < state.epochs_done:
+            raise UserError(f"{run.path}: {state.epochs_done} epochs are done already; --epochs must be at least that")
+        where = {"train.epochs": epochs, "runtime.device": device, "runtime.distribute": distribute}
+        new = _with(current, **where)
+        if overrides or spec is not None:
+            asked = _with(spec or current, overrides, name=current.name, **where)
+            if asked.model_dump() != new.model_dump():
+                raise UserError(f"{run.path}: refusing to resume with a different spec (only --epochs, --device and "
+                                f"--distribute may change):\n{_diff(dump_spec(new), dump_spec(asked))}")
+        if state.status == "finished" and state.epochs_done >= new.train.epochs:
+            raise UserError(f"{run.path}: the run finished after {state.epochs_done} epochs; pass --epochs N "
+                            f"(more than {state.epochs_done}) to train further")
+        state.data_dir = data_dir or state.data_dir
+        check_no_links(run.path)
+        grows = current.train.epochs if new.train.epochs > current.train.epochs else None
+        return _train(new, run.path, None, state, reporter or Reporter(), cluster, grows, tuple(callbacks))
 
 
 def _diff(old: str, new: str) -> str:
@@ -87,22 +88,25 @@ def _train(spec: Spec, run: Path | None, runs: str | Path | None, state: RunStat
     if not prepared.placement.is_chief:
         return _train_worker(spec, run, prepared, state, reporter)
     new, run = run is None, run or create_run_dir(runs, spec.name)
-    try:
-        write_text(run / "spec.yaml", dump_spec(spec))
-        metrics = train_run(spec, run, prepared, state, reporter, reporter.verbose, grows, callbacks)
-    except UserError:  # refused before the first epoch began (a backbone's weights, the data's batches)
-        if new and not (run / "state.json").exists():
-            shutil.rmtree(run, ignore_errors=True)
-        raise
-    except KeyboardInterrupt:
-        _mark(run, state, "interrupted")
-        raise Interrupted(f"interrupted after epoch {state.epochs_done}; resume with: "
-                          f"mnist-keras fit --resume {run}") from None
-    except OSError as err:  # a full disk, a folder made read-only, a removed run directory
-        _mark(run, state, "failed")
-        raise TrainingFailed(f"cannot write {err.filename or run}: {err.strerror or err}; training stopped after "
-                             f"epoch {state.epochs_done}, whose checkpoint is kept. Free some space (or fix the "
-                             f"folder), then resume with: mnist-keras fit --resume {run}") from None
+    with training_lock(run):  # held until training ends, however it ends
+        if not new:
+            remove_partial_files(run)
+        try:
+            write_text(run / "spec.yaml", dump_spec(spec))
+            metrics = train_run(spec, run, prepared, state, reporter, reporter.verbose, grows, callbacks)
+        except UserError:  # refused before the first epoch began (a backbone's weights, the data's batches)
+            if new and not (run / "state.json").exists():
+                shutil.rmtree(run, ignore_errors=True)
+            raise
+        except KeyboardInterrupt:
+            _mark(run, state, "interrupted")
+            raise Interrupted(f"interrupted after epoch {state.epochs_done}; resume with: "
+                              f"mnist-keras fit --resume {run}") from None
+        except OSError as err:  # a full disk, a folder made read-only, a removed run directory
+            _mark(run, state, "failed")
+            raise TrainingFailed(f"cannot write {err.filename or run}: {err.strerror or err}; training stopped "
+                                 f"after epoch {state.epochs_done}, whose checkpoint is kept. Free some space (or "
+                                 f"fix the folder), then resume with: mnist-keras fit --resume {run}") from None
     return Run(run, spec, state, metrics.model_dump(mode="json"))
 
 
