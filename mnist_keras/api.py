@@ -23,6 +23,7 @@ from .runs.record import RunState, write_state
 from .runs.run import Run, model_target, open_run
 from .spec import Spec, dotted, dump_spec, parse_override
 from .spec import load_spec as _load_spec
+from .spec.schema import absolute
 
 
 @dataclass
@@ -38,10 +39,12 @@ class Reporter:
             self.echo(message)
 
 
-def load_spec(path: str | Path, overrides: Sequence[Any] = ()) -> Spec:
+def load_spec(path: str | Path, overrides: Sequence[Any] = (), data_dir: str | None = None) -> Spec:
     """Read and validate a spec file with `--set`-style overrides ("train.epochs=3"); UserError lists every
-    problem at file:line:col. The overrides are remembered (spec.overrides) for the run record."""
-    spec = _load_spec(path, overrides)
+    problem at file:line:col. The overrides are remembered (spec.overrides) for the run record. Relative paths
+    in the file are inside its folder, those of overrides inside the current folder; a relative data.dataset is
+    inside `data_dir` (--data-dir) when one is given."""
+    spec = _load_spec(path, overrides, data_dir)
     spec._overrides = {dotted(key): value for key, value in
                        (parse_override(text) for text in overrides)}
     return spec
@@ -71,7 +74,8 @@ def fit(spec: Spec, runs: str | Path = "runs", *, data_dir: str | None = None, d
     """Train `spec` in a new run directory under `runs`, evaluate it on the test set, and return the Run.
     `device` and `distribute` override the spec's runtime; `cluster` is a TF_CONFIG mapping for multi_worker."""
     spec = _with(spec, **{"runtime.device": device, "runtime.distribute": distribute})
-    state = RunState(status="running", epochs_done=0, data_dir=data_dir, overrides=spec.overrides)
+    state = RunState(status="running", epochs_done=0, data_dir=data_dir and absolute(data_dir),
+                     overrides=spec.overrides)
     return _train(spec, None, runs, state, reporter or Reporter(), cluster)
 
 
@@ -101,7 +105,7 @@ def resume(run: Run | str | Path, epochs: int | None = None, *, data_dir: str | 
     if state.status == "finished" and state.epochs_done >= new.train.epochs:
         raise UserError(f"{run.path}: the run finished after {state.epochs_done} epochs; pass --epochs N "
                         f"(more than {state.epochs_done}) to train further")
-    state.data_dir = data_dir or state.data_dir
+    state.data_dir = absolute(data_dir) if data_dir else state.data_dir
     remove_partial_files(run.path)
     grows = current.train.epochs if new.train.epochs > current.train.epochs else None
     return _train(new, run.path, None, state, reporter or Reporter(), cluster, grows, tuple(callbacks))
@@ -250,7 +254,7 @@ def sweep(spec_file: str | Path, grids: Sequence[str], overrides: Sequence[str] 
     loaded, problems = [], []
     for combo in combos:
         try:
-            loaded.append(load_spec(spec_file, [*overrides, *combo]))
+            loaded.append(load_spec(spec_file, [*overrides, *combo], data_dir))
         except UserError as err:
             problems += [m for m in err.messages if m not in problems]
     if problems:

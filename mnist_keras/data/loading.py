@@ -6,17 +6,21 @@ from __future__ import annotations
 from typing import Callable
 
 from ..spec import Data
-from .folders import Files, image_source, load_files, to_arrays
-from .sources import DATASETS, Arrays, _silent, array_dataset, dataset_path
+from .folders import Files, load_files, to_arrays
+from .layout import image_source
+from .sources import DATASETS, Arrays, _silent, array_dataset, dataset_path, missing_dataset
 
 
 def load_data(data: Data, data_dir: str | None = None, notify: Callable[[str], None] = _silent,
               seed: int = 42) -> Arrays | Files:
     """The dataset `data` names: Files for image files (folders, CSV), else Arrays. `seed` (the spec's) draws
     the test and validation images held out from image files; `notify` gets notes for the user."""
-    if data.dataset not in DATASETS and data.source not in ("keras", "bundled") \
-            and image_source(dataset_path(data, data_dir)):
-        return load_files(data, data_dir, notify, seed)
+    if data.dataset not in DATASETS and data.source not in ("keras", "bundled"):
+        path = dataset_path(data, data_dir)
+        if not path.exists():
+            raise missing_dataset(data, path)
+        if image_source(path):
+            return load_files(data, data_dir, notify, seed)
     return array_dataset(data, data_dir, notify)
 
 

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BeforeValidator, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (AfterValidator, BeforeValidator, Field, PrivateAttr, ValidationError, ValidationInfo,
+                      model_validator)
 from pydantic_core import InitErrorDetails
 
+from ..errors import UserError
 from .fields import (
     MAX_COUNT,
     Count,
@@ -34,11 +37,22 @@ from .fields import (
 )
 from .applications import Described, LayerWeights
 from .layers import Backbone, LayerEntry, PlannedLayer, ShapeError, TemplateEntry, Trainable, frozen_counts, plan_layers
+from .yamlfile import read_yaml_file
 
 Path = tuple
 MAX_THREADS = 1024
 
 # ----------------------------------------------------------------------------------------- data
+
+
+DATASET_FORMS = ("mnist or fashion_mnist, a folder of IDX files, an .npz file, a .json.gz file (mnist.json.gz: "
+                 "train, validation and test splits), a folder of class folders (optionally inside train/, test/ "
+                 "and validation/), or a .csv of path,label lines")
+
+
+def absolute(path: str, base: str | FilePath | None = None) -> str:
+    """`path` (~ expanded) as an absolute path; a relative one is taken inside `base` (default: the current folder)."""
+    return os.path.abspath(os.path.join(base or os.getcwd(), os.path.expanduser(path)))
 
 
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}  # of ImageNet's RGB pixels in 0..1
@@ -85,18 +99,17 @@ class Preprocess(StrictModel):
 class Data(StrictModel):
     """Where the images come from and how the tf.data pipeline feeds them."""
 
-    dataset: str = Field("mnist", min_length=1, description="mnist, fashion_mnist, a folder of IDX files, an .npz "
-                         "file, a folder of class folders (optionally inside train/, test/ and validation/), or a "
-                         ".csv of path,label lines")
+    dataset: str = Field("mnist", min_length=1, description=DATASET_FORMS + " (a relative path: see data_dir)")
     source: Literal["auto", "keras", "files", "bundled"] = Field("auto", description="where to read the dataset "
                                                                  "(auto: data_dir, the Keras cache, a download, "
                                                                  "then the bundled sample)")
     data_dir: str | None = Field(None, description="a folder with the dataset's files, tried first; a relative "
-                                 "dataset path is read inside it")
+                                 "dataset path is read inside it (without one: inside the spec file's folder)")
     image_shape: Annotated[list[Side], Field(min_length=2, max_length=3)] = Field(
         [28, 28, 1], description="[height, width] or [height, width, channels] of the images, each at most 8192; "
         "image files are decoded to this size, gray (1 channel) or RGB (3)")
-    num_classes: PositiveInt = Field(10, description="number of classes (the width of the output layer)")
+    num_classes: PositiveInt = Field(10, description="number of classes (the width of the output layer); default: "
+                                     "the class folders or CSV labels the dataset has, else 10")
     validation: Union[NonNegativeInt, Fraction] = Field(0.1, description="held out for validation: the last N "
                                                         "training images, or a fraction (image files: drawn per "
                                                         "class, unless there is a validation/ folder)")
@@ -122,6 +135,13 @@ class Data(StrictModel):
     cache_dir: str | None = Field(None, description="where cache: disk keeps decoded images (default: the run's "
                                   "cache/ folder)")
     prefetch: bool = Field(True, description="prepare the next batches while the model trains")
+    _places: dict[str, str] = PrivateAttr(default_factory=dict)  # field -> "FILE:LINE:COL" where the spec gives it
+
+    def place(self, field: str) -> str:
+        """`FILE:LINE:COL: data.FIELD` where a spec file (or a flag) gives the field, else `data.FIELD`: what a
+        message about the field's value starts with."""
+        where = self._places.get(field)
+        return f"{where}: data.{field}" if where else f"data.{field}"
 
     @model_validator(mode="after")
     def _per_channel(self):
@@ -497,23 +517,16 @@ class StagePlan:
     trainable: Any
 
 
-MAX_SPEC_BYTES = 1 << 20
-
-
 def _run_backbone(backbone: Backbone, shape: tuple) -> Described:
     """An earlier run's model up to `until`, described from the run's own spec (no TensorFlow)."""
-    import yaml
-
     run = FilePath(backbone.run)
     spec_file = run / "spec.yaml"
     if not (spec_file.is_file() and (run / "state.json").is_file()):
         raise ShapeError(f"{run} is not a run directory (a run has spec.yaml and state.json)", "run")
     try:
-        if spec_file.stat().st_size > MAX_SPEC_BYTES:
-            raise ValueError("over 1 MiB")
-        source = Spec.model_validate(yaml.safe_load(spec_file.read_text(encoding="utf-8")))
-    except (OSError, ValueError, yaml.YAMLError) as err:
-        first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        source = Spec.model_validate(read_yaml_file(spec_file)[0], context={"base": str(run)})
+    except (UserError, ValueError) as err:
+        first = (err.messages[0] if isinstance(err, UserError) else str(err).splitlines()[0])[:300]
         raise ShapeError(f"{spec_file} cannot be read as a spec ({first})", "run") from None
     planned = source.plan()
     names = [p.name for p in planned]
@@ -557,6 +570,7 @@ class Spec(StrictModel):
     train: Train = Field(Train(), description="loss, optimizer, schedule and callbacks")
     runtime: Runtime = Field(Runtime(), description="device, distribution, precision and limits")
     _overrides: dict[str, Any] = PrivateAttr(default_factory=dict)  # spec path -> value of each --set
+    _classes: list[str] | None = PrivateAttr(None)  # the class names data.num_classes was inferred from
 
     @property
     def overrides(self) -> dict[str, Any]:
@@ -564,16 +578,59 @@ class Spec(StrictModel):
         return self._overrides
 
     @model_validator(mode="after")
-    def _whole_spec(self):
-        """Raise every problem of the whole spec, each at its own spec path (a pydantic `value_error`
-        whose `ctx["error"]` is a SpecProblems holding that one problem)."""
-        problems = self.problems()
+    def _whole_spec(self, info: ValidationInfo):
+        """Make the paths absolute and infer data.num_classes (see _resolve), then raise every problem of the
+        whole spec, each at its own spec path (a pydantic `value_error` whose `ctx["error"]` is a SpecProblems
+        holding that one problem)."""
+        problems = self._resolve(info.context or {}) or self.problems()
         if problems:
             raise ValidationError.from_exception_data(type(self).__name__, [
                 InitErrorDetails(type="value_error", loc=path, input=None, ctx={"error": SpecProblems([(path, msg)])})
                 for path, msg in problems
             ])
         return self
+
+    def _resolve(self, context: dict) -> list[tuple[Path, str]]:
+        """Every path made absolute, and data.num_classes, when the spec leaves it out, inferred from the class
+        folders or CSV labels of the dataset; the problems found on the way.
+
+        A relative path is inside context["base"] (the spec file's folder), or the current folder when there is
+        none or context["overridden"] holds its spec path (a `--set`); a relative data.dataset is inside the data
+        folder when there is one (context["data_dir"], from --data-dir, else data.data_dir)."""
+        base, overridden = context.get("base"), set(context.get("overridden", ()))
+
+        def resolved(path: Path, value: str, folder: str | None = None) -> str:
+            set_here = any(path[:n] in overridden for n in range(len(path) + 1))
+            return absolute(value, folder or (None if set_here else base))
+
+        data, update = self.data, {}
+        for name in ("data_dir", "cache_dir"):
+            if getattr(data, name):
+                update[name] = resolved(("data", name), getattr(data, name))
+        if data.dataset not in TRAIN_SIZES:
+            folder = absolute(context["data_dir"]) if context.get("data_dir") else update.get("data_dir")
+            update["dataset"] = resolved(("data", "dataset"), data.dataset, folder)
+            if "num_classes" not in data.model_fields_set:
+                from ..data.layout import class_names  # standard library only: no numpy, no TensorFlow
+
+                try:
+                    self._classes = class_names(FilePath(update["dataset"]))
+                except (UserError, OSError) as err:
+                    return [(("data", "dataset"), err.messages[0] if isinstance(err, UserError) else str(err))]
+                if self._classes:
+                    update["num_classes"] = len(self._classes)
+        object.__setattr__(self, "data", data.model_copy(update=update))
+        layers = list(self.model.layers or [])
+        for i, entry in enumerate(layers):
+            backbone = getattr(entry, "backbone", None)
+            if isinstance(backbone, Backbone) and (backbone.run or backbone.weights_file()):
+                name = "run" if backbone.run else "weights"
+                path = ("model", "layers", i, "backbone", name)
+                layers[i] = entry.model_copy(update={"backbone": backbone.model_copy(
+                    update={name: resolved(path, getattr(backbone, name))})})
+        if self.model.layers:
+            object.__setattr__(self, "model", self.model.model_copy(update={"layers": layers}))
+        return []
 
     def input_shape(self) -> tuple[int, ...]:
         """The model's input shape: `model.input_shape`, else the dataset's after preprocessing."""
@@ -724,6 +781,9 @@ class Spec(StrictModel):
         units = last.output_shape[-1]
         if len(last.output_shape) != 1 or units != expected:
             what = "1 value (regression, loss: mse)" if expected == 1 else f"{expected} logits, one per class"
+            if self._classes and expected != 1:
+                what += f" (data.num_classes is left out, and {self.data.dataset} has {expected} classes: " \
+                        f"{', '.join(self._classes[:20])}{', ...' if expected > 20 else ''})"
             return [(last.origin, f"the model outputs shape {last.output_shape}, but it must output {what}; "
                      f"end with `dense: {{units: {expected}}}`")]
         return []
