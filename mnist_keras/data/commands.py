@@ -99,3 +99,76 @@ def _held_out(provenance: dict, seed: int) -> str:
     if "validation" in provenance.get("counts", {}):
         return "the dataset's own validation split"
     return "the last training images"
+
+
+@data.command()
+@_data_options
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The PNG file to write.")
+@click.option("--count", default=36, show_default=True, type=click.IntRange(1, 400), help="How many images.")
+@click.option("--split", default="train", show_default=True, type=click.Choice(["train", "test"]),
+              help="train: the first images of epoch 0, in training order; test: the first test images.")
+def preview(spec, dataset, data_dir, overrides, out, count, split):
+    """A grid of images as they enter the model (after preprocessing), each titled with its label."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from .pipeline import make_pipelines
+    from .loading import load_arrays
+
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise UserError(f"{out}: the folder {out.parent} does not exist")
+    loaded = _load(spec, dataset, overrides, data_dir)
+    arrays = load_arrays(loaded.data, data_dir, _note, loaded.seed)
+    pipes = make_pipelines(loaded, arrays)
+    shown = list((pipes.train if split == "train" else pipes.test).unbatch().take(count).as_numpy_iterator())
+    images = np.stack([x for x, _ in shown])
+    labels = [y.argmax() if loaded.data.preprocess.one_hot else y.item() for _, y in shown]
+    low, high = float(images.min()), float(images.max())
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    figure = Figure(figsize=(1.3 * cols, 1.3 * rows + 0.7), dpi=100, layout="constrained")
+    figure.suptitle(f"{loaded.data.dataset} {split}: {len(images)} images as the model sees them\n"
+                    f"shape {pipes.input_shape}, values {low:.3g} to {high:.3g}", fontsize=10)
+    for i, axes in enumerate(figure.subplots(rows, cols, squeeze=False).flat):
+        axes.axis("off")
+        if i < len(images):
+            shown_image = np.clip((images[i] - low) / (high - low or 1), 0, 1) if images.ndim == 4 else images[i]
+            axes.imshow(shown_image, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
+            axes.set_title(arrays.class_names[int(labels[i])] if loaded.loss() != "mse" else f"{labels[i]:g}",
+                           fontsize=10)
+    try:
+        figure.savefig(out)
+    except OSError as err:
+        raise UserError(f"{out}: cannot write: {err.strerror or err}") from None
+    click.echo(f"wrote {out} ({len(images)} {split} images from {pipes.input_shape} inputs)")
+
+
+@data.command()
+@_data_options
+def check(spec, dataset, data_dir, overrides):
+    """Check image files before training: undecodable files, empty or missing classes, images shared between
+    splits, and the balance of the classes (exit 2 on a problem that stops training)."""
+    from .loading import load_data
+    from .sources import Arrays
+
+    loaded, notes = _load(spec, dataset, overrides, data_dir), []
+    found = load_data(loaded.data, data_dir, notes.append, loaded.seed)
+    if isinstance(found, Arrays):
+        click.echo(f"{loaded.data.dataset}: {len(found.x_train):,} training and {len(found.x_test):,} test images "
+                   "from array files, checked on loading")
+        return
+    prov, counts = found.provenance, found.provenance["counts"]
+    click.echo(f"dataset   {prov['dataset']} from {prov['source']}: {prov['path']}")
+    width = max(len(name) for name in [*found.class_names, "class", "total"]) + 2
+    click.echo("class".ljust(width) + "".join(f"{split:>12}" for split in counts))
+    for name in found.class_names + ["total"]:
+        cells = (sum(c.values()) if name == "total" else c[name] for c in counts.values())
+        click.echo(name.ljust(width) + "".join(f"{n:>12,}" for n in cells))
+    for note in notes:
+        click.echo(note)
+    skipped = f" ({len(prov['skipped'])} skipped)" if prov["skipped"] else ""
+    click.echo(f"checked {sum(sum(c.values()) for c in counts.values()):,} images: all decode{skipped}, "
+               f"{len(prov['shared'])} shared between splits")

@@ -17,7 +17,7 @@ from pydantic_core import PydanticCustomError
 
 from ..errors import UserError
 from .layers import ENTRIES, TEMPLATES, did_you_mean, normalize_entry
-from .schema import Spec
+from .schema import Places, Spec
 from .yamlfile import MAX_BYTES, MAX_ECHO, clip, dotted, parse_yaml, read_yaml_file
 
 __all__ = ["MAX_BYTES", "Override", "clip", "dotted", "dump_spec", "json_schema", "load_spec", "parse_override",
@@ -250,8 +250,9 @@ def validate_spec(data: dict, where: str, locations: dict, overrides: Sequence[s
         overridden[key] = Override(text).flag
     context = {"base": base, "overridden": set(overridden), "data_dir": data_dir}
     spec = validate_data(Spec, data, where, locations, overridden, context)
-    spec.data._places = {name: _where(("data", name), where, locations, overridden) for name in type(spec.data).model_fields
-                         if ("data", name) in locations or any(key == ("data", name)[:len(key)] for key in overridden)}
+    spec.data._places = Places({name: _where(("data", name), where, locations, overridden)
+                                for name in type(spec.data).model_fields if ("data", name) in locations
+                                or any(key == ("data", name)[:len(key)] for key in overridden)})
     return spec
 
 

@@ -50,6 +50,16 @@ DATASET_FORMS = ("mnist or fashion_mnist, a folder of IDX files, an .npz file, a
                  "and validation/), or a .csv of path,label lines")
 
 
+class Places(dict):
+    """{field: "FILE:LINE:COL"} where a spec file gives each field: left out of the spec's equality (the same
+    spec written in two files is one spec)."""
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, dict)
+
+    __hash__ = None
+
+
 def absolute(path: str, base: str | FilePath | None = None) -> str:
     """`path` (~ expanded) as an absolute path; a relative one is taken inside `base` (default: the current folder)."""
     return os.path.abspath(os.path.join(base or os.getcwd(), os.path.expanduser(path)))
@@ -135,7 +145,7 @@ class Data(StrictModel):
     cache_dir: str | None = Field(None, description="where cache: disk keeps decoded images (default: the run's "
                                   "cache/ folder)")
     prefetch: bool = Field(True, description="prepare the next batches while the model trains")
-    _places: dict[str, str] = PrivateAttr(default_factory=dict)  # field -> "FILE:LINE:COL" where the spec gives it
+    _places: Places = PrivateAttr(default_factory=lambda: Places())  # field -> "FILE:LINE:COL" where a file gives it
 
     def place(self, field: str) -> str:
         """`FILE:LINE:COL: data.FIELD` where a spec file (or a flag) gives the field, else `data.FIELD`: what a
@@ -570,7 +580,6 @@ class Spec(StrictModel):
     train: Train = Field(Train(), description="loss, optimizer, schedule and callbacks")
     runtime: Runtime = Field(Runtime(), description="device, distribution, precision and limits")
     _overrides: dict[str, Any] = PrivateAttr(default_factory=dict)  # spec path -> value of each --set
-    _classes: list[str] | None = PrivateAttr(None)  # the class names data.num_classes was inferred from
 
     @property
     def overrides(self) -> dict[str, Any]:
@@ -582,7 +591,8 @@ class Spec(StrictModel):
         """Make the paths absolute and infer data.num_classes (see _resolve), then raise every problem of the
         whole spec, each at its own spec path (a pydantic `value_error` whose `ctx["error"]` is a SpecProblems
         holding that one problem)."""
-        problems = self._resolve(info.context or {}) or self.problems()
+        problems, classes = self._resolve(info.context or {})
+        problems = problems or self.problems(classes)
         if problems:
             raise ValidationError.from_exception_data(type(self).__name__, [
                 InitErrorDetails(type="value_error", loc=path, input=None, ctx={"error": SpecProblems([(path, msg)])})
@@ -590,9 +600,9 @@ class Spec(StrictModel):
             ])
         return self
 
-    def _resolve(self, context: dict) -> list[tuple[Path, str]]:
+    def _resolve(self, context: dict) -> tuple[list[tuple[Path, str]], list[str] | None]:
         """Every path made absolute, and data.num_classes, when the spec leaves it out, inferred from the class
-        folders or CSV labels of the dataset; the problems found on the way.
+        folders or CSV labels of the dataset: (the problems found on the way, the classes inferred from).
 
         A relative path is inside context["base"] (the spec file's folder), or the current folder when there is
         none or context["overridden"] holds its spec path (a `--set`); a relative data.dataset is inside the data
@@ -603,7 +613,7 @@ class Spec(StrictModel):
             set_here = any(path[:n] in overridden for n in range(len(path) + 1))
             return absolute(value, folder or (None if set_here else base))
 
-        data, update = self.data, {}
+        data, update, classes = self.data, {}, None
         for name in ("data_dir", "cache_dir"):
             if getattr(data, name):
                 update[name] = resolved(("data", name), getattr(data, name))
@@ -614,11 +624,11 @@ class Spec(StrictModel):
                 from ..data.layout import class_names  # standard library only: no numpy, no TensorFlow
 
                 try:
-                    self._classes = class_names(FilePath(update["dataset"]))
+                    classes = class_names(FilePath(update["dataset"]))
                 except (UserError, OSError) as err:
-                    return [(("data", "dataset"), err.messages[0] if isinstance(err, UserError) else str(err))]
-                if self._classes:
-                    update["num_classes"] = len(self._classes)
+                    return [(("data", "dataset"), err.messages[0] if isinstance(err, UserError) else str(err))], None
+                if classes:
+                    update["num_classes"] = len(classes)
         object.__setattr__(self, "data", data.model_copy(update=update))
         layers = list(self.model.layers or [])
         for i, entry in enumerate(layers):
@@ -630,7 +640,7 @@ class Spec(StrictModel):
                     update={name: resolved(path, getattr(backbone, name))})})
         if self.model.layers:
             object.__setattr__(self, "model", self.model.model_copy(update={"layers": layers}))
-        return []
+        return [], classes
 
     def input_shape(self) -> tuple[int, ...]:
         """The model's input shape: `model.input_shape`, else the dataset's after preprocessing."""
@@ -685,14 +695,15 @@ class Spec(StrictModel):
         return [frozen_counts(p.backbone.layers, stage.trainable, self.keeps_batch_norm_frozen()) if p.backbone
                 else (p.trainable, p.non_trainable) for p in planned]
 
-    def problems(self) -> list[tuple[Path, str]]:
-        """What is wrong with the spec as a whole, as (spec path, message) pairs."""
+    def problems(self, classes: list[str] | None = None) -> list[tuple[Path, str]]:
+        """What is wrong with the spec as a whole, as (spec path, message) pairs; `classes`: the class names
+        data.num_classes was inferred from, for the message of an output layer that does not fit them."""
         problems = self._label_problems() + self._train_problems() + self._runtime_problems()
         try:
             planned = self.plan()
         except ShapeError as err:
             return problems + [(err.path, str(err))]
-        return problems + self._output_problems(planned) + self._budget_problems(planned)
+        return problems + self._output_problems(planned, classes) + self._budget_problems(planned)
 
     def largest_batch(self) -> int:
         """The most images one batch can hold: data.batch_size, but no more than max_train or the training set
@@ -771,7 +782,7 @@ class Spec(StrictModel):
                      "value itself: set one_hot: false")]
         return []
 
-    def _output_problems(self, planned: list[PlannedLayer]) -> list[tuple[Path, str]]:
+    def _output_problems(self, planned: list[PlannedLayer], classes: list[str] | None) -> list[tuple[Path, str]]:
         last = planned[-1]
         act = getattr(last.layer, "activation", None)
         if act in ("softmax", "log_softmax", "sigmoid"):
@@ -781,9 +792,9 @@ class Spec(StrictModel):
         units = last.output_shape[-1]
         if len(last.output_shape) != 1 or units != expected:
             what = "1 value (regression, loss: mse)" if expected == 1 else f"{expected} logits, one per class"
-            if self._classes and expected != 1:
+            if classes and expected != 1:
                 what += f" (data.num_classes is left out, and {self.data.dataset} has {expected} classes: " \
-                        f"{', '.join(self._classes[:20])}{', ...' if expected > 20 else ''})"
+                        f"{', '.join(classes[:20])}{', ...' if expected > 20 else ''})"
             return [(last.origin, f"the model outputs shape {last.output_shape}, but it must output {what}; "
                      f"end with `dense: {{units: {expected}}}`")]
         return []
