@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import UserError
 from ..spec.layers import did_you_mean
 from ..spec import Data
-from ..spec.schema import DATASET_FORMS
+from ..spec.schema import missing_dataset as missing_message
 from .layout import IDX_STEMS, idx_file
 
 DATASETS = ("mnist", "fashion_mnist")
@@ -110,10 +110,8 @@ def dataset_path(data: Data, data_dir: str | None = None) -> Path:
 
 
 def missing_dataset(data: Data, path: Path) -> UserError:
-    """The message for a data.dataset that names nothing: where the spec gives it, and every form it takes."""
-    named = did_you_mean(path.name, DATASETS)
-    return UserError(f"{data.place('dataset')}: {path}: no such file or folder{named}; data.dataset is {DATASET_FORMS}"
-                     " (a relative path is inside the spec file's folder, or inside data.data_dir or --data-dir)")
+    """The error for a data.dataset that names nothing: where the spec gives it, and every form it takes."""
+    return UserError(f"{data.place('dataset')}: {missing_message(path)}")
 
 
 def keras_cache() -> Path:

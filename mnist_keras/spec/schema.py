@@ -36,7 +36,8 @@ from .fields import (
     typed_union,
 )
 from .applications import Described, LayerWeights
-from .layers import Backbone, LayerEntry, PlannedLayer, ShapeError, TemplateEntry, Trainable, frozen_counts, plan_layers
+from .layers import (Backbone, LayerEntry, PlannedLayer, ShapeError, TemplateEntry, Trainable, did_you_mean, frozen_counts,
+                     plan_layers)
 from .yamlfile import read_yaml_file
 
 Path = tuple
@@ -58,6 +59,12 @@ class Places(dict):
         return isinstance(other, dict)
 
     __hash__ = None
+
+
+def missing_dataset(path: str | FilePath) -> str:
+    """What to say of a data.dataset path that names nothing: every form data.dataset takes."""
+    return (f"{path}: no such file or folder{did_you_mean(FilePath(path).name, TRAIN_SIZES)}; data.dataset is "
+            f"{DATASET_FORMS} (a relative path is inside the spec file's folder, or inside data.data_dir or --data-dir)")
 
 
 def absolute(path: str, base: str | FilePath | None = None) -> str:
@@ -623,6 +630,8 @@ class Spec(StrictModel):
             if "num_classes" not in data.model_fields_set:
                 from ..data.layout import class_names  # standard library only: no numpy, no TensorFlow
 
+                if data.source in ("auto", "files") and not FilePath(update["dataset"]).exists():
+                    return [(("data", "dataset"), missing_dataset(update["dataset"]))], None  # classes unknown
                 try:
                     classes = class_names(FilePath(update["dataset"]))
                 except (UserError, OSError) as err:
