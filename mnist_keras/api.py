@@ -66,6 +66,7 @@ def _with(spec: Spec, overrides: Sequence[str] = (), **values: Any) -> Spec:
         return spec
     changed = validate_spec(spec.model_dump(mode="json"), f"spec {spec.name}", {}, flags)
     changed._overrides = dict(spec.overrides)
+    changed.data._places = spec.data._places  # messages about the data still name the spec file's lines
     return changed
 
 

@@ -19,6 +19,7 @@ from pydantic import (AfterValidator, BeforeValidator, Field, PrivateAttr, Valid
                       model_validator)
 from pydantic_core import InitErrorDetails
 
+from ..data.layout import class_names  # standard library only: validation counts classes without numpy or TensorFlow
 from ..errors import UserError
 from .fields import (
     MAX_COUNT,
@@ -36,8 +37,8 @@ from .fields import (
     typed_union,
 )
 from .applications import Described, LayerWeights
-from .layers import (Backbone, LayerEntry, PlannedLayer, ShapeError, TemplateEntry, Trainable, did_you_mean, frozen_counts,
-                     plan_layers)
+from .layers import (Backbone, LayerEntry, PlannedLayer, ShapeError, TemplateEntry, Trainable, did_you_mean,
+                     frozen_counts, plan_layers)
 from .yamlfile import read_yaml_file
 
 Path = tuple
@@ -64,7 +65,8 @@ class Places(dict):
 def missing_dataset(path: str | FilePath) -> str:
     """What to say of a data.dataset path that names nothing: every form data.dataset takes."""
     return (f"{path}: no such file or folder{did_you_mean(FilePath(path).name, TRAIN_SIZES)}; data.dataset is "
-            f"{DATASET_FORMS} (a relative path is inside the spec file's folder, or inside data.data_dir or --data-dir)")
+            f"{DATASET_FORMS} (a relative path is inside the spec file's folder, or inside data.data_dir or "
+            "--data-dir)")
 
 
 def absolute(path: str, base: str | FilePath | None = None) -> str:
@@ -628,8 +630,6 @@ class Spec(StrictModel):
             folder = absolute(context["data_dir"]) if context.get("data_dir") else update.get("data_dir")
             update["dataset"] = resolved(("data", "dataset"), data.dataset, folder)
             if "num_classes" not in data.model_fields_set:
-                from ..data.layout import class_names  # standard library only: no numpy, no TensorFlow
-
                 if data.source in ("auto", "files") and not FilePath(update["dataset"]).exists():
                     return [(("data", "dataset"), missing_dataset(update["dataset"]))], None  # classes unknown
                 try:
