@@ -25,10 +25,12 @@ from .train.global_state import keeps_global_state
 from .train.session import fit_run, resume_run
 
 
-def load_spec(path: str | Path, overrides: Sequence[Any] = ()) -> Spec:
+def load_spec(path: str | Path, overrides: Sequence[Any] = (), data_dir: str | None = None) -> Spec:
     """Read and validate a spec file with `--set`-style overrides ("train.epochs=3"); UserError lists every
-    problem at file:line:col. The overrides are remembered (spec.overrides) for the run record."""
-    return _load_spec(path, overrides)
+    problem at file:line:col. The overrides are remembered (spec.overrides) for the run record. Relative paths
+    in the file are inside its folder, those of overrides inside the current folder; a relative data.dataset is
+    inside `data_dir` (--data-dir) when one is given."""
+    return _load_spec(path, overrides, data_dir)
 
 
 def load_model(run: Run | str | Path, which: str = "final"):

@@ -218,13 +218,13 @@ def fit(spec, overrides, epochs, data_dir, device, distribute, workers, task_ind
 
     cluster = cluster_from_flags(workers, task_index)
     if resume_dir:
-        asked = api.load_spec(spec, overrides) if spec else None
+        asked = api.load_spec(spec, overrides, data_dir) if spec else None
         run = api.resume(resume_dir, epochs, data_dir=data_dir, device=device, distribute=distribute,
                          overrides=() if spec else overrides, spec=asked, cluster=cluster, reporter=reporter())
     elif not spec:
         raise click.UsageError("give a SPEC to train, or --resume RUN_DIR")
     else:
-        loaded = api.load_spec(spec, [*overrides, *_flags(epochs, device, distribute, name)])
+        loaded = api.load_spec(spec, [*overrides, *_flags(epochs, device, distribute, name)], data_dir)
         run = api.fit(loaded, runs_root, data_dir=data_dir, cluster=cluster, reporter=reporter())
     click.echo(_fit_summary(run))
 

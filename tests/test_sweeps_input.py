@@ -354,7 +354,7 @@ def test_a_retry_never_trains_in_a_recorded_folder_outside_runs(tmp_path):
 def _bad_data(folder: Path) -> str:
     (folder / "bad.npz").write_bytes(b"PK\x03\x04 not really a zip archive")
     (folder / "tiny.yaml").write_text((folder / "tiny.yaml").read_text().replace("source: bundled", "dataset: bad.npz"))
-    return "bad.npz: not an .npz file"
+    return f"{folder / 'bad.npz'}: not an .npz file"  # the spec's relative path, recorded absolute
 
 
 def _nan_loss(folder: Path) -> str:

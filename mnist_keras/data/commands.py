@@ -26,17 +26,24 @@ def _data_options(func):
     return click.argument("spec", required=False)(func)
 
 
-def _load(spec_file: str | None, dataset: str | None, overrides: tuple[str, ...]):
-    """The spec file, or a default spec for `dataset`, with the overrides applied."""
-    from ..spec import load_spec, validate_spec
+def _load(spec_file: str | None, dataset: str | None, overrides: tuple[str, ...], data_dir: str | None):
+    """The spec file, or a default spec for `dataset` whose output layer fits its classes, with the overrides
+    applied (relative paths as `fit` takes them: see load_spec)."""
+    from ..spec import Override, load_spec, validate_spec
 
-    extra = (f"data.dataset={json.dumps(dataset)}",) if dataset else ()
+    extra = (Override(f"data.dataset={json.dumps(dataset)}", f"--dataset {dataset}"),) if dataset else ()
     if spec_file:
-        return load_spec(spec_file, overrides + extra)
-    classes = dict(o.split("=", 1) for o in overrides if "=" in o).get("data.num_classes", "10")
-    units = int(classes) if classes.strip().isdigit() else 10  # the output layer follows --set data.num_classes
-    model = {"layers": ["flatten", {"dense": {"units": units}}]}
-    return validate_spec({"name": "data", "model": model}, "(default spec)", {}, overrides + extra)
+        return load_spec(spec_file, overrides + extra, data_dir)
+
+    def default(units: int, **sections):
+        return validate_spec({"name": "data", "model": {"layers": ["flatten", {"dense": units}]}, **sections},
+                             "(default spec)", {}, overrides + extra, data_dir=data_dir)
+
+    try:  # the classes the data has (data.num_classes, given or inferred): a regression head fits any
+        units = default(1, train={"loss": "mse"}, data={"preprocess": {"one_hot": False}}).data.num_classes
+    except UserError:
+        units = 10  # the second validation says what is wrong
+    return default(units)
 
 
 def _note(message: str) -> None:
@@ -57,7 +64,7 @@ def info(spec, dataset, data_dir, overrides):
     from .pipeline import data_splits, pixels
     from .loading import load_arrays
 
-    loaded = _load(spec, dataset, overrides)
+    loaded = _load(spec, dataset, overrides, data_dir)
     arrays = load_arrays(loaded.data, data_dir, _note, loaded.seed)
     prov, prep = arrays.provenance, loaded.data.preprocess
     train, validation, _ = data_splits(loaded.data, arrays)
@@ -84,9 +91,19 @@ def info(spec, dataset, data_dir, overrides):
         std = math.sqrt((hist * (values - mean) ** 2).sum() / hist.sum())
         present = values[hist > 0]
         click.echo(f"{name}: min {present.min():.4g}, max {present.max():.4g}, mean {mean:.4g}, std {std:.4g}")
-    held_out = "the file's own split" if arrays.x_val is not None else "held out from the end"
+    held_out = "the file's own split" if arrays.x_val is not None else _held_out(prov, loaded.seed)
     click.echo(f"splits    {n_train:,} training, {n_val:,} validation ({held_out}), "
                f"{len(arrays.x_test):,} test; model input {loaded.input_shape()}")
+
+
+def _held_out(provenance: dict, seed: int) -> str:
+    """How the validation images were chosen: drawn per class from image files (folders.py), the split a
+    folder or file holds, else the last training images (pipeline.py)."""
+    if "validation" in provenance.get("held_out", {}):
+        return f"drawn per class with seed {seed}"
+    if "validation" in provenance.get("counts", {}):
+        return "the dataset's own validation split"
+    return "the last training images"
 
 
 @data.command()
@@ -106,7 +123,7 @@ def preview(spec, dataset, data_dir, overrides, out, count, split):
     out = Path(out)
     if not out.parent.is_dir():
         raise UserError(f"{out}: the folder {out.parent} does not exist")
-    loaded = _load(spec, dataset, overrides)
+    loaded = _load(spec, dataset, overrides, data_dir)
     arrays = load_arrays(loaded.data, data_dir, _note, loaded.seed)
     pipes = make_pipelines(loaded, arrays)
     shown = list((pipes.train if split == "train" else pipes.test).unbatch().take(count).as_numpy_iterator())
@@ -143,7 +160,7 @@ def check(spec, dataset, data_dir, overrides):
     from .loading import load_data
     from .sources import Arrays
 
-    loaded, notes = _load(spec, dataset, overrides), []
+    loaded, notes = _load(spec, dataset, overrides, data_dir), []
     found = load_data(loaded.data, data_dir, notes.append, loaded.seed, decode=True)
     if isinstance(found, Arrays):
         click.echo(f"{loaded.data.dataset}: {len(found.x_train):,} training and {len(found.x_test):,} test images "

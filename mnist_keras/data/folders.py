@@ -21,10 +21,10 @@ import numpy as np
 from ..errors import UserError
 from ..spec import Data
 from ..spec.layers import did_you_mean
+from ..spec.layout import SPLITS, csv_entries, image_source, split_roots, subfolders
 from .sources import MAX_BYTES, Arrays, _read_file, _silent, dataset_path
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp")  # what images.FORMATS decodes
-SPLITS = ("train", "validation", "test")
 MAX_LISTED = 20  # problems listed in one message before "and N more"
 
 
@@ -47,23 +47,6 @@ class Files:
     provenance: dict  # dataset, source, path, class_names, counts per split and class, held_out, skipped, shared
 
 
-def image_source(path: Path) -> str | None:
-    """"csv", "folders" or "split-folders" when `path` holds image files; None for IDX folders and .npz files."""
-    from .sources import KEYS, _idx_path
-
-    if path.suffix.lower() == ".csv":
-        return "csv"
-    if not path.is_dir() or any(_idx_path(path, key) for key in KEYS):
-        return None
-    folders = {entry.name for entry in _subfolders(path)}
-    if {"train", "test"} <= folders:
-        return "split-folders"
-    if not folders:
-        raise UserError(f"{path}: no class subfolders (and no IDX files); an image dataset folder holds one "
-                        "subfolder of images per class, or train/ and test/ (and validation/) folders of them")
-    return "folders"
-
-
 def load_files(data: Data, data_dir: str | None = None, notify: Callable[[str], None] = _silent,
                seed: int = 42, decode: bool = False) -> Files:
     """The image files `data.dataset` names, split, checked and labelled; a UserError for what cannot work.
@@ -79,10 +62,9 @@ def load_files(data: Data, data_dir: str | None = None, notify: Callable[[str], 
     if source == "csv":
         splits = {"train": _csv_classes(path)}
     else:
-        roots = {"train": path} if source == "folders" else {s: path / s for s in SPLITS if (path / s).is_dir()}
-        splits = {split: _class_folders(root) for split, root in roots.items()}
+        splits = {split: _class_folders(root) for split, root in split_roots(path, source).items()}
     class_names = sorted(set().union(*splits.values()))
-    _check_classes(path, splits, class_names, data.num_classes)
+    _check_classes(path, splits, class_names, data)
     skipped = _drop_bad_files(splits, data.on_bad_file, notify, decode)
     held_out = {}
     if "test" not in splits:
@@ -143,15 +125,10 @@ def _image_list(classes: dict[str, list[str]], class_names: list[str]) -> ImageL
     return ImageList([file for file, _ in pairs], np.array([label for _, label in pairs], np.int64))
 
 
-def _subfolders(path: Path) -> list[os.DirEntry]:
-    with os.scandir(path) as entries:
-        return sorted((e for e in entries if e.is_dir() and not e.name.startswith(".")), key=lambda e: e.name)
-
-
 def _class_folders(root: Path) -> dict[str, list[str]]:
     """{class name: sorted absolute paths of its images} of a folder of class folders."""
     classes = {}
-    for folder in _subfolders(root):
+    for folder in subfolders(root):
         classes[folder.name] = sorted(
             _resolved(Path(dirpath, name))
             for dirpath, dirnames, names in os.walk(folder.path)
@@ -174,27 +151,17 @@ def _resolved(path: Path) -> str:
 def _csv_classes(path: Path) -> dict[str, list[str]]:
     """{label: sorted absolute paths} of a CSV with a header line naming `path` and `label` columns."""
     raw, _ = _read_file(path)
+    classes, problems = {}, []
     try:
-        rows = list(csv.reader(io.StringIO(raw.decode("utf-8-sig"))))
+        for line, file, label in csv_entries(io.StringIO(raw.decode("utf-8-sig"), newline=""), path):
+            if not file or not label:
+                problems.append(f"{path}:{line}: a row needs both a path and a label")
+            elif not (path.parent / file).is_file():
+                problems.append(f"{path}:{line}: {file}: no such image file (paths are relative to the CSV's folder)")
+            else:
+                classes.setdefault(label, []).append(str((path.parent / file).resolve()))
     except (UnicodeDecodeError, csv.Error) as err:
         raise UserError(f"{path}: not a CSV file of UTF-8 text ({err})") from None
-    header = [name.strip().lower() for name in rows[0]] if rows else []
-    missing = [name for name in ("path", "label") if name not in header]
-    if missing:
-        raise UserError(f"{path}:1: no {' or '.join(missing)} column (the header is {','.join(header) or 'empty'}); "
-                        "a CSV dataset starts with a header line naming its path and label columns")
-    at_path, at_label = header.index("path"), header.index("label")
-    classes, problems = {}, []
-    for line, row in enumerate(rows[1:], start=2):
-        if not any(cell.strip() for cell in row):
-            continue
-        file, label = (row[i].strip() if i < len(row) else "" for i in (at_path, at_label))
-        if not file or not label:
-            problems.append(f"{path}:{line}: a row needs both a path and a label, got {','.join(row)}")
-        elif not (path.parent / file).is_file():
-            problems.append(f"{path}:{line}: {file}: no such image file (paths are relative to the CSV's folder)")
-        else:
-            classes.setdefault(label, []).append(str((path.parent / file).resolve()))
     _raise(problems)
     if not classes:
         raise UserError(f"{path}: no images listed")
@@ -207,12 +174,13 @@ def _raise(problems: list[str], summary: str = "") -> None:
         raise UserError(*problems[:MAX_LISTED], *more, *([summary] if summary else []))
 
 
-def _check_classes(path: Path, splits: dict, class_names: list[str], num_classes: int) -> None:
+def _check_classes(path: Path, splits: dict, class_names: list[str], data: Data) -> None:
     _raise([f"{path / split}: no folder for class '{name}', which the other splits have"
             for split, classes in splits.items() for name in class_names if name not in classes])
-    if len(class_names) != num_classes:
-        raise UserError(f"data.num_classes: {path} has {len(class_names)} classes ({', '.join(class_names)}), but "
-                        f"data.num_classes is {num_classes}; set data.num_classes: {len(class_names)}")
+    if len(class_names) != data.num_classes:
+        raise UserError(f"{data.place('num_classes')}: {path} has {len(class_names)} classes "
+                        f"({', '.join(class_names)}), but data.num_classes is {data.num_classes}; set "
+                        f"data.num_classes: {len(class_names)}, or leave it out to take the data's")
 
 
 def bad_files(paths: list[str], decode: bool = False) -> dict[str, list[str]]:

@@ -8,9 +8,10 @@ from typing import Callable
 
 from ..errors import UserError
 from ..spec import Data
-from .folders import Files, image_source, load_files, to_arrays
+from .folders import Files, load_files, to_arrays
 from .images import fitted_arrays
-from .sources import DATASETS, MAX_BYTES, SPLITS, Arrays, _silent, array_dataset, channels, dataset_path
+from ..spec.layout import image_source
+from .sources import DATASETS, MAX_BYTES, SPLITS, Arrays, _silent, array_dataset, channels, dataset_path, missing_dataset
 
 
 def load_data(data: Data, data_dir: str | None = None, notify: Callable[[str], None] = _silent,
@@ -18,9 +19,12 @@ def load_data(data: Data, data_dir: str | None = None, notify: Callable[[str], N
     """The dataset `data` names: Files for image files (folders, CSV), else Arrays. `seed` (the spec's) draws
     the test and validation images held out from image files; `notify` gets notes for the user; `decode`
     checks image files by decoding each whole (load_files)."""
-    if data.dataset not in DATASETS and data.source not in ("keras", "bundled") \
-            and image_source(dataset_path(data, data_dir)):
-        return load_files(data, data_dir, notify, seed, decode)
+    if data.dataset not in DATASETS and data.source not in ("keras", "bundled"):
+        path = dataset_path(data, data_dir)
+        if not path.exists():
+            raise missing_dataset(data, path)
+        if image_source(path):
+            return load_files(data, data_dir, notify, seed, decode)
     return shaped(array_dataset(data, data_dir, notify), data, notify)
 
 

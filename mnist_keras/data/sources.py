@@ -30,11 +30,12 @@ import numpy as np
 from ..errors import UserError, first_line
 from ..spec.layers import did_you_mean
 from ..spec import Data
+from ..spec.schema import missing_dataset as missing_message
+from ..spec.layout import IDX_STEMS, idx_file
 
 DATASETS = ("mnist", "fashion_mnist")
 KEYS = ("x_train", "y_train", "x_test", "y_test")
-IDX_NAMES = dict(zip(KEYS, ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                            "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")))
+IDX_NAMES = dict(zip(KEYS, IDX_STEMS))
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049  # unsigned bytes, 3 and 1 dimensions
 OTHER_IDX_TYPES = {0x09: "signed bytes", 0x0B: "16-bit integers", 0x0C: "32-bit integers",  # MNIST's is 0x08
                    0x0D: "32-bit floats", 0x0E: "64-bit floats"}
@@ -116,6 +117,11 @@ def dataset_path(data: Data, data_dir: str | None = None) -> Path:
     return path
 
 
+def missing_dataset(data: Data, path: Path) -> UserError:
+    """The error for a data.dataset that names nothing: where the spec gives it, and every form it takes."""
+    return UserError(f"{data.place('dataset')}: {missing_message(path)}")
+
+
 def keras_cache() -> Path:
     """The folder keras.datasets downloads into: $KERAS_HOME/datasets, else ~/.keras/datasets."""
     return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras").expanduser() / "datasets"
@@ -128,8 +134,7 @@ def _from_path(path: Path, data: Data, notify: Callable[[str], None]) -> Arrays:
     if path.is_dir():
         return _from_folder(path, data, npz=False)
     if not path.exists():
-        raise UserError(f"{path}: no such file or folder; data.dataset is {' or '.join(DATASETS)}"
-                        f"{did_you_mean(data.dataset, DATASETS)}, a folder of IDX files or an .npz file")
+        raise missing_dataset(data, path)
     regular_file(path)
     if path.name.endswith((".json", ".json.gz")):
         arrays, where, sha256, (low, high) = read_json(path)
@@ -315,10 +320,7 @@ def read_idx(path: Path, magic: int) -> tuple[np.ndarray, str]:
 
 def _idx_path(folder: Path, key: str) -> Path | None:
     """The IDX file for `key` in `folder`, raw or gzipped, if there is one."""
-    for name in (IDX_NAMES[key], IDX_NAMES[key] + ".gz"):
-        if os.path.lexists(folder / name):
-            return folder / name
-    return None
+    return idx_file(folder, IDX_NAMES[key])
 
 
 def read_idx_folder(folder: Path, extra: str = "") -> tuple[dict, dict, dict]:

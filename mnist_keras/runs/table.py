@@ -6,9 +6,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from ..errors import UserError
+from ..spec.yamlfile import read_yaml_file
 from .record import read_metrics, read_state
 
 COLUMNS = ("name", "started", "epochs", "best val acc", "test acc", "state", "directory")
@@ -33,12 +32,13 @@ def started(run: Path) -> str:
 
 def planned_epochs(run: Path) -> int:
     """train.epochs of the run's spec.yaml as written (without validating the whole spec)."""
+    data, _, where = read_yaml_file(run / "spec.yaml")
     try:
-        epochs = yaml.safe_load((run / "spec.yaml").read_text(encoding="utf-8"))["train"]["epochs"]
-    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError):
+        epochs = data["train"]["epochs"]
+    except (KeyError, TypeError):
         epochs = None
     if not isinstance(epochs, int) or isinstance(epochs, bool):
-        raise UserError(f"{run / 'spec.yaml'}: train.epochs cannot be read")
+        raise UserError(f"{where}: train.epochs cannot be read")
     return epochs
 
 

@@ -7,7 +7,6 @@ checked and summarised before Keras is imported. Stacks and templates expand to 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal, Union
 
@@ -417,7 +416,7 @@ class Backbone(Layer):
     pooling: Literal["avg", "max", "none"] | None = Field(None, description="how the network's last feature map "
                                                           "becomes a vector: avg (the default), max, or none (keep "
                                                           "the map)")
-    run: Annotated[str, AfterValidator(os.path.abspath)] | None = Field(  # absolute in the run's spec.yaml
+    run: str | None = Field(  # absolute once the spec is validated (Spec._resolve), so in the run's spec.yaml
         None, description="an earlier run directory whose best model (else its final one) is the backbone")
     until: str | Annotated[int, Field(ge=0, le=MAX_INT)] | None = Field(
         None, description="with run: the last layer taken, by name or index (default: the one before its "

@@ -21,6 +21,8 @@ from pydantic import (AfterValidator, BeforeValidator, Field, PrivateAttr, Valid
                       field_validator, model_validator)
 from pydantic_core import InitErrorDetails
 
+from .layout import class_names  # standard library only: validation counts classes without numpy or TensorFlow
+from ..errors import UserError
 from .fields import (
     MAX_COUNT,
     Count,
@@ -36,14 +38,42 @@ from .fields import (
     type_tag,
     typed_union,
 )
-from ..errors import UserError
 from .applications import Described, LayerWeights
-from .layers import Backbone, LayerEntry, PlannedLayer, ShapeError, TemplateEntry, Trainable, frozen_counts, plan_layers
+from .layers import (Backbone, LayerEntry, PlannedLayer, ShapeError, TemplateEntry, Trainable, did_you_mean,
+                     frozen_counts, plan_layers)
+from .yamlfile import read_yaml_file
 
 Path = tuple
 MAX_THREADS = 1024
 
 # ----------------------------------------------------------------------------------------- data
+
+
+DATASET_FORMS = ("mnist or fashion_mnist, a folder of IDX files, an .npz file, a .json.gz file (mnist.json.gz: "
+                 "train, validation and test splits), a folder of class folders (optionally inside train/, test/ "
+                 "and validation/), or a .csv of path,label lines")
+
+
+class Places(dict):
+    """{field: "FILE:LINE:COL"} where a spec file gives each field: left out of the spec's equality (the same
+    spec written in two files is one spec)."""
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, dict)
+
+    __hash__ = None
+
+
+def missing_dataset(path: str | FilePath) -> str:
+    """What to say of a data.dataset path that names nothing: every form data.dataset takes."""
+    return (f"{path}: no such file or folder{did_you_mean(FilePath(path).name, TRAIN_SIZES)}; data.dataset is "
+            f"{DATASET_FORMS} (a relative path is inside the spec file's folder, or inside data.data_dir or "
+            "--data-dir)")
+
+
+def absolute(path: str, base: str | FilePath | None = None) -> str:
+    """`path` (~ expanded) as an absolute path; a relative one is taken inside `base` (default: the current folder)."""
+    return os.path.abspath(os.path.join(base or os.getcwd(), os.path.expanduser(path)))
 
 
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}  # of ImageNet's RGB pixels in 0..1
@@ -90,18 +120,17 @@ class Preprocess(StrictModel):
 class Data(StrictModel):
     """Where the images come from and how the tf.data pipeline feeds them."""
 
-    dataset: str = Field("mnist", min_length=1, description="mnist, fashion_mnist, a folder of IDX files, an .npz "
-                         "file, a PaddlePaddle mnist.json.gz, a folder of class folders (optionally inside train/, "
-                         "test/ and validation/), or a .csv of path,label lines")
+    dataset: str = Field("mnist", min_length=1, description=DATASET_FORMS + " (a relative path: see data_dir)")
     source: Literal["auto", "keras", "files", "bundled"] = Field("auto", description="where to read the dataset "
                                                                  "(auto: data_dir, the Keras cache, a download, "
                                                                  "then the bundled sample)")
     data_dir: str | None = Field(None, description="a folder with the dataset's files, tried first; a relative "
-                                 "dataset path is read inside it")
+                                 "dataset path is read inside it (without one: inside the spec file's folder)")
     image_shape: Annotated[list[Side], Field(min_length=2, max_length=3)] = Field(
         [28, 28, 1], description="[height, width] or [height, width, channels] of the images, each at most 8192; "
         "every source is read at this size (data.preprocess.fit), gray (1 channel) or RGB (3)")
-    num_classes: PositiveInt = Field(10, description="number of classes (the width of the output layer)")
+    num_classes: PositiveInt = Field(10, description="number of classes (the width of the output layer); default: "
+                                     "the class folders or CSV labels the dataset has, else 10")
     validation: Union[NonNegativeInt, Fraction] = Field(0.1, description="held out for validation: the last N "
                                                         "training images, or a fraction (image files: drawn per "
                                                         "class, unless there is a validation/ folder; ignored "
@@ -128,6 +157,13 @@ class Data(StrictModel):
     cache_dir: str | None = Field(None, description="where cache: disk keeps decoded images (default: the run's "
                                   "cache/ folder)")
     prefetch: bool = Field(True, description="prepare the next batches while the model trains")
+    _places: Places = PrivateAttr(default_factory=lambda: Places())  # field -> "FILE:LINE:COL" where a file gives it
+
+    def place(self, field: str) -> str:
+        """`FILE:LINE:COL: data.FIELD` where a spec file (or a flag) gives the field, else `data.FIELD`: what a
+        message about the field's value starts with."""
+        where = self._places.get(field)
+        return f"{where}: data.{field}" if where else f"data.{field}"
 
     @field_validator("image_shape")
     @classmethod
@@ -514,9 +550,6 @@ class StagePlan:
     trainable: Any
 
 
-MAX_SPEC_BYTES = 1 << 20
-
-
 _RECORDED: ContextVar[dict[str, Described]] = ContextVar("backbone runs as a run's record keeps them", default={})
 _OPENING: ContextVar[tuple[str, ...]] = ContextVar("backbone runs being described", default=())
 
@@ -532,6 +565,10 @@ def recorded_backbones(described: dict[str, Described]) -> Iterator[None]:
         _RECORDED.reset(token)
 
 
+class BackboneCycle(UserError):
+    """Runs that name each other (or themselves) as backbones: reported as it is from however deep it is found."""
+
+
 def _described_run(backbone: Backbone, shape: tuple) -> Described:
     """The earlier run's backbone, from a record (recorded_backbones) or its own spec; UserError naming the
     chain when runs name each other (or themselves) as backbones."""
@@ -541,8 +578,8 @@ def _described_run(backbone: Backbone, shape: tuple) -> Described:
     chain = _OPENING.get()
     if key in chain:
         cycle = " -> ".join([*chain[chain.index(key):], key])
-        raise UserError(f"backbone runs form a cycle: {cycle} (each one's spec.yaml names the next as its "
-                        "backbone run); a backbone run must be an earlier run")
+        raise BackboneCycle(f"backbone runs form a cycle: {cycle} (each one's spec.yaml names the next as its "
+                            "backbone run); a backbone run must be an earlier run")
     token = _OPENING.set((*chain, key))
     try:
         return _run_backbone(backbone, shape)
@@ -552,18 +589,16 @@ def _described_run(backbone: Backbone, shape: tuple) -> Described:
 
 def _run_backbone(backbone: Backbone, shape: tuple) -> Described:
     """An earlier run's model up to `until`, described from the run's own spec (no TensorFlow)."""
-    import yaml
-
     run = FilePath(backbone.run)
     spec_file = run / "spec.yaml"
     if not (spec_file.is_file() and (run / "state.json").is_file()):
         raise ShapeError(f"{run} is not a run directory (a run has spec.yaml and state.json)", "run")
     try:
-        if spec_file.stat().st_size > MAX_SPEC_BYTES:
-            raise ValueError("over 1 MiB")
-        source = Spec.model_validate(yaml.safe_load(spec_file.read_text(encoding="utf-8")))
-    except (OSError, ValueError, yaml.YAMLError) as err:
-        first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        source = Spec.model_validate(read_yaml_file(spec_file)[0], context={"base": str(run)})
+    except BackboneCycle:
+        raise
+    except (UserError, ValueError) as err:
+        first = (err.messages[0] if isinstance(err, UserError) else str(err).splitlines()[0])[:300]
         raise ShapeError(f"{spec_file} cannot be read as a spec ({first})", "run") from None
     planned = source.plan()
     names = [p.name for p in planned]
@@ -614,16 +649,60 @@ class Spec(StrictModel):
         return self._overrides
 
     @model_validator(mode="after")
-    def _whole_spec(self):
-        """Raise every problem of the whole spec, each at its own spec path (a pydantic `value_error`
-        whose `ctx["error"]` is a SpecProblems holding that one problem)."""
-        problems = self.problems()
+    def _whole_spec(self, info: ValidationInfo):
+        """Make the paths absolute and infer data.num_classes (see _resolve), then raise every problem of the
+        whole spec, each at its own spec path (a pydantic `value_error` whose `ctx["error"]` is a SpecProblems
+        holding that one problem)."""
+        problems, classes = self._resolve(info.context or {})
+        problems = problems or self.problems(classes)
         if problems:
             raise ValidationError.from_exception_data(type(self).__name__, [
                 InitErrorDetails(type="value_error", loc=path, input=None, ctx={"error": SpecProblems([(path, msg)])})
                 for path, msg in problems
             ])
         return self
+
+    def _resolve(self, context: dict) -> tuple[list[tuple[Path, str]], list[str] | None]:
+        """Every path made absolute, and data.num_classes, when the spec leaves it out, inferred from the class
+        folders or CSV labels of the dataset: (the problems found on the way, the classes inferred from).
+
+        A relative path is inside context["base"] (the spec file's folder), or the current folder when there is
+        none or context["overridden"] holds its spec path (a `--set`); a relative data.dataset is inside the data
+        folder when there is one (context["data_dir"], from --data-dir, else data.data_dir)."""
+        base, overridden = context.get("base"), set(context.get("overridden", ()))
+
+        def resolved(path: Path, value: str, folder: str | None = None) -> str:
+            set_here = any(path[:n] in overridden for n in range(len(path) + 1))
+            return absolute(value, folder or (None if set_here else base))
+
+        data, update, classes = self.data, {}, None
+        for name in ("data_dir", "cache_dir"):
+            if getattr(data, name):
+                update[name] = resolved(("data", name), getattr(data, name))
+        if data.dataset not in TRAIN_SIZES:
+            folder = absolute(context["data_dir"]) if context.get("data_dir") else update.get("data_dir")
+            update["dataset"] = resolved(("data", "dataset"), data.dataset, folder)
+            if "num_classes" not in data.model_fields_set:
+                if data.source in ("auto", "files") and not FilePath(update["dataset"]).exists():
+                    return [(("data", "dataset"), missing_dataset(update["dataset"]))], None  # classes unknown
+                try:
+                    classes = class_names(FilePath(update["dataset"]))
+                except (UserError, OSError) as err:
+                    return [(("data", "dataset"), err.messages[0] if isinstance(err, UserError) else str(err))], None
+                if classes:
+                    update["num_classes"] = len(classes)
+        object.__setattr__(self, "data", data.model_copy(update=update))
+        layers = list(self.model.layers or [])
+        for i, entry in enumerate(layers):
+            backbone = getattr(entry, "backbone", None)
+            if isinstance(backbone, Backbone) and (backbone.run or backbone.weights_file()):
+                name = "run" if backbone.run else "weights"
+                path = ("model", "layers", i, "backbone", name)
+                layers[i] = entry.model_copy(update={"backbone": backbone.model_copy(
+                    update={name: resolved(path, getattr(backbone, name))})})
+        if self.model.layers:
+            object.__setattr__(self, "model", self.model.model_copy(update={"layers": layers}))
+        return [], classes
 
     def input_shape(self) -> tuple[int, ...]:
         """The model's input shape: `model.input_shape`, else the dataset's after preprocessing."""
@@ -678,14 +757,15 @@ class Spec(StrictModel):
         return [frozen_counts(p.backbone.layers, stage.trainable, self.keeps_batch_norm_frozen()) if p.backbone
                 else (p.trainable, p.non_trainable) for p in planned]
 
-    def problems(self) -> list[tuple[Path, str]]:
-        """What is wrong with the spec as a whole, as (spec path, message) pairs."""
+    def problems(self, classes: list[str] | None = None) -> list[tuple[Path, str]]:
+        """What is wrong with the spec as a whole, as (spec path, message) pairs; `classes`: the class names
+        data.num_classes was inferred from, for the message of an output layer that does not fit them."""
         problems = self._label_problems() + self._train_problems() + self._runtime_problems()
         try:
             planned = self.plan()
         except ShapeError as err:
             return problems + [(err.path, str(err))]
-        return problems + self._output_problems(planned) + self._budget_problems(planned)
+        return problems + self._output_problems(planned, classes) + self._budget_problems(planned)
 
     def largest_batch(self) -> int:
         """The most images one batch can hold: data.batch_size, but no more than max_train or the training set
@@ -764,7 +844,7 @@ class Spec(StrictModel):
                      "value itself: set one_hot: false")]
         return []
 
-    def _output_problems(self, planned: list[PlannedLayer]) -> list[tuple[Path, str]]:
+    def _output_problems(self, planned: list[PlannedLayer], classes: list[str] | None) -> list[tuple[Path, str]]:
         last = planned[-1]
         act = getattr(last.layer, "activation", None)
         if act in ("softmax", "log_softmax", "sigmoid"):
@@ -774,6 +854,9 @@ class Spec(StrictModel):
         units = last.output_shape[-1]
         if len(last.output_shape) != 1 or units != expected:
             what = "1 value (regression, loss: mse)" if expected == 1 else f"{expected} logits, one per class"
+            if classes and expected != 1:
+                what += f" (data.num_classes is left out, and {self.data.dataset} has {expected} classes: " \
+                        f"{', '.join(classes[:20])}{', ...' if expected > 20 else ''})"
             return [(last.origin, f"the model outputs shape {last.output_shape}, but it must output {what}; "
                      f"end with `dense: {{units: {expected}}}`")]
         return []

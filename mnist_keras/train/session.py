@@ -16,6 +16,7 @@ from ..runs.files import check_no_links, check_not_training, create_run_dir, rem
 from ..runs.record import BackboneRun, RunState, write_state
 from ..runs.run import Run, open_run
 from ..spec import Spec, dump_spec
+from ..spec.schema import absolute
 
 
 def _with(spec: Spec, overrides: Sequence[str] = (), **values: Any) -> Spec:
@@ -27,6 +28,7 @@ def _with(spec: Spec, overrides: Sequence[str] = (), **values: Any) -> Spec:
         return spec
     changed = validate_spec(spec.model_dump(mode="json"), f"spec {spec.name}", {}, flags)
     changed._overrides = dict(spec.overrides)
+    changed.data._places = spec.data._places  # messages about the data still name the spec file's lines
     return changed
 
 
@@ -35,7 +37,7 @@ def fit_run(spec: Spec, runs: str | Path = "runs", *, data_dir: str | None = Non
     """Train `spec` in a new run directory under `runs`, evaluate it on the test set, and return the Run.
     `device` and `distribute` override the spec's runtime; `cluster` is a TF_CONFIG mapping for multi_worker."""
     spec = _with(spec, **{"runtime.device": device, "runtime.distribute": distribute})
-    state = RunState(status="running", epochs_done=0, data_dir=data_dir, overrides=spec.overrides,
+    state = RunState(status="running", epochs_done=0, data_dir=data_dir and absolute(data_dir), overrides=spec.overrides,
                      backbone=BackboneRun.of(spec))
     return _train(spec, None, runs, state, reporter or Reporter(), cluster)
 
@@ -65,7 +67,7 @@ def resume_run(run: Run | str | Path, epochs: int | None = None, *, data_dir: st
         if state.status == "finished" and state.epochs_done >= new.train.epochs:
             raise UserError(f"{run.path}: the run finished after {state.epochs_done} epochs; pass --epochs N "
                             f"(more than {state.epochs_done}) to train further")
-        state.data_dir = data_dir or state.data_dir
+        state.data_dir = absolute(data_dir) if data_dir else state.data_dir
         check_no_links(run.path)
         grows = current.train.epochs if new.train.epochs > current.train.epochs else None
         return _train(new, run.path, None, state, reporter or Reporter(), cluster, grows, tuple(callbacks))
