@@ -71,7 +71,7 @@ def table(run, exported: dict, repeats: int) -> None:
     from mnist_keras.deploy.serving import serving_model
     from mnist_keras.model.objects import load_run_model
 
-    model = serving_model(run.spec, load_run_model(run), run.state.classes).model
+    model = serving_model(run.spec, load_run_model(run), run.class_names).model
     arrays = load_arrays(run.spec.data, run.state.data_dir, seed=run.spec.seed)
     images = arrays.x_test.reshape((len(arrays.x_test), *model.input_shape[1:]))
     runtimes = {"keras model.predict": (lambda x: model.predict(x, batch_size=len(x), verbose=0), None),

@@ -82,7 +82,7 @@ def evaluate(target: str | Path, *, data_dir: str | None = None, spec_file: str 
     test = make_pipelines(spec, arrays).test
     result = {k: float(v) for k, v in model.evaluate(test, verbose=0, return_dict=True).items()}
     if spec.loss() != "mse":  # accuracy of each true class, by name
-        names = (run and run.state.classes) or arrays.class_names or [str(i) for i in range(spec.data.num_classes)]
+        names = run.class_names if run else arrays.class_names
         predicted = model.predict(test, verbose=0).argmax(axis=-1)
         result["per_class"] = {name: {"images": int((arrays.y_test == i).sum()), "accuracy":
                                       float((predicted[arrays.y_test == i] == i).mean()) if (arrays.y_test == i).any()
@@ -106,7 +106,7 @@ def predict(target: str | Path, images: Sequence[str], *, spec_file: str | None 
     if len(missing) == len(images):
         raise UserError(*missing)
     spec, model_file, run = model_target(target, spec_file)
-    fit = decoding_fit(spec.data, run and (run.state.data or {}).get("source"))  # as the data set's own images
+    fit = run.upload_fit if run else decoding_fit(spec.data, None)  # as the data set's own images
     pixels, files, problems = read_images(list(images), spec.data.image_shape, fit)
     if not files:
         return [], problems
@@ -118,7 +118,7 @@ def predict(target: str | Path, images: Sequence[str], *, spec_file: str | None 
         return [{"file": f, "value": float(out[0])} for f, out in zip(files, outputs)], problems
     probabilities = np.exp(outputs - outputs.max(axis=1, keepdims=True))
     probabilities /= probabilities.sum(axis=1, keepdims=True)
-    names = (run and run.state.classes) or [str(i) for i in range(outputs.shape[1])]
+    names = run.class_names if run else spec.data.class_labels()
     if len(names) != outputs.shape[1]:
         raise UserError(f"{model_file}: the model gives {outputs.shape[1]} classes, the run's class list "
                         f"{len(names)}")

@@ -204,7 +204,7 @@ def _finish(data: Data, source: str, path: Path | None, read: tuple[dict, dict, 
         "sha256": sha256,
     }
     names = FASHION_NAMES if data.dataset == "fashion_mnist" and data.num_classes == 10 else None
-    return Arrays(**arrays, provenance=provenance, class_names=names or [str(i) for i in range(data.num_classes)])
+    return Arrays(**arrays, provenance=provenance, class_names=names or data.class_labels())
 
 
 def check_array(key: str, array: np.ndarray, where: str, data: Data) -> np.ndarray:

@@ -125,7 +125,7 @@ def export_run(run_dir: str | Path, fmt: str = "savedmodel", quantize: str | Non
         notify(f"note: {run.path} is {run.state.status}, not finished: exporting its last checkpoint {model_file.name}")
     folder = Path(out) / run.spec.name if out else run.path / "export" / run.spec.name
     identity = {"name": run.spec.name, "run": str(run.path.resolve()), "model": str(model_file.resolve()),
-                "model_sha256": _sha256(model_file), "fit": _decoding_fit(run)}
+                "model_sha256": _sha256(model_file), "fit": run.upload_fit}
     created = _open_folder(folder)
     try:
         with _locked(folder):
@@ -136,13 +136,6 @@ def export_run(run_dir: str | Path, fmt: str = "savedmodel", quantize: str | Non
                 folder.rmdir()  # only when nothing is left in it: a first export that failed
             except OSError:
                 pass
-
-
-def _decoding_fit(run: Run) -> str | None:
-    """How `serve` decodes uploaded files for this run's model."""
-    from ..data.images import decoding_fit
-
-    return decoding_fit(run.spec.data, (run.state.data or {}).get("source"))
 
 
 def _sha256(path: Path | str, flags: int = 0) -> str:
@@ -344,7 +337,7 @@ def _export(run: Run, fmt: str, quantize: str | None, folder: Path, identity: di
     from .serving import serving_model
 
     spec, key, name = run.spec, artifact_key(fmt, quantize), artifact_name(fmt, quantize)
-    deployable = serving_model(spec, load_run_model(run), run.state.classes)
+    deployable = serving_model(spec, load_run_model(run), run.class_names)
     labels = "".join(f"{label}\n" for label in deployable.class_names)
     good, failed = folder / name, folder / f"{name}.failed"
     previous = _read_record(folder, identity)

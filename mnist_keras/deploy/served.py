@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..data.images import decode_image, decoding_fit
+from ..data.images import decode_image
 from ..errors import UserError, first_line
 from ..runs.files import read_json
 
@@ -84,11 +84,10 @@ def _load_run(run) -> ServedModel:
     from ..model.objects import load_run_model
     from .serving import serving_model
 
-    deployable = serving_model(run.spec, load_run_model(run), run.state.classes)
+    deployable = serving_model(run.spec, load_run_model(run), run.class_names)
     signature = tf.TensorSpec([None, *deployable.input_shape], tf.uint8)
     forward = tf.function(lambda images: deployable.model(images, training=False), input_signature=[signature])
-    fit = decoding_fit(run.spec.data, (run.state.data or {}).get("source"))
-    return ServedModel(deployable.name, 1, deployable.input_shape, deployable.class_names, fit, str(run.path),
+    return ServedModel(deployable.name, 1, deployable.input_shape, deployable.class_names, run.upload_fit, str(run.path),
                        lambda images: forward(images).numpy())
 
 

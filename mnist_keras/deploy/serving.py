@@ -62,7 +62,7 @@ def serving_model(spec: Spec, trained, class_names: list[str] | None = None) -> 
     logits = trained(Preprocessing(spec.data.preprocess.model_dump(mode="json"), name="preprocessing")(images))
     probabilities = keras.layers.Softmax(name="probabilities", dtype="float32")(logits)
     model = keras.Model(images, probabilities, name=f"{spec.name}_serving")
-    names = list(class_names or [str(i) for i in range(spec.data.num_classes)])
+    names = list(class_names or spec.data.class_labels())
     return Deployable(spec.name, model, shape, names)
 
 
@@ -72,4 +72,4 @@ def run_deployable(target: str | Path, which: str = "final") -> Deployable:
     from ..runs.run import open_run
 
     run = open_run(target)
-    return serving_model(run.spec, load_run_model(run, which), run.state.classes)
+    return serving_model(run.spec, load_run_model(run, which), run.class_names)

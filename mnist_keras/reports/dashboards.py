@@ -158,7 +158,7 @@ def dashboard_callbacks(spec: Spec, log_dir: Path, state: RunState, arrays, vali
         return callbacks
     images, labels = data_splits(spec.data, arrays)[1]
     callbacks.append(ValidationImages(log_dir / "validation", validation, images, labels.astype(np.int64),
-                                      arrays.class_names or [str(i) for i in range(spec.data.num_classes)],
+                                      arrays.class_names or spec.data.class_labels(),
                                       spec.train.tensorboard.images_every))
     return callbacks
 

@@ -41,7 +41,7 @@ def test_predictions(run: Run, data_dir: str | None, notify: Callable[[str], Non
         predicted = np.clip(np.round(outputs[:, 0]), 0, spec.data.num_classes - 1).astype(np.int64)
     else:
         predicted = outputs.argmax(axis=-1)
-    names = run.state.classes or arrays.class_names or [str(i) for i in range(spec.data.num_classes)]
+    names = run.class_names
     return arrays.x_test, arrays.y_test.astype(np.int64), predicted, model_file, names
 
 

@@ -23,6 +23,18 @@ class Run:
     state: RunState
     metrics: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def class_names(self) -> list[str]:
+        """The names of its classes, by output index: frozen from the data when it trained, else "0" to "N-1"."""
+        return list(self.state.classes or self.spec.data.class_labels())
+
+    @property
+    def upload_fit(self) -> str | None:
+        """How image files given to its model are decoded: as its data set's own images were (data/images.py)."""
+        from ..data.images import decoding_fit
+
+        return decoding_fit(self.spec.data, (self.state.data or {}).get("source"))
+
     def model_file(self, which: Literal["final", "best", "last"] = "final") -> Path:
         """model.keras (falling back to the last checkpoint of an unfinished run), best.keras or the last."""
         if self.path is None:

@@ -159,6 +159,10 @@ class Data(StrictModel):
     prefetch: bool = Field(True, description="prepare the next batches while the model trains")
     _places: Places = PrivateAttr(default_factory=lambda: Places())  # field -> "FILE:LINE:COL" where a file gives it
 
+    def class_labels(self) -> list[str]:
+        """The class names of data that names none: "0" to "N-1" (MNIST's digits)."""
+        return [str(i) for i in range(self.num_classes)]
+
     def place(self, field: str) -> str:
         """`FILE:LINE:COL: data.FIELD` where a spec file (or a flag) gives the field, else `data.FIELD`: what a
         message about the field's value starts with."""
