@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .errors import UserError
 from .reporter import Reporter
@@ -23,6 +23,9 @@ from .spec import load_spec as _load_spec
 from .spec.summary import ModelSummary, summarize_model
 from .train.global_state import keeps_global_state
 from .train.session import fit_run, resume_run
+
+if TYPE_CHECKING:
+    from .sweeps.results import SweepResult
 
 
 def load_spec(path: str | Path, overrides: Sequence[Any] = (), data_dir: str | None = None) -> Spec:
@@ -140,27 +143,38 @@ def export(run: Run | str | Path, fmt: str = "savedmodel", quantize: str | None 
 
 
 @keeps_global_state
-def sweep(spec_file: str | Path, grids: Sequence[str], overrides: Sequence[str] = (), *, sample: int | None = None,
-          seed: int = 0, runs: str | Path = "runs", data_dir: str | None = None,
-          reporter: Reporter | None = None) -> Iterator[tuple[list[str], Run]]:
-    """Train the spec once per combination of `--grid` values ("PATH=V1,V2,..."), or `sample` of them drawn
-    with `seed`, one run after another; yield (the combination's overrides, its Run). Every combination is
-    checked before the first one trains."""
-    from .sweeps.grid import combinations
+def sweep(file: str | Path, grids: Sequence[str] = (), overrides: Sequence[Any] = (), *, sample: int | None = None,
+          seed: int = 0, runs: str | Path = "runs", storage: str | None = None, study: str | None = None,
+          jobs: int = 1, show: bool = False, plots: str | Path | None = None, data_dir: str | None = None,
+          worker: int = 0, reporter: Reporter | None = None) -> SweepResult | None:
+    """Search hyperparameters through Optuna, and return the trials best first (a SweepResult: `failed` holds the
+    first failure's message when every trial failed). `file` is a sweep file (a YAML file with `space:`): its
+    study lives in `storage` (default sqlite:///RUNS/sweeps.db) under `study` (default: the file's stem), is
+    gone on with when run again, and may be shared by `jobs` worker processes and other machines; `show` only
+    reads it, `plots` also writes Optuna's figures into that folder. Or `file` is a spec and `grids` are
+    "PATH=V1,V2,..." values: every combination (or `sample` of them drawn with `seed`) is trained through a
+    grid sampler, in a study in memory (run again, the grid trains again). Every point is checked before the
+    first trains; each trial is a run directory under RUNS/<study>. Returns None in a --jobs worker (`worker`)."""
+    from .sweeps.file import is_sweep_file
+    from .sweeps.search import open_grid, open_search, results, run_search
 
     reporter = reporter or Reporter()
-    combos = combinations(grids, sample, seed)
-    loaded, problems = [], []
-    for combo in combos:
-        try:
-            loaded.append(load_spec(spec_file, [*overrides, *combo]))
-        except UserError as err:
-            problems += [m for m in err.messages if m not in problems]
-    if problems:
-        raise UserError(*problems)
-    for number, (combo, spec) in enumerate(zip(combos, loaded), 1):
-        reporter(f"sweep {number}/{len(combos)}: {' '.join(combo)}")
-        yield combo, fit(spec, runs, data_dir=data_dir, reporter=reporter)
+    if is_sweep_file(file):
+        if grids or sample:
+            raise UserError(f"{file}: a sweep file lists its `space:`; --grid and --random go with a spec")
+        if show and overrides:
+            raise UserError("--set goes with a sweep that trains; --show reads what the trials trained")
+        search = open_search(file, storage, study, runs, list(overrides), existing=show)
+        progress = None
+    elif not grids:
+        raise UserError(f"{file}: give --grid PATH=V1,V2,... with a spec, or a sweep file (with `space:`)")
+    elif storage or study or jobs > 1 or show or plots:
+        raise UserError("--storage, --study, --jobs, --show and --plots go with a sweep file (with `space:`)")
+    else:
+        search, progress = open_grid(file, grids, list(overrides), sample, seed, runs), reporter
+    if not show:
+        run_search(search, jobs, data_dir, reporter, worker, progress)
+    return None if worker else results(search, plots)
 
 
 def summary(spec: Spec) -> ModelSummary:

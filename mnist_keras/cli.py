@@ -13,7 +13,7 @@ import click
 
 from . import __version__
 from .data.commands import data
-from .errors import Error, Interrupted, UserError
+from .errors import Error, Interrupted, TrainingFailed, UserError
 
 
 class Group(click.Group):
@@ -238,7 +238,7 @@ def fit(spec, overrides, epochs, data_dir, device, distribute, workers, task_ind
 @click.option("--random", "sample", type=click.IntRange(min=1), metavar="N",
               help="With --grid: train N combinations drawn at random instead of all of them.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the --random draw.")
-@click.option("--epochs", type=click.IntRange(min=1), help="With --grid: train each run for this many epochs.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Train each run for this many epochs.")
 @click.option("--data-dir", type=click.Path(), help="A folder with the dataset's files (IDX or .npz), tried first.")
 @click.option("--runs", "runs_root", default="runs", show_default=True, help="The folder that holds run directories.")
 @click.option("--storage", metavar="URL", help="With a SWEEP_FILE: the study's database (default: "
@@ -253,56 +253,28 @@ def fit(spec, overrides, epochs, data_dir, device, distribute, workers, task_ind
 @click.option("--worker", type=int, default=0, hidden=True)
 def sweep(file, grids, overrides, sample, seed, epochs, data_dir, runs_root, storage, study_name, jobs, show, plots,
           worker):
-    """Search hyperparameters of a spec: a SWEEP_FILE (a YAML file with `space:`) runs an Optuna study;
-    a SPEC with --grid trains every combination of values, one run after another.
+    """Search hyperparameters of a spec: a SWEEP_FILE (a YAML file with `space:`) runs an Optuna study (run again,
+    it goes on); a SPEC with --grid trains every combination of values through Optuna's grid sampler, one run
+    after another, in a study kept in memory (run again, the grid trains again).
 
     Every trial is a normal run directory; its values are logged as hyperparameters, so
     `tensorboard --logdir RUNS` compares them in the HParams dashboard.
     """
-    from .sweeps.file import is_sweep_file
+    from .api import sweep as search
+    from .sweeps.results import grid_table, ranked_table
 
-    if not is_sweep_file(file):
-        if not grids:
-            raise click.UsageError("give --grid PATH=V1,V2,... with a SPEC, or a sweep file (with `space:`)")
-        if storage or study_name or jobs > 1 or show or plots:
-            raise click.UsageError("--storage, --study, --jobs, --show and --plots go with a sweep file (with `space:`)")
-        _grid_sweep(file, grids, overrides, sample, seed, epochs, data_dir, runs_root)
+    result = search(file, grids, [*overrides, *_flags(epochs)], sample=sample, seed=seed, runs=runs_root,
+                    storage=storage, study=study_name, jobs=jobs, show=show, plots=plots, data_dir=data_dir,
+                    worker=worker, reporter=reporter())
+    if result is None:  # a worker of --jobs: the sweep command shows the results
         return
-    if grids or sample or epochs:
-        raise click.UsageError("--grid, --random and --epochs go with a SPEC; a sweep file lists its `space:`")
-    if show and overrides:
-        raise click.UsageError("--set goes with a sweep that trains; --show reads what the trials trained")
-    from .sweeps.search import open_search, refuse_all_failed, results, run_search
-
-    search = open_search(file, storage, study_name, runs_root, overrides, existing=show)
-    if not show:
-        run_search(search, jobs, data_dir, click.echo, worker)
-    if worker:
-        return
-    for line in results(search):
+    click.echo(grid_table(result) if result.grid else ranked_table(result))
+    for line in result.lines:
         click.echo(line, err=line.startswith("note:"))
-    if plots:
-        from .sweeps.study import write_plots
-
-        for line in write_plots(search.study, Path(plots)):
-            click.echo(line, err=line.startswith("note:"))
-    if not show:
-        refuse_all_failed(search)
-
-
-def _grid_sweep(spec, grids, overrides, sample, seed, epochs, data_dir, runs_root):
-    from .api import sweep as sweep_runs
-    from .sweeps.grid import ranked_table
-
-    results = []
-    try:
-        for combo, run in sweep_runs(spec, grids, [*overrides, *_flags(epochs)], sample=sample, seed=seed,
-                                     runs=runs_root, data_dir=data_dir, reporter=reporter()):
-            results.append((combo, run.path))
-    finally:
-        if results:
-            click.echo(ranked_table(results))
-    click.echo(f"compare them: tensorboard --logdir {runs_root}")
+    if result.grid:
+        click.echo(f"compare them: tensorboard --logdir {runs_root}")
+    if result.failed and not show:
+        raise TrainingFailed(result.failed)
 
 
 @main.command()

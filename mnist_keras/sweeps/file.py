@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -115,13 +115,21 @@ class SweepFile(_Strict):
 
 @dataclass
 class Sweep:
-    """A loaded sweep file: its model, the spec file it searches, and where each space entry is written."""
+    """A loaded sweep file, or the sweep of `--grid` flags (grid.py): its model, the spec file it searches, and
+    where each space entry is written."""
 
     file: Path
     where: str
     config: SweepFile
     spec_file: Path
-    places: dict[str, str]  # space path -> "sweep.yaml:LINE:COL"
+    places: dict[str, str]  # space path -> "sweep.yaml:LINE:COL: space.PATH" (or "--grid PATH")
+    flags: dict[str, dict[str, Override]] = field(default_factory=dict)  # --grid: path -> value as typed -> flag
+    points: list[dict[str, str]] | None = None  # --grid: every combination to train, checked before the first
+
+    @property
+    def drawn(self) -> bool:
+        """True for a `--random N` draw of fewer combinations than the grid has (enqueued, not sampled)."""
+        return self.points is not None and len(self.points) < grid_size(self)
 
     @property
     def space(self) -> dict[str, Distribution]:
@@ -134,8 +142,9 @@ class Sweep:
                           sort_keys=True)
 
     def point_overrides(self, params: dict[str, Any]) -> list[Override]:
-        """The `--set`-style overrides of one point, each named by its place in the sweep file."""
-        return [Override(f"{path}={json.dumps(value)}", f"{self.places[path]}: space.{clip(path)} = {clip(repr(value))}")
+        """The `--set`-style overrides of one point, each named by its place in the sweep file (or its --grid flag)."""
+        return [self.flags[path][value] if path in self.flags else
+                Override(f"{path}={json.dumps(value)}", f"{self.places[path]} = {clip(repr(value))}")
                 for path, value in params.items()]
 
     def load_point(self, params: dict[str, Any], overrides: list[str]) -> Spec:
@@ -147,10 +156,16 @@ class Sweep:
             raise UserError(*(_from_space(message, self) for message in err.messages)) from None
 
 
+def grid_size(sweep: Sweep) -> int:
+    """The number of combinations of the listed values (the points a grid sampler tries)."""
+    return math.prod(len(d.values) for d in sweep.space.values())
+
+
 def _from_space(message: str, sweep: Sweep) -> str:
     """`spec.yaml: sweep.yaml:7:3: ...` (a problem a space value causes) -> `sweep.yaml:7:3: ...`."""
     prefix = f"{clip(str(sweep.spec_file), 240)}: "
-    return message.removeprefix(prefix) if message.startswith(f"{prefix}{sweep.where}:") else message
+    return message.removeprefix(prefix) if not sweep.flags and message.startswith(f"{prefix}{sweep.where}:") \
+        else message
 
 
 def read_sweep(file: str | Path) -> Sweep:
@@ -160,7 +175,8 @@ def read_sweep(file: str | Path) -> Sweep:
     if not isinstance(data, dict):
         raise UserError(f"{where}:1:1: (top level): a sweep file is a mapping with spec, space, ... at the top level")
     config = validate_data(SweepFile, data, where, locations)
-    places = {key: "{}:{}:{}".format(where, *locations.get(("space", key), (1, 1))) for key in config.space}
+    places = {key: "{}:{}:{}: space.{}".format(where, *locations.get(("space", key), (1, 1)), clip(key))
+              for key in config.space}
     spec_file = path.parent / config.spec
     if not spec_file.is_file():
         line, col = locations.get(("spec",), (1, 1))
@@ -202,18 +218,28 @@ def refuse_searched_overrides(sweep: Sweep, overrides: list[str]) -> None:
             except UserError:
                 continue  # a malformed space path: check_points names it
             if _replaced(path, value, searched):
-                problems.append(f"{Override(override).flag}: {sweep.places[space_path]}: space.{clip(space_path)} "
-                                "searches this path, so each trial's value would replace it; drop the --set, or "
-                                "take the path out of the space")
+                problems.append(f"{Override(override).flag}: {sweep.places[space_path]} searches this path, so "
+                                "each trial's value would replace it; drop the --set, or take the path out of the "
+                                + ("--grid flags" if sweep.flags else "space"))
     if problems:
         raise UserError(*problems)
 
 
 def check_points(sweep: Sweep, overrides: list[str]) -> None:
     """Refuse a `--set` of a searched path, then load the spec at every listed value and both ends of every
-    range, each alone and then in combination (up to MAX_CHECKED combinations); UserError with every problem."""
+    range, each alone and then in combination (up to MAX_CHECKED combinations); a `--grid` sweep at every
+    combination it trains. UserError with every problem."""
     refuse_searched_overrides(sweep, overrides)
     problems: list[str] = []
+    if sweep.points is not None:
+        for point in sweep.points:
+            try:
+                sweep.load_point(point, overrides)
+            except UserError as err:
+                problems += [m for m in err.messages if m not in problems]
+        if problems:
+            raise UserError(*problems)
+        return
     for path, distribution in sweep.space.items():
         for value in distribution.values:
             try:

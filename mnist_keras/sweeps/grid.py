@@ -1,4 +1,5 @@
-"""Grid sweeps: `--grid PATH=V1,V2,...` options -> the `--set` overrides of each run, and the ranked table."""
+"""Grid sweeps: `--grid PATH=V1,V2,...` options (and `--random N --seed S`) -> the in-memory Sweep a sweep file
+with `sampler: grid` would be, run through the same Optuna path (search.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import random
 import sys
 from pathlib import Path
 
-from ..runs.table import format_table, summarize
 from ..errors import UserError
 from ..spec import Override, parse_override
 from ..spec.loader import clip
+from .file import Distribution, Objective, Sweep, SweepFile, check_points
 
 MAX_RUNS = 10_000  # a sweep trains one run after another; beyond this, draw a sample
 
@@ -69,13 +70,24 @@ def _combination(axes: list[list[Override]], index: int) -> list[Override]:
     return combo[::-1]
 
 
-def ranked_table(results: list[tuple[list[str], Path]]) -> str:
-    """The sweep's runs, best validation accuracy first (runs without one last)."""
-    keys = [text.partition("=")[0] for text in results[0][0]] if results else []
-    rows = []
-    for combo, run in results:
-        rows.append({**summarize(run).columns(), **{text.partition("=")[0]: text.partition("=")[2] for text in combo}})
-    rows.sort(key=lambda row: -(row["best val acc"] if row["best val acc"] is not None else -1))
-    for rank, row in enumerate(rows, 1):
-        row["#"] = rank
-    return format_table(rows, ["#", *keys, "best val acc", "test acc", "state", "directory"])
+def grid_sweep(spec_file: str | Path, grids: list[str] | tuple[str, ...], overrides: list[str], sample: int | None = None,
+               seed: int = 0) -> Sweep:
+    """The checked Sweep of `--grid` flags: each path's values as typed (a `grid` choice named by its flag), every
+    combination to train (or `sample` of them drawn with `seed`) loaded as a spec before the first trains, and
+    the objective the best validation accuracy (the training accuracy for a spec without validation images)."""
+    spec_file = Path(spec_file)
+    points = [dict(str(o).split("=", 1) for o in combo) for combo in combinations(grids, sample, seed)]
+    flags: dict[str, dict[str, Override]] = {}
+    for option in grids:
+        for override in parse_grid(option):
+            path, _, value = str(override).partition("=")
+            flags.setdefault(path, {})[value] = override
+    space = {path: Distribution.model_construct(grid=list(values)) for path, values in flags.items()}  # one value too
+    config = SweepFile(spec=str(spec_file), trials=len(points), sampler="grid", pruner="none",
+                       seed=seed % 2**32, space=space)
+    sweep = Sweep(spec_file, str(spec_file), config, spec_file, {path: f"--grid {clip(path)}" for path in flags},
+                  flags, points)
+    check_points(sweep, overrides)
+    if not sweep.load_point(points[0], overrides).data.validation:
+        config.objective = Objective(metric="accuracy")
+    return sweep

@@ -1,5 +1,5 @@
-"""The steps of `mnist-keras sweep SWEEP_FILE`: check the sweep and open its study, run trials in this process or
-in N worker processes, and show the results."""
+"""The steps of a sweep (a sweep file's, or the one of --grid flags): check it and open its study, run trials in
+this process or in N worker processes, and collect the results."""
 
 from __future__ import annotations
 
@@ -13,22 +13,25 @@ from pathlib import Path
 from typing import Callable
 
 import optuna
-from optuna.trial import TrialState
 
 from ..errors import Interrupted, TrainingFailed, UserError
+from ..reporter import Reporter
 from ..spec.loader import clip
 from ..spec.schema import check_run_name
 from .file import Sweep, check_points, read_sweep
-from .study import FINISHED, default_storage, open_storage, open_study, ranked_table, shown_url, work, write_best_spec
+from .grid import grid_sweep
+from .results import SweepResult, collect
+from .study import (default_storage, open_storage, open_study, quiet, retry_crashed, sampler, shown_url, work,
+                    pruner)
 
 
 @dataclass
 class Search:
-    """A checked sweep and its open study."""
+    """A checked sweep and its open study (`storage` None: in memory, for --grid flags)."""
 
     sweep: Sweep
     study: optuna.Study
-    storage: str
+    storage: str | None
     runs: Path
     overrides: list[str]
 
@@ -62,20 +65,40 @@ def open_search(file: str | Path, storage: str | None = None, study: str | None 
     return Search(sweep, open_study(sweep, opened, name, existing), url, runs, list(overrides))
 
 
+def open_grid(spec_file: str | Path, grids: list[str] | tuple, overrides: list[str] | tuple = (), sample: int | None = None,
+              seed: int = 0, runs: str | Path = "runs") -> Search:
+    """The sweep of `--grid` flags, checked at every combination it trains, and its study: in memory, so running
+    the same command again trains the grid again (a grid is no study to go on with), named after the spec (its
+    runs are under RUNS/<spec name>, as `fit` puts them). A --random draw is enqueued in its order."""
+    sweep = grid_sweep(spec_file, grids, list(overrides), sample, seed)
+    name = sweep.load_point(sweep.points[0], list(overrides)).name
+    with quiet():
+        study = optuna.create_study(study_name=name, sampler=sampler(sweep), pruner=pruner(sweep),
+                                    direction=sweep.config.objective.direction)
+        for point in sweep.points if sweep.drawn else ():
+            study.enqueue_trial(point)
+    return Search(sweep, study, None, Path(runs), list(overrides))
+
+
 def run_search(search: Search, jobs: int = 1, data_dir: str | None = None, echo: Callable[[str], None] = print,
-               worker: int = 0) -> None:
+               worker: int = 0, progress: Reporter | None = None) -> None:
     """Take trials from the study until it holds its planned number: here (jobs 1; `worker` numbers a worker
-    process of a --jobs sweep) or in `jobs` worker processes."""
+    process of a --jobs sweep) or in `jobs` worker processes. Each trial's line goes to `echo`; `progress`
+    shows its training (silent by default)."""
     if jobs > 1:
         _run_workers(search, jobs, data_dir)
         return
     from .trial import TrialRunner  # TensorFlow loads here, with the first trial
 
     label = f"[worker {worker}] " if worker else ""
-    runner = TrialRunner(search.sweep, search.study, search.runs, search.overrides, data_dir, label)
+    runner = TrialRunner(search.sweep, search.runs, search.overrides, data_dir, label, progress or Reporter())
     try:
         work(search.sweep, search.study, runner, echo, worker)
-    except Interrupted as err:
+    except (Interrupted, KeyboardInterrupt) as err:
+        if runner.current is not None:  # Study.optimize failed it: queue its retry, which resumes its run
+            retry_crashed(search.study, runner.current)
+        if search.storage is None or not isinstance(err, Interrupted):
+            raise
         raise Interrupted(f"{err.messages[0].partition('; resume with')[0]}; the study keeps its trials: run the "
                           "same command to go on (the interrupted trial resumes)") from None
 
@@ -130,17 +153,7 @@ def _run_workers(search: Search, jobs: int, data_dir: str | None) -> None:
                              "run the same command to go on with the study")
 
 
-def results(search: Search) -> list[str]:
-    """The ranked table and the best trial's spec file (written to RUNS/<study>-best.yaml)."""
-    best = write_best_spec(search.sweep, search.study, search.runs / f"{search.study.study_name}-best.yaml")
-    return [ranked_table(search.sweep, search.study), *([best] if best else [])]
-
-
-def refuse_all_failed(search: Search) -> None:
-    """TrainingFailed with the first failure's message when no trial of the study finished and some failed."""
-    trials = search.study.get_trials(deepcopy=False)
-    failed = [t for t in trials if t.state == TrialState.FAIL]
-    if failed and not any(t.state in FINISHED for t in trials):
-        first = min(failed, key=lambda t: t.number)
-        raise TrainingFailed(f"every trial failed; the first, trial {first.number}: "
-                             f"{first.user_attrs.get('error', 'its process died')}")
+def results(search: Search, plots: str | Path | None = None) -> SweepResult:
+    """The trials best first; for a sweep file, the best trial's spec written to RUNS/<study>-best.yaml."""
+    return collect(search.sweep, search.study, search.runs, search.storage is None,
+                   None if plots is None else Path(plots))

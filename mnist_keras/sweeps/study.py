@@ -1,5 +1,6 @@
-"""The Optuna side of a search: storage (SQLite by default, any RDB URL), the study and the space it was made
-for, which trials count, the workers' loop, and the ranked table. No TensorFlow here: trials train in trial.py."""
+"""The Optuna side of a search: storage (SQLite by default, any RDB URL; in memory for --grid), the study and the
+space it was made for, which trials count, and the workers' loop (Study.optimize). No TensorFlow here: trials train
+in trial.py."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -21,9 +22,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import UserError
 from ..runs.record import RunState
-from ..runs.table import format_table
 from ..spec.loader import clip
-from .file import Sweep
+from .file import Sweep, grid_size
 
 HEARTBEAT_S = 5  # a running trial writes a heartbeat this often
 GRACE_S = 60  # a trial without one for this long is taken as crashed (another machine's), failed and retried
@@ -34,14 +34,43 @@ OPTUNA_TABLES = {*models.BaseModel.metadata.tables, "alembic_version"}  # what a
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+class FailedTrial(Exception):
+    """A trial that failed in training (its message is its user attribute `error`): Optuna records it as failed,
+    and the search goes on."""
+
+
 @contextmanager
 def quiet():
-    """Without Optuna's notes on experimental features (heartbeats, the retry callback, matplotlib figures) and
-    on heartbeats used outside Study.optimize (the workers' loop records them itself)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-        yield
+    """Without Optuna's notes on experimental features (heartbeats, the retry callback, matplotlib figures), on
+    heartbeats used outside Study.optimize, and its log lines on failed trials (each is shown as one line)."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+            yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def retry_crashed(study: optuna.Study, number: int) -> None:
+    """Queue a retry of the failed trial `number` (its values and user attributes, its run directory included),
+    unless it was retried MAX_RETRIES times already."""
+    (trial,) = [t for t in study.get_trials() if t.number == number]
+    with quiet():
+        RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, trial)
+
+
+class _Storage(RDBStorage):
+    """Optuna's RDB storage, whose heartbeat (recorded by Study.optimize's thread) lets a busy database be: a
+    failed beat would end the thread, and another worker would take the trial as crashed while it trains."""
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except optuna.exceptions.StorageInternalError:
+            pass  # the next beat is in time
 
 
 def shown_url(url: str) -> str:
@@ -65,9 +94,9 @@ def open_storage(url: str, readonly: bool = False, attempts: int = 10) -> RDBSto
             engine_kwargs = _engine_kwargs(url, readonly)
             _check_tables(url, engine_kwargs, readonly)
             with quiet():
-                return RDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=readonly,
-                                  heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
+                return _Storage(url, engine_kwargs=engine_kwargs, skip_table_creation=readonly,
+                                heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
         except IntegrityError as err:
             if attempt == attempts - 1:
                 raise _unusable(url, err) from None
@@ -146,16 +175,19 @@ def _unusable(url: str, err: Exception) -> UserError:
 
 
 def sampler(sweep: Sweep, salt: int = 0) -> optuna.samplers.BaseSampler:
-    """The sweep's sampler; with a `seed`, seeded by seed + salt (see work)."""
+    """The sweep's sampler; with a `seed`, seeded by seed + salt (see work), except a grid's: its seed orders the
+    grid, the same in every process. A --random draw of a grid is enqueued: no sampler draws it."""
     seed = None if sweep.config.seed is None else (sweep.config.seed + salt) % 2**32
+    if sweep.drawn:
+        return optuna.samplers.RandomSampler(seed=seed)
     if sweep.config.sampler == "grid":
-        return optuna.samplers.GridSampler({path: d.values for path, d in sweep.space.items()}, seed=seed)
+        return optuna.samplers.GridSampler({path: d.values for path, d in sweep.space.items()}, seed=sweep.config.seed)
     if sweep.config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed)
 
 
-def _pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
+def pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
     return {"median": optuna.pruners.MedianPruner, "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
             "none": optuna.pruners.NopPruner}[sweep.config.pruner]()
 
@@ -164,10 +196,10 @@ def open_study(sweep: Sweep, storage: RDBStorage, name: str, existing: bool = Fa
     """The named study (an `existing` one only loaded, nothing written), made for this sweep's space and
     objective if new; UserError if it was made for another."""
     if existing:
-        study = optuna.load_study(storage=storage, study_name=name, sampler=sampler(sweep), pruner=_pruner(sweep))
+        study = optuna.load_study(storage=storage, study_name=name, sampler=sampler(sweep), pruner=pruner(sweep))
     else:
         study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True, sampler=sampler(sweep),
-                                    pruner=_pruner(sweep), direction=sweep.config.objective.direction)
+                                    pruner=pruner(sweep), direction=sweep.config.objective.direction)
     record = sweep.space_record()
     made_for = study.user_attrs.get("space")
     if made_for is None and not existing:
@@ -200,14 +232,23 @@ def distributions(sweep: Sweep) -> dict[str, optuna.distributions.BaseDistributi
     return made
 
 
+def suggest(trial: optuna.Trial, sweep: Sweep) -> dict:
+    """The trial's value of every space path (a retried or enqueued trial's own values)."""
+    for path, made in distributions(sweep).items():
+        if isinstance(made, optuna.distributions.FloatDistribution):
+            trial.suggest_float(path, made.low, made.high, log=made.log)
+        elif isinstance(made, optuna.distributions.IntDistribution):
+            trial.suggest_int(path, made.low, made.high)
+        else:
+            trial.suggest_categorical(path, made.choices)
+    return trial.params
+
+
 def planned_trials(sweep: Sweep) -> int:
     """`trials`, or fewer when the grid sampler has fewer points."""
     if sweep.config.sampler != "grid":
         return sweep.config.trials
-    points = 1
-    for d in sweep.space.values():
-        points *= len(d.values)
-    return min(points, sweep.config.trials)
+    return min(grid_size(sweep), sweep.config.trials)
 
 
 def counts(trials: list[FrozenTrial]) -> tuple[int, int, int]:
@@ -221,44 +262,62 @@ def counts(trials: list[FrozenTrial]) -> tuple[int, int, int]:
 def fail_dead_trials(study: optuna.Study) -> None:
     """Fail (and so retry) the running trials whose process on this machine is gone, without waiting for the
     heartbeat's grace period; other machines' trials are left to the heartbeat."""
-    storage = study._storage
-    retry = storage.get_heartbeat_stale_trial_callback()
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        process = trial.user_attrs.get("process", {})  # a retry inherits its crashed trial's until it sets its own
-        if process.get("trial") != trial.number or process.get("host") != socket.gethostname() or \
-                RunState(pid=process.get("pid"), host=process.get("host")).process_alive():
-            continue
-        try:
-            if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-                retry(study, storage.get_trial(trial._trial_id))
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # another worker got there first
-
-
-def work(sweep: Sweep, study: optuna.Study, run_trial: Callable[[optuna.Trial], str], echo: Callable[[str], None],
-         worker: int = 0):
-    """Take trials from the shared study until it holds its planned number of done trials: first the retries of
-    crashed ones, then new ones; wait while the last ones run elsewhere (they may crash and need a retry).
-    A seeded sampler is seeded anew for each trial from the trials so far and the worker's number, so one
-    process draws the same values every time and the workers of --jobs draw different ones."""
-    planned, fixed = planned_trials(sweep), distributions(sweep)
-    while True:
-        with quiet():
-            fail_dead_trials(study)
-            optuna.storages.fail_stale_trials(study)
-            trials = study.get_trials(deepcopy=False)
-            done, running, waiting = counts(trials)
-            if done >= planned:
-                return
-            if not waiting and done + running >= planned:
-                time.sleep(HEARTBEAT_S)
+    kept, study.sampler = study.sampler, optuna.samplers.RandomSampler()  # a GridSampler's after_trial may stop an
+    try:  # optimize, which outside one is an error; the dead trial's sampler was another process's anyway
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            process = trial.user_attrs.get("process", {})  # a retry inherits its crashed trial's until it sets its own
+            if process.get("trial") != trial.number or process.get("host") != socket.gethostname() or \
+                    RunState(pid=process.get("pid"), host=process.get("host")).process_alive():
                 continue
-            study.sampler = sampler(sweep, 100_003 * worker + len(trials))
-            trial = study.ask(fixed)
-        echo(run_trial(trial))
+            try:
+                study.tell(trial.number, state=TrialState.FAIL)
+            except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+                continue  # another worker got there first
+            retry_crashed(study, trial.number)
+    finally:
+        study.sampler = kept
 
 
-# ------------------------------------------------------------------------------------------ results
+class Trials(Protocol):
+    """What trains a worker's trials (trial.TrialRunner)."""
+
+    def objective(self, trial: optuna.Trial) -> float: ...
+
+    def summary(self, trial: FrozenTrial) -> str: ...
+
+
+def work(sweep: Sweep, study: optuna.Study, trials: Trials, echo: Callable[[str], None], worker: int = 0) -> None:
+    """Take trials from the shared study (Study.optimize) until it holds its planned number of done trials: first
+    the retries of crashed ones (Optuna pops waiting trials first), then new ones; wait while the last ones run
+    elsewhere (they may crash and need a retry). A seeded sampler is seeded anew for each trial from the trials so
+    far and the worker's number, so one process draws the same values every time and the workers of --jobs
+    draw different ones."""
+    planned = planned_trials(sweep)
+
+    def more(study: optuna.Study) -> bool:
+        while True:
+            with quiet():
+                fail_dead_trials(study)
+                optuna.storages.fail_stale_trials(study)
+                known = study.get_trials(deepcopy=False)
+            done, running, waiting = counts(known)
+            if done >= planned:
+                return False
+            if waiting or done + running < planned:
+                break
+            time.sleep(HEARTBEAT_S)
+        if sweep.config.sampler != "grid":
+            study.sampler = sampler(sweep, 100_003 * worker + len(known))
+        return True
+
+    def after(study: optuna.Study, trial: FrozenTrial) -> None:
+        echo(trials.summary(trial))
+        if not more(study):
+            study.stop()
+
+    while more(study):  # a GridSampler stops the loop when no point is left unfinished, a retry may be
+        with quiet():
+            study.optimize(trials.objective, callbacks=[after], catch=(FailedTrial,))
 
 
 def retry_of(trial: FrozenTrial) -> int | None:
@@ -266,83 +325,3 @@ def retry_of(trial: FrozenTrial) -> int | None:
     with quiet():
         history = RetryHeartbeatStaleTrialCallback.retry_history(trial)
     return history[-1] if history else None
-
-
-def _state(trial: FrozenTrial, retried_as: dict[int, int]) -> str:
-    if trial.number in retried_as:
-        return f"crashed, retried as #{retried_as[trial.number]}"
-    if trial.state == TrialState.FAIL and "error" in trial.user_attrs:
-        return "failed: " + clip(trial.user_attrs["error"], 40)
-    return {TrialState.COMPLETE: "finished"}.get(trial.state, trial.state.name.lower())
-
-
-def ranked_table(sweep: Sweep, study: optuna.Study) -> str:
-    """Every trial, best first (by the objective; then pruned by their last value, then the rest)."""
-    trials = study.get_trials(deepcopy=False)
-    retried_as = {retry_of(t): t.number for t in trials if retry_of(t) is not None}
-    sign = -1 if sweep.config.objective.direction == "maximize" else 1
-    ranked = sorted(trials, key=lambda t: (t.state not in FINISHED, t.value is None,
-                                           sign * (t.value or 0), t.number))
-    metric = sweep.config.objective.metric
-    rows = [{"#": rank, "trial": t.number, metric: t.value if "acc" in metric else _short(t.value), "epochs": t.user_attrs.get("epochs", "-"),
-             **{path: _short(t.params.get(path)) for path in sweep.space},
-             "state": _state(t, retried_as), "directory": t.user_attrs.get("run_dir", "-")}
-            for rank, t in enumerate(ranked, 1)]
-    return format_table(rows, ["#", "trial", metric, "epochs", *sweep.space, "state", "directory"])
-
-
-def _short(value) -> str | None:
-    return f"{value:.4g}" if isinstance(value, float) else None if value is None else str(value)
-
-
-def write_best_spec(sweep: Sweep, study: optuna.Study, out: Path) -> str | None:
-    """Write the spec the best finished trial trained (its recorded spec.yaml, `--set` values included) to `out`,
-    for `mnist-keras fit`; the line that says so, a note when the trial recorded none, None before one finished."""
-    from ..runs.files import write_text
-    from ..spec import load_spec, validate_spec
-    from ..spec.loader import parse_yaml
-
-    try:
-        best = study.best_trial
-    except ValueError:
-        return None
-    where = f"study '{clip(study.study_name)}', trial #{best.number}: its recorded spec"
-    text, run = best.user_attrs.get("spec"), best.user_attrs.get("run_dir")
-    if isinstance(text, str):
-        data, locations = parse_yaml(text, where)
-        validate_spec(data, where, locations)  # a tampered record is refused, not written
-    elif isinstance(run, str) and (Path(run) / "spec.yaml").is_file():  # a trial recorded before the spec was
-        load_spec(Path(run) / "spec.yaml")
-        text = (Path(run) / "spec.yaml").read_text()
-    else:
-        return f"note: no best spec: trial #{best.number} recorded no spec (its run directory is not here)"
-    header = (f"the spec the best trial trained (#{best.number}, {sweep.config.objective.metric} {best.value:.4g}; "
-              f"study '{study.study_name}', sweep file {sweep.file}, run {run})")
-    write_text(out, f"# {' '.join(header.splitlines())}\n{text}")
-    return f"best spec: {out} (train it: mnist-keras fit {out})"
-
-
-def write_plots(study: optuna.Study, folder: Path) -> list[str]:
-    """Optuna's optimization history, parameter importances and parallel coordinates as PNG files in `folder`;
-    returns a line per figure written or skipped."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as plots
-
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for name, draw in (("history", plots.plot_optimization_history), ("importances", plots.plot_param_importances),
-                       ("parallel", plots.plot_parallel_coordinate)):
-        try:
-            with quiet():
-                axes = draw(study)
-        except (ValueError, RuntimeError) as err:  # too few finished trials for importances, say
-            lines.append(f"note: {name}: skipped ({clip(str(err), 100)})")
-            continue
-        figure = axes.figure
-        figure.savefig(folder / f"{name}.png", dpi=100, bbox_inches="tight")
-        plt.close(figure)
-        lines.append(f"wrote {folder / f'{name}.png'}")
-    return lines

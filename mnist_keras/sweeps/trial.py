@@ -1,18 +1,15 @@
 """One trial of a search, in a worker: its run directory (a new one, or the crashed trial's, resumed from its last
-checkpoint), training with the objective reported to Optuna each epoch, and what the study is told."""
+checkpoint), training with the objective reported to Optuna each epoch, and the value Study.optimize records."""
 
 from __future__ import annotations
 
 import os
 import socket
-import threading
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
-from optuna.trial import TrialState
-from sqlalchemy.exc import SQLAlchemyError
+from optuna.trial import FrozenTrial, TrialState
 
 from ..backend import keras
 from ..errors import TrainingFailed, UserError
@@ -22,7 +19,7 @@ from ..runs.record import RunState, read_metrics, read_state, write_metrics, wri
 from ..spec import dump_spec
 from ..train.session import resume_run
 from .file import Sweep
-from .study import HEARTBEAT_S, retry_of
+from .study import FailedTrial, retry_of, suggest
 
 
 class ReportToTrial(keras.callbacks.Callback):
@@ -47,85 +44,75 @@ class ReportToTrial(keras.callbacks.Callback):
             self.pruned = self.model.stop_training = True
 
 
-@contextmanager
-def heartbeat(storage, trial_id: int):
-    """Record the trial's heartbeat now and every HEARTBEAT_S seconds until the block ends."""
-    stop = threading.Event()
-
-    def beat():
-        while True:
-            try:
-                storage.record_heartbeat(trial_id)
-            except SQLAlchemyError:
-                pass  # a busy database: the next beat is in time
-            if stop.wait(HEARTBEAT_S):
-                return
-
-    thread = threading.Thread(target=beat, daemon=True, name="optuna-heartbeat")
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
 @dataclass
 class TrialRunner:
-    """Runs the trials a worker takes: each one a run directory under `runs/<study>/`."""
+    """Runs the trials a worker takes (its `objective` for Study.optimize): each one a run directory under
+    `runs/<study>/`, trained with `progress` (silent by default); `summary` is the line each one ends with."""
 
     sweep: Sweep
-    study: optuna.Study
     runs: Path
     overrides: list[str]
     data_dir: str | None = None
     label: str = ""
+    progress: Reporter = field(default_factory=Reporter)
+    current: int | None = None  # the trial training now
+    started: dict[int, int] = field(default_factory=dict)  # trial -> the epochs its run had done when it began
 
-    def __call__(self, trial: optuna.Trial) -> str:
-        """Train the trial, tell the study how it ended, and return its one-line summary."""
+    def objective(self, trial: optuna.Trial) -> float:
+        """Train the trial: its best objective value; optuna.TrialPruned when pruned, FailedTrial (its message in
+        the user attribute `error`) when training failed."""
+        params = suggest(trial, self.sweep)
+        self.current = trial.number
         trial.set_user_attr("process", {"trial": trial.number, "host": socket.gethostname(), "pid": os.getpid()})
-        shown = " ".join(f"{path}={_short(value)}" for path, value in trial.params.items())
-        with heartbeat(self.study._storage, trial._trial_id):
-            try:
-                run = self._run_dir(trial)
-                start = read_state(run).epochs_done
-                state = self._train(trial, run)
-            except (TrainingFailed, UserError) as err:
-                trial.set_user_attr("error", err.messages[0])
-                self.study.tell(trial, state=TrialState.FAIL)
-                return f"{self.label}trial {trial.number}: {shown} -> failed: {err.messages[0]}"
-            metric = self.sweep.config.objective.metric
-            values = [h[metric] for h in state.history if h.get(metric) is not None]
-            trial.set_user_attr("epochs", state.epochs_done)
-            if state.status == "pruned":
-                self.study.tell(trial, state=TrialState.PRUNED)
-                outcome = f"pruned after epoch {state.epochs_done}"
-            elif values:
-                best = max(values) if self.sweep.config.objective.direction == "maximize" else min(values)
-                self.study.tell(trial, best)
-                outcome = f"{metric} {best:.4f} ({state.epochs_done} epoch{'s' * (state.epochs_done != 1)})"
-            else:
-                trial.set_user_attr("error", f"no {metric} was recorded")
-                self.study.tell(trial, state=TrialState.FAIL)
-                outcome = f"failed: no {metric} was recorded"
-        retried = retry_of(self.study._storage.get_trial(trial._trial_id))
+        self.progress(f"{self.label}trial {trial.number}: {_shown(params)}")
+        try:
+            run = self._run_dir(trial, params)
+            self.started[trial.number] = read_state(run).epochs_done
+            state = self._train(trial, run)
+        except (TrainingFailed, UserError) as err:
+            return self._failed(trial, err.messages[0])
+        metric = self.sweep.config.objective.metric
+        values = [h[metric] for h in state.history if h.get(metric) is not None]
+        trial.set_user_attr("epochs", state.epochs_done)
+        if state.status == "pruned":
+            self.current = None
+            raise optuna.TrialPruned()
+        if not values:
+            return self._failed(trial, f"no {metric} was recorded")
+        self.current = None
+        return max(values) if self.sweep.config.objective.direction == "maximize" else min(values)
+
+    def _failed(self, trial: optuna.Trial, message: str):
+        trial.set_user_attr("error", message)
+        self.current = None
+        raise FailedTrial(message)
+
+    def summary(self, trial: FrozenTrial) -> str:
+        """The line a trial ends with: its values and how it ended (and, for a retry, what it retried)."""
+        shown, metric = _shown(trial.params), self.sweep.config.objective.metric
+        if trial.state == TrialState.FAIL:
+            return f"{self.label}trial {trial.number}: {shown} -> failed: {trial.user_attrs.get('error')}"
+        epochs = trial.user_attrs.get("epochs", 0)
+        outcome = f"pruned after epoch {epochs}" if trial.state == TrialState.PRUNED else \
+            f"{metric} {trial.value:.4f} ({epochs} epoch{'s' * (epochs != 1)})"
+        retried, start = retry_of(trial), self.started.get(trial.number, 0)
         again = "" if retried is None else \
             f" (retry of #{retried}, {f'resumed after epoch {start}' if start else 'rerun'})"
-        return f"{self.label}trial {trial.number}{again}: {shown} -> {outcome} | {run}"
+        return f"{self.label}trial {trial.number}{again}: {shown} -> {outcome} | {trial.user_attrs.get('run_dir')}"
 
-    def _run_dir(self, trial: optuna.Trial) -> Path:
+    def _run_dir(self, trial: optuna.Trial, params: dict) -> Path:
         """The trial's run directory: a crashed trial's (inherited in the retry's user attributes) when it is on
         this machine under RUNS/<study>, else a new one, recorded in the trial with its spec before anything
         trains in it."""
-        recorded, folder = trial.user_attrs.get("run_dir"), self.runs / self.study.study_name
+        recorded, folder = trial.user_attrs.get("run_dir"), self.runs / trial.study.study_name
         if isinstance(recorded, str) and Path(recorded).is_dir() and \
                 Path(recorded).resolve().parent == folder.resolve():
             run = Path(recorded)
         else:
-            run = create_run_dir(self.runs, self.study.study_name)
+            run = create_run_dir(self.runs, trial.study.study_name)
             trial.set_user_attr("run_dir", str(run))
         if not (run / "state.json").is_file():
-            spec = self.sweep.load_point(trial.params, self.overrides)
+            spec = self.sweep.load_point(params, self.overrides)
             text = dump_spec(spec)
             write_text(run / "spec.yaml", text)
             write_state(run, RunState(data_dir=self.data_dir, overrides=spec.overrides))
@@ -139,7 +126,7 @@ class TrialRunner:
         if state.status in ("finished", "pruned"):
             return state  # trained before its process died, but not yet told
         report = ReportToTrial(trial, self.sweep.config.objective.metric, state.history)
-        resume_run(run, data_dir=self.data_dir, reporter=Reporter(), callbacks=[report])
+        resume_run(run, data_dir=self.data_dir, reporter=self.progress, callbacks=[report])
         state = read_state(run)
         if report.pruned:
             _mark_pruned(run, state)
@@ -155,5 +142,5 @@ def _mark_pruned(run: Path, state: RunState) -> None:
     write_state(run, state)
 
 
-def _short(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+def _shown(params: dict) -> str:
+    return " ".join(f"{path}={f'{value:.4g}' if isinstance(value, float) else value}" for path, value in params.items())
