@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from mnist_keras.spec import fields, layers
-from mnist_keras.spec import schema as spec
+from mnist_keras.spec import data_section, runtime_section, schema, train_section
 
 PAGE = Path(__file__).resolve().parents[1] / "docs/reference/spec.md"
 BEGIN, END = "<!-- spec-reference:begin -->", "<!-- spec-reference:end -->"
@@ -52,15 +52,16 @@ def table(cls: type[BaseModel], title: str) -> list[str]:
 
 def reference() -> str:
     sections = [
-        (spec.Spec, "top level"), (spec.Data, "data"), (spec.Preprocess, "data.preprocess"),
-        (spec.Normalize, "data.preprocess.normalize"), (spec.Model, "model"), (spec.Train, "train"),
+        (schema.Spec, "top level"), (data_section.Data, "data"), (data_section.Preprocess, "data.preprocess"),
+        (data_section.Normalize, "data.preprocess.normalize"), (schema.Model, "model"), (train_section.Train, "train"),
     ]
     sections += [(cls, f"train.optimizer: {cls.model_fields['type'].default}") for cls in
-                 typing.get_args(typing.get_args(spec.Optimizer)[0])]
+                 typing.get_args(typing.get_args(train_section.Optimizer)[0])]
     sections += [(cls, f"train.lr_schedule: {cls.model_fields['type'].default}") for cls in
-                 typing.get_args(typing.get_args(spec.LRSchedule)[0])]
-    sections += [(spec.Checkpoint, "train.checkpoint"), (spec.TensorBoard, "train.tensorboard"),
-                 (spec.EarlyStopping, "train.early_stopping"), (spec.Runtime, "runtime"), (spec.Threads, "runtime.threads")]
+                 typing.get_args(typing.get_args(train_section.LRSchedule)[0])]
+    sections += [(train_section.Checkpoint, "train.checkpoint"), (train_section.TensorBoard, "train.tensorboard"),
+                 (train_section.EarlyStopping, "train.early_stopping"), (runtime_section.Runtime, "runtime"),
+                 (runtime_section.Threads, "runtime.threads")]
     sections += [(cls, f"layer: {name}") for name, cls in layers.ENTRIES.items()]
     sections += [(cls, f"template: {name}") for name, cls in layers.TEMPLATES.items()]
     sections += [(cls, f"initializer: {cls.model_fields['type'].default} (or just its name)")

@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT
 from mnist_keras.data.pipeline import pixels
 from mnist_keras.spec import Preprocess
-from mnist_keras.spec.schema import Runtime
+from mnist_keras.spec.runtime_section import Runtime
 
 
 def test_pixels_fold_scale_and_normalize_into_one_affine():

@@ -16,7 +16,8 @@ from mnist_keras.cli import main
 from mnist_keras.spec.fields import INITIALIZERS, KerasObject, Regularizer
 from mnist_keras.spec.layers import ENTRIES, LAYERS
 from mnist_keras.spec.loader import json_schema
-from mnist_keras.spec.schema import Optimizer, Spec, SpecProblems
+from mnist_keras.spec.schema import Spec, SpecProblems
+from mnist_keras.spec.train_section import Optimizer
 
 OPTIMIZERS = typing.get_args(typing.get_args(Optimizer)[0])
 # A backbone is a keras.applications network or an earlier run's layers, not one Keras class's arguments.

@@ -17,7 +17,8 @@ from pydantic_core import PydanticCustomError
 
 from ..errors import UserError
 from .layers import ENTRIES, TEMPLATES, did_you_mean, entry_description, normalize_entry
-from .schema import Places, Spec
+from .data_section import Places
+from .schema import Spec
 from .yamlfile import MAX_BYTES, MAX_ECHO, clip, dotted, parse_yaml, read_yaml_file
 
 __all__ = ["MAX_BYTES", "Override", "clip", "dotted", "dump_spec", "json_schema", "load_spec", "parse_override",

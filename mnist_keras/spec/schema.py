@@ -1,4 +1,5 @@
-"""The spec schema: data, model, train and runtime sections, with defaults and cross-checks.
+"""The spec schema: the model section and the whole spec (the data, train and runtime sections are modules of
+their own), with defaults and cross-checks.
 
 Structure is checked by pydantic field by field; `Spec`'s own validator then checks what needs the
 whole spec (shapes, the output layer against the loss, labels against the loss, monitored metrics,
@@ -7,7 +8,6 @@ the parameter and memory budgets), so no way of making a `Spec` gives an invalid
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import re
@@ -15,181 +15,22 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path as FilePath
-from typing import Annotated, Any, Iterator, Literal, Union
+from typing import Annotated, Any, Iterator
 
-from pydantic import (AfterValidator, BeforeValidator, Field, PrivateAttr, ValidationError, ValidationInfo,
-                      field_validator, model_validator)
+from pydantic import AfterValidator, Field, PrivateAttr, ValidationError, ValidationInfo, model_validator
 from pydantic_core import InitErrorDetails
 
 from .layout import class_names  # standard library only: validation counts classes without numpy or TensorFlow
 from ..errors import UserError
-from .fields import (
-    MAX_COUNT,
-    Count,
-    Fraction,
-    KerasObject,
-    NonNegativeFloat,
-    NonNegativeInt,
-    PositiveFloat,
-    PositiveInt,
-    Seed,
-    Side,
-    StrictModel,
-    type_tag,
-    typed_union,
-)
+from .fields import PositiveInt, Seed, StrictModel
 from .applications import Described, LayerWeights
-from .layers import (Backbone, LayerEntry, PlannedLayer, ShapeError, TemplateEntry, Trainable, did_you_mean,
-                     frozen_counts, plan_layers)
+from .layers import Backbone, LayerEntry, PlannedLayer, ShapeError, TemplateEntry, frozen_counts, plan_layers
+from .data_section import TRAIN_SIZES, Data, absolute, missing_dataset
+from .runtime_section import Runtime
+from .train_section import Train
 from .yamlfile import read_yaml_file
 
 Path = tuple
-MAX_THREADS = 1024
-
-# ----------------------------------------------------------------------------------------- data
-
-
-DATASET_FORMS = ("mnist or fashion_mnist, a folder of IDX files, an .npz file, a .json.gz file (mnist.json.gz: "
-                 "train, validation and test splits), a folder of class folders (optionally inside train/, test/ "
-                 "and validation/), or a .csv of path,label lines")
-
-
-class Places(dict):
-    """{field: "FILE:LINE:COL"} where a spec file gives each field: left out of the spec's equality (the same
-    spec written in two files is one spec)."""
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, dict)
-
-    __hash__ = None
-
-
-def missing_dataset(path: str | FilePath) -> str:
-    """What to say of a data.dataset path that names nothing: every form data.dataset takes."""
-    return (f"{path}: no such file or folder{did_you_mean(FilePath(path).name, TRAIN_SIZES)}; data.dataset is "
-            f"{DATASET_FORMS} (a relative path is inside the spec file's folder, or inside data.data_dir or "
-            "--data-dir)")
-
-
-def absolute(path: str, base: str | FilePath | None = None) -> str:
-    """`path` (~ expanded) as an absolute path; a relative one is taken inside `base` (default: the current folder)."""
-    return os.path.abspath(os.path.join(base or os.getcwd(), os.path.expanduser(path)))
-
-
-IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}  # of ImageNet's RGB pixels in 0..1
-PerChannel = Annotated[list[float], Field(min_length=1, max_length=3)]
-
-
-class Normalize(StrictModel):
-    """Subtract `mean` and divide by `std`, after scaling: one number for all channels, or one per channel."""
-
-    mean: float | PerChannel = Field(description="subtracted from every pixel (a list: one per channel)")
-    std: PositiveFloat | Annotated[list[PositiveFloat], Field(min_length=1, max_length=3)] = Field(
-        description="then every pixel is divided by it (a list: one per channel)")
-
-
-def _preset(value):
-    return Normalize(**IMAGENET) if value == "imagenet" else value
-
-
-def _names_as_text(value):
-    """`{0: 2.0}` as `{"0": 2.0}`: class names are text, YAML reads digits as numbers."""
-    return {str(k): v for k, v in value.items()} if isinstance(value, dict) else value
-
-
-class Preprocess(StrictModel):
-    """Pixel transforms, in order: x * scale + offset, then normalize, then resize."""
-
-    scale: float = Field(1 / 255, description="multiplies every pixel (1/255: bytes to [0, 1])")
-    offset: float = Field(0.0, description="added to every pixel after scaling")
-    normalize: Annotated[Normalize | Literal["imagenet"], AfterValidator(_preset)] | None = Field(
-        None, description="standardize after scaling: {mean, std}, each a number or one per channel, or imagenet "
-        "(RGB pixels scaled to 0..1; default: none)")
-    fit: Literal["stretch", "crop", "pad"] = Field("stretch", description="images (files or arrays) of another "
-                                                   "size than data.image_shape: stretch them, crop the centre, or "
-                                                   "pad with black")
-    resize: Annotated[list[Side], Field(min_length=2, max_length=2)] | None = Field(
-        None, description="[height, width] to resize the images to, each at most 8192 (default: keep)")
-    resize_method: Literal["bilinear", "nearest", "bicubic", "area"] = Field("bilinear", description="how resize "
-                                                                             "computes new pixels")
-    channel_axis: bool = Field(True, description="add a trailing channel axis: 28x28 -> 28x28x1")
-    one_hot: bool = Field(True, description="one-hot labels (categorical loss); false gives integer labels "
-                          "(sparse loss)")
-
-
-class Data(StrictModel):
-    """Where the images come from and how the tf.data pipeline feeds them."""
-
-    dataset: str = Field("mnist", min_length=1, description=DATASET_FORMS + " (a relative path: see data_dir)")
-    source: Literal["auto", "keras", "files", "bundled"] = Field("auto", description="where to read the dataset "
-                                                                 "(auto: data_dir, the Keras cache, a download, "
-                                                                 "then the bundled sample)")
-    data_dir: str | None = Field(None, description="a folder with the dataset's files, tried first; a relative "
-                                 "dataset path is read inside it (without one: inside the spec file's folder)")
-    image_shape: Annotated[list[Side], Field(min_length=2, max_length=3)] = Field(
-        [28, 28, 1], description="[height, width] or [height, width, channels] of the images, each at most 8192; "
-        "every source is read at this size (data.preprocess.fit), gray (1 channel) or RGB (3)")
-    num_classes: PositiveInt = Field(10, description="number of classes (the width of the output layer); default: "
-                                     "the class folders or CSV labels the dataset has, else 10")
-    validation: Union[NonNegativeInt, Fraction] = Field(0.1, description="held out for validation: the last N "
-                                                        "training images, or a fraction (image files: drawn per "
-                                                        "class, unless there is a validation/ folder; ignored "
-                                                        "for a .json.gz, which has its own)")
-    test_split: Annotated[float, Field(gt=0, lt=1)] = Field(
-        0.2, description="image files without a test/ folder: the fraction of each class held out for testing, "
-        "drawn with `seed`")
-    on_bad_file: Literal["refuse", "skip"] = Field("refuse", description="image files that cannot be decoded: "
-                                                   "refuse (list them and stop) or skip (and count them)")
-    class_weight: Annotated[Literal["balanced"] | dict[str, PositiveFloat], BeforeValidator(_names_as_text)] | None \
-        = Field(None, description="weights of the classes in the loss: balanced (inverse to their counts) or "
-                "{class name: weight}, 1 for the classes not named (default: none, all 1)")
-    max_train: PositiveInt | None = Field(None, description="use only the first N training images (quick runs)")
-    preprocess: Preprocess = Field(Preprocess(), description="pixel and label transforms")
-    shuffle: NonNegativeInt | Literal["all"] = Field(
-        "all", description="all: a fresh uniform permutation each epoch; N: a buffer of N (moves each image "
-        "fewer than N places); 0: off")
-    batch_size: PositiveInt = Field(128, description="the global batch: one step's images, split across all "
-                                    "replicas when distributed")
-    drop_remainder: bool = Field(False, description="drop the last, smaller batch of each epoch")
-    cache: Literal["memory", "disk", "none"] | bool = Field(
-        "memory", description="memory: decode and preprocess each split once, in memory; disk: image files decoded "
-        "once into cache_dir and read from there; none: decode every epoch (true and false mean memory and none)")
-    cache_dir: str | None = Field(None, description="where cache: disk keeps decoded images (default: the run's "
-                                  "cache/ folder)")
-    prefetch: bool = Field(True, description="prepare the next batches while the model trains")
-    _places: Places = PrivateAttr(default_factory=lambda: Places())  # field -> "FILE:LINE:COL" where a file gives it
-
-    def class_labels(self) -> list[str]:
-        """The class names of data that names none: "0" to "N-1" (MNIST's digits)."""
-        return [str(i) for i in range(self.num_classes)]
-
-    def place(self, field: str) -> str:
-        """`FILE:LINE:COL: data.FIELD` where a spec file (or a flag) gives the field, else `data.FIELD`: what a
-        message about the field's value starts with."""
-        where = self._places.get(field)
-        return f"{where}: data.{field}" if where else f"data.{field}"
-
-    @field_validator("image_shape")
-    @classmethod
-    def _colour_mode(cls, shape: list[int], info: ValidationInfo) -> list[int]:
-        """MNIST and Fashion-MNIST are read gray or RGB, as the channels ask; other counts cannot be made."""
-        dataset = info.data.get("dataset")
-        if dataset in TRAIN_SIZES and shape[2:] not in ([], [1], [3]):
-            raise ValueError(f"{dataset} is read as gray (1 channel) or RGB (3), not {shape[2]} channels; "
-                             f"set data.image_shape: [{shape[0]}, {shape[1]}, 1] or [{shape[0]}, {shape[1]}, 3]")
-        return shape
-
-    @model_validator(mode="after")
-    def _per_channel(self):
-        channels = self.image_shape[2] if len(self.image_shape) == 3 else 1
-        norm = self.preprocess.normalize
-        for name in ("mean", "std"):
-            value = getattr(norm, name, None)
-            if isinstance(value, list) and len(value) != channels:
-                raise ValueError(f"preprocess.normalize.{name} lists {len(value)} values, but the images have "
-                                 f"{channels} channel{'s' * (channels > 1)} (data.image_shape {self.image_shape})")
-        return self
-
 
 # ---------------------------------------------------------------------------------------- model
 
@@ -216,297 +57,7 @@ class Model(StrictModel):
         return [(("model", "layers", i), entry) for i, entry in enumerate(self.layers)]
 
 
-# ---------------------------------------------------------------------------------------- train
-
-
-class _Optimizer(KerasObject):
-    """A Keras optimizer (`keras_class`), its fields that optimizer's arguments."""
-
-    keras_module = "keras.optimizers"
-
-    learning_rate: PositiveFloat | None = Field(
-        None, description="the initial learning rate (default: None, Keras' default for the optimizer)")
-    weight_decay: NonNegativeFloat | None = Field(None, description="decoupled weight decay (default: None, none)")
-    clipnorm: PositiveFloat | None = Field(None, description="clip each gradient to this norm (default: None, off)")
-    clipvalue: PositiveFloat | None = Field(None, description="clip each gradient value to +-this (default: None, "
-                                            "off)")
-    global_clipnorm: PositiveFloat | None = Field(None, description="clip all gradients to this global norm "
-                                                  "(default: None, off)")
-
-    @model_validator(mode="after")
-    def _one_clip(self):
-        if sum(x is not None for x in (self.clipnorm, self.clipvalue, self.global_clipnorm)) > 1:
-            raise ValueError("use only one of clipnorm, clipvalue, global_clipnorm")
-        return self
-
-    def keras(self, learning_rate):
-        """The Keras optimizer with this spec's arguments and `learning_rate` (a float or a Keras
-        LearningRateSchedule), made by Keras' registry."""
-        from ..backend import keras
-
-        config = self.keras_config()
-        return keras.optimizers.get({**config, "config": {**config["config"], "learning_rate": learning_rate}})
-
-    def resolved_learning_rate(self) -> float:
-        """The spec's learning_rate, else Keras' default for this optimizer."""
-        if self.learning_rate is not None:
-            return self.learning_rate
-        from ..backend import keras
-
-        return inspect.signature(getattr(keras.optimizers, self.keras_class)).parameters["learning_rate"].default
-
-
-Momentum = Annotated[Fraction, Field(description="momentum: the fraction of the last update added to this one")]
-Epsilon = Annotated[PositiveFloat, Field(description="added to denominators, for numerical stability")]
-
-
-class SGD(_Optimizer):
-    keras_class = "SGD"
-    type: Literal["sgd"] = type_tag("sgd", "optimizer")
-    momentum: Momentum = 0.0
-    nesterov: bool = Field(False, description="Nesterov momentum")
-
-
-class _AdamFamily(_Optimizer):
-    beta_1: Fraction = Field(0.9, description="decay rate of the running mean of the gradients")
-    beta_2: Fraction = Field(0.999, description="decay rate of the running mean of the squared gradients")
-    epsilon: Epsilon = 1e-7
-
-
-class Adam(_AdamFamily):
-    keras_class = "Adam"
-    type: Literal["adam"] = type_tag("adam", "optimizer")
-    amsgrad: bool = Field(False, description="the AMSGrad variant")
-
-
-class AdamW(Adam):
-    keras_class = "AdamW"
-    type: Literal["adamw"] = type_tag("adamw", "optimizer")
-    weight_decay: NonNegativeFloat = Field(0.004, description="decoupled weight decay")
-
-
-class Nadam(_AdamFamily):
-    keras_class = "Nadam"
-    type: Literal["nadam"] = type_tag("nadam", "optimizer")
-
-
-class RMSprop(_Optimizer):
-    keras_class = "RMSprop"
-    type: Literal["rmsprop"] = type_tag("rmsprop", "optimizer")
-    rho: Fraction = Field(0.9, description="decay rate of the running mean of the squared gradients")
-    momentum: Momentum = 0.0
-    epsilon: Epsilon = 1e-7
-    centered: bool = Field(False, description="divide by the gradients' variance instead of their mean square")
-
-
-class Adagrad(_Optimizer):
-    keras_class = "Adagrad"
-    type: Literal["adagrad"] = type_tag("adagrad", "optimizer")
-    initial_accumulator_value: NonNegativeFloat = Field(0.1, description="starting value of the accumulators")
-    epsilon: Epsilon = 1e-7
-
-
-class Adadelta(_Optimizer):
-    keras_class = "Adadelta"
-    type: Literal["adadelta"] = type_tag("adadelta", "optimizer")
-    rho: Fraction = Field(0.95, description="decay rate of the running means")
-    epsilon: Epsilon = 1e-7
-
-
-Optimizer = typed_union(SGD, Adam, AdamW, Nadam, RMSprop, Adagrad, Adadelta, default="adam")
-
-
-class _Schedule(StrictModel):
-    unit: Literal["epoch", "step"] = Field("epoch", description="the unit of every count below")
-
-
-Decay = Annotated[float, Field(gt=0, le=1)]
-EVERY = "epochs or steps per decay (at most 1e9)"
-
-
-class Constant(_Schedule):
-    """The learning rate stays as it is."""
-
-    type: Literal["constant"] = type_tag("constant", "schedule")
-
-
-class Exponential(_Schedule):
-    """lr * decay_rate ** (t / every)."""
-
-    type: Literal["exponential"] = type_tag("exponential", "schedule")
-    decay_rate: Decay = Field(description="the factor per `every`")
-    every: Count = Field(1, description=EVERY)
-    staircase: bool = Field(False, description="decay in steps (floor of t / every) instead of smoothly")
-
-
-class Step(_Schedule):
-    """lr * gamma ** floor(t / every)."""
-
-    type: Literal["step"] = type_tag("step", "schedule")
-    every: Count = Field(description=EVERY)
-    gamma: Decay = Field(0.1, description="the factor per `every`")
-
-
-class MultiStep(_Schedule):
-    """lr * gamma ** (number of milestones passed)."""
-
-    type: Literal["multistep"] = type_tag("multistep", "schedule")
-    milestones: Annotated[list[Count], Field(min_length=1)] = Field(
-        description="strictly increasing times (at most 1e9) at which lr is multiplied by gamma")
-    gamma: Decay = Field(0.1, description="the factor at each milestone")
-
-    @model_validator(mode="after")
-    def _increasing(self):
-        if any(b <= a for a, b in zip(self.milestones, self.milestones[1:])):
-            raise ValueError("milestones must be strictly increasing")
-        return self
-
-
-class Polynomial(_Schedule):
-    """From lr to end_learning_rate over decay_steps (default: the whole run), with `power`."""
-
-    type: Literal["polynomial"] = type_tag("polynomial", "schedule")
-    end_learning_rate: NonNegativeFloat = Field(0.0001, description="the learning rate at the end of the decay")
-    decay_steps: Count | None = Field(None, description="length of the decay, at most 1e9 (default: the whole run)")
-    power: PositiveFloat = Field(1.0, description="the polynomial's power (1: linear)")
-
-
-class Cosine(_Schedule):
-    """Linear warmup from 0 to lr, then cosine decay to alpha * lr over decay_steps."""
-
-    type: Literal["cosine"] = type_tag("cosine", "schedule")
-    decay_steps: Count | None = Field(None, description="length of the decay, at most 1e9 (default: the whole run "
-                                      "after warmup)")
-    alpha: Fraction = Field(0.0, description="the final learning rate as a fraction of lr")
-    warmup: Annotated[float, Field(ge=0, le=MAX_COUNT)] = Field(
-        0, description="length of the linear warmup (at most 1e9)")
-
-
-class InverseTime(_Schedule):
-    """Caffe's "inv" policy: lr * (1 + gamma * t) ** -power."""
-
-    type: Literal["inverse_time"] = type_tag("inverse_time", "schedule")
-    gamma: PositiveFloat = Field(description="how fast the rate falls, per unit")
-    power: PositiveFloat = Field(1.0, description="the exponent")
-
-
-Monitor = Annotated[str, Field(description="the metric watched: loss, accuracy, or val_loss / val_accuracy (these "
-                                           "need validation images: data.validation > 0)")]
-Mode = Annotated[Literal["auto", "min", "max"], Field(description="whether the monitored metric should fall (min) "
-                                                                  "or rise (max); auto: rise for accuracy")]
-Patience = Annotated[NonNegativeInt, Field(description="epochs without improvement before acting")]
-MinDelta = Annotated[NonNegativeFloat, Field(description="the smallest change that counts as an improvement")]
-
-
-class Plateau(StrictModel):
-    """Multiply lr by `factor` when `monitor` stops improving for `patience` epochs."""
-
-    type: Literal["plateau"] = type_tag("plateau", "schedule")
-    monitor: Monitor = "val_loss"
-    factor: Annotated[float, Field(gt=0, lt=1)] = Field(0.1, description="multiplies lr at each plateau")
-    patience: Patience = 5
-    min_delta: MinDelta = 1e-4
-    cooldown: NonNegativeInt = Field(0, description="epochs to wait after a reduction before watching again")
-    min_lr: NonNegativeFloat = Field(0.0, description="the learning rate never falls below this")
-
-
-LRSchedule = typed_union(
-    Constant, Exponential, Step, MultiStep, Polynomial, Cosine, InverseTime, Plateau, default="constant"
-)
-
-
-class Checkpoint(StrictModel):
-    """The last epoch is always saved (for --resume); the best by `monitor` too if save_best."""
-
-    enabled: bool = Field(True, description="save checkpoints")
-    monitor: Monitor = Field("val_accuracy", description="the metric that picks the best epoch (the default "
-                             "val_accuracy keeps no best checkpoint when data.validation is 0)")
-    mode: Mode = "auto"
-    save_best: bool = Field(True, description="also keep the best epoch by `monitor`")
-
-
-class TensorBoard(StrictModel):
-    """TensorBoard logs in the run's logs/ folder."""
-
-    enabled: bool = Field(True, description="write TensorBoard logs")
-    histograms: bool = Field(False, description="weight histograms every epoch")
-    graph: bool = Field(True, description="write the model's graph")
-    images_every: PositiveInt = Field(1, description="draw the validation confusion matrix and misclassified "
-                                      "images every N epochs and after the last (each costs a prediction pass)")
-    profile_batches: Annotated[list[PositiveInt], Field(min_length=2, max_length=2)] | None = Field(
-        None, description="[first, last] batch to profile, first <= last (default: no profiling)")
-
-
-class EarlyStopping(StrictModel):
-    """Stop training when `monitor` stops improving."""
-
-    monitor: Monitor = "val_loss"
-    mode: Mode = "auto"
-    patience: Patience = 5
-    min_delta: MinDelta = 0.0
-    restore_best_weights: bool = Field(True, description="end with the weights of the best epoch")
-
-
-class Stage(StrictModel):
-    """Part of the training with its own backbone freezing, optimizer and schedule (whose counts start at the
-    stage's first epoch)."""
-
-    epochs: PositiveInt = Field(description="the stage's epochs")
-    trainable: Trainable | None = Field(None, description="the backbone in this stage: false, true or {last: N} "
-                                        "(default: the backbone's own trainable)")
-    optimizer: Optimizer | None = Field(None, description="the optimizer of this stage, new at its start "
-                                        "(default: train.optimizer)")
-    lr_schedule: LRSchedule | None = Field(None, description="the schedule of this stage (default: "
-                                           "train.lr_schedule)")
-
-
-class Train(StrictModel):
-    """Loss, optimizer, learning-rate schedule and callbacks."""
-
-    epochs: PositiveInt = Field(10, description="passes over the training images")
-    loss: Literal["auto", "categorical_crossentropy", "sparse_categorical_crossentropy", "mse"] = Field(
-        "auto", description="auto: categorical or sparse categorical cross-entropy, following data.preprocess.one_hot")
-    label_smoothing: Fraction = Field(0.0, description="label smoothing of categorical cross-entropy")
-    optimizer: Optimizer = Field(Adam(), description="`{type: NAME, arguments}` or just the name")
-    lr_schedule: LRSchedule = Field(Constant(), description="how the learning rate changes during training")
-    validation_freq: PositiveInt = Field(1, description="evaluate on the validation set every N epochs")
-    checkpoint: Checkpoint = Field(Checkpoint(), description="checkpoints of the model and optimizer")
-    tensorboard: TensorBoard = Field(TensorBoard(), description="TensorBoard logs")
-    early_stopping: EarlyStopping | None = Field(None, description="stop when a metric stops improving "
-                                                 "(default: off)")
-    terminate_on_nan: bool = Field(True, description="stop (and mark the run failed) at a NaN loss")
-    csv_log: bool = Field(True, description="write each epoch's metrics to history.csv")
-    stages: Annotated[list[Stage], Field(min_length=1, max_length=100)] | None = Field(
-        None, description="train in stages, one after another (e.g. a frozen backbone, then fine-tuning); "
-        "train.epochs is then their total unless set lower (default: one stage)")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _epochs_of_stages(cls, data):
-        """train.epochs defaults to the stages' total."""
-        stages = data.get("stages") if isinstance(data, dict) else None
-        if isinstance(stages, list) and "epochs" not in data and all(
-                isinstance(s, dict) and type(s.get("epochs")) is int for s in stages):
-            data = {**data, "epochs": max(1, sum(s["epochs"] for s in stages))}
-        return data
-
-
-# -------------------------------------------------------------------------------------- runtime
-
-
-class Threads(StrictModel):
-    """TensorFlow's thread pools."""
-
-    intra_op: Annotated[int, Field(ge=0, le=MAX_THREADS)] = Field(
-        0, description="threads inside one op, at most 1024 (0: TensorFlow decides)")
-    inter_op: Annotated[int, Field(ge=0, le=MAX_THREADS)] = Field(
-        0, description="ops run in parallel, at most 1024 (0: TensorFlow decides)")
-
-
-def _device_name(value: str) -> str:
-    if not re.fullmatch(r"auto|cpu|gpu|gpu:\d+", value):
-        raise ValueError(f"expected auto, cpu, gpu or gpu:N (e.g. gpu:1), got {value!r}")
-    return value
+# ----------------------------------------------------------------------------------------- spec
 
 
 def check_run_name(value: str) -> str:
@@ -514,32 +65,6 @@ def check_run_name(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
         raise ValueError(f"a name is 1-64 letters, digits, '_', '.' or '-' (it names run directories), got {value!r}")
     return value
-
-
-class Runtime(StrictModel):
-    """Where and how the model runs."""
-
-    device: Annotated[str, AfterValidator(_device_name)] = Field("auto", description="auto, cpu, gpu or gpu:N")
-    distribute: Literal["none", "mirrored", "multi_worker"] = Field(
-        "none", description="mirrored: this machine's GPUs; multi_worker: several machines")
-    gpus: list[NonNegativeInt] | None = Field(None, description="the GPUs distribute uses (default: all)")
-    mixed_precision: bool | Literal["float16", "bfloat16", "auto"] = Field(
-        False, description="true: float16 on GPU, bfloat16 on CPU; auto: bfloat16 where the hardware computes in it "
-        "(CPUs with AVX512_BF16 or AMX, GPUs of compute capability 8.0 and up), else float32")
-    jit_compile: bool = Field(False, description="compile each step with XLA")
-    # "epoch" (a whole epoch per call into TensorFlow) is 18-50% faster on CPU (benchmarks/throughput.py), but the
-    # progress bar, per-batch callbacks and the NaN check then see only the end of each epoch.
-    steps_per_execution: Union[PositiveInt, Literal["epoch"]] = Field(
-        1, description="steps per call into TensorFlow: N (a divisor of the epoch's steps) or epoch")
-    deterministic: bool = Field(False, description="deterministic TensorFlow ops: bit-exact repeats, slower")
-    threads: Threads = Field(Threads(), description="TensorFlow's thread pools")
-    max_params: PositiveInt = Field(50_000_000, description="refuse to build larger models; raise it to go bigger")
-    max_activation_bytes: Annotated[int, Field(gt=0, le=2**50)] = Field(
-        8 * 2**30, description="refuse models whose layer outputs for one batch (float32) take more bytes; "
-        "raise it to go bigger")
-
-
-# ----------------------------------------------------------------------------------------- spec
 
 
 @dataclass(frozen=True)
@@ -627,7 +152,6 @@ class SpecProblems(ValueError):
         self.problems = problems
 
 
-TRAIN_SIZES = {"mnist": 60_000, "fashion_mnist": 60_000}  # training images of the named datasets
 
 
 def _gib(size: int) -> str:

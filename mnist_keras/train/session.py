@@ -16,7 +16,7 @@ from ..runs.files import check_no_links, check_not_training, create_run_dir, rem
 from ..runs.record import BackboneRun, RunState, write_state
 from ..runs.run import Run, open_run
 from ..spec import Spec, dump_spec
-from ..spec.schema import absolute
+from ..spec.data_section import absolute
 
 
 def _with(spec: Spec, overrides: Sequence[str] = (), **values: Any) -> Spec:
