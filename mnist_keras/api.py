@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -34,6 +35,42 @@ def load_spec(path: str | Path, overrides: Sequence[Any] = (), data_dir: str | N
     in the file are inside its folder, those of overrides inside the current folder; a relative data.dataset is
     inside `data_dir` (--data-dir) when one is given."""
     return _load_spec(path, overrides, data_dir)
+
+
+@dataclass
+class Checked:
+    """A file `validate` found good: the spec it loads (a sweep file's at its space's first point), its planned
+    Keras layers and parameters, and the spec paths a sweep file searches (empty for a spec)."""
+
+    file: str
+    spec: Spec
+    layers: int
+    params: int
+    searched: list[str]
+
+
+def validate(files: Sequence[str | Path], overrides: Sequence[Any] = ()) -> tuple[list[Checked], list[str]]:
+    """Check spec files and sweep files (a sweep file's spec at every listed value and range end, as `sweep` does
+    before training), with the overrides: ([a Checked per good file], [every problem of the others, each at its
+    place])."""
+    from .sweeps.file import check_points, is_sweep_file, read_sweep
+
+    checked, problems = [], []
+    for file in files:
+        try:
+            if is_sweep_file(file):
+                sweep = read_sweep(file)
+                check_points(sweep, list(overrides))
+                spec, searched = sweep.load_point({}, overrides), list(sweep.space)
+            else:
+                spec, searched = load_spec(file, overrides), []
+        except UserError as err:
+            problems += err.messages
+            continue
+        planned = spec.plan()
+        checked.append(Checked(str(file), spec, len(planned), sum(p.trainable + p.non_trainable for p in planned),
+                               searched))
+    return checked, problems
 
 
 def load_model(run: Run | str | Path, which: str = "final"):
@@ -235,5 +272,5 @@ def serve(target: str | Path, *, host: str = "127.0.0.1", port: int = 8501, max_
     run_server(str(target), host, port, max_batch, batch_wait, announce=reporter or Reporter())
 
 
-__all__ = ["Reporter", "Run", "build_model", "devices", "evaluate", "export", "fit", "keras_summary", "list_runs", "load_model",
-           "load_spec", "open_run", "predict", "report", "resume", "serve", "summary", "sweep"]
+__all__ = ["Checked", "Reporter", "Run", "build_model", "devices", "evaluate", "export", "fit", "keras_summary", "list_runs", "load_model",
+           "load_spec", "open_run", "predict", "report", "resume", "serve", "summary", "sweep", "validate"]

@@ -90,26 +90,14 @@ main.add_command(data)
 def validate(specs, overrides):
     """Check spec files and sweep files (a sweep file's spec at every listed value and range end, as `sweep`
     does before training); print every problem with its file, line and spec path."""
-    from .spec import load_spec
-    from .sweeps.file import check_points, is_sweep_file, read_sweep
+    from .api import validate as check
 
-    failed = []
-    for file in specs:
-        try:
-            if is_sweep_file(file):
-                sweep = read_sweep(file)
-                check_points(sweep, list(overrides))
-                spec, searched = sweep.load_point({}, overrides), f"; a sweep of {len(sweep.space)} spec paths"
-            else:
-                spec, searched = load_spec(file, overrides), ""
-        except UserError as err:
-            failed += err.messages
-            continue
-        planned = spec.plan()
-        params = sum(p.trainable + p.non_trainable for p in planned)
-        click.echo(f"ok: {file} ({spec.name}: {len(planned)} layers, {params:,} parameters{searched})")
-    if failed:
-        raise UserError(*failed)
+    checked, problems = check(specs, overrides)
+    for found in checked:
+        searched = f"; a sweep of {len(found.searched)} spec paths" if found.searched else ""
+        click.echo(f"ok: {found.file} ({found.spec.name}: {found.layers} layers, {found.params:,} parameters{searched})")
+    if problems:
+        raise UserError(*problems)
 
 
 @main.command()
