@@ -11,8 +11,8 @@ FAULT is one of
     kill-after-write:NAME:K  SIGKILL just after the K-th file called NAME was renamed into place
     sigint-at-batch:E:S      SIGINT (Ctrl-C) after training step S of epoch E
     fail-in-write:NAME:K     the K-th write of NAME fails with "No space left on device"
-    run-dir-at:T             no fault: wait until time.time() >= T to create the run directory, so that
-                             several processes create theirs in the same second
+    run-dir-together:DIR:N   no fault: wait until N processes have come to create their run directory
+                             (each leaves a file in DIR), then create it at the same instant as the others
 The kill is real (signal 9 to this process), so nothing runs after it: no finally, no atexit.
 """
 
@@ -24,10 +24,10 @@ import signal
 import sys
 import time
 
-from mnist_keras import api, cli
+from mnist_keras import cli
 from mnist_keras.backend import keras
 from mnist_keras.runs import files
-from mnist_keras.train import callbacks, loop
+from mnist_keras.train import callbacks, loop, session
 
 
 def die(sig: int = signal.SIGKILL) -> None:
@@ -102,16 +102,26 @@ def in_write(name: str, nth: int, how: str) -> None:
     files.atomic_write = callbacks.atomic_write = loop.atomic_write = faulty
 
 
-def run_dir_at(when: float) -> None:
-    create = api.create_run_dir
+def run_dir_together(folder: str, count: int) -> None:
+    create = session.create_run_dir
 
-    def create_on_time(*args, **kwargs):
-        late = time.time() - when
-        print(f"run-dir-at: {'late by %.1f s' % late if late > 0 else 'on time'}", flush=True)
-        time.sleep(max(0.0, -late))
+    def create_with_the_others(*args, **kwargs):
+        """Leave this process's arrival time in `folder`; once `count` are there (at most 5 minutes), wait for
+        0.1 s past the whole second after the last arrival, an instant every process computes alike."""
+        mine = os.path.join(folder, str(os.getpid()))
+        with open(mine + ".partial", "w") as handle:
+            handle.write(repr(time.time()))
+        os.replace(mine + ".partial", mine)
+        deadline = time.monotonic() + 300
+        while len(arrivals := [n for n in os.listdir(folder) if n.isdigit()]) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        last = max(float(open(os.path.join(folder, name)).read()) for name in arrivals)
+        time.sleep(max(0.0, int(last) + 1.1 - time.time()))
+        on_time = len(arrivals) >= count and int(time.time()) == int(last) + 1
+        print(f"run-dir-together: {'on time' if on_time else 'late'}", flush=True)
         return create(*args, **kwargs)
 
-    api.create_run_dir = create_on_time
+    session.create_run_dir = create_with_the_others
 
 
 def install(fault: str) -> None:
@@ -126,8 +136,8 @@ def install(fault: str) -> None:
         kill_in_test(int(args[0]))
     elif kind in ("kill-in-write", "kill-after-write", "fail-in-write"):
         in_write(args[0], int(args[1]), {"kill-in-write": "in", "kill-after-write": "after", "fail-in-write": "fail"}[kind])
-    elif kind == "run-dir-at":
-        run_dir_at(float(args[0]))
+    elif kind == "run-dir-together":
+        run_dir_together(args[0], int(args[1]))
     elif kind != "none":
         raise SystemExit(f"unknown fault {fault!r}")
 
