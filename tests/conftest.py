@@ -20,6 +20,20 @@ def write_spec(tmp_path):
     return write
 
 
+@pytest.fixture
+def op_determinism():
+    """TensorFlow's op determinism turned on for one test, and turned back off after it (tests share a process)."""
+    from tensorflow.python.framework import config
+
+    from mnist_keras.backend import tf
+
+    was = config.is_op_determinism_enabled()
+    tf.config.experimental.enable_op_determinism()
+    yield
+    if not was:
+        config.disable_op_determinism()
+
+
 TINY_SERVED = """
 name: tiny
 seed: 7

@@ -175,6 +175,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.server
 def test_tensorboard_server_serves_scalars_images_and_hparams(sweep):
     root, runs, _ = sweep
     base = f"http://127.0.0.1:{free_port()}"

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.server]
 webdriver = pytest.importorskip("selenium.webdriver")
 pytest.importorskip("fastapi")
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver")

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.server
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 

@@ -135,9 +135,9 @@ def test_streamed_images_are_decoded_as_in_memory(tmp_path, fit, shape):
         np.testing.assert_array_equal(got, want)
 
 
-def test_a_run_resumed_on_a_streamed_folder_ends_like_an_uninterrupted_one(files):
+def test_a_run_resumed_on_a_streamed_folder_ends_like_an_uninterrupted_one(files, op_determinism):
     """3 epochs in one go vs 1, then 2 more on a fresh pipeline from start_epoch=1: the same batches and weights."""
-    from mnist_keras.backend import keras, tf
+    from mnist_keras.backend import keras
     from mnist_keras.model.build import build_model
     from mnist_keras.train.compile import compile_model
 
@@ -146,7 +146,6 @@ def test_a_run_resumed_on_a_streamed_folder_ends_like_an_uninterrupted_one(files
                                 "model": {"layers": ["flatten", {"dense": {"units": 10}}]},
                                 "train": {"epochs": 3, "optimizer": {"type": "sgd", "learning_rate": 0.1}},
                                 "runtime": {"deterministic": True}})
-    tf.config.experimental.enable_op_determinism()
 
     def fit(model, start, stop):
         """Train epochs start..stop on a fresh pipeline; the image indices of every batch seen."""

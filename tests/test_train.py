@@ -80,14 +80,38 @@ SCHEDULES = {
 }
 
 
-@pytest.mark.parametrize("name", SCHEDULES)
-def test_learning_rate_per_epoch_follows_its_formula(name, tiny, tmp_path):
-    sched, formula = SCHEDULES[name]
+def schedule_spec(tiny, tmp_path, sched: str) -> Path:
+    """The tiny spec with SGD at 0.1 and `sched`, over 5 epochs of 4 steps (256 of 512 images train, 64 a batch)."""
     spec = tiny(epochs=5, max_train=512, extra=f"  lr_schedule: {sched}\n").read_text()
     spec = spec.replace("{type: adam, learning_rate: 0.003}", "{type: sgd, learning_rate: 0.1}")
     path = tmp_path / "sched.yaml"
     path.write_text(spec.replace("validation: 256", "validation: 256, drop_remainder: true"))
-    result = fit([path], tmp_path / "runs")
+    return path
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_learning_rate_per_epoch_follows_its_formula(name, tiny, tmp_path):
+    """The optimizer compile_model makes, read as the epoch callback reads it at the start of each epoch
+    (after 4 steps an epoch); test_a_trained_run_logs_the_learning_rate_of_its_schedule trains one."""
+    from mnist_keras.model.build import build_model
+    from mnist_keras.spec.loader import load_spec
+    from mnist_keras.train.compile import compile_model, current_lr
+
+    sched, formula = SCHEDULES[name]
+    spec = load_spec(schedule_spec(tiny, tmp_path, sched))
+    model = build_model(spec)
+    compile_model(model, spec, steps_per_epoch=4)
+    logged = []
+    for epoch in range(5):
+        model.optimizer.iterations.assign(epoch * 4)
+        logged.append(current_lr(model))
+    assert logged == pytest.approx([formula(e) for e in range(5)], rel=1e-4, abs=1e-7)
+
+
+def test_a_trained_run_logs_the_learning_rate_of_its_schedule(tiny, tmp_path):
+    """The wiring: the schedule's learning rate at the start of each epoch is what the run's history holds."""
+    sched, formula = SCHEDULES["cosine_warmup"]
+    result = fit([schedule_spec(tiny, tmp_path, sched)], tmp_path / "runs")
     assert result.exit_code == 0, result.output
     history = json.loads((only_run(tmp_path / "runs") / "metrics.json").read_text())["history"]
     logged = [h["learning_rate"] for h in history]
@@ -101,15 +125,47 @@ def test_plateau_cuts_the_learning_rate(tiny, tmp_path):
     assert [h["learning_rate"] for h in history] == pytest.approx([0.003, 0.003, 0.0015, 0.00075])
 
 
-@pytest.mark.parametrize("optimizer", [
-    "{type: sgd, learning_rate: 0.05, momentum: 0.9, nesterov: true, clipnorm: 1.0}",
-    "{type: adam, amsgrad: true}", "{type: adamw, weight_decay: 0.01}", "nadam",
-    "{type: rmsprop, momentum: 0.5, centered: true}", "{type: adagrad, learning_rate: 0.05}",
-    "{type: adadelta, learning_rate: 1.0, global_clipnorm: 5.0}",
-])
-def test_every_optimizer_trains(optimizer, tiny, tmp_path):
+OPTIMIZERS = {  # spec: (Keras class, its configuration as the spec sets it)
+    "{type: sgd, learning_rate: 0.05, momentum: 0.9, nesterov: true, clipnorm: 1.0}":
+        ("SGD", {"learning_rate": 0.05, "momentum": 0.9, "nesterov": True, "clipnorm": 1.0}),
+    "{type: adam, amsgrad: true}": ("Adam", {"learning_rate": 0.001, "amsgrad": True}),
+    "{type: adamw, weight_decay: 0.01}": ("AdamW", {"weight_decay": 0.01}),
+    "nadam": ("Nadam", {"learning_rate": 0.001}),
+    "{type: rmsprop, momentum: 0.5, centered: true}": ("RMSprop", {"momentum": 0.5, "centered": True}),
+    "{type: adagrad, learning_rate: 0.05}": ("Adagrad", {"learning_rate": 0.05}),
+    "{type: adadelta, learning_rate: 1.0, global_clipnorm: 5.0}":
+        ("Adadelta", {"learning_rate": 1.0, "global_clipnorm": 5.0}),
+}
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_every_optimizer_is_built_as_the_spec_says_and_trains(optimizer, tiny, tmp_path):
+    """The optimizer compile_model makes, with the spec's arguments, fits the tiny model on bundled images."""
+    from mnist_keras.backend import keras
+    from mnist_keras.data import load_arrays, make_pipelines
+    from mnist_keras.model.build import build_model
+    from mnist_keras.spec.loader import load_spec
+    from mnist_keras.train.compile import compile_model
+
     path = tiny(epochs=1, max_train=1280)
     path.write_text(path.read_text().replace("{type: adam, learning_rate: 0.003}", optimizer))
+    spec = load_spec(path)
+    pipes = make_pipelines(spec, load_arrays(spec.data))
+    keras.utils.set_random_seed(spec.seed)
+    model = build_model(spec)
+    compile_model(model, spec, pipes.steps_per_epoch)
+    name, config = OPTIMIZERS[optimizer]
+    assert type(model.optimizer).__name__ == name
+    assert {key: model.optimizer.get_config()[key] for key in config} == pytest.approx(config)
+    model.fit(pipes.train, epochs=1, steps_per_epoch=pipes.steps_per_epoch, verbose=0, shuffle=False)
+    loss, accuracy = model.evaluate(pipes.test, verbose=0)
+    assert math.isfinite(loss) and accuracy > 0.2
+
+
+def test_an_optimizer_from_the_spec_trains_through_fit(tiny, tmp_path):
+    """The wiring, once: `fit` of a spec with another optimizer than the default exits 0 with a useful model."""
+    path = tiny(epochs=1, max_train=1280)
+    path.write_text(path.read_text().replace("{type: adam, learning_rate: 0.003}", next(iter(OPTIMIZERS))))
     result = fit([path], tmp_path / "runs")
     assert result.exit_code == 0, result.output
     metrics = json.loads((only_run(tmp_path / "runs") / "metrics.json").read_text())
