@@ -10,8 +10,6 @@ import sys
 from contextlib import contextmanager
 from typing import Any, Callable
 
-import numpy as np
-
 _KERAS_SEED_ATTRIBUTES = ("global_random_seed", "global_seed_generator")
 
 
@@ -54,12 +52,17 @@ def _restore_tensorflow(saved: dict[str, Any] | None) -> None:
 @contextmanager
 def kept_global_state():
     """Within the block training may set any of these; on leaving it, each is as it was before."""
-    python_seed, numpy_seed, saved = random.getstate(), np.random.get_state(), _tensorflow_state()
+    # NumPy only if the caller has it: imported here it would start OpenBLAS' threads before backend.py can
+    # block Ctrl-C in them (train/distribute.py's stoppable_wait needs every thread to block it)
+    numpy = sys.modules.get("numpy")
+    python_seed, saved = random.getstate(), _tensorflow_state()
+    numpy_seed = numpy.random.get_state() if numpy else None
     try:
         yield
     finally:
         random.setstate(python_seed)
-        np.random.set_state(numpy_seed)
+        if numpy_seed is not None:
+            numpy.random.set_state(numpy_seed)
         _restore_tensorflow(saved)
 
 
