@@ -28,7 +28,7 @@ for _ in range(args.repeats):
         with contextlib.redirect_stdout(io.StringIO()) as out:
             run = mk.fit(spec, runs="/tmp/mnist-keras-progress-bar", data_dir=args.data_dir,
                          reporter=mk.Reporter(verbose=1))
-        rates = [h["images_per_second"] for h in run.metrics["history"][1:]]
+        rates = [h.images_per_second for h in run.metrics.history[1:]]
         results[name] += rates
         print(f"{name:11} images/s {', '.join(f'{r:,.0f}' for r in rates)}; bar redrawn "
               f"{out.getvalue().count(chr(13))} times", flush=True)

@@ -95,10 +95,10 @@ def main() -> None:
     rows = []
     for label, body in cases:
         run, seconds = train(body, folder, runs)
-        rows.append({"model": label, "test_accuracy": run.metrics["test"]["accuracy"], "seconds": seconds,
+        rows.append({"model": label, "test_accuracy": run.metrics.test.accuracy, "seconds": seconds,
                      "run": str(run.path)})
     print(f"pretrained on digits 0-4: {len(np.load(low)['y_train']):,} images, {args.pretrain_epochs} epochs, "
-          f"test accuracy on 0-4 {pre.metrics['test']['accuracy']:.2%} ({pre_s:.0f} s)")
+          f"test accuracy on 0-4 {pre.metrics.test.accuracy:.2%} ({pre_s:.0f} s)")
     print(f"digits 5-9: {args.per_class} training images per class ({5 * args.per_class - 50} train, 50 "
           f"validation), {args.epochs} epochs; test: all {len(np.load(high)['y_test']):,} test images of 5-9")
     print(f"{'model':34} {'test accuracy':>13} {'seconds':>8}")
@@ -107,7 +107,7 @@ def main() -> None:
     gain = rows[1]["test_accuracy"] - rows[0]["test_accuracy"]
     print(f"transfer vs scratch: {gain * 100:+.1f} points (frozen), "
           f"{(rows[2]['test_accuracy'] - rows[0]['test_accuracy']) * 100:+.1f} points (fine-tuned)")
-    (folder / "transfer.json").write_text(json.dumps({"pretrain": pre.metrics["test"], "rows": rows}, indent=2))
+    (folder / "transfer.json").write_text(json.dumps({"pretrain": pre.metrics.test.model_dump(), "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
     import mnist_keras as mk
     spec = mk.load_spec("model_specs/lenet5.yaml", overrides=["train.epochs=1"])
     model = mk.build_model(spec)          # the keras.Sequential, not yet compiled
-    run = mk.fit(spec, runs="runs")       # an mk.Run: run.path, run.metrics["test"]["accuracy"]
+    run = mk.fit(spec, runs="runs")       # an mk.Run: run.path, run.metrics.test.accuracy
     model = mk.load_model(run)            # the trained keras model
     run = mk.resume(mk.open_run(run.path), epochs=2)
 """

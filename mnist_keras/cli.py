@@ -172,14 +172,15 @@ def _flags(epochs=None, device=None, distribute=None, name=None) -> list:
 
 
 def _fit_summary(run) -> str:
-    metrics, test = run.metrics, run.metrics["test"]
-    seconds = sum(metrics["seconds_per_epoch"])
-    loss = "nan" if test.get("loss") is None else f"{test['loss']:.4f}"
-    head = f"test accuracy {test['accuracy']:.2%}, loss {loss} | {metrics['epochs_done']} epochs in {seconds:.1f} s, " \
-           f"{metrics['images_per_second']:,.0f} images/s"
+    metrics, test = run.metrics, run.metrics.test
+    seconds = sum(metrics.seconds_per_epoch)
+    loss = "nan" if test.loss is None else f"{test.loss:.4f}"
+    accuracy = "nan" if test.accuracy is None else f"{test.accuracy:.2%}"
+    head = f"test accuracy {accuracy}, loss {loss} | {metrics.epochs_done} epochs in {seconds:.1f} s, " \
+           f"{metrics.images_per_second:,.0f} images/s"
     if run.path is None:
-        return f"{metrics['device']}: {head} | weights {metrics['weights_sha256']} | the chief writes the run"
-    weights = f" | weights {metrics['weights_sha256']}" if run.spec.runtime.distribute == "multi_worker" else ""
+        return f"{metrics.device}: {head} | weights {metrics.weights_sha256} | the chief writes the run"
+    weights = f" | weights {metrics.weights_sha256}" if run.spec.runtime.distribute == "multi_worker" else ""
     return f"{head}{weights} | run {run.path} | tensorboard --logdir {run.path}"
 
 

@@ -52,7 +52,7 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), scope)
     run = scope["run"]
     assert run.state.epochs_done == 2 and run.state.status == "finished"
-    assert 0.5 < run.metrics["test"]["accuracy"] <= 1
+    assert 0.5 < run.metrics.test.accuracy <= 1
     assert run.path.resolve().parent.parent == tmp_path / "runs"
 
 
@@ -78,7 +78,7 @@ def test_api_is_silent_and_raises_typed_errors(write_spec, tmp_path, capfd):
     with pytest.raises(mk.UserError, match="refusing to resume with a different spec"):
         mk.resume(opened, epochs=2, overrides=["train.optimizer.learning_rate=0.5"])
     resumed = mk.resume(run.path, epochs=2)
-    assert resumed.state.epochs_done == 2 and resumed.metrics["epochs_done"] == 2
+    assert resumed.state.epochs_done == 2 and resumed.metrics.epochs_done == 2
 
 
 def test_plateau_without_validation_is_refused_before_training(write_spec, tmp_path):

@@ -43,7 +43,7 @@ def test_fit_restores_the_callers_policy_determinism_and_seeds(write_spec, tmp_p
     np.random.seed(11)
     try:
         run = mk.fit(mk.load_spec(write_spec(SPEC.replace("RUNTIME", runtime))), runs=tmp_path / "runs")
-        assert run.metrics["epochs_done"] == 1
+        assert run.metrics.epochs_done == 1
         assert (random.random(), float(np.random.rand())) == expected
         assert keras.config.dtype_policy().name == policy
         layer = keras.layers.Dense(3)

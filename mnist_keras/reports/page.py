@@ -61,21 +61,21 @@ def _legend(label: str, run: Run) -> str:
 
 def _metrics_rows(run: Run) -> list[tuple[str, str]]:
     state, metrics = run.state, run.metrics
-    test = metrics.get("test", {})
+    test = metrics.test if metrics else None
     best = state.best_validation_accuracy()
     rows = [
         ("state", state.shown_status(run.path)),
         ("--set", " ".join(f"{path}={value}" for path, value in state.overrides.items()) or "-"),
         ("epochs", f"{state.epochs_done} of {run.spec.train.epochs}"),
         ("best validation accuracy", f"{best:.2%}" if best is not None else "-"),
-        ("test accuracy (metrics.json)", f"{test['accuracy']:.2%}" if test.get("accuracy") is not None else "-"),
-        ("test loss", f"{test['loss']:.4f}" if test.get("loss") is not None else "-"),
+        ("test accuracy (metrics.json)", f"{test.accuracy:.2%}" if test and test.accuracy is not None else "-"),
+        ("test loss", f"{test.loss:.4f}" if test and test.loss is not None else "-"),
     ]
     if metrics:
-        rows += [("seconds per epoch", f"{np.mean(metrics['seconds_per_epoch']):.1f}"),
-                 ("images per second", f"{metrics['images_per_second']:,.0f}"),
-                 ("device", metrics["device"]),
-                 ("data", f"{metrics['data'].get('dataset', '')} ({metrics['data'].get('source', '')})")]
+        rows += [("seconds per epoch", f"{np.mean(metrics.seconds_per_epoch):.1f}"),
+                 ("images per second", f"{metrics.images_per_second:,.0f}"),
+                 ("device", metrics.device),
+                 ("data", f"{metrics.data.dataset or ''} ({metrics.data.source or ''})")]
     return rows
 
 
@@ -90,7 +90,8 @@ def build_report(run_dirs: list[str], out: Path, data_dir: str | None = None,
     except OSError as err:
         raise UserError(f"{out}: cannot create the report folder ({err.strerror})") from None
     labels = [f"{run.path.parent.name}/{run.path.name}" for run in runs]
-    curves = _save(curves_figure({_legend(label, run): run.state.history for label, run in zip(labels, runs)}),
+    curves = _save(curves_figure({_legend(label, run): [h.logged() for h in run.state.history]
+                                  for label, run in zip(labels, runs)}),
                    out / "curves.png")
     sections, numbers = [], []
     for index, (run, label) in enumerate(zip(runs, labels), 1):

@@ -77,15 +77,61 @@ class BackboneRun(_Record):
                    layers=[BackboneLayer(**asdict(layer)) for layer in described.layers])
 
 
+class _Open(_Record):
+    """A record whose other keys are kept as they were written (a newer Keras metric, a data source's own facts)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+
+class Epoch(_Open):
+    """One epoch of the history: its number, learning rate and timing, and every metric Keras logged for it (loss,
+    accuracy, val_loss, ...: typed numbers, None where not finite)."""
+
+    __pydantic_extra__: dict[str, Number] = Field(init=False)
+    epoch: int = Field(ge=1, le=MAX_INT)
+    learning_rate: Number = None
+    epoch_seconds: Number = None
+    images_per_second: Number = None
+
+    def get(self, name: str) -> Number:
+        """The value logged as `name` this epoch; None when it was not logged (validation_freq) or not finite."""
+        if name in type(self).model_fields:
+            return getattr(self, name)
+        return (self.__pydantic_extra__ or {}).get(name)
+
+    def logged(self) -> dict[str, Number]:
+        """Every value of the epoch by name, `epoch` included."""
+        return self.model_dump()
+
+
+class TestMetrics(_Open):
+    """The test set's loss and accuracy (and any further compiled metric), None where not finite."""
+
+    __test__ = False  # pytest: not a test class
+    __pydantic_extra__: dict[str, Number] = Field(init=False)
+    loss: Number = None
+    accuracy: Number = None
+
+
+class Provenance(_Open):
+    """Where a run's images came from: the dataset, its source kind, its path, the images per split (per class for
+    image folders), and the source's own facts (sha256 of each file read, held-out files, skipped files...)."""
+
+    dataset: str | None = None
+    source: str | None = None
+    path: str | None = None
+    counts: dict[str, Any] = {}
+
+
 class RunState(_Record):
     """state.json: where a run stands."""
 
     format: int = FORMAT
     status: Status = "running"
     epochs_done: int = Field(0, ge=0, le=MAX_INT)
-    history: list[dict[str, Number]] = []
+    history: list[Epoch] = []
     data_dir: str | None = None
-    data: dict[str, Any] | None = None  # where the images came from (source, path, counts, sha256)
+    data: Provenance | None = None  # where the images came from
     classes: list[str] = []  # the class names in label order, frozen when training starts
     overrides: dict[str, Any] = {}  # spec path -> value, from --set (and sweep values)
     backbone: BackboneRun | None = None  # an earlier run as the backbone
@@ -128,7 +174,7 @@ class RunState(_Record):
             backbone.until)} if backbone else {})
 
     def best_validation_accuracy(self) -> float | None:
-        values = [h["val_accuracy"] for h in self.history if h.get("val_accuracy") is not None]
+        values = [value for h in self.history if (value := h.get("val_accuracy")) is not None]
         return max(values) if values else None
 
 
@@ -143,9 +189,9 @@ class RunMetrics(_Record):
     epochs_done: int = Field(ge=0, le=MAX_INT)
     device: str
     versions: dict[str, str]
-    data: dict[str, Any]
-    history: list[dict[str, Number]]
-    test: dict[str, Number]
+    data: Provenance
+    history: list[Epoch]
+    test: TestMetrics
     seconds_per_epoch: list[float]
     wall_seconds_this_session: float
     images_per_second: float

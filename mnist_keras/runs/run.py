@@ -1,27 +1,96 @@
 """A run directory as one object: its spec, its record, its metrics and its model files (model/objects.py
-loads them)."""
+loads them), and the one lifecycle every run goes through: create, begin, record an epoch, then finish or stop
+(interrupted, failed or pruned). Nothing outside runs/ reads or writes a run's record files."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+import shutil
+import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import UserError
-from ..spec import Spec, load_spec
-from .files import open_run_dir, run_file
-from .record import RunState, read_metrics, read_state
+from ..spec import Spec, dump_spec, load_spec
+from .files import create_run_dir, open_run_dir, run_file, write_text
+from .record import Best, Epoch, Provenance, RunMetrics, RunState, Status, read_metrics, read_state, write_metrics, \
+    write_state
 
 
 @dataclass
 class Run:
     """A training run. `path` is None only for a multi_worker worker other than the chief, which writes
-    no run; `metrics` is metrics.json as a mapping, empty until the run finishes."""
+    no run; `metrics` (metrics.json) is None until the run finishes."""
 
     path: Path | None
     spec: Spec
     state: RunState
-    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics: RunMetrics | None = None
+
+    @classmethod
+    def create(cls, runs: str | Path, name: str, spec: Spec, state: RunState) -> "Run":
+        """A new, empty run directory `runs/name/<timestamp>` for `spec` (write_spec and save fill it)."""
+        return cls(create_run_dir(runs, name), spec, state)
+
+    @property
+    def recorded(self) -> bool:
+        """True once the run has a record (state.json) on disk."""
+        return (self.path / "state.json").is_file()
+
+    def write_spec(self) -> None:
+        write_text(self.path / "spec.yaml", dump_spec(self.spec))
+
+    def save(self) -> None:
+        """Write the record (state.json), last of the files of an epoch, naming those it belongs to."""
+        write_state(self.path, self.state)
+
+    def begin(self, device: str, provenance: dict, class_names: list[str]) -> None:
+        """Training begins (or resumes) on `device` with this data; UserError when its classes are not the run's."""
+        state = self.state
+        if state.classes and state.classes != class_names:
+            raise UserError(f"{self.path}: the data's classes ({', '.join(class_names)[:200]}) are not the run's "
+                            f"({', '.join(state.classes)[:200]}); resume with the data the run was trained on")
+        state.status, state.device, state.data, state.classes = "running", device, Provenance(**provenance), \
+            list(class_names)
+        state.pid, state.host = os.getpid(), socket.gethostname()
+        self.save()
+
+    def record_epoch(self, logged: dict[str, Any], checkpoint: str | None, best: Best | None,
+                     learning_rate: float, rng: dict[str, list], callbacks: dict[str, dict]) -> None:
+        """An epoch ended: its logged values, the checkpoint holding it, the best so far, and what resuming after
+        it needs (the learning rate, the seed states, each stateful callback's state)."""
+        state = self.state
+        state.history.append(Epoch(**logged))
+        state.epochs_done, state.checkpoint, state.best = state.history[-1].epoch, checkpoint, best
+        state.learning_rate, state.rng, state.callbacks = learning_rate, rng, callbacks
+        self.save()
+
+    def finish(self, metrics: RunMetrics) -> None:
+        """The run ended: its metrics written, then its record marked finished."""
+        self.metrics = metrics
+        write_metrics(self.path, metrics)
+        self.state.status = "finished"
+        self.save()
+
+    def stop(self, status: Status) -> None:
+        """Record why the run stopped (interrupted, failed or pruned), where the disk still allows; a run that
+        never began keeps no record."""
+        if not (self.state.epochs_done or self.recorded):
+            return
+        self.state.status = status
+        try:
+            if status == "pruned" and self.metrics is not None:
+                self.metrics.status = status
+                write_metrics(self.path, self.metrics)
+            self.save()
+        except OSError:
+            pass
+
+    def discard_if_unrecorded(self) -> None:
+        """Remove a new run's directory when training was refused before it began (nothing in it is a record)."""
+        if not self.recorded:
+            shutil.rmtree(self.path, ignore_errors=True)
 
     @property
     def class_names(self) -> list[str]:
@@ -33,7 +102,7 @@ class Run:
         """How image files given to its model are decoded: as its data set's own images were (data/images.py)."""
         from ..data.images import decoding_fit
 
-        return decoding_fit(self.spec.data, (self.state.data or {}).get("source"))
+        return decoding_fit(self.spec.data, self.state.data.source if self.state.data else None)
 
     def model_file(self, which: Literal["final", "best", "last"] = "final") -> Path:
         """model.keras (falling back to the last checkpoint of an unfinished run), best.keras or the last."""
@@ -57,8 +126,7 @@ def open_run(path: str | Path) -> Run:
     with state.recorded_backbone():
         spec = load_spec(run / "spec.yaml")
     spec._overrides = dict(state.overrides)
-    metrics = read_metrics(run)
-    return Run(run, spec, state, metrics.model_dump(mode="json") if metrics else {})
+    return Run(run, spec, state, read_metrics(run))
 
 
 def model_target(target: str | Path, spec_file: str | None = None) -> tuple[Spec, Path, Run | None]:

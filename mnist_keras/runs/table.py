@@ -72,7 +72,7 @@ def summarize(run: Path) -> RunRow:
         return RunRow(**found, state="unreadable", reason=err.messages[0])
     return RunRow(**found, state=state.shown_status(run), epochs=f"{state.epochs_done}/{planned}",
                   best_validation_accuracy=state.best_validation_accuracy(),
-                  test_accuracy=metrics.test.get("accuracy") if metrics else None)
+                  test_accuracy=metrics.test.accuracy if metrics else None)
 
 
 def format_table(rows: list[dict], columns: tuple[str, ...] | list[str]) -> str:

@@ -14,8 +14,8 @@ from optuna.trial import FrozenTrial, TrialState
 from ..backend import keras
 from ..errors import TrainingFailed, UserError
 from ..reporter import Reporter
-from ..runs.files import create_run_dir, write_text
-from ..runs.record import RunState, read_metrics, read_state, write_metrics, write_state
+from ..runs.record import Epoch, RunState
+from ..runs.run import Run, open_run
 from ..spec import dump_spec
 from ..train.session import resume_run
 from .file import Sweep
@@ -26,7 +26,7 @@ class ReportToTrial(keras.callbacks.Callback):
     """Reports the objective metric of every epoch to the trial (the epochs of a resumed run first) and stops
     training at the end of an epoch the pruner prunes."""
 
-    def __init__(self, trial: optuna.Trial, metric: str, history: list[dict]):
+    def __init__(self, trial: optuna.Trial, metric: str, history: list[Epoch]):
         super().__init__()
         self.trial, self.metric, self.history, self.pruned = trial, metric, history, False
 
@@ -66,13 +66,13 @@ class TrialRunner:
         trial.set_user_attr("process", {"trial": trial.number, "host": socket.gethostname(), "pid": os.getpid()})
         self.progress(f"{self.label}trial {trial.number}: {_shown(params)}")
         try:
-            run = self._run_dir(trial, params)
-            self.started[trial.number] = read_state(run).epochs_done
+            run = self._run(trial, params)
+            self.started[trial.number] = run.state.epochs_done
             state = self._train(trial, run)
         except (TrainingFailed, UserError) as err:
             return self._failed(trial, err.messages[0])
         metric = self.sweep.config.objective.metric
-        values = [h[metric] for h in state.history if h.get(metric) is not None]
+        values = [value for h in state.history if (value := h.get(metric)) is not None]
         trial.set_user_attr("epochs", state.epochs_done)
         if state.status == "pruned":
             self.current = None
@@ -100,46 +100,34 @@ class TrialRunner:
             f" (retry of #{retried}, {f'resumed after epoch {start}' if start else 'rerun'})"
         return f"{self.label}trial {trial.number}{again}: {shown} -> {outcome} | {trial.user_attrs.get('run_dir')}"
 
-    def _run_dir(self, trial: optuna.Trial, params: dict) -> Path:
-        """The trial's run directory: a crashed trial's (inherited in the retry's user attributes) when it is on
+    def _run(self, trial: optuna.Trial, params: dict) -> Run:
+        """The trial's run: a crashed trial's (inherited in the retry's user attributes) when its directory is on
         this machine under RUNS/<study>, else a new one, recorded in the trial with its spec before anything
         trains in it."""
         recorded, folder = trial.user_attrs.get("run_dir"), self.runs / trial.study.study_name
-        if isinstance(recorded, str) and Path(recorded).is_dir() and \
-                Path(recorded).resolve().parent == folder.resolve():
-            run = Path(recorded)
-        else:
-            run = create_run_dir(self.runs, trial.study.study_name)
-            trial.set_user_attr("run_dir", str(run))
-        if not (run / "state.json").is_file():
-            spec = self.sweep.load_point(params, self.overrides)
-            text = dump_spec(spec)
-            write_text(run / "spec.yaml", text)
-            write_state(run, RunState(data_dir=self.data_dir, overrides=spec.overrides))
-            trial.set_user_attr("spec", text)  # what the best spec is, read from any machine
+        inherited = isinstance(recorded, str) and Path(recorded).is_dir() and \
+            Path(recorded).resolve().parent == folder.resolve()
+        if inherited and (Path(recorded) / "state.json").is_file():
+            return open_run(recorded)
+        spec = self.sweep.load_point(params, self.overrides)
+        state = RunState(data_dir=self.data_dir, overrides=spec.overrides)
+        run = Run(Path(recorded), spec, state) if inherited else Run.create(self.runs, folder.name, spec, state)
+        trial.set_user_attr("run_dir", str(run.path))
+        run.write_spec()
+        run.save()
+        trial.set_user_attr("spec", dump_spec(spec))  # what the best spec is, read from any machine
         return run
 
-    def _train(self, trial: optuna.Trial, run: Path) -> RunState:
+    def _train(self, trial: optuna.Trial, run: Run) -> RunState:
         """Train the run to its end or to its pruning (a new run from epoch 1, a crashed one from its last
         checkpoint); the run's final record."""
-        state = read_state(run)
-        if state.status in ("finished", "pruned"):
-            return state  # trained before its process died, but not yet told
-        report = ReportToTrial(trial, self.sweep.config.objective.metric, state.history)
-        resume_run(run, data_dir=self.data_dir, reporter=self.progress, callbacks=[report])
-        state = read_state(run)
+        if run.state.status in ("finished", "pruned"):
+            return run.state  # trained before its process died, but not yet told
+        report = ReportToTrial(trial, self.sweep.config.objective.metric, run.state.history)
+        run = resume_run(run, data_dir=self.data_dir, reporter=self.progress, callbacks=[report])
         if report.pruned:
-            _mark_pruned(run, state)
-        return state
-
-
-def _mark_pruned(run: Path, state: RunState) -> None:
-    metrics = read_metrics(run)
-    if metrics:
-        metrics.status = "pruned"
-        write_metrics(run, metrics)
-    state.status = "pruned"
-    write_state(run, state)
+            run.stop("pruned")
+        return run.state
 
 
 def _shown(params: dict) -> str:

@@ -20,7 +20,8 @@ import numpy as np
 
 from ..backend import keras, tf
 from ..runs.files import atomic_write, run_file
-from ..runs.record import Best, RunState, write_state
+from ..runs.record import Best
+from ..runs.run import Run
 from ..spec import Spec
 from .compile import current_lr
 
@@ -330,34 +331,32 @@ class RunRecorder(keras.callbacks.Callback):
     best.keras, then state.json pointing at them, then the files it no longer names are removed.
     An epoch whose loss is not finite is not recorded when train.terminate_on_nan stops the run there."""
 
-    def __init__(self, run: Path, spec: Spec, state: RunState, stateful: dict):
+    def __init__(self, run: Run, stateful: dict):
         super().__init__()
-        self.run, self.state, self.stateful, self.spec = run, state, stateful, spec
-        cfg = spec.train.checkpoint
+        self.run, self.stateful, cfg = run, stateful, run.spec.train.checkpoint
         self.higher_is_better = cfg.mode == "max" or (cfg.mode == "auto" and "acc" in cfg.monitor)
 
     def improved(self, value: float) -> bool:
-        best = self.state.best
+        best = self.run.state.best
         return best is None or (value > best.value if self.higher_is_better else value < best.value)
 
     def on_epoch_end(self, epoch, logs=None):
-        logs, cfg = finite_or_none(logs or {}), self.spec.train.checkpoint
-        if logs.get("loss", 0.0) is None and self.spec.train.terminate_on_nan:
+        logs, spec, folder = finite_or_none(logs or {}), self.run.spec, self.run.path
+        cfg = spec.train.checkpoint
+        if logs.get("loss", 0.0) is None and spec.train.terminate_on_nan:
             return  # the NaN stop: keep the last good checkpoint and state.json as they are
         name = f"checkpoints/epoch-{epoch + 1:04d}.keras" if cfg.enabled else None
         if name:
-            atomic_write(self.run / name, self.model.save)
-        value = logs.get(cfg.monitor)
+            atomic_write(folder / name, self.model.save)
+        value, best = logs.get(cfg.monitor), self.run.state.best
         if cfg.enabled and cfg.save_best and value is not None and self.improved(value):
-            atomic_write(self.run / "checkpoints/best.keras", self.model.save)
-            self.state.best = Best(monitor=cfg.monitor, value=value, epoch=epoch + 1)
-        self.state.history.append({"epoch": epoch + 1, **logs})
-        self.state.epochs_done, self.state.checkpoint = epoch + 1, name
-        self.state.learning_rate, self.state.rng = current_lr(self.model), rng_state(self.model)
-        self.state.callbacks = {key: callback.get_state() for key, callback in self.stateful.items()}
-        write_state(self.run, self.state)
-        named = {name} | {saved.get("weights") for saved in self.state.callbacks.values()}
-        for old in [*self.run.glob("checkpoints/epoch-*.keras"), *self.run.glob("checkpoints/early-stopping-*.npz")]:
+            atomic_write(folder / "checkpoints/best.keras", self.model.save)
+            best = Best(monitor=cfg.monitor, value=value, epoch=epoch + 1)
+        callbacks = {key: callback.get_state() for key, callback in self.stateful.items()}
+        self.run.record_epoch({"epoch": epoch + 1, **logs}, name, best, current_lr(self.model), rng_state(self.model),
+                              callbacks)
+        named = {name} | {saved.get("weights") for saved in callbacks.values()}
+        for old in [*folder.glob("checkpoints/epoch-*.keras"), *folder.glob("checkpoints/early-stopping-*.npz")]:
             if f"checkpoints/{old.name}" not in named:
                 old.unlink(missing_ok=True)
 
@@ -370,8 +369,9 @@ class Board(keras.callbacks.TensorBoard):
         super().on_epoch_end(epoch, {("seconds" if k == "epoch_seconds" else k): v for k, v in (logs or {}).items()})
 
 
-def make_callbacks(spec: Spec, run: Path, state: RunState, images_per_epoch: int) -> tuple[list, NaNGuard | None]:
+def make_callbacks(run: Run, images_per_epoch: int) -> tuple[list, NaNGuard | None]:
     """The run's callbacks, in order, and the NaN guard (None when train.terminate_on_nan is false)."""
+    spec, state, folder = run.spec, run.state, run.path
     saved, stateful = state.callbacks, {}
     if spec.train.lr_schedule.type == "plateau":
         p = spec.train.lr_schedule
@@ -381,18 +381,18 @@ def make_callbacks(spec: Spec, run: Path, state: RunState, images_per_epoch: int
         e = spec.train.early_stopping
         stateful["early_stopping"] = EarlyStop(
             monitor=e.monitor, mode=e.mode, patience=e.patience, min_delta=e.min_delta,
-            restore_best_weights=e.restore_best_weights, saved=saved.get("early_stopping"), run=run)
+            restore_best_weights=e.restore_best_weights, saved=saved.get("early_stopping"), run=folder)
     guard = NaNGuard() if spec.train.terminate_on_nan else None
     callbacks = [EpochStats(images_per_epoch, spec), *([guard] if guard else []), *stateful.values(),
-                 RunRecorder(run, spec, state, stateful)]
+                 RunRecorder(run, stateful)]
     tb = spec.train.tensorboard
     if tb.enabled:
         callbacks.append(Board(
-            log_dir=str(run / "logs"), histogram_freq=int(tb.histograms), write_graph=tb.graph,
+            log_dir=str(folder / "logs"), histogram_freq=int(tb.histograms), write_graph=tb.graph,
             profile_batch=tuple(tb.profile_batches) if tb.profile_batches else 0,
         ))
         if tb.graph and not state.epochs_done:
-            callbacks.append(GraphWriter(run / "logs" / "train"))
+            callbacks.append(GraphWriter(folder / "logs" / "train"))
     if spec.train.csv_log:
-        callbacks.append(keras.callbacks.CSVLogger(str(run / "history.csv"), append=True))
+        callbacks.append(keras.callbacks.CSVLogger(str(folder / "history.csv"), append=True))
     return callbacks, guard

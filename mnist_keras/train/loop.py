@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import platform
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,8 @@ from ..model.backbones import set_trainable
 from ..model.build import build_model
 from ..errors import TrainingFailed, UserError
 from ..runs.files import atomic_write, run_file
-from ..runs.record import RunMetrics, RunState, write_metrics, write_state
+from ..runs.record import RunMetrics, RunState, TestMetrics
+from ..runs.run import Run
 from ..spec import Spec
 from .callbacks import LiveProgbar, finite_or_none, make_callbacks, restore_rng_state
 from .compile import compile_model, current_lr, make_schedule, spans_the_run
@@ -95,42 +94,37 @@ def _nan_message(spec: Spec, run: Path, state: RunState, guard) -> str:
     return f"the loss became NaN {where}; {kept}. Try a lower learning rate ({rates}) or gradient clipping"
 
 
-def train_run(spec: Spec, run: Path, prepared: Prepared, state: RunState, notify: Callable[[str], None],
-              verbose: int = 0, extended_from: int | None = None, extra_callbacks: tuple = ()) -> RunMetrics:
-    """Train the run in `run` from `state` (a new run's, or its record's to resume); write and return its
-    metrics. TrainingFailed for a NaN loss (the run is kept, marked failed). `extra_callbacks` (Keras
+def train_run(run: Run, prepared: Prepared, notify: Callable[[str], None], verbose: int = 0,
+              extended_from: int | None = None, extra_callbacks: tuple = ()) -> None:
+    """Train `run` from its record (a new run's, or an earlier one's to resume) to its end, then finish it
+    with its metrics. TrainingFailed for a NaN loss (the run is kept, marked failed). `extra_callbacks` (Keras
     callbacks, e.g. a sweep's pruning) run after the run's own, so an epoch is saved before they see it."""
     from ..data import Arrays, class_weights, make_pipelines
     from ..reports.dashboards import dashboard_callbacks, write_test_metrics
 
+    spec, state, folder = run.spec, run.state, run.path
     placement, data = prepared.placement, prepared.data
     start = state.epochs_done
-    pipes = make_pipelines(spec, data, start_epoch=start, cache_dir=run / "cache", notify=notify)
+    pipes = make_pipelines(spec, data, start_epoch=start, cache_dir=folder / "cache", notify=notify)
     labels = data.y_train[:pipes.n_train] if isinstance(data, Arrays) else data.train.labels
     stages = spec.stages()
     current = next((s for s in stages if s.first <= start < s.end), stages[-1])
     with placement.scope():
         if start:
             staged = bool(spec.train.stages)
-            model = _resumed_model(current.spec, run, state, pipes.steps_per_epoch,
+            model = _resumed_model(current.spec, folder, state, pipes.steps_per_epoch,
                                    None if staged else extended_from, notify)
             compiled = current if start > current.first or not staged else None  # the checkpoint's optimizer
         else:
             model, compiled = build_model(spec), None
         images_per_epoch = pipes.steps_per_epoch * spec.data.batch_size
-        callbacks, guard = make_callbacks(spec, run, state, min(images_per_epoch, pipes.n_train))
+        callbacks, guard = make_callbacks(run, min(images_per_epoch, pipes.n_train))
         if spec.train.tensorboard.enabled:
-            callbacks += dashboard_callbacks(spec, run / "logs", state, data, pipes.validation)
+            callbacks += dashboard_callbacks(spec, folder / "logs", state, data, pipes.validation)
         callbacks += list(extra_callbacks)
         if verbose:
             callbacks.append(LiveProgbar(poll=spec.runtime.steps_per_execution != 1, epochs=spec.train.epochs))
-        if state.classes and state.classes != data.class_names:
-            raise UserError(f"{run}: the data's classes ({', '.join(data.class_names)[:200]}) are not the run's "
-                            f"({', '.join(state.classes)[:200]}); resume with the data the run was trained on")
-        state.status, state.device, state.data = "running", placement.described, data.provenance
-        state.classes = data.class_names
-        state.pid, state.host = os.getpid(), socket.gethostname()
-        write_state(run, state)
+        run.begin(placement.described, data.provenance, data.class_names)
         notify(f"mnist-keras: training {spec.name} on {placement.described}, {pipes.n_train:,} train / "
                f"{pipes.n_val:,} validation / {pipes.n_test:,} test images, " +
                (f"epochs {start + 1}-{spec.train.epochs}" if start < spec.train.epochs else "all epochs done: evaluating"))
@@ -156,34 +150,27 @@ def train_run(spec: Spec, run: Path, prepared: Prepared, state: RunState, notify
                     break
             wall = time.perf_counter() - started
             if guard and guard.where:
-                state.status = "failed"
-                write_state(run, state)
-                raise TrainingFailed(_nan_message(spec, run, state, guard))
+                run.stop("failed")
+                raise TrainingFailed(_nan_message(spec, folder, state, guard))
             test = model.evaluate(pipes.test, verbose=0, return_dict=True)
         except tf.errors.OpError:  # a streamed file that fails to decode (changed after the data was checked?)
             failed = pipes.failure()
             if not failed:
                 raise
-            state.status = "failed"
-            write_state(run, state)
+            run.stop("failed")
             kept = (f"the checkpoint of epoch {state.epochs_done} is kept" if state.checkpoint
                     else "no epoch finished")
             raise TrainingFailed(f"{failed} (changed since the data was checked?); training stopped after epoch "
                                  f"{state.epochs_done}, {kept}. Fix or remove the file, then resume with: "
-                                 f"mnist-keras fit --resume {run}") from None
+                                 f"mnist-keras fit --resume {folder}") from None
         if spec.train.tensorboard.enabled:
-            write_test_metrics(run / "logs", test, len(state.history) - 1)
-    atomic_write(run / "model.keras", model.save)
+            write_test_metrics(folder / "logs", test, len(state.history) - 1)
+    atomic_write(folder / "model.keras", model.save)
     history = state.history
-    metrics = RunMetrics(
-        name=spec.name, run_dir=str(run), seed=spec.seed, epochs_done=len(history), device=placement.described,
-        versions=versions(), data=data.provenance, history=history,
-        test=finite_or_none(test),
-        seconds_per_epoch=[h["epoch_seconds"] for h in history], wall_seconds_this_session=wall,
-        images_per_second=sum(h["images_per_second"] for h in history) / max(1, len(history)),
+    run.finish(RunMetrics(
+        name=spec.name, run_dir=str(folder), seed=spec.seed, epochs_done=len(history), device=placement.described,
+        versions=versions(), data=state.data, history=history, test=TestMetrics(**finite_or_none(test)),
+        seconds_per_epoch=[h.epoch_seconds for h in history], wall_seconds_this_session=wall,
+        images_per_second=sum(h.images_per_second for h in history) / max(1, len(history)),
         weights_sha256=weights_digest(model),
-    )
-    write_metrics(run, metrics)
-    state.status = "finished"
-    write_state(run, state)
-    return metrics
+    ))

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import difflib
 import json
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import Interrupted, TrainingFailed, UserError
 from ..reporter import Reporter
-from ..runs.files import check_no_links, check_not_training, create_run_dir, remove_partial_files, training_lock, \
-    write_text
-from ..runs.record import BackboneRun, RunState, write_state
+from ..runs.files import check_no_links, check_not_training, remove_partial_files, training_lock
+from ..runs.record import BackboneRun, RunState
 from ..runs.run import Run, open_run
 from ..spec import Spec, dump_spec
 from ..spec.data_section import absolute
@@ -78,9 +76,9 @@ def _diff(old: str, new: str) -> str:
     return "\n".join(line for line in lines if not line.startswith("@@"))
 
 
-def _train(spec: Spec, run: Path | None, runs: str | Path | None, state: RunState, reporter: Reporter,
+def _train(spec: Spec, run_dir: Path | None, runs: str | Path | None, state: RunState, reporter: Reporter,
            cluster: dict | None, grows: int | None = None, callbacks: tuple = ()) -> Run:
-    """Prepare, then train in `run` (a new directory under `runs` when None); the typed errors on failure."""
+    """Prepare, then train in `run_dir` (a new run under `runs` when None); the typed errors on failure."""
     from .loop import prepare, train_run
 
     try:
@@ -88,51 +86,43 @@ def _train(spec: Spec, run: Path | None, runs: str | Path | None, state: RunStat
     except KeyboardInterrupt:
         raise Interrupted("interrupted before training began; nothing was written") from None
     if not prepared.placement.is_chief:
-        return _train_worker(spec, run, prepared, state, reporter)
-    new, run = run is None, run or create_run_dir(runs, spec.name)
-    with training_lock(run):  # held until training ends, however it ends
-        if not new:
-            remove_partial_files(run)
+        return _train_worker(spec, run_dir, prepared, state, reporter)
+    new = run_dir is None
+    run = Run.create(runs, spec.name, spec, state) if new else Run(run_dir, spec, state)
+    with training_lock(run.path):  # held until training ends, however it ends
         try:
-            write_text(run / "spec.yaml", dump_spec(spec))
-            metrics = train_run(spec, run, prepared, state, reporter, reporter.verbose, grows, callbacks)
+            if not new:
+                remove_partial_files(run.path)
+            run.write_spec()
+            train_run(run, prepared, reporter, reporter.verbose, grows, callbacks)
         except UserError:  # refused before the first epoch began (a backbone's weights, the data's batches)
-            if new and not (run / "state.json").exists():
-                shutil.rmtree(run, ignore_errors=True)
+            if new:
+                run.discard_if_unrecorded()
             raise
         except KeyboardInterrupt:
-            _mark(run, state, "interrupted")
+            run.stop("interrupted")
             raise Interrupted(f"interrupted after epoch {state.epochs_done}; resume with: "
-                              f"mnist-keras fit --resume {run}") from None
+                              f"mnist-keras fit --resume {run.path}") from None
         except OSError as err:  # a full disk, a folder made read-only, a removed run directory
-            _mark(run, state, "failed")
-            raise TrainingFailed(f"cannot write {err.filename or run}: {err.strerror or err}; training stopped "
+            run.stop("failed")
+            raise TrainingFailed(f"cannot write {err.filename or run.path}: {err.strerror or err}; training stopped "
                                  f"after epoch {state.epochs_done}, whose checkpoint is kept. Free some space (or "
-                                 f"fix the folder), then resume with: mnist-keras fit --resume {run}") from None
-    return Run(run, spec, state, metrics.model_dump(mode="json"))
+                                 f"fix the folder), then resume with: mnist-keras fit --resume {run.path}") from None
+    return run
 
 
-def _mark(run: Path, state: RunState, status: str) -> None:
-    """Record why the run stopped, if the disk still allows (state.json already names the last epoch)."""
-    if state.epochs_done or (run / "state.json").exists():
-        state.status = status
-        try:
-            write_state(run, state)
-        except OSError:
-            pass
-
-
-def _train_worker(spec: Spec, chief_run: Path | None, prepared, state: RunState, reporter: Reporter) -> Run:
+def _train_worker(spec: Spec, chief_run_dir: Path | None, prepared, state: RunState, reporter: Reporter) -> Run:
     """Train as a multi_worker worker other than the chief: in step with it, in a scratch copy of its run."""
     from .distribute import scratch_run_dir
     from .loop import train_run
 
-    with scratch_run_dir(chief_run) as scratch:
+    with scratch_run_dir(chief_run_dir) as scratch:
+        run = Run(scratch, spec, state)
         try:
-            metrics = train_run(spec, scratch, prepared, state, reporter, reporter.verbose)
+            train_run(run, prepared, reporter, reporter.verbose)
         except TrainingFailed:
             raise TrainingFailed(f"{prepared.placement.described}: the loss became NaN; the chief's run keeps the "
                                  "last good checkpoint") from None
         except KeyboardInterrupt:
             raise Interrupted(f"{prepared.placement.described}: interrupted") from None
-    return Run(None, spec, state, metrics.model_dump(mode="json"))
+    return Run(None, spec, state, run.metrics)
