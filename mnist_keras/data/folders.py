@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..spec import Data
-from ..spec.layers import did_you_mean
+from ..spec.messages import did_you_mean
 from ..spec.layout import SPLITS, csv_entries, image_source, split_roots, subfolders
 from .sources import MAX_BYTES, Arrays, _read_file, _silent, dataset_path
 

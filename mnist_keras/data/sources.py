@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import UserError, first_line
-from ..spec.layers import did_you_mean
+from ..spec.messages import did_you_mean
 from ..spec import Data
 from ..spec.data_section import missing_dataset as missing_message
 from ..spec.layout import IDX_STEMS, idx_file
