@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_keras.data.sources import BUNDLED, read_idx_folder
+from mnist_keras.data.dataset_files import read_idx_folder
+from mnist_keras.data.sources import BUNDLED
 
 N_TRAIN, N_TEST = 10_000, 2_000
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from mnist_keras.spec import fields, layers
+from mnist_keras.spec import fields, layer_registry
 from mnist_keras.spec import data_section, runtime_section, schema, train_section
 
 PAGE = Path(__file__).resolve().parents[1] / "docs/reference/spec.md"
@@ -62,8 +62,8 @@ def reference() -> str:
     sections += [(train_section.Checkpoint, "train.checkpoint"), (train_section.TensorBoard, "train.tensorboard"),
                  (train_section.EarlyStopping, "train.early_stopping"), (runtime_section.Runtime, "runtime"),
                  (runtime_section.Threads, "runtime.threads")]
-    sections += [(cls, f"layer: {name}") for name, cls in layers.ENTRIES.items()]
-    sections += [(cls, f"template: {name}") for name, cls in layers.TEMPLATES.items()]
+    sections += [(cls, f"layer: {name}") for name, cls in layer_registry.ENTRIES.items()]
+    sections += [(cls, f"template: {name}") for name, cls in layer_registry.TEMPLATES.items()]
     sections += [(cls, f"initializer: {cls.model_fields['type'].default} (or just its name)")
                  for cls in fields.INITIALIZERS]
     sections += [(fields.Regularizer, "regularizer")]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from mnist_keras.data import Arrays, load_arrays, make_pipelines, sources
+from mnist_keras.data import Arrays, dataset_files, load_arrays, make_pipelines, sources
 from mnist_keras.data.commands import data as data_command
 from mnist_keras.errors import UserError
 from mnist_keras.spec import Data, Runtime, Spec
@@ -60,7 +60,7 @@ def write_idx(path: Path, array: np.ndarray, magic: int | None = None) -> None:
 
 def write_folder(folder: Path, arrays: dict, gz: bool = True) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    for key, name in sources.IDX_NAMES.items():
+    for key, name in dataset_files.IDX_NAMES.items():
         write_idx(folder / (name + ".gz" * gz), arrays[key])
     return folder
 
@@ -84,12 +84,12 @@ def test_idx_folder_round_trip(tmp_path, gz):
     written = small()
     folder = write_folder(tmp_path / "idx", written, gz)
     arrays = load_arrays(Data(dataset=str(folder)))
-    for key in sources.KEYS:
+    for key in dataset_files.KEYS:
         np.testing.assert_array_equal(getattr(arrays, key), written[key])
     prov = json.loads(json.dumps(arrays.provenance))
     assert prov["source"] == "files" and prov["path"] == str(folder.resolve())
     assert prov["counts"] == {"train": 50, "test": 20}
-    assert sorted(prov["sha256"]) == sorted(n + ".gz" * gz for n in sources.IDX_NAMES.values())
+    assert sorted(prov["sha256"]) == sorted(n + ".gz" * gz for n in dataset_files.IDX_NAMES.values())
     assert all(len(digest) == 64 for digest in prov["sha256"].values())
 
 

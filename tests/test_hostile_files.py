@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from mnist_keras.data import load_arrays, make_pipelines, sources
+from mnist_keras.data import dataset_files, load_arrays, make_pipelines
 from mnist_keras.data.images import check_image_files, read_images
 from mnist_keras.errors import UserError
 from mnist_keras.spec import Data
@@ -101,8 +101,8 @@ def test_dev_zero_and_a_fifo_in_the_keras_cache(tmp_path):
 def test_a_data_file_over_the_absolute_cap_is_not_read(tmp_path):
     path = tmp_path / "set.npz"
     with open(path, "wb") as file:
-        file.truncate(sources.MAX_BYTES + 1)  # sparse: no disk used
-    refused(f"set.npz: {sources.MAX_BYTES + 1:,} bytes; a data file may hold at most", load, path)
+        file.truncate(dataset_files.MAX_BYTES + 1)  # sparse: no disk used
+    refused(f"set.npz: {dataset_files.MAX_BYTES + 1:,} bytes; a data file may hold at most", load, path)
 
 
 # ------------------------------------------------------------------------------ IDX headers
@@ -224,7 +224,7 @@ def test_hostile_npz_members(tmp_path, case):
 
 
 def test_npz_members_add_up_to_the_cap(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "MAX_BYTES", 50_000)
+    monkeypatch.setattr(dataset_files, "MAX_BYTES", 50_000)
     path = write_npz(tmp_path / "set.npz", {key: saved(np.zeros_like(array)) for key, array in small().items()})
     refused("set.npz: the arrays up to x_test hold 54,930 bytes, over the 50,000-byte limit", load, path)
 
@@ -373,7 +373,7 @@ DTYPES = ["|u1", "<i4", "<u8", "|b1", "<f4", "<c16", "<m8[s]", "<M8[D]", "|O", "
 
 
 @FAST
-@given(key=st.sampled_from(sources.KEYS), descr=st.sampled_from(DTYPES),
+@given(key=st.sampled_from(dataset_files.KEYS), descr=st.sampled_from(DTYPES),
        shape=st.lists(st.integers(0, 60) | st.sampled_from([2**40, 2**63, -3]), max_size=4).map(tuple),
        body=st.integers(0, 4000), version=st.sampled_from([1, 2, 3]))
 def test_property_npz_members(tmp_path_factory, key, descr, shape, body, version):

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from mnist_keras.cli import main
-from mnist_keras.data import load_arrays, make_pipelines, sources
+from mnist_keras.data import dataset_files, load_arrays, make_pipelines
 from mnist_keras.spec import Data, Spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,12 +161,12 @@ def test_hostile_json_files_exit_2_naming_the_file(tmp_path, case):
 
 
 def test_a_gzip_bomb_and_too_many_numbers_are_refused_by_the_caps(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "MAX_JSON_NUMBERS", 10_000)
+    monkeypatch.setattr(dataset_files, "MAX_JSON_NUMBERS", 10_000)
     many = write(tmp_path / "many.json.gz")
     result = CliRunner().invoke(main, ["data", "info", "--dataset", str(many)])
     assert result.exit_code == 2 and f"error: {many}: over 10,000 numbers, the limit" in result.output
     bomb = write(tmp_path / "bomb.json.gz", raw=b" " * 5_000_000)  # 5 MB of spaces in 5 KB
-    monkeypatch.setattr(sources, "MAX_BYTES", 1_000_000)
+    monkeypatch.setattr(dataset_files, "MAX_BYTES", 1_000_000)
     result = CliRunner().invoke(main, ["data", "info", "--dataset", str(bomb)])
     assert result.exit_code == 2 and f"error: {bomb}: decompresses to over 1,000,000 bytes" in result.output
 

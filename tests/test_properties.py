@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from conftest import SHIPPED
 from mnist_keras.cli import main
 from mnist_keras.errors import UserError
-from mnist_keras.spec.layers import ENTRIES
+from mnist_keras.spec.layer_registry import ENTRIES
 from mnist_keras.spec.loader import load_spec
 
 SHIPPED_TEXT = {p.name: p.read_text() for p in sorted(SHIPPED.glob("*.yaml"))}

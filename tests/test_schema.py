@@ -14,7 +14,7 @@ from pydantic_core import PydanticUndefined
 from mnist_keras.backend import keras
 from mnist_keras.cli import main
 from mnist_keras.spec.fields import INITIALIZERS, KerasObject, Regularizer
-from mnist_keras.spec.layers import ENTRIES, LAYERS
+from mnist_keras.spec.layer_registry import ENTRIES, LAYERS
 from mnist_keras.spec.loader import json_schema
 from mnist_keras.spec.schema import Spec, SpecProblems
 from mnist_keras.spec.train_section import Optimizer

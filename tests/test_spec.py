@@ -158,7 +158,7 @@ def test_yaml_11_forms_and_plain_text_are_unchanged():
 
 
 def test_did_you_mean_ignores_case_first():
-    from mnist_keras.spec.layers import did_you_mean
+    from mnist_keras.spec.messages import did_you_mean
 
     assert did_you_mean("ReLU", ["linear", "relu", "elu"]) == " (did you mean 'relu'?)"
     assert did_you_mean("ELU", ["relu", "elu"]) == " (did you mean 'elu'?)"

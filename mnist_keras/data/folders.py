@@ -20,9 +20,10 @@ import numpy as np
 
 from ..errors import UserError
 from ..spec import Data
-from ..spec.layers import did_you_mean
 from ..spec.layout import SPLITS, csv_entries, image_source, split_roots, subfolders
-from .sources import MAX_BYTES, Arrays, _read_file, _silent, dataset_path
+from ..spec.messages import did_you_mean
+from .dataset_files import MAX_BYTES, read_file
+from .sources import Arrays, _silent, dataset_path
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp")  # what images.FORMATS decodes
 MAX_LISTED = 20  # problems listed in one message before "and N more"
@@ -150,7 +151,7 @@ def _resolved(path: Path) -> str:
 
 def _csv_classes(path: Path) -> dict[str, list[str]]:
     """{label: sorted absolute paths} of a CSV with a header line naming `path` and `label` columns."""
-    raw, _ = _read_file(path)
+    raw, _ = read_file(path)
     classes, problems = {}, []
     try:
         for line, file, label in csv_entries(io.StringIO(raw.decode("utf-8-sig"), newline=""), path):
@@ -224,7 +225,7 @@ def shared_images(files: Files) -> list[str]:
     where: dict[str, list[tuple[str, str]]] = {}
     for split, images in _splits(files):
         for file in images.paths:
-            where.setdefault(hashlib.sha256(_read_file(Path(file))[0]).hexdigest(), []).append((split, file))
+            where.setdefault(hashlib.sha256(read_file(Path(file))[0]).hexdigest(), []).append((split, file))
     return [f"the same image is in {' and '.join(dict.fromkeys(s for s, _ in found))}: "
             + ", ".join(file for _, file in found)
             for found in where.values() if len({split for split, _ in found}) > 1]

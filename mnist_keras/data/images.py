@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from ..errors import UserError, first_line
-from .sources import regular_file
+from .dataset_files import regular_file
 
 MAX_PIXELS = 40_000_000  # 40 megapixels: a photo from a phone; a 50 KB PNG can declare 20000x20000
 FORMATS = ("PNG", "JPEG", "GIF", "BMP")

@@ -11,7 +11,8 @@ from ..spec import Data
 from .folders import Files, load_files, to_arrays
 from .images import fitted_arrays
 from ..spec.layout import image_source
-from .sources import DATASETS, MAX_BYTES, SPLITS, Arrays, _silent, array_dataset, channels, dataset_path, missing_dataset
+from .dataset_files import MAX_BYTES, SPLITS
+from .sources import DATASETS, Arrays, _silent, array_dataset, channels, dataset_path, missing_dataset
 
 
 def load_data(data: Data, data_dir: str | None = None, notify: Callable[[str], None] = _silent,

@@ -18,7 +18,8 @@ from ..backend import keras
 from ..errors import UserError
 from ..spec import Preprocess, Spec, dotted
 from ..spec.applications import APPLICATIONS, make_network
-from ..spec.layers import Backbone, PlannedLayer
+from ..spec.backbone_layer import Backbone
+from ..spec.layer_plan import PlannedLayer
 
 BACKBONE = "backbone"  # the Keras name of the backbone inside the model
 

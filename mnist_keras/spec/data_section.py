@@ -11,7 +11,7 @@ from pydantic import (AfterValidator, BeforeValidator, Field, PrivateAttr, Valid
                       model_validator)
 
 from .fields import Fraction, NonNegativeInt, PositiveFloat, PositiveInt, Side, StrictModel
-from .layers import did_you_mean
+from .messages import did_you_mean
 
 
 

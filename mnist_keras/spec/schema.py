@@ -24,7 +24,10 @@ from .layout import class_names  # standard library only: validation counts clas
 from ..errors import UserError
 from .fields import PositiveInt, Seed, StrictModel
 from .applications import Described, LayerWeights
-from .layers import Backbone, LayerEntry, PlannedLayer, ShapeError, TemplateEntry, frozen_counts, plan_layers
+from .backbone_layer import Backbone
+from .layer_base import ShapeError
+from .layer_plan import PlannedLayer, frozen_counts, plan_layers
+from .layer_registry import LayerEntry, TemplateEntry
 from .data_section import TRAIN_SIZES, Data, absolute, missing_dataset
 from .runtime_section import Runtime
 from .train_section import Train

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .loader import dotted
 from .schema import Spec, StagePlan
+from .yamlfile import dotted
 
 
 @dataclass

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from .fields import (MAX_COUNT, Count, Fraction, KerasObject, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, StrictModel, type_tag, typed_union)
-from .layers import Trainable
+from .backbone_layer import Trainable
 
 
 
