@@ -26,8 +26,8 @@ import time
 
 from mnist_keras import cli
 from mnist_keras.backend import keras
-from mnist_keras.runs import files
-from mnist_keras.train import callbacks, loop, session
+from mnist_keras.runs import files, run
+from mnist_keras.train import callbacks, loop
 
 
 def die(sig: int = signal.SIGKILL) -> None:
@@ -103,7 +103,7 @@ def in_write(name: str, nth: int, how: str) -> None:
 
 
 def run_dir_together(folder: str, count: int) -> None:
-    create = session.create_run_dir
+    create = run.create_run_dir
 
     def create_with_the_others(*args, **kwargs):
         """Leave this process's arrival time in `folder`; once `count` are there (at most 5 minutes), wait for
@@ -121,7 +121,7 @@ def run_dir_together(folder: str, count: int) -> None:
         print(f"run-dir-together: {'on time' if on_time else 'late'}", flush=True)
         return create(*args, **kwargs)
 
-    session.create_run_dir = create_with_the_others
+    run.create_run_dir = create_with_the_others
 
 
 def install(fault: str) -> None:
