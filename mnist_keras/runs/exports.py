@@ -15,8 +15,8 @@ import stat
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError, \
-    ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, \
+    ValidationError, ValidationInfo, field_validator
 
 from ..errors import UserError
 from ..spec.fields import MAX_INT, NonNegativeInt
