@@ -23,10 +23,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mnist_keras import open_run  # noqa: E402
-from mnist_keras.deploy.export import artifact_key, artifact_name, export_run  # noqa: E402
+from mnist_keras.deploy.export import export_run  # noqa: E402
 from mnist_keras.deploy.parity import PREDICTORS, size_bytes  # noqa: E402
+from mnist_keras.runs.exports import EVERY_EXPORT, artifact_key, artifact_name  # noqa: E402
 
-EXPORTS = [("savedmodel", None), ("litert", None), ("litert", "float16"), ("litert", "int8"), ("onnx", None)]
 BATCHES = (1, 256)
 
 
@@ -58,7 +58,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         run = open_run(args.run_dir or trained_lenet5(Path(scratch)))
         exported = {}
-        for fmt, quantize in EXPORTS:
+        for fmt, quantize in EVERY_EXPORT:
             path = run.path / "export" / run.spec.name / artifact_name(fmt, quantize)
             exported[artifact_key(fmt, quantize)] = (fmt, path if path.exists() else
                                                      export_run(run.path, fmt, quantize).path)

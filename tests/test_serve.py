@@ -268,6 +268,14 @@ def record_with(**changes):
     return change
 
 
+def record_changed(change):
+    def damage(folder):
+        found = json.loads((folder / "export.json").read_text())
+        change(found)
+        (folder / "export.json").write_text(json.dumps(found))
+    return damage
+
+
 BAD_EXPORTS = {  # id: (how the copy of a real export is damaged, the file the message names, what it says)
     "a list": (record_as("[1, 2, 3]"), "export.json", "expected a JSON object, not list"),
     "a string": (record_as('"tiny"'), "export.json", "expected a JSON object, not str"),
@@ -281,6 +289,12 @@ BAD_EXPORTS = {  # id: (how the copy of a real export is damaged, the file the m
     "class_names a dict": (record_with(class_names={"0": 1}), "export.json", "expected {"),
     "class_names nested": (record_with(class_names=[["0"]] * 10), "export.json", "expected {"),
     "fit a list": (record_with(fit=["pad"]), "export.json", "fit must be null, stretch, crop or pad"),
+    "too deep": (record_as("[" * 100 + "]" * 100), "export.json", "JSON nested deeper than 64 levels"),
+    "an unknown format entry": (record_changed(lambda r: r["formats"].update(tflite=r["formats"]["savedmodel"])),
+                                "export.json", "formats.tflite: 'tflite' is not an artifact of an export"),
+    "parity figures as text": (record_changed(lambda r: r["formats"]["savedmodel"]["parity"].update(images="2000")),
+                               "export.json", "formats.savedmodel.parity.images: Input should be a valid integer"),
+    "an unknown field": (record_with(formats_v2={}), "export.json", "formats_v2: Extra inputs are not permitted"),
     "export.json a folder": (lambda f: ((f / "export.json").unlink(), (f / "export.json").mkdir()), "",
                              "not a run directory"),
     "labels.txt not text": (lambda f: (record_with(class_names=None)(f), (f / "labels.txt").write_bytes(b"\xff\xfe")),

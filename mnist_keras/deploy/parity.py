@@ -4,11 +4,12 @@ runtime (TensorFlow's SavedModel loader, the LiteRT interpreter, ONNX Runtime), 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from ..runs.exports import Parity
 
 FLOAT_MIN_AGREEMENT = 0.999  # a float export gives the Keras model's top-1 class on >= 99.9% of test images
 INT8_MAX_ACCURACY_DROP = 0.005  # an int8 export loses at most 0.5 accuracy points
@@ -16,35 +17,6 @@ BATCH = 256
 LATENCY_IMAGES = 100
 
 Predict = Callable[[np.ndarray], np.ndarray]
-
-
-@dataclass
-class Parity:
-    """The figures of one export against the Keras model, and whether they meet the bar."""
-
-    images: int
-    agreement: float  # share of test images where both give the same top-1 class
-    keras_accuracy: float
-    export_accuracy: float
-    max_probability_difference: float
-    file_bytes: int
-    latency_ms: float  # per image, one image per call
-    bar: str
-    passed: bool
-
-    def lines(self) -> list[str]:
-        """The figures as aligned lines, for the terminal."""
-        change = (self.export_accuracy - self.keras_accuracy) * 100
-        return [f"  top-1 agreement with Keras   {self.agreement:.2%} of {self.images:,} test images",
-                f"  accuracy                     Keras {self.keras_accuracy:.2%}, export {self.export_accuracy:.2%} "
-                f"({change:+.2f} points)",
-                f"  largest probability change   {self.max_probability_difference:.2e}",
-                f"  file size                    {self.file_bytes / 1024:,.1f} KiB",
-                f"  latency per image            {self.latency_ms:.3f} ms (batch 1)",
-                f"  bar                          {self.bar}: {'passed' if self.passed else 'FAILED'}"]
-
-    def record(self) -> dict:
-        return asdict(self)
 
 
 def saved_model_predictor(path: Path) -> Predict:
@@ -115,6 +87,7 @@ def check_parity(fmt: str, path: Path, quantize: str | None, keras_probabilities
     else:
         bar = f"top-1 agreement at least {FLOAT_MIN_AGREEMENT:.1%}"
         passed = agreement >= FLOAT_MIN_AGREEMENT
-    return Parity(len(images), agreement, keras_accuracy, export_accuracy,
-                  float(np.abs(probabilities - keras_probabilities).max()), size_bytes(path),
-                  latency_ms(predict, images), bar, passed)
+    return Parity(images=len(images), agreement=agreement, keras_accuracy=keras_accuracy,
+                  export_accuracy=export_accuracy,
+                  max_probability_difference=float(np.abs(probabilities - keras_probabilities).max()),
+                  file_bytes=size_bytes(path), latency_ms=latency_ms(predict, images), bar=bar, passed=passed)

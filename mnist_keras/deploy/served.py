@@ -16,9 +16,7 @@ import numpy as np
 
 from ..data.images import decode_image
 from ..errors import UserError, first_line
-from ..runs.files import read_json
-
-RECORD_LIMIT = 2**20  # bytes: export.json and labels.txt are a few kilobytes
+from ..runs.exports import RECORD_FILE, RECORD_SHAPE, ExportRecord, read_export_record, read_labels
 
 
 @dataclass
@@ -67,10 +65,10 @@ def load_served(found) -> ServedModel:
 
 
 def _export_folder(path: Path) -> Path | None:
-    if (path / "export.json").is_file():
+    if (path / RECORD_FILE).is_file():
         return path
     try:
-        found = sorted(p for p in path.iterdir() if (p / "export.json").is_file())
+        found = sorted(p for p in path.iterdir() if (p / RECORD_FILE).is_file())
     except OSError as err:
         raise UserError(f"{path}: cannot read: {err.strerror or err}") from None
     if len(found) > 1:
@@ -92,7 +90,7 @@ def _load_run(run) -> ServedModel:
 
 
 def _load_export(folder: Path) -> ServedModel:
-    info = _export_info(folder / "export.json")
+    record, class_names = _export_info(folder)
     try:  # TensorFlow Serving's versions: folders named by a number (ASCII digits: "²".isdigit() too)
         versions = sorted((int(p.name), p) for p in folder.iterdir()
                           if p.name.isascii() and p.name.isdigit() and (p / "saved_model.pb").is_file())
@@ -111,7 +109,7 @@ def _load_export(folder: Path) -> ServedModel:
         raise UserError(f"{saved}: the SavedModel has no serving_default signature")
     signature = loaded.signatures["serving_default"]
     (input_name, spec), = signature.structured_input_signature[1].items()
-    shape = tuple(info["image_shape"])
+    shape = tuple(record.image_shape)
     if spec.dtype != tf.uint8 or list(spec.shape) != [None, *shape]:
         raise UserError(f"{saved}: serving_default takes {spec.dtype.name} {list(spec.shape)}, export.json says "
                         f"uint8 images of {list(shape)}")
@@ -121,27 +119,15 @@ def _load_export(folder: Path) -> ServedModel:
     def call(images: np.ndarray, model=loaded) -> np.ndarray:  # `model` keeps the variables alive
         return signature(**{input_name: tf.constant(images)})[output].numpy()
 
-    fit = info.get("fit", None if shape[2] == 1 else "stretch")
-    return ServedModel(info["name"], version, shape, info["class_names"], fit, str(folder), call)
+    return ServedModel(record.name, version, shape, class_names, record.upload_fit, str(folder), call)
 
 
-def _export_info(file: Path) -> dict:
-    """export.json, checked: name, image_shape [H, W, C], class_names (from labels.txt when it has none)."""
-    info = read_json(file, RECORD_LIMIT)
-    if not isinstance(info, dict):
-        raise UserError(f"{file}: expected a JSON object, not {type(info).__name__}")
-    labels = file.parent / "labels.txt"
-    if not info.get("class_names") and labels.is_file():
-        try:
-            with open(labels, "rb") as handle:
-                info["class_names"] = handle.read(RECORD_LIMIT).decode().splitlines()
-        except (OSError, UnicodeDecodeError) as err:
-            raise UserError(f"{labels}: cannot read: {getattr(err, 'strerror', None) or err}") from None
-    shape, names = info.get("image_shape"), info.get("class_names")
-    if not (isinstance(info.get("name"), str) and isinstance(shape, list) and len(shape) == 3
-            and all(type(d) is int and 0 < d <= 2**16 for d in shape) and isinstance(names, list) and names
-            and all(isinstance(n, str) for n in names)):
-        raise UserError(f"{file}: expected {{\"name\": str, \"image_shape\": [H, W, C], \"class_names\": [str, ...]}}")
-    if info.get("fit") not in (None, "stretch", "crop", "pad"):
-        raise UserError(f"{file}: fit must be null, stretch, crop or pad, not {info['fit']!r}")
-    return info
+def _export_info(folder: Path) -> tuple[ExportRecord, list[str]]:
+    """export.json, with what serving needs of it: image_shape, and class_names (from labels.txt when it has none)."""
+    record, file = read_export_record(folder), folder / RECORD_FILE
+    class_names = record.class_names or read_labels(folder)
+    if record.image_shape is None:
+        raise UserError(f"{file}: image_shape: missing; expected {RECORD_SHAPE}")
+    if not class_names:
+        raise UserError(f"{file}: class_names: missing, and no labels.txt beside it; expected {RECORD_SHAPE}")
+    return record, class_names
