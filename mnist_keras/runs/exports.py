@@ -20,7 +20,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from ..errors import UserError
 from ..spec.fields import MAX_INT, NonNegativeInt
-from .files import read_json, write_json, write_text
+from .files import first_problem, read_json, write_json, write_text
 
 RECORD_FILE, LABELS_FILE = "export.json", "labels.txt"
 RECORD_LIMIT = 2**20  # bytes: export.json and labels.txt are a few kilobytes
@@ -196,10 +196,7 @@ def read_export_record(folder: Path) -> ExportRecord:
     try:
         return ExportRecord.model_validate(raw, strict=True)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"] if p != "[key]") or "(top level)"
-        message = first["msg"].removeprefix("Value error, ")
-        raise UserError(f"{file}: {where[:100]}: {message[:200]}; expected {RECORD_SHAPE}") from None
+        raise UserError(f"{file}: {first_problem(err)}; expected {RECORD_SHAPE}") from None
 
 
 def write_export_record(folder: Path, record: ExportRecord) -> None:

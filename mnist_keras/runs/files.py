@@ -87,6 +87,13 @@ def read_json(path: Path, limit: int = MAX_JSON_BYTES, depth: int = MAX_JSON_DEP
     return data
 
 
+def first_problem(err) -> str:
+    """A pydantic ValidationError's first problem as `field.path: message`, for a record file's message."""
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"] if p != "[key]") or "(top level)"
+    return f"{where[:100]}: {first['msg'].removeprefix('Value error, ')[:200]}"
+
+
 def _nested_deeper(data: Any, depth: int) -> bool:
     """True when lists and objects in `data` nest more than `depth` levels (counted without recursion)."""
     stack = [(data, 1)]

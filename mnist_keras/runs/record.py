@@ -20,7 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from ..errors import UserError
 from ..spec.fields import MAX_INT
-from .files import read_json, training_holder, write_json
+from .files import first_problem, read_json, training_holder, write_json
 
 FORMAT = 2
 Status = Literal["running", "finished", "interrupted", "failed", "pruned"]  # pruned: stopped early by a sweep
@@ -236,10 +236,7 @@ def _read(model: type[_Record], path: Path):
     try:
         return model.model_validate(raw, strict=True)  # "1" or true is no epoch count
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        message = first["msg"].removeprefix("Value error, ")
-        raise UserError(f"{path}: {where[:100]}: {message[:200]}; {unreadable}") from None
+        raise UserError(f"{path}: {first_problem(err)}; {unreadable}") from None
 
 
 def read_state(run: Path) -> RunState:

@@ -32,8 +32,8 @@ class ReportToTrial(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         for epoch, entry in enumerate(self.history):
-            if entry.get(self.metric) is not None:
-                self.trial.report(entry[self.metric], epoch)
+            if (value := entry.get(self.metric)) is not None:
+                self.trial.report(value, epoch)
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.metric)
