@@ -28,6 +28,7 @@ from .train.global_state import keeps_global_state
 from .train.session import fit_run, resume_run
 
 if TYPE_CHECKING:
+    from .deploy.export import Exported
     from .sweeps.results import SweepResult
 
 
@@ -200,7 +201,7 @@ class Exports:
     """What `export_all` made, in order: an Exported, or the ExportFailed of an export that missed its bar (its
     parity figures with it), each; and a note per format left out for a missing package."""
 
-    results: list[Any]
+    results: list[Exported | ExportFailed]
     skipped: list[str]
 
 
@@ -214,7 +215,7 @@ def export_all(run: Run | str | Path, *, out: str | Path | None = None, data_dir
     requests, skipped = every_export()
     for line in skipped:
         reporter(line)
-    results: list[Any] = []
+    results: list[Exported | ExportFailed] = []
     for fmt, quantize in requests:
         try:
             results.append(export(run, fmt, quantize, out=out, data_dir=data_dir, reporter=reporter))
@@ -345,14 +346,14 @@ def serve(target: str | Path, *, host: str = "127.0.0.1", port: int = 8501, max_
     run_server(str(target), host, port, max_batch, batch_wait, announce=reporter or Reporter())
 
 
-def data_info(spec: str | Path | None = None, dataset: str | None = None, *, data_dir: str | None = None,
+def data_info(spec: str | Path | None = None, dataset: str | Path | None = None, *, data_dir: str | None = None,
               overrides: Sequence[Any] = (), reporter: Reporter | None = None) -> DataInfo:
     """Source, shapes, dtypes, class counts and pixel statistics of the dataset a spec file reads, or of `dataset`
     (mnist, fashion_mnist, a folder or file of images) with a default model that fits its classes."""
     return dataset_info(data_spec(spec, dataset, overrides, data_dir), data_dir, reporter or Reporter())
 
 
-def data_preview(out: str | Path, spec: str | Path | None = None, dataset: str | None = None, *, count: int = 36,
+def data_preview(out: str | Path, spec: str | Path | None = None, dataset: str | Path | None = None, *, count: int = 36,
                  split: str = "train", data_dir: str | None = None, overrides: Sequence[Any] = (),
                  reporter: Reporter | None = None) -> DataPreview:
     """Write a PNG grid of `count` images as they enter the model, each titled with its label: the first of
@@ -361,7 +362,7 @@ def data_preview(out: str | Path, spec: str | Path | None = None, dataset: str |
                         reporter or Reporter())
 
 
-def data_check(spec: str | Path | None = None, dataset: str | None = None, *, data_dir: str | None = None,
+def data_check(spec: str | Path | None = None, dataset: str | Path | None = None, *, data_dir: str | None = None,
                overrides: Sequence[Any] = ()) -> DataCheck:
     """Check image files before training (spec and dataset as data_info): each decoded whole, classes empty,
     missing or left without training images, images shared between splits, the classes' balance. UserError for

@@ -16,11 +16,11 @@ from ..errors import UserError
 from ..spec import Override, Spec, load_spec, validate_spec
 
 
-def data_spec(spec_file: str | Path | None, dataset: str | None, overrides: Sequence[str],
+def data_spec(spec_file: str | Path | None, dataset: str | Path | None, overrides: Sequence[str],
               data_dir: str | None) -> Spec:
     """The spec file, or a default spec for `dataset` whose output layer fits its classes, with the overrides
     applied (relative paths as `fit` takes them: see load_spec)."""
-    extra = (Override(f"data.dataset={json.dumps(dataset)}", f"--dataset {dataset}"),) if dataset else ()
+    extra = (Override(f"data.dataset={json.dumps(str(dataset))}", f"--dataset {dataset}"),) if dataset else ()
     overrides = (*overrides, *extra)
     if spec_file:
         return load_spec(spec_file, overrides, data_dir)
