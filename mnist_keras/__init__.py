@@ -13,8 +13,10 @@ __version__ = "0.1.0"
 
 _HOMES = {
     "load_spec": "api", "build_model": "api", "fit": "api", "resume": "api", "open_run": "api", "evaluate": "api",
-    "predict": "api", "sweep": "api", "export": "api", "summary": "api", "keras_summary": "api",
-    "list_runs": "api", "validate": "api", "Checked": "api", "load_model": "api", "report": "api", "devices": "api", "serve": "api",
+    "predict": "api", "sweep": "api", "export": "api", "export_all": "api", "Exports": "api", "summary": "api",
+    "keras_summary": "api", "schema": "api", "list_runs": "api", "validate": "api", "Checked": "api",
+    "load_model": "api", "report": "api", "devices": "api", "serve": "api", "data_info": "api", "DataInfo": "api",
+    "data_preview": "api", "DataPreview": "api", "data_check": "api", "DataCheck": "api",
     "Reporter": "api", "Run": "api", "Spec": "spec", "Error": "errors", "UserError": "errors",
     "TrainingFailed": "errors", "ExportFailed": "errors", "Interrupted": "errors",
 }

@@ -11,11 +11,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .errors import UserError
+from .data.inspection import DataCheck, DataInfo, DataPreview, check_dataset, data_spec, dataset_info, preview_grid
+from .errors import ExportFailed, UserError
 from .reporter import Reporter
 from .runs.run import Run, model_target, open_run
 from .runs.table import RunRow
@@ -26,6 +28,7 @@ from .train.global_state import keeps_global_state
 from .train.session import fit_run, resume_run
 
 if TYPE_CHECKING:
+    from .deploy.export import Exported
     from .sweeps.results import SweepResult
 
 
@@ -87,23 +90,37 @@ def build_model(spec: Spec):
     return build(spec)
 
 
+def _spec_of(spec: Spec | str | Path, overrides: Sequence[Any], data_dir: str | None = None) -> Spec:
+    """A Spec as given, or a spec file loaded with the overrides (load_spec)."""
+    if not isinstance(spec, Spec):
+        return load_spec(spec, overrides, data_dir)
+    if overrides:
+        raise UserError("overrides go with a spec file: load_spec(path, overrides)")
+    return spec
+
+
 @keeps_global_state
-def fit(spec: Spec, runs: str | Path = "runs", *, data_dir: str | None = None, device: str | None = None,
-        distribute: str | None = None, cluster: dict | None = None, reporter: Reporter | None = None) -> Run:
-    """Train `spec` in a new run directory under `runs`, evaluate it on the test set, and return the Run.
-    `device` and `distribute` override the spec's runtime; `cluster` is a TF_CONFIG mapping for multi_worker."""
-    return fit_run(spec, runs, data_dir=data_dir, device=device, distribute=distribute, cluster=cluster,
-                   reporter=reporter)
+def fit(spec: Spec | str | Path, runs: str | Path = "runs", *, overrides: Sequence[Any] = (),
+        data_dir: str | None = None, device: str | None = None, distribute: str | None = None,
+        cluster: dict | None = None, reporter: Reporter | None = None) -> Run:
+    """Train `spec` (a Spec, or a spec file loaded with `overrides`) in a new run directory under `runs`, evaluate
+    it on the test set, and return the Run. `device` and `distribute` override the spec's runtime; `cluster` is a
+    TF_CONFIG mapping for multi_worker."""
+    return fit_run(_spec_of(spec, overrides, data_dir), runs, data_dir=data_dir, device=device,
+                   distribute=distribute, cluster=cluster, reporter=reporter)
 
 
 @keeps_global_state
 def resume(run: Run | str | Path, epochs: int | None = None, *, data_dir: str | None = None,
            device: str | None = None, distribute: str | None = None, overrides: Sequence[str] = (),
-           spec: Spec | None = None, cluster: dict | None = None, reporter: Reporter | None = None,
+           spec: Spec | str | Path | None = None, cluster: dict | None = None, reporter: Reporter | None = None,
            callbacks: Sequence = ()) -> Run:
     """Continue a run from its last checkpoint, to `epochs` epochs in all (default: the spec's). Only the
-    epochs and where it runs may change: `overrides` or a `spec` that change anything else are refused.
-    `callbacks`: Keras callbacks run after the run's own each epoch (a sweep's pruning)."""
+    epochs and where it runs may change: `overrides` (of the run's spec, or of `spec`: a Spec or a spec file)
+    that change anything else are refused. `callbacks`: Keras callbacks run after the run's own each epoch (a
+    sweep's pruning)."""
+    if spec is not None and not isinstance(spec, Spec):
+        spec, overrides = load_spec(spec, overrides, data_dir), ()
     return resume_run(run, epochs, data_dir=data_dir, device=device, distribute=distribute, overrides=overrides,
                       spec=spec, cluster=cluster, reporter=reporter, callbacks=callbacks)
 
@@ -179,6 +196,34 @@ def export(run: Run | str | Path, fmt: str = "savedmodel", quantize: str | None 
                       notify=reporter or Reporter())
 
 
+@dataclass
+class Exports:
+    """What `export_all` made, in order: an Exported, or the ExportFailed of an export that missed its bar (its
+    parity figures with it), each; and a note per format left out for a missing package."""
+
+    results: list[Exported | ExportFailed]
+    skipped: list[str]
+
+
+def export_all(run: Run | str | Path, *, out: str | Path | None = None, data_dir: str | None = None,
+               reporter: Reporter | None = None) -> Exports:
+    """Every format and quantization the installed packages can export, as `export` makes each (the notes of
+    the formats left out go to the reporter first); an export that misses its bar does not stop the others."""
+    from .deploy.export import every_export
+
+    reporter = reporter or Reporter()
+    requests, skipped = every_export()
+    for line in skipped:
+        reporter(line)
+    results: list[Exported | ExportFailed] = []
+    for fmt, quantize in requests:
+        try:
+            results.append(export(run, fmt, quantize, out=out, data_dir=data_dir, reporter=reporter))
+        except ExportFailed as err:
+            results.append(err)
+    return Exports(results, skipped)
+
+
 @keeps_global_state
 def sweep(file: str | Path, grids: Sequence[str] = (), overrides: Sequence[Any] = (), *, sample: int | None = None,
           seed: int = 0, runs: str | Path = "runs", storage: str | None = None, study: str | None = None,
@@ -214,9 +259,20 @@ def sweep(file: str | Path, grids: Sequence[str] = (), overrides: Sequence[Any] 
     return None if worker else results(search, plots)
 
 
-def summary(spec: Spec) -> ModelSummary:
-    """The spec's layers, output shapes and parameter counts (per stage), computed without TensorFlow."""
-    return summarize_model(spec)
+def summary(spec: Spec | str | Path, overrides: Sequence[Any] = (), *, keras: bool = False) -> ModelSummary:
+    """The layers, output shapes and parameter counts (per stage) of `spec` (a Spec, or a spec file loaded with
+    `overrides`), computed without TensorFlow; `keras` also builds the model for Keras' own summary (its
+    `keras` lines, see keras_summary)."""
+    from .sweeps.file import is_sweep_file, read_sweep
+
+    if not isinstance(spec, Spec) and is_sweep_file(spec):
+        raise UserError(f"{spec}: a sweep file, and summary takes a spec: "
+                        f"mnist-keras summary {read_sweep(spec).spec_file}")
+    spec = _spec_of(spec, overrides)
+    plan = summarize_model(spec)
+    if keras:
+        plan.keras = keras_summary(spec, plan)
+    return plan
 
 
 def keras_summary(spec: Spec, plan: ModelSummary | None = None) -> list[str]:
@@ -229,6 +285,24 @@ def keras_summary(spec: Spec, plan: ModelSummary | None = None) -> list[str]:
         raise UserError(f"{spec.name}: Keras counts {model.count_params():,} parameters, the plan "
                         f"{plan.trainable + plan.frozen:,}")
     return lines
+
+
+def schema(out: str | Path | None = None) -> str:
+    """The JSON Schema of spec files as JSON text (for editor completion and checking), also written to `out`
+    when given; UserError when its folder does not exist or it cannot be written."""
+    from .runs.files import write_text
+    from .spec import json_schema
+
+    text = json.dumps(json_schema(), indent=2)
+    if out is None:
+        return text
+    if not Path(out).parent.is_dir():
+        raise UserError(f"{out}: the folder {Path(out).parent} does not exist")
+    try:
+        write_text(Path(out), text + "\n")
+    except OSError as err:
+        raise UserError(f"{out}: cannot write: {err.strerror or err}") from None
+    return text
 
 
 def list_runs(root: str | Path = "runs") -> list[RunRow]:
@@ -272,5 +346,31 @@ def serve(target: str | Path, *, host: str = "127.0.0.1", port: int = 8501, max_
     run_server(str(target), host, port, max_batch, batch_wait, announce=reporter or Reporter())
 
 
-__all__ = ["Checked", "Reporter", "Run", "build_model", "devices", "evaluate", "export", "fit", "keras_summary", "list_runs", "load_model",
-           "load_spec", "open_run", "predict", "report", "resume", "serve", "summary", "sweep", "validate"]
+def data_info(spec: str | Path | None = None, dataset: str | Path | None = None, *, data_dir: str | None = None,
+              overrides: Sequence[Any] = (), reporter: Reporter | None = None) -> DataInfo:
+    """Source, shapes, dtypes, class counts and pixel statistics of the dataset a spec file reads, or of `dataset`
+    (mnist, fashion_mnist, a folder or file of images) with a default model that fits its classes."""
+    return dataset_info(data_spec(spec, dataset, overrides, data_dir), data_dir, reporter or Reporter())
+
+
+def data_preview(out: str | Path, spec: str | Path | None = None, dataset: str | Path | None = None, *, count: int = 36,
+                 split: str = "train", data_dir: str | None = None, overrides: Sequence[Any] = (),
+                 reporter: Reporter | None = None) -> DataPreview:
+    """Write a PNG grid of `count` images as they enter the model, each titled with its label: the first of
+    epoch 0 in training order (`split` "train") or the first test images ("test"). Spec and dataset as data_info."""
+    return preview_grid(data_spec(spec, dataset, overrides, data_dir), out, count, split, data_dir,
+                        reporter or Reporter())
+
+
+def data_check(spec: str | Path | None = None, dataset: str | Path | None = None, *, data_dir: str | None = None,
+               overrides: Sequence[Any] = ()) -> DataCheck:
+    """Check image files before training (spec and dataset as data_info): each decoded whole, classes empty,
+    missing or left without training images, images shared between splits, the classes' balance. UserError for
+    a problem that stops training; the rest is in the DataCheck."""
+    return check_dataset(data_spec(spec, dataset, overrides, data_dir), data_dir)
+
+
+__all__ = ["Checked", "DataCheck", "DataInfo", "DataPreview", "Exports", "Reporter", "Run", "build_model",
+           "data_check", "data_info", "data_preview", "devices", "evaluate", "export", "export_all", "fit",
+           "keras_summary", "list_runs", "load_model", "load_spec", "open_run", "predict", "report", "resume",
+           "schema", "serve", "summary", "sweep", "validate"]

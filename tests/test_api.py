@@ -203,3 +203,58 @@ def test_format_1_runs_are_read(write_spec, tmp_path):
     opened = mk.open_run(run)
     assert opened.state.overrides == {"train.epochs": 1} and opened.state.best.epoch == 1
     assert cli("evaluate", run).exit_code == 0
+
+
+def _digit_folders(root: Path) -> Path:
+    """Split folders of two classes of bundled digits (PNG), a train image copied into test, a file that is no image."""
+    from PIL import Image
+
+    from mnist_keras.data import sources
+
+    with np.load(sources.BUNDLED) as sample:
+        x, y = sample["x_train"], sample["y_train"]
+    for split, start in (("train", 0), ("test", 8)):
+        for label, name in ((0, "zero"), (1, "one")):
+            (root / split / name).mkdir(parents=True)
+            for i in np.flatnonzero(y == label)[start:start + (8 if split == "train" else 3)]:
+                Image.fromarray(x[i]).save(root / split / name / f"{i}.png")
+    copied = next((root / "train" / "one").iterdir())
+    (root / "test" / "one" / "copy.png").write_bytes(copied.read_bytes())
+    (root / "train" / "zero" / "broken.png").write_bytes(b"not a png")
+    return root
+
+
+def test_data_functions_return_what_the_data_commands_print(tmp_path, capfd):
+    """data_info, data_preview and data_check: typed facts, the problems found with their files, nothing printed."""
+    import mnist_keras as mk
+
+    root = _digit_folders(tmp_path / "digits")
+    skip = ["data.on_bad_file=skip", "data.validation=4"]
+    info = mk.data_info(dataset=str(root), overrides=skip)
+    assert (info.dataset, info.source, info.path) == (str(root), "split-folders", str(root.resolve()))
+    assert [(s.name, s.images_dtype, s.images_shape, s.per_class) for s in info.splits] == [
+        ("train", "uint8", (16, 28, 28, 1), {"one": 8, "zero": 8}),
+        ("test", "uint8", (7, 28, 28, 1), {"one": 4, "zero": 3})]
+    assert (info.training, info.validation, info.test, info.input_shape) == (12, 4, 7, (28, 28, 1))
+    assert info.held_out == "drawn per class with seed 42" and not info.fed_before_resize
+    assert 0 <= info.stored.min < info.stored.mean < info.stored.max <= 255 and info.fed.max <= 1
+    preview = mk.data_preview(tmp_path / "grid.png", dataset=str(root), count=5, split="test", overrides=skip)
+    assert preview.path.read_bytes()[:4] == b"\x89PNG" and preview.split == "test"
+    assert len(preview.titles) == 5 and set(preview.titles) <= {"one", "zero"} and preview.input_shape == (28, 28, 1)
+    assert 0 <= preview.low < preview.high <= 1
+    found = mk.data_check(dataset=str(root), overrides=skip)
+    assert found.decoded and found.class_names == ["one", "zero"]
+    assert found.counts == {"train": {"one": 6, "zero": 6}, "validation": {"one": 2, "zero": 2},
+                            "test": {"one": 4, "zero": 3}} and found.images == {"train": 12, "validation": 4, "test": 7}
+    assert [Path(file).name for file in found.skipped] == ["broken.png"]
+    (shared,) = found.shared
+    assert shared.startswith("the same image is in ") and "copy.png" in shared
+    assert any("skipped 1 of" in note for note in found.notes) and f"warning: {shared}" in found.notes
+    arrays = mk.data_check(overrides=["data.source=bundled"])
+    assert not arrays.decoded and arrays.images == {"train": 10_000, "test": 2_000} and arrays.source == "bundled"
+    out, errors = capfd.readouterr()
+    assert out + errors == ""
+    with pytest.raises(mk.UserError, match="the folder .* does not exist"):
+        mk.data_preview(tmp_path / "no" / "grid.png")
+    with pytest.raises(mk.UserError, match="--dataset nowhere"):
+        mk.data_check(dataset="nowhere")

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from mnist_keras.cli.data import data_group as data_command
 from mnist_keras.data import Arrays, dataset_files, load_arrays, make_pipelines, sources
-from mnist_keras.data.commands import data as data_command
 from mnist_keras.errors import UserError
 from mnist_keras.spec import Data, Runtime, Spec
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from mnist_keras.data import Arrays, Files, class_weights, load_arrays, load_data, load_files, make_pipelines, sources
-from mnist_keras.data.commands import data as data_command
+from mnist_keras.cli.data import data_group as data_command
 from mnist_keras.data.images import image_array
 from mnist_keras.errors import UserError
 from mnist_keras.spec import Data, Spec

@@ -1,6 +1,6 @@
 """The data layer: where images come from (numpy only) and the tf.data pipelines that feed the model.
 
-The names load on first use, so that the CLI can register `mnist-keras data` without importing numpy.
+The names load on first use, so that importing the API (data/inspection.py's types) loads no numpy.
 """
 
 from importlib import import_module

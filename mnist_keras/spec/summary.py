@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .schema import Spec, StagePlan
 from .yamlfile import dotted
@@ -31,6 +31,7 @@ class ModelSummary:
     staged: bool  # several stages, or a backbone whose frozen weights are worth a column
     trainable: int
     frozen: int
+    keras: list[str] = field(default_factory=list)  # Keras' own summary lines, when asked for
 
     def stage_totals(self, index: int) -> tuple[int, int]:
         """(trainable, frozen) weights of the whole model in stage number index + 1."""

@@ -1,0 +1,104 @@
+"""`fit`, `evaluate`, `predict` and `devices`: training a spec, and its model measured and used."""
+
+from __future__ import annotations
+
+import click
+
+from ..errors import UserError
+from .options import flag_overrides, overrides_option, reporter
+
+
+def _fit_summary(run) -> str:
+    metrics, test = run.metrics, run.metrics.test
+    seconds = sum(metrics.seconds_per_epoch)
+    loss = "nan" if test.loss is None else f"{test.loss:.4f}"
+    accuracy = "nan" if test.accuracy is None else f"{test.accuracy:.2%}"
+    head = f"test accuracy {accuracy}, loss {loss} | {metrics.epochs_done} epochs in {seconds:.1f} s, " \
+           f"{metrics.images_per_second:,.0f} images/s"
+    if run.path is None:
+        return f"{metrics.device}: {head} | weights {metrics.weights_sha256} | the chief writes the run"
+    weights = f" | weights {metrics.weights_sha256}" if run.spec.runtime.distribute == "multi_worker" else ""
+    return f"{head}{weights} | run {run.path} | tensorboard --logdir {run.path}"
+
+
+@click.command()
+@click.argument("spec", required=False)
+@overrides_option
+@click.option("--epochs", type=click.IntRange(min=1), help="Train for this many epochs (overrides train.epochs).")
+@click.option("--data-dir", type=click.Path(), help="A folder with the dataset's files (IDX or .npz), tried first.")
+@click.option("--device", metavar="auto|cpu|gpu|gpu:N", help="Where to train (overrides runtime.device).")
+@click.option("--distribute", type=click.Choice(["none", "mirrored", "multi_worker"]),
+              help="Train on this machine's GPUs (mirrored) or on several machines (multi_worker); overrides "
+                   "runtime.distribute. data.batch_size stays the global batch.")
+@click.option("--worker", "workers", multiple=True, metavar="HOST:PORT",
+              help="multi_worker: one worker's address; repeat it for every worker, in the same order on each "
+                   "(instead of TF_CONFIG). Worker 0 is the chief: it alone writes the run.")
+@click.option("--task-index", type=click.IntRange(min=0), help="multi_worker: this machine's place in the --worker list.")
+@click.option("--runs", "runs_root", default="runs", show_default=True, help="The folder that holds run directories.")
+@click.option("--name", help="The run's name (overrides the spec's name): runs/NAME/TIMESTAMP.")
+@click.option("--resume", "resume_dir", metavar="RUN_DIR", help="Continue an interrupted run from its last checkpoint.")
+def fit(spec, overrides, epochs, data_dir, device, distribute, workers, task_index, runs_root, name, resume_dir):
+    """Train SPEC and evaluate it on the test set, in a new run directory."""
+    from .. import api
+    from ..train.distribute import cluster_from_flags
+
+    cluster = cluster_from_flags(workers, task_index)
+    if resume_dir:
+        run = api.resume(resume_dir, epochs, data_dir=data_dir, device=device, distribute=distribute,
+                         overrides=overrides, spec=spec or None, cluster=cluster, reporter=reporter())
+    elif not spec:
+        raise click.UsageError("give a SPEC to train, or --resume RUN_DIR")
+    else:
+        run = api.fit(spec, runs_root, overrides=[*overrides, *flag_overrides(epochs, device, distribute, name)],
+                      data_dir=data_dir, cluster=cluster, reporter=reporter())
+    click.echo(_fit_summary(run))
+
+
+@click.command()
+def devices():
+    """What TensorFlow sees: CPUs, and GPUs with their memory and compute capability."""
+    from ..api import devices as device_lines
+
+    for line in device_lines():
+        click.echo(line)
+
+
+@click.command()
+@click.argument("target", metavar="RUN_DIR|MODEL")
+@click.option("--data-dir", type=click.Path(), help="A folder with the dataset's files (default: the run's).")
+@click.option("--spec", "spec_file", help="The spec the model was trained with (default: the run's spec.yaml).")
+def evaluate(target, data_dir, spec_file):
+    """Test-set loss and accuracy of a trained model."""
+    from ..api import evaluate as evaluate_model
+
+    result = evaluate_model(target, data_dir=data_dir, spec_file=spec_file, reporter=reporter())
+    click.echo(f"{result['model']}: test accuracy {result['accuracy']:.2%}, loss {result['loss']:.4f} "
+               f"on {result['images']:,} {result['dataset']} test images ({result['source']})")
+    if "per_class" in result:
+        click.echo("per class: " + ", ".join(
+            f"{name} {'-' if c['accuracy'] is None else format(c['accuracy'], '.1%')} ({c['images']:,})"
+            for name, c in result["per_class"].items()))
+
+
+@click.command()
+@click.argument("target", metavar="RUN_DIR|MODEL")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--spec", "spec_file", help="The spec the model was trained with (default: the run's spec.yaml).")
+def predict(target, images, spec_file):
+    """Classify image files (PNG, JPEG, GIF, BMP; any size, gray or colour).
+
+    Each image is made MNIST-like before the spec's own preprocessing: converted to gray (transparency
+    laid over white), resized as a whole to the dataset's image size, and inverted when it is dark ink
+    on a light background, since MNIST digits are light on dark. Unreadable files are reported and the
+    others classified (exit 2 if any was unreadable).
+    """
+    from ..api import predict as predict_images
+
+    predictions, problems = predict_images(target, list(images), spec_file=spec_file)
+    for p in predictions:
+        if "value" in p:
+            click.echo(f"{p['file']}: {round(p['value'])} (regression output {p['value']:.3f})")
+        else:
+            click.echo(f"{p['file']}: {p['class']} (probability {p['probability']:.3f})")
+    if problems:
+        raise UserError(*problems)
