@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from mnist_keras.spec.loader import MAX_BYTES
+from mnist_keras.spec.yamlfile import MAX_BYTES
 
 MODEL = b"model: {layers: [flatten, {dense: 10}]}\n"
 

@@ -148,7 +148,7 @@ def test_yaml_12_floats_in_files_and_overrides(written, value, write_spec):
 
 
 def test_yaml_11_forms_and_plain_text_are_unchanged():
-    from mnist_keras.spec.loader import parse_yaml
+    from mnist_keras.spec.yamlfile import parse_yaml
 
     data, _ = parse_yaml("[1_000, 0x10, 1e, e5, 1e5e, 1.2.3, 12, -.inf, .nan, 1_0.5, 1e3x, yes, '1e3']", "t")
     assert data[:6] == [1000, 16, "1e", "e5", "1e5e", "1.2.3"] and data[6] == 12 and data[7] == float("-inf")

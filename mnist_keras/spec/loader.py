@@ -20,10 +20,9 @@ from .layer_registry import ENTRIES, TEMPLATES, entry_description
 from .messages import place_of, problems_from
 from .overrides import apply_overrides, parse_override
 from .schema import Spec
-from .yamlfile import MAX_BYTES, clip, dotted, parse_yaml, read_yaml_file
+from .yamlfile import dotted, read_yaml_file
 
-__all__ = ["MAX_BYTES", "clip", "dotted", "dump_spec", "json_schema", "load_spec", "parse_yaml", "read_yaml_file",
-           "validate_data", "validate_spec"]
+__all__ = ["dump_spec", "json_schema", "load_spec", "validate_data", "validate_spec"]
 
 
 def load_spec(file: str | Path, overrides: Sequence[str] = (), data_dir: str | None = None) -> Spec:

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, Stric
 
 from ..errors import UserError
 from ..spec import Override, Spec, load_spec, parse_override
-from ..spec.loader import clip, read_yaml_file, validate_data
+from ..spec.loader import validate_data
+from ..spec.yamlfile import clip, read_yaml_file
 
 MAX_TRIALS = 10_000
 MAX_CHECKED = 256  # combinations of the space's ends tried as specs before the first trial

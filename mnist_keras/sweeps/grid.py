@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..spec import Override, parse_override
-from ..spec.loader import clip
+from ..spec.yamlfile import clip
 from .file import Distribution, Objective, Sweep, SweepFile, check_points
 
 MAX_RUNS = 10_000  # a sweep trains one run after another; beyond this, draw a sample

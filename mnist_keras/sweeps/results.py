@@ -11,7 +11,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ..runs.table import RunRow, format_table, summarize
-from ..spec.loader import clip
+from ..spec.yamlfile import clip
 from .file import Sweep
 from .study import FINISHED, quiet, retry_of
 
@@ -105,7 +105,7 @@ def _write_best_spec(sweep: Sweep, study: optuna.Study, out: Path) -> str | None
     for `mnist-keras fit`; the line that says so, a note when the trial recorded none, None before one finished."""
     from ..runs.files import write_text
     from ..spec import load_spec, validate_spec
-    from ..spec.loader import parse_yaml
+    from ..spec.yamlfile import parse_yaml
 
     try:
         best = study.best_trial

@@ -16,7 +16,7 @@ import optuna
 
 from ..errors import Interrupted, TrainingFailed, UserError
 from ..reporter import Reporter
-from ..spec.loader import clip
+from ..spec.yamlfile import clip
 from ..spec.schema import check_run_name
 from .file import Sweep, check_points, read_sweep
 from .grid import grid_sweep

@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import UserError
 from ..runs.record import RunState
-from ..spec.loader import clip
+from ..spec.yamlfile import clip
 from .file import Sweep, grid_size
 
 HEARTBEAT_S = 5  # a running trial writes a heartbeat this often
