@@ -67,3 +67,13 @@ def test_importing_the_package_changes_no_environment_variable(chosen):
                             env={**env, "PYTHONPATH": str(ROOT), **chosen}, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == ("False" if chosen else "True")  # the caller's choice, else oneDNN on
+
+
+def test_importing_the_sweeps_leaves_optunas_logging_as_the_caller_set_it():
+    code = ("import optuna; optuna.logging.set_verbosity(optuna.logging.DEBUG); "
+            "import mnist_keras.sweeps.study as study; study._optuna_schema(); "
+            "print(optuna.logging.get_verbosity() == optuna.logging.DEBUG)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "True"

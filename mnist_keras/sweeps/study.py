@@ -4,6 +4,7 @@ in trial.py."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -17,7 +18,6 @@ from typing import Callable, Protocol
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import UserError
@@ -29,9 +29,6 @@ HEARTBEAT_S = 5  # a running trial writes a heartbeat this often
 GRACE_S = 60  # a trial without one for this long is taken as crashed (another machine's), failed and retried
 MAX_RETRIES = 3  # a trial whose process keeps dying (out of memory, say) is retried this often, then left failed
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-OPTUNA_TABLES = {*models.BaseModel.metadata.tables, "alembic_version"}  # what a study's database may hold
-
-optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 class FailedTrial(Exception):
@@ -146,12 +143,12 @@ def _check_tables(url: str, engine_kwargs: dict, readonly: bool) -> None:
     finally:
         engine.dispose()
     place = clip(str(_sqlite_file(url) or shown_url(url)), 240)
-    foreign = sorted(names - OPTUNA_TABLES)
+    tables, known = _optuna_schema()
+    foreign = sorted(names - tables)
     if foreign:
         listed = ", ".join(clip(name) for name in foreign[:5]) + (f" and {len(foreign) - 5} more" * (len(foreign) > 5))
         raise UserError(f"{place}: this database holds tables that are not an Optuna study's ({listed}); a sweep "
                         "writes nothing into another program's database: give it one of its own (--storage URL)")
-    known = _optuna_revisions()
     other = next((str(r) for r in revisions if r not in known), None)
     if other is not None:
         raise UserError(f"{place}: this database's alembic_version is {clip(other)}, another application's schema, "
@@ -160,12 +157,18 @@ def _check_tables(url: str, engine_kwargs: dict, readonly: bool) -> None:
         raise UserError(f"{place}: no Optuna study here")
 
 
-def _optuna_revisions() -> set[str]:
-    """The Alembic revisions of Optuna's own schema."""
-    from alembic.script import ScriptDirectory
-    from optuna.storages import _rdb
+@functools.cache
+def _optuna_schema() -> tuple[set[str], set[str]]:
+    """The tables a study's database may hold and the Alembic revisions of Optuna's schema, read from a storage
+    made in memory (Optuna's public API names neither)."""
+    import sqlalchemy
 
-    return {r.revision for r in ScriptDirectory(str(Path(_rdb.__file__).parent / "alembic")).walk_revisions()}
+    with quiet():
+        storage = RDBStorage("sqlite:///:memory:")
+    try:
+        return set(sqlalchemy.inspect(storage.engine).get_table_names()), set(storage.get_all_versions())
+    finally:
+        storage.engine.dispose()
 
 
 def _unusable(url: str, err: Exception) -> UserError:
@@ -195,11 +198,12 @@ def pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
 def open_study(sweep: Sweep, storage: RDBStorage, name: str, existing: bool = False) -> optuna.Study:
     """The named study (an `existing` one only loaded, nothing written), made for this sweep's space and
     objective if new; UserError if it was made for another."""
-    if existing:
-        study = optuna.load_study(storage=storage, study_name=name, sampler=sampler(sweep), pruner=pruner(sweep))
-    else:
-        study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True, sampler=sampler(sweep),
-                                    pruner=pruner(sweep), direction=sweep.config.objective.direction)
+    with quiet():
+        if existing:
+            study = optuna.load_study(storage=storage, study_name=name, sampler=sampler(sweep), pruner=pruner(sweep))
+        else:
+            study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True, sampler=sampler(sweep),
+                                        pruner=pruner(sweep), direction=sweep.config.objective.direction)
     record = sweep.space_record()
     made_for = study.user_attrs.get("space")
     if made_for is None and not existing:
