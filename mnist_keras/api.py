@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from .data.inspection import DataCheck, DataInfo, DataPreview, check_dataset, data_spec, dataset_info, preview_grid
 from .errors import ExportFailed, UserError
 from .reporter import Reporter
-from .runs.run import Run, model_target, open_run
+from .runs.run import Run, open_run
 from .runs.table import RunRow
 from .spec import Spec
 from .spec import load_spec as _load_spec
@@ -29,6 +29,7 @@ from .train.session import fit_run, resume_run
 
 if TYPE_CHECKING:
     from .deploy.export import Exported
+    from .model.inference import Evaluation, Prediction
     from .sweeps.results import SweepResult
 
 
@@ -127,60 +128,24 @@ def resume(run: Run | str | Path, epochs: int | None = None, *, data_dir: str | 
 
 @keeps_global_state
 def evaluate(target: str | Path, *, data_dir: str | None = None, spec_file: str | None = None,
-             reporter: Reporter | None = None) -> dict[str, Any]:
-    """Test-set metrics of a run's model (or a .keras file): accuracy, loss, per_class (name -> images and
-    accuracy), images, dataset, source, model."""
-    spec, model_file, run = model_target(target, spec_file)  # before TensorFlow loads: bad input is refused fast
-    from .data import load_arrays, make_pipelines
-    from .model.objects import load_model
+             reporter: Reporter | None = None) -> Evaluation:
+    """Test-set figures of a run's model (or a .keras file): an Evaluation (test metrics, accuracy per class by
+    name, images, model file, dataset and source)."""
+    from .model.inference import evaluate_model
 
-    arrays = load_arrays(spec.data, data_dir or (run and run.state.data_dir), reporter or Reporter(), spec.seed)
-    model = load_model(model_file, spec)
-    test = make_pipelines(spec, arrays).test
-    result = {k: float(v) for k, v in model.evaluate(test, verbose=0, return_dict=True).items()}
-    if spec.loss() != "mse":  # accuracy of each true class, by name
-        names = run.class_names if run else arrays.class_names
-        predicted = model.predict(test, verbose=0).argmax(axis=-1)
-        result["per_class"] = {name: {"images": int((arrays.y_test == i).sum()), "accuracy":
-                                      float((predicted[arrays.y_test == i] == i).mean()) if (arrays.y_test == i).any()
-                                      else None} for i, name in enumerate(names)}
-    return {**result, "images": len(arrays.x_test), "model": str(model_file),
-            "dataset": arrays.provenance["dataset"], "source": arrays.provenance["source"]}
+    return evaluate_model(target, data_dir, spec_file, reporter or Reporter())
 
 
 @keeps_global_state
 def predict(target: str | Path, images: Sequence[str], *, spec_file: str | None = None
-            ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Classify image files with a run's model: ([{file, class (its name), probability} or {file, value} for a
-    regression], [a message per unreadable file]). Images are decoded as the run's data set was (MNIST-like
-    for digit data, else to data.image_shape by data.preprocess.fit); missing files are found before
+            ) -> tuple[list[Prediction], list[str]]:
+    """Classify image files with a run's model: ([a Prediction per readable file: its class name and probability,
+    or a regression's value], [a message per unreadable file]). Images are decoded as the run's data set was
+    (MNIST-like for digit data, else to data.image_shape by data.preprocess.fit); missing files are found before
     TensorFlow loads."""
-    import numpy as np
+    from .model.inference import predict_files
 
-    from .data.images import check_image_files, decoding_fit, read_images
-
-    missing = check_image_files(list(images))
-    if len(missing) == len(images):
-        raise UserError(*missing)
-    spec, model_file, run = model_target(target, spec_file)
-    fit = run.upload_fit if run else decoding_fit(spec.data, None)  # as the data set's own images
-    pixels, files, problems = read_images(list(images), spec.data.image_shape, fit)
-    if not files:
-        return [], problems
-    from .data.pipeline import preprocess_images
-    from .model.objects import load_model
-
-    outputs = load_model(model_file, spec).predict(preprocess_images(spec, pixels), verbose=0)
-    if spec.loss() == "mse":
-        return [{"file": f, "value": float(out[0])} for f, out in zip(files, outputs)], problems
-    probabilities = np.exp(outputs - outputs.max(axis=1, keepdims=True))
-    probabilities /= probabilities.sum(axis=1, keepdims=True)
-    names = run.class_names if run else spec.data.class_labels()
-    if len(names) != outputs.shape[1]:
-        raise UserError(f"{model_file}: the model gives {outputs.shape[1]} classes, the run's class list "
-                        f"{len(names)}")
-    return [{"file": f, "class": names[int(p.argmax())], "probability": float(p.max())}
-            for f, p in zip(files, probabilities)], problems
+    return predict_files(target, images, spec_file)
 
 
 @keeps_global_state

@@ -79,6 +79,11 @@ def test_api_is_silent_and_raises_typed_errors(write_spec, tmp_path, capfd):
         mk.resume(opened, epochs=2, overrides=["train.optimizer.learning_rate=0.5"])
     resumed = mk.resume(run.path, epochs=2)
     assert resumed.state.epochs_done == 2 and resumed.metrics.epochs_done == 2
+    assert [h.epoch for h in resumed.metrics.history] == [1, 2] and resumed.metrics.data.source == "bundled"
+    evaluation = mk.evaluate(resumed.path)  # typed: the run's own test figures, per class by name
+    assert evaluation.test.accuracy == pytest.approx(resumed.metrics.test.accuracy, abs=1e-4)
+    assert list(evaluation.per_class) == resumed.class_names
+    assert sum(c.images for c in evaluation.per_class.values()) == evaluation.images
 
 
 def test_plateau_without_validation_is_refused_before_training(write_spec, tmp_path):

@@ -72,12 +72,14 @@ def evaluate(target, data_dir, spec_file):
     from ..api import evaluate as evaluate_model
 
     result = evaluate_model(target, data_dir=data_dir, spec_file=spec_file, reporter=reporter())
-    click.echo(f"{result['model']}: test accuracy {result['accuracy']:.2%}, loss {result['loss']:.4f} "
-               f"on {result['images']:,} {result['dataset']} test images ({result['source']})")
-    if "per_class" in result:
+    accuracy, loss = result.test.accuracy, result.test.loss
+    click.echo(f"{result.model}: test accuracy {'nan' if accuracy is None else format(accuracy, '.2%')}, loss "
+               f"{'nan' if loss is None else format(loss, '.4f')} on {result.images:,} {result.dataset} test images "
+               f"({result.source})")
+    if result.per_class is not None:
         click.echo("per class: " + ", ".join(
-            f"{name} {'-' if c['accuracy'] is None else format(c['accuracy'], '.1%')} ({c['images']:,})"
-            for name, c in result["per_class"].items()))
+            f"{name} {'-' if c.accuracy is None else format(c.accuracy, '.1%')} ({c.images:,})"
+            for name, c in result.per_class.items()))
 
 
 @click.command()
@@ -96,9 +98,9 @@ def predict(target, images, spec_file):
 
     predictions, problems = predict_images(target, list(images), spec_file=spec_file)
     for p in predictions:
-        if "value" in p:
-            click.echo(f"{p['file']}: {round(p['value'])} (regression output {p['value']:.3f})")
+        if p.value is not None:
+            click.echo(f"{p.file}: {round(p.value)} (regression output {p.value:.3f})")
         else:
-            click.echo(f"{p['file']}: {p['class']} (probability {p['probability']:.3f})")
+            click.echo(f"{p.file}: {p.label} (probability {p.probability:.3f})")
     if problems:
         raise UserError(*problems)
