@@ -278,7 +278,7 @@ def list_runs(root: str | Path = "runs") -> list[RunRow]:
     found = find_runs(root)
     if not found:
         raise UserError(f"{root}: no run directories here")
-    return [summarize(run) for run in found]
+    return [summarize(run_dir) for run_dir in found]
 
 
 def report(run_dirs: Sequence[str | Path], out: str | Path | None = None, *, data_dir: str | None = None,

@@ -100,7 +100,7 @@ def test_an_earlier_run_is_a_backbone_and_its_frozen_batch_norm_never_moves(writ
     model = mk.load_model(run)
     after = batch_norm_stats(model)
     assert before and all(np.array_equal(b, a) for b, a in zip(before, after))  # frozen in stage 1, kept in 2
-    assert [h["stage"] for h in run.state.history] == [1, 2, 2]
+    assert [h.get("stage") for h in run.state.history] == [1, 2, 2]
     source = mk.load_model(pretrained)
     conv = lambda m: m.get_layer("backbone").get_layer("conv2d_1").get_weights()[0]  # noqa: E731
     assert not np.array_equal(conv(model), source.get_layer("conv2d_1").get_weights()[0])  # stage 2 trained it

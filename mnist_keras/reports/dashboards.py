@@ -104,8 +104,8 @@ class RunDescription(keras.callbacks.Callback):
         with writer.as_default(step=0):
             if not self.resumed:
                 tf.summary.text("spec", f"```yaml\n{dump_spec(self.spec)}```")
-            run = self.log_dir.parent  # each run its own HParams row, named by its directory (a resume: the same):
-            hp.hparams(hparams(self.spec), trial_id=f"{run.name} {run.parent.name}")  # the part that differs first
+            run_dir = self.log_dir.parent  # each run its own HParams row, named by its directory (a resume: the same):
+            hp.hparams(hparams(self.spec), trial_id=f"{run_dir.name} {run_dir.parent.name}")  # the part that differs first
         writer.close()
 
 

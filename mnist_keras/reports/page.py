@@ -121,10 +121,10 @@ def build_report(run_dirs: list[str], out: Path, data_dir: str | None = None,
     return index
 
 
-def _section(label: str, run: Path, rows: list[tuple[str, str]], figures: list[str], spec_text: str) -> str:
+def _section(label: str, run_dir: Path, rows: list[tuple[str, str]], figures: list[str], spec_text: str) -> str:
     table = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
     images = "".join(f'<img src="{html.escape(name)}" alt="{html.escape(name)}">' for name in figures)
-    return (f"<section><h2>{html.escape(label)}</h2><p><code>{html.escape(str(run))}</code></p>"
+    return (f"<section><h2>{html.escape(label)}</h2><p><code>{html.escape(str(run_dir))}</code></p>"
             f"<table>{table}</table>{images}"
             f"<details><summary>spec.yaml (resolved)</summary><pre>{html.escape(spec_text)}</pre></details></section>")
 

@@ -121,15 +121,15 @@ def create_run_dir(root: str | Path, name: str) -> Path:
                         f"{MIN_FREE_BYTES / 2**20:.0f} MiB")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for n in range(1, 1000):
-        run = parent / (stamp if n == 1 else f"{stamp}-{n}")
+        run_dir = parent / (stamp if n == 1 else f"{stamp}-{n}")
         try:
-            run.mkdir()  # atomic: two runs started in the same second get different directories
-            (run / "checkpoints").mkdir()
+            run_dir.mkdir()  # atomic: two runs started in the same second get different directories
+            (run_dir / "checkpoints").mkdir()
         except FileExistsError:
             continue
         except OSError as err:
-            raise UserError(f"{run}: cannot create the run directory ({err.strerror})") from None
-        return run
+            raise UserError(f"{run_dir}: cannot create the run directory ({err.strerror})") from None
+        return run_dir
     raise UserError(f"{parent}: too many runs started in the same second")
 
 
@@ -148,16 +148,16 @@ LOCK = ".lock"
 
 
 @contextmanager
-def training_lock(run: Path) -> Iterator[None]:
+def training_lock(run_dir: Path) -> Iterator[None]:
     """Hold `run`'s lock while training it; UserError naming the holder if another process has it. The OS
     drops the lock when the process ends, however it ends, so the run of a crashed process is free again."""
     try:
-        fd = os.open(run / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, FILE_MODE)
+        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, FILE_MODE)
     except OSError as err:
-        raise UserError(f"{run / LOCK}: cannot open the run's lock file ({err.strerror})") from None
+        raise UserError(f"{run_dir / LOCK}: cannot open the run's lock file ({err.strerror})") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise UserError(f"{run / LOCK}: not a regular file")
+            raise UserError(f"{run_dir / LOCK}: not a regular file")
         for _ in range(20):  # `runs` may be holding it shared for an instant (training_holder)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -165,7 +165,7 @@ def training_lock(run: Path) -> Iterator[None]:
             except BlockingIOError:
                 time.sleep(0.05)
         else:
-            raise _busy(run, _holder(fd))
+            raise _busy(run_dir, _holder(fd))
         with suppress(OSError):  # who holds it, for the message of a second process; a full disk may refuse
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
@@ -174,10 +174,10 @@ def training_lock(run: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def training_holder(run: Path) -> str | None:
+def training_holder(run_dir: Path) -> str | None:
     """Who holds `run`'s lock ("process 123 on this machine"), or None when no process trains the run."""
     try:
-        fd = os.open(run / LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(run_dir / LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
     try:
@@ -191,15 +191,15 @@ def training_holder(run: Path) -> str | None:
         os.close(fd)
 
 
-def check_not_training(run: Path) -> None:
+def check_not_training(run_dir: Path) -> None:
     """UserError naming the process that holds `run`'s lock, if one does."""
-    holder = training_holder(run)
+    holder = training_holder(run_dir)
     if holder:
-        raise _busy(run, holder)
+        raise _busy(run_dir, holder)
 
 
-def _busy(run: Path, holder: str) -> UserError:
-    return UserError(f"{run}: {holder} is still training this run; stop it first (Ctrl-C keeps its last epoch), "
+def _busy(run_dir: Path, holder: str) -> UserError:
+    return UserError(f"{run_dir}: {holder} is still training this run; stop it first (Ctrl-C keeps its last epoch), "
                      "or wait for it to finish")
 
 
@@ -211,25 +211,25 @@ def _holder(fd: int) -> str:
     return f"process {pid[:20]} on {where}" if pid.isascii() and pid.isdigit() else "another process"
 
 
-def check_no_links(run: Path) -> None:
+def check_no_links(run_dir: Path) -> None:
     """Refuse a run holding a symbolic link anywhere inside: writing through it would reach outside the run."""
-    for folder, dirs, files in os.walk(run):
+    for folder, dirs, files in os.walk(run_dir):
         for name in dirs + files:
             if os.path.islink(os.path.join(folder, name)):
                 raise UserError(f"{os.path.join(folder, name)}: a symbolic link inside the run directory; "
                                 "a run holds its own files only, so this command will not write through it")
 
 
-def run_file(run: Path, relative: str) -> Path:
+def run_file(run_dir: Path, relative: str) -> Path:
     """`relative` (as a run record names it) inside `run`; UserError if it would lead outside."""
     parts = Path(relative).parts
     if not parts or Path(relative).is_absolute() or ".." in parts:
-        raise UserError(f"{run / 'state.json'}: names {relative!r}, which is not a file inside the run")
-    return run / relative
+        raise UserError(f"{run_dir / 'state.json'}: names {relative!r}, which is not a file inside the run")
+    return run_dir / relative
 
 
-def remove_partial_files(run: Path) -> None:
+def remove_partial_files(run_dir: Path) -> None:
     """Delete the temporary files of writes that a kill interrupted (never the files they were replacing)."""
-    check_no_links(run)
-    for partial in [*run.glob(".tmp-*"), *run.glob("checkpoints/.tmp-*")]:
+    check_no_links(run_dir)
+    for partial in [*run_dir.glob(".tmp-*"), *run_dir.glob("checkpoints/.tmp-*")]:
         partial.unlink(missing_ok=True)

@@ -156,10 +156,10 @@ class RunState(_Record):
             return True
         return True
 
-    def shown_status(self, run: Path) -> str:
+    def shown_status(self, run_dir: Path) -> str:
         """The status, with a `running` run that no process holds (files.training_lock) shown as
         `interrupted (stale)`."""
-        if self.status == "running" and not training_holder(run):
+        if self.status == "running" and not training_holder(run_dir):
             return "interrupted (stale)"
         return self.status
 
@@ -239,18 +239,18 @@ def _read(model: type[_Record], path: Path):
         raise UserError(f"{path}: {first_problem(err)}; {unreadable}") from None
 
 
-def read_state(run: Path) -> RunState:
-    return _read(RunState, run / "state.json")
+def read_state(run_dir: Path) -> RunState:
+    return _read(RunState, run_dir / "state.json")
 
 
-def read_metrics(run: Path) -> RunMetrics | None:
+def read_metrics(run_dir: Path) -> RunMetrics | None:
     """metrics.json, or None for a run that has not finished."""
-    return _read(RunMetrics, run / "metrics.json") if (run / "metrics.json").exists() else None
+    return _read(RunMetrics, run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else None
 
 
-def write_state(run: Path, state: RunState) -> None:
-    write_json(run / "state.json", state.model_dump(mode="json"))
+def write_state(run_dir: Path, state: RunState) -> None:
+    write_json(run_dir / "state.json", state.model_dump(mode="json"))
 
 
-def write_metrics(run: Path, metrics: RunMetrics) -> None:
-    write_json(run / "metrics.json", metrics.model_dump(mode="json"))
+def write_metrics(run_dir: Path, metrics: RunMetrics) -> None:
+    write_json(run_dir / "metrics.json", metrics.model_dump(mode="json"))

@@ -22,17 +22,17 @@ def find_runs(root: str | Path) -> list[Path]:
     return sorted(runs, key=lambda run: (started(run), str(run)))
 
 
-def started(run: Path) -> str:
+def started(run_dir: Path) -> str:
     """When the run started, from its directory name (YYYYmmdd-HHMMSS[-N]), else the folder's time."""
     try:
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.strptime(run.name[:15], "%Y%m%d-%H%M%S"))
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.strptime(run_dir.name[:15], "%Y%m%d-%H%M%S"))
     except ValueError:
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.lstat().st_mtime))
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run_dir.lstat().st_mtime))
 
 
-def planned_epochs(run: Path) -> int:
+def planned_epochs(run_dir: Path) -> int:
     """train.epochs of the run's spec.yaml as written (without validating the whole spec)."""
-    data, _, where = read_yaml_file(run / "spec.yaml")
+    data, _, where = read_yaml_file(run_dir / "spec.yaml")
     try:
         epochs = data["train"]["epochs"]
     except (KeyError, TypeError):
@@ -62,15 +62,15 @@ class RunRow:
                 "directory": self.directory}
 
 
-def summarize(run: Path) -> RunRow:
+def summarize(run_dir: Path) -> RunRow:
     """name, started, epochs (done/planned), best validation and test accuracy, state, directory;
     a run whose files cannot be read is `unreadable`, with the first reason."""
-    found = {"name": run.parent.name, "started": started(run), "directory": str(run)}
+    found = {"name": run_dir.parent.name, "started": started(run_dir), "directory": str(run_dir)}
     try:
-        state, metrics, planned = read_state(run), read_metrics(run), planned_epochs(run)
+        state, metrics, planned = read_state(run_dir), read_metrics(run_dir), planned_epochs(run_dir)
     except UserError as err:
         return RunRow(**found, state="unreadable", reason=err.messages[0])
-    return RunRow(**found, state=state.shown_status(run), epochs=f"{state.epochs_done}/{planned}",
+    return RunRow(**found, state=state.shown_status(run_dir), epochs=f"{state.epochs_done}/{planned}",
                   best_validation_accuracy=state.best_validation_accuracy(),
                   test_accuracy=metrics.test.accuracy if metrics else None)
 

@@ -121,12 +121,12 @@ def _described_run(backbone: Backbone, shape: tuple) -> Described:
 
 def _run_backbone(backbone: Backbone, shape: tuple) -> Described:
     """An earlier run's model up to `until`, described from the run's own spec (no TensorFlow)."""
-    run = FilePath(backbone.run)
-    spec_file = run / "spec.yaml"
-    if not (spec_file.is_file() and (run / "state.json").is_file()):
-        raise ShapeError(f"{run} is not a run directory (a run has spec.yaml and state.json)", "run")
+    run_dir = FilePath(backbone.run)
+    spec_file = run_dir / "spec.yaml"
+    if not (spec_file.is_file() and (run_dir / "state.json").is_file()):
+        raise ShapeError(f"{run_dir} is not a run directory (a run has spec.yaml and state.json)", "run")
     try:
-        source = Spec.model_validate(read_yaml_file(spec_file)[0], context={"base": str(run)})
+        source = Spec.model_validate(read_yaml_file(spec_file)[0], context={"base": str(run_dir)})
     except BackboneCycle:
         raise
     except (UserError, ValueError) as err:
@@ -138,7 +138,7 @@ def _run_backbone(backbone: Backbone, shape: tuple) -> Described:
     index = names.index(until) if until in names else until if isinstance(until, int) else None
     if index is None or index >= len(planned):
         listed = ", ".join(f"{i}: {name}" for i, name in enumerate(names))
-        raise ShapeError(f"the run {run} has no layer {until!r}; its layers are {listed}", "until")
+        raise ShapeError(f"the run {run_dir} has no layer {until!r}; its layers are {listed}", "until")
     if tuple(source.input_shape()) != tuple(shape):
         raise ShapeError(f"the run's model takes images of shape {list(source.input_shape())}, but this spec gives "
                          f"{list(shape)}; match data.image_shape and data.preprocess.resize to the run's", "run")

@@ -112,17 +112,17 @@ def _write_best_spec(sweep: Sweep, study: optuna.Study, out: Path) -> str | None
     except ValueError:
         return None
     where = f"study '{clip(study.study_name)}', trial #{best.number}: its recorded spec"
-    text, run = best.user_attrs.get("spec"), best.user_attrs.get("run_dir")
+    text, run_dir = best.user_attrs.get("spec"), best.user_attrs.get("run_dir")
     if isinstance(text, str):
         data, locations = parse_yaml(text, where)
         validate_spec(data, where, locations)  # a tampered record is refused, not written
-    elif isinstance(run, str) and (Path(run) / "spec.yaml").is_file():  # a trial recorded before the spec was
-        load_spec(Path(run) / "spec.yaml")
-        text = (Path(run) / "spec.yaml").read_text()
+    elif isinstance(run_dir, str) and (Path(run_dir) / "spec.yaml").is_file():  # a trial recorded before the spec was
+        load_spec(Path(run_dir) / "spec.yaml")
+        text = (Path(run_dir) / "spec.yaml").read_text()
     else:
         return f"note: no best spec: trial #{best.number} recorded no spec (its run directory is not here)"
     header = (f"the spec the best trial trained (#{best.number}, {sweep.config.objective.metric} {best.value:.4g}; "
-              f"study '{study.study_name}', sweep file {sweep.file}, run {run})")
+              f"study '{study.study_name}', sweep file {sweep.file}, run {run_dir})")
     write_text(out, f"# {' '.join(header.splitlines())}\n{text}")
     return f"best spec: {out} (train it: mnist-keras fit {out})"
 

@@ -285,16 +285,16 @@ class EarlyStop(_OwnState, keras.callbacks.EarlyStopping):
     """EarlyStopping whose best weights outlive the process: with restore_best_weights, they are saved
     to checkpoints/early-stopping-epoch-N.npz whenever a better epoch comes, and loaded on resume."""
 
-    def __init__(self, *args, run: Path, **kwargs):
+    def __init__(self, *args, run_dir: Path, **kwargs):
         super().__init__(*args, **kwargs)
-        self.run, self.weights_file = run, None
+        self.run_dir, self.weights_file = run_dir, None
 
     def on_epoch_end(self, epoch, logs=None):
         before = self.best_epoch if self.best_weights is not None else None
         super().on_epoch_end(epoch, logs)
         if self.restore_best_weights and self.best_weights is not None and self.best_epoch != before:
             self.weights_file = f"checkpoints/early-stopping-epoch-{self.best_epoch + 1:04d}.npz"
-            atomic_write(self.run / self.weights_file, lambda tmp: np.savez(tmp, *self.best_weights))
+            atomic_write(self.run_dir / self.weights_file, lambda tmp: np.savez(tmp, *self.best_weights))
 
     def get_state(self) -> dict[str, Any]:
         return {"wait": self.wait, "best": _number(self.best), "best_epoch": self.best_epoch,
@@ -304,7 +304,7 @@ class EarlyStop(_OwnState, keras.callbacks.EarlyStopping):
         self.wait, self.best_epoch = int(state.get("wait", 0)), int(state.get("best_epoch", 0))
         self.best, self.weights_file = _number(state.get("best")), state.get("weights")
         if self.weights_file:
-            with np.load(run_file(self.run, self.weights_file), allow_pickle=False) as saved:
+            with np.load(run_file(self.run_dir, self.weights_file), allow_pickle=False) as saved:
                 self.best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
 
 
@@ -341,22 +341,22 @@ class RunRecorder(keras.callbacks.Callback):
         return best is None or (value > best.value if self.higher_is_better else value < best.value)
 
     def on_epoch_end(self, epoch, logs=None):
-        logs, spec, folder = finite_or_none(logs or {}), self.run.spec, self.run.path
+        logs, spec, run_dir = finite_or_none(logs or {}), self.run.spec, self.run.path
         cfg = spec.train.checkpoint
         if logs.get("loss", 0.0) is None and spec.train.terminate_on_nan:
             return  # the NaN stop: keep the last good checkpoint and state.json as they are
         name = f"checkpoints/epoch-{epoch + 1:04d}.keras" if cfg.enabled else None
         if name:
-            atomic_write(folder / name, self.model.save)
+            atomic_write(run_dir / name, self.model.save)
         value, best = logs.get(cfg.monitor), self.run.state.best
         if cfg.enabled and cfg.save_best and value is not None and self.improved(value):
-            atomic_write(folder / "checkpoints/best.keras", self.model.save)
+            atomic_write(run_dir / "checkpoints/best.keras", self.model.save)
             best = Best(monitor=cfg.monitor, value=value, epoch=epoch + 1)
         callbacks = {key: callback.get_state() for key, callback in self.stateful.items()}
         self.run.record_epoch({"epoch": epoch + 1, **logs}, name, best, current_lr(self.model), rng_state(self.model),
                               callbacks)
         named = {name} | {saved.get("weights") for saved in callbacks.values()}
-        for old in [*folder.glob("checkpoints/epoch-*.keras"), *folder.glob("checkpoints/early-stopping-*.npz")]:
+        for old in [*run_dir.glob("checkpoints/epoch-*.keras"), *run_dir.glob("checkpoints/early-stopping-*.npz")]:
             if f"checkpoints/{old.name}" not in named:
                 old.unlink(missing_ok=True)
 
@@ -371,7 +371,7 @@ class Board(keras.callbacks.TensorBoard):
 
 def make_callbacks(run: Run, images_per_epoch: int) -> tuple[list, NaNGuard | None]:
     """The run's callbacks, in order, and the NaN guard (None when train.terminate_on_nan is false)."""
-    spec, state, folder = run.spec, run.state, run.path
+    spec, state, run_dir = run.spec, run.state, run.path
     saved, stateful = state.callbacks, {}
     if spec.train.lr_schedule.type == "plateau":
         p = spec.train.lr_schedule
@@ -381,18 +381,18 @@ def make_callbacks(run: Run, images_per_epoch: int) -> tuple[list, NaNGuard | No
         e = spec.train.early_stopping
         stateful["early_stopping"] = EarlyStop(
             monitor=e.monitor, mode=e.mode, patience=e.patience, min_delta=e.min_delta,
-            restore_best_weights=e.restore_best_weights, saved=saved.get("early_stopping"), run=folder)
+            restore_best_weights=e.restore_best_weights, saved=saved.get("early_stopping"), run_dir=run_dir)
     guard = NaNGuard() if spec.train.terminate_on_nan else None
     callbacks = [EpochStats(images_per_epoch, spec), *([guard] if guard else []), *stateful.values(),
                  RunRecorder(run, stateful)]
     tb = spec.train.tensorboard
     if tb.enabled:
         callbacks.append(Board(
-            log_dir=str(folder / "logs"), histogram_freq=int(tb.histograms), write_graph=tb.graph,
+            log_dir=str(run_dir / "logs"), histogram_freq=int(tb.histograms), write_graph=tb.graph,
             profile_batch=tuple(tb.profile_batches) if tb.profile_batches else 0,
         ))
         if tb.graph and not state.epochs_done:
-            callbacks.append(GraphWriter(folder / "logs" / "train"))
+            callbacks.append(GraphWriter(run_dir / "logs" / "train"))
     if spec.train.csv_log:
-        callbacks.append(keras.callbacks.CSVLogger(str(folder / "history.csv"), append=True))
+        callbacks.append(keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True))
     return callbacks, guard

@@ -154,17 +154,17 @@ def stoppable_wait() -> Iterator[None]:
 
 
 @contextmanager
-def scratch_run_dir(chief_run: Path | None) -> Iterator[Path]:
+def scratch_run_dir(chief_run_dir: Path | None) -> Iterator[Path]:
     """Where a worker other than the chief saves: Keras 3 runs collective ops in model.save under
     MultiWorkerMirroredStrategy, so every worker must save what the chief saves, in step with it.
     A copy of the chief's run directory to resume it (or an empty one), deleted at the end."""
     with tempfile.TemporaryDirectory(prefix="mnist-keras-worker-") as folder:
-        run = Path(folder) / "run"
-        if chief_run:
-            shutil.copytree(chief_run, run)
+        run_dir = Path(folder) / "run"
+        if chief_run_dir:
+            shutil.copytree(chief_run_dir, run_dir)
         else:
-            (run / "checkpoints").mkdir(parents=True)
-        yield run
+            (run_dir / "checkpoints").mkdir(parents=True)
+        yield run_dir
 
 
 def chosen_gpus(runtime, gpus: list) -> list[int]:

@@ -63,12 +63,12 @@ def versions() -> dict[str, str]:
             "keras": keras.__version__}
 
 
-def _resumed_model(spec: Spec, run: Path, state: RunState, steps_per_epoch: int, extended_from: int | None,
+def _resumed_model(spec: Spec, run_dir: Path, state: RunState, steps_per_epoch: int, extended_from: int | None,
                    notify: Callable[[str], None]):
     """The last checkpoint, with its seed states and the spec's schedule (stretched when the run grows)."""
     if not state.checkpoint:
-        raise UserError(f"{run}: no checkpoint was saved (train.checkpoint.enabled is false); cannot resume")
-    model = load_model(run_file(run, state.checkpoint), spec)
+        raise UserError(f"{run_dir}: no checkpoint was saved (train.checkpoint.enabled is false); cannot resume")
+    model = load_model(run_file(run_dir, state.checkpoint), spec)
     restore_rng_state(model, state.rng)
     schedule = make_schedule(spec, steps_per_epoch)
     if not isinstance(schedule, float):
@@ -82,11 +82,11 @@ def _resumed_model(spec: Spec, run: Path, state: RunState, steps_per_epoch: int,
     return model
 
 
-def _nan_message(spec: Spec, run: Path, state: RunState, guard) -> str:
+def _nan_message(spec: Spec, run_dir: Path, state: RunState, guard) -> str:
     epoch, step = guard.where
     where = f"at epoch {epoch}, step {step}" if spec.runtime.steps_per_execution == 1 else \
         f"in epoch {epoch}, by step {step}"
-    kept = (f"the last good checkpoint (epoch {state.epochs_done}) is kept in {run / state.checkpoint}"
+    kept = (f"the last good checkpoint (epoch {state.epochs_done}) is kept in {run_dir / state.checkpoint}"
             if state.checkpoint else "no epoch finished, so there is no good checkpoint yet")
     rates = f"the spec sets {spec.train.optimizer.resolved_learning_rate():.3g}"
     if not math.isclose(guard.lr, spec.train.optimizer.resolved_learning_rate(), rel_tol=1e-6):
@@ -102,17 +102,17 @@ def train_run(run: Run, prepared: Prepared, notify: Callable[[str], None], verbo
     from ..data import Arrays, class_weights, make_pipelines
     from ..reports.dashboards import dashboard_callbacks, write_test_metrics
 
-    spec, state, folder = run.spec, run.state, run.path
+    spec, state, run_dir = run.spec, run.state, run.path
     placement, data = prepared.placement, prepared.data
     start = state.epochs_done
-    pipes = make_pipelines(spec, data, start_epoch=start, cache_dir=folder / "cache", notify=notify)
+    pipes = make_pipelines(spec, data, start_epoch=start, cache_dir=run_dir / "cache", notify=notify)
     labels = data.y_train[:pipes.n_train] if isinstance(data, Arrays) else data.train.labels
     stages = spec.stages()
     current = next((s for s in stages if s.first <= start < s.end), stages[-1])
     with placement.scope():
         if start:
             staged = bool(spec.train.stages)
-            model = _resumed_model(current.spec, folder, state, pipes.steps_per_epoch,
+            model = _resumed_model(current.spec, run_dir, state, pipes.steps_per_epoch,
                                    None if staged else extended_from, notify)
             compiled = current if start > current.first or not staged else None  # the checkpoint's optimizer
         else:
@@ -120,7 +120,7 @@ def train_run(run: Run, prepared: Prepared, notify: Callable[[str], None], verbo
         images_per_epoch = pipes.steps_per_epoch * spec.data.batch_size
         callbacks, guard = make_callbacks(run, min(images_per_epoch, pipes.n_train))
         if spec.train.tensorboard.enabled:
-            callbacks += dashboard_callbacks(spec, folder / "logs", state, data, pipes.validation)
+            callbacks += dashboard_callbacks(spec, run_dir / "logs", state, data, pipes.validation)
         callbacks += list(extra_callbacks)
         if verbose:
             callbacks.append(LiveProgbar(poll=spec.runtime.steps_per_execution != 1, epochs=spec.train.epochs))
@@ -151,7 +151,7 @@ def train_run(run: Run, prepared: Prepared, notify: Callable[[str], None], verbo
             wall = time.perf_counter() - started
             if guard and guard.where:
                 run.stop("failed")
-                raise TrainingFailed(_nan_message(spec, folder, state, guard))
+                raise TrainingFailed(_nan_message(spec, run_dir, state, guard))
             test = model.evaluate(pipes.test, verbose=0, return_dict=True)
         except tf.errors.OpError:  # a streamed file that fails to decode (changed after the data was checked?)
             failed = pipes.failure()
@@ -162,13 +162,13 @@ def train_run(run: Run, prepared: Prepared, notify: Callable[[str], None], verbo
                     else "no epoch finished")
             raise TrainingFailed(f"{failed} (changed since the data was checked?); training stopped after epoch "
                                  f"{state.epochs_done}, {kept}. Fix or remove the file, then resume with: "
-                                 f"mnist-keras fit --resume {folder}") from None
+                                 f"mnist-keras fit --resume {run_dir}") from None
         if spec.train.tensorboard.enabled:
-            write_test_metrics(folder / "logs", test, len(state.history) - 1)
-    atomic_write(folder / "model.keras", model.save)
+            write_test_metrics(run_dir / "logs", test, len(state.history) - 1)
+    atomic_write(run_dir / "model.keras", model.save)
     history = state.history
     run.finish(RunMetrics(
-        name=spec.name, run_dir=str(folder), seed=spec.seed, epochs_done=len(history), device=placement.described,
+        name=spec.name, run_dir=str(run_dir), seed=spec.seed, epochs_done=len(history), device=placement.described,
         versions=versions(), data=state.data, history=history, test=TestMetrics(**finite_or_none(test)),
         seconds_per_epoch=[h.epoch_seconds for h in history], wall_seconds_this_session=wall,
         images_per_second=sum(h.images_per_second for h in history) / max(1, len(history)),
