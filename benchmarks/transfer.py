@@ -80,7 +80,7 @@ def main() -> None:
     if args.pretrained:
         import mnist_keras as mk
 
-        pre, pre_s = mk.open_run(args.pretrained), sum(h["epoch_seconds"] for h in mk.open_run(args.pretrained).state.history)
+        pre, pre_s = mk.open_run(args.pretrained), sum(h.epoch_seconds for h in mk.open_run(args.pretrained).state.history)
     else:
         pre, pre_s = train(spec("pretrain-0-4", low, CNN + HEAD, {"epochs": args.pretrain_epochs, **adam}, 0.1),
                            folder, runs)
