@@ -14,20 +14,28 @@ FAULT is one of
     run-dir-together:DIR:N   no fault: wait until N processes have come to create their run directory
                              (each leaves a file in DIR), then create it at the same instant as the others
 The kill is real (signal 9 to this process), so nothing runs after it: no finally, no atexit.
+
+Forked(FAULT, ARGS, cwd) is that command in a process forked from one that has already loaded TensorFlow
+(multiprocessing's fork server, one per test process): the same process but for the seconds of the import.
 """
 
 from __future__ import annotations
 
 import errno
+import multiprocessing.forkserver
 import os
 import signal
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from mnist_keras import cli
 from mnist_keras.backend import keras
 from mnist_keras.runs import files, run
 from mnist_keras.train import callbacks, loop
+
+HERE = Path(__file__).resolve().parent
 
 
 def die(sig: int = signal.SIGKILL) -> None:
@@ -142,9 +150,88 @@ def install(fault: str) -> None:
         raise SystemExit(f"unknown fault {fault!r}")
 
 
-if __name__ == "__main__":
+def main(argv: list[str]) -> None:
+    """FAULT [mnist-keras arguments...], as on this script's command line."""
     # Ctrl-C as in a terminal, also when the test runner was started in the background (`cmd &` makes
     # a non-interactive shell's children ignore SIGINT, and Python then installs no KeyboardInterrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    install(sys.argv[1])
-    cli.main(sys.argv[2:], prog_name="mnist-keras")
+    install(argv[0])
+    cli.main(argv[1:], prog_name="mnist-keras")
+
+
+def forked_main(argv: list[str], cwd: str, env: dict[str, str], logs: str, merge: bool) -> None:
+    """A Forked's process: main(argv) in `cwd` with `env` added to its environment, stdout and stderr written
+    (unbuffered) to files in `logs`, or both to the stdout file where `merge`."""
+    out = os.open(os.path.join(logs, "stdout"), os.O_WRONLY)
+    err = out if merge else os.open(os.path.join(logs, "stderr"), os.O_WRONLY)
+    os.dup2(out, 1)
+    os.dup2(err, 2)
+    for log in {out, err}:
+        os.close(log)
+    sys.stdout.reconfigure(write_through=True)  # as PYTHONUNBUFFERED: each line is in the file at once
+    os.environ.update(env)
+    tempfile.tempdir = None  # read TMPDIR again
+    os.chdir(cwd)
+    main(argv)
+
+
+def fork_server() -> multiprocessing.context.BaseContext:
+    """multiprocessing's fork server, started (once per process) with this module, so TensorFlow, loaded."""
+    server = multiprocessing.get_context("forkserver")
+    server.set_forkserver_preload(["faults"])
+    # Python 3.11's fork server imports its preload before it takes the caller's sys.path: PYTHONPATH finds us
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), str(HERE), *([saved] if saved else [])])
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        if saved is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = saved
+    return server
+
+
+class Forked:
+    """`python tests/faults.py FAULT ARGS...` in `cwd`, forked from a process that has loaded TensorFlow, with
+    Popen's pid, poll, wait (a killed one gives minus its signal), send_signal and kill; stdout() and stderr()
+    read what it wrote so far (`merge`: stderr goes to stdout). `env`: variables to set in its environment."""
+
+    def __init__(self, fault: str, *args, cwd: Path, env: dict[str, str] | None = None, merge: bool = False):
+        self.fault, self.logs = fault, Path(tempfile.mkdtemp(prefix=".fault-logs-", dir=cwd))
+        for name in ("stdout", "stderr"):
+            (self.logs / name).touch()
+        argv = [fault, *map(str, args)]
+        self.process = fork_server().Process(target=forked_main,
+                                             args=(argv, str(cwd), env or {}, str(self.logs), merge))
+        self.process.start()
+        self.pid = self.process.pid
+
+    def poll(self) -> int | None:
+        return self.process.exitcode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self.process.join(timeout)
+        if self.process.exitcode is None:
+            raise TimeoutError(f"faults.py {self.fault} still runs after {timeout} s")
+        return self.process.exitcode
+
+    def send_signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.process.kill()
+
+    def stdout(self) -> str:
+        return (self.logs / "stdout").read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return (self.logs / "stderr").read_text(errors="replace")
+
+    def finish(self, timeout: float = 300) -> tuple[int, str, str]:
+        """Wait for its end: (exit code, stdout, stderr)."""
+        return self.wait(timeout), self.stdout(), self.stderr()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

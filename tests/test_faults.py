@@ -1,4 +1,5 @@
-"""Faults during training, on real `mnist-keras fit` processes (tests/faults.py injects them).
+"""Faults during training, on real `mnist-keras fit` processes (tests/faults.py injects them): forked from one
+that has loaded TensorFlow (faults.Forked), the two reference runs as `python tests/faults.py` itself.
 
 kill -9 at chosen and at random moments, Ctrl-C and a failing write are each followed by `fit --resume`;
 the finished run must hold the weights of an uninterrupted run bit for bit (deterministic ops, and the
@@ -17,7 +18,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -26,6 +26,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import ROOT
+from faults import Forked
 
 SPEC = """
 name: chain
@@ -49,7 +50,8 @@ SEED = int(os.environ.get("MNIST_KERAS_FAULT_SEED", "8"))
 
 
 def mnist_keras(fault: str, *args, cwd: Path) -> subprocess.Popen:
-    """`mnist-keras ARGS` in a new process, with FAULT injected (see tests/faults.py)."""
+    """`mnist-keras ARGS` in a new process, with FAULT injected (see tests/faults.py): `python tests/faults.py`
+    itself, TensorFlow's import and all. The other faults run in a Forked (the same, forked after the import)."""
     return subprocess.Popen(
         [sys.executable, str(ROOT / "tests" / "faults.py"), fault, *map(str, args)], cwd=cwd, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -57,7 +59,9 @@ def mnist_keras(fault: str, *args, cwd: Path) -> subprocess.Popen:
     )
 
 
-def finish(process: subprocess.Popen) -> tuple[int, str, str]:
+def finish(process: subprocess.Popen | Forked) -> tuple[int, str, str]:
+    if isinstance(process, Forked):
+        return process.finish(timeout=300)
     out, err = process.communicate(timeout=300)
     return process.returncode, out, err
 
@@ -155,7 +159,7 @@ def test_injected_kills_then_resume_end_exactly_like_an_uninterrupted_run(spec, 
     run, done, survived = None, 0, 0
     for fault, expected in faults:
         args = ["fit", "--resume", run] if run else ["fit", spec, "--runs", tmp_path / "runs"]
-        rc, out, err = finish(mnist_keras(fault, *args, cwd=tmp_path))
+        rc, out, err = finish(Forked(fault, *args, cwd=tmp_path))
         run = run or next((tmp_path / "runs/chain").iterdir())
         state = check_consistent(run)
         if fault.startswith("sigint"):
@@ -173,7 +177,7 @@ def test_injected_kills_then_resume_end_exactly_like_an_uninterrupted_run(spec, 
             assert state["epochs_done"] == expected
         assert state["epochs_done"] >= done  # no finished epoch is ever lost
         done, survived = state["epochs_done"], survived + 1
-    rc, out, err = finish(mnist_keras("none", "fit", "--resume", run, cwd=tmp_path))
+    rc, out, err = finish(Forked("none", "fit", "--resume", run, cwd=tmp_path))
     assert rc == 0, err
     check_finished_like(run, reference())
     print(f"\nfault seed {SEED}: {survived} faults survived, identical weights: {[f for f, _ in faults]}")
@@ -184,15 +188,13 @@ def test_kill_9_at_random_times_then_resume(spec, reference, tmp_path):
     rng, run, kills = random.Random(SEED + 1), None, 0
     for sig in (signal.SIGKILL, signal.SIGKILL, signal.SIGKILL, signal.SIGINT):
         args = ["fit", "--resume", run] if run else ["fit", spec, "--runs", tmp_path / "runs"]
-        process = mnist_keras("none", *args, cwd=tmp_path)
-        lines = []
-        reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
-        reader.start()
-        while not any(line.startswith("mnist-keras: training") for line in lines) and process.poll() is None:
+        process = Forked("none", *args, cwd=tmp_path)
+        while (not any(line.startswith("mnist-keras: training") for line in process.stdout().splitlines())
+               and process.poll() is None):
             time.sleep(0.02)
         time.sleep(rng.uniform(0, 0.7))
         process.send_signal(sig)
-        rc, err = process.wait(timeout=300), process.stderr.read()
+        rc, err = process.wait(timeout=300), process.stderr()
         run = run or next((tmp_path / "runs/chain").iterdir())
         state = check_consistent(run)
         if state["status"] == "finished":  # the signal came too late (or never: rc 0)
@@ -202,7 +204,7 @@ def test_kill_9_at_random_times_then_resume(spec, reference, tmp_path):
         if sig == signal.SIGINT:
             assert f"resume with: mnist-keras fit --resume {run}" in err and state["status"] == "interrupted"
     if state["status"] != "finished":
-        assert finish(mnist_keras("none", "fit", "--resume", run, cwd=tmp_path))[0] == 0
+        assert finish(Forked("none", "fit", "--resume", run, cwd=tmp_path))[0] == 0
     check_finished_like(run, reference())
     print(f"\nfault seed {SEED}: {kills} random-time signals survived, identical weights")
 
