@@ -1,6 +1,8 @@
 """tf.distribute on CPU: mirrored over two logical CPU devices, two workers on 127.0.0.1, mixed precision,
-and clear errors for devices that are not there. Strategies run in subprocesses, so that their
-TensorFlow set-up (logical devices, collective ops) stays out of the other tests' process."""
+and clear errors for devices that are not there. Strategies run in processes of their own, so that their
+TensorFlow set-up (logical devices, collective ops) stays out of the other tests' process: the workers in
+processes forked after TensorFlow's import (tests/faults.py's Forked), one Ctrl-C test through the real
+`python -m mnist_keras`."""
 
 import json
 import os
@@ -16,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import ROOT
+from faults import Forked
 from mnist_keras.cli import main
 from mnist_keras.train.distribute import Placement, cluster_from_flags, precision_policy
 from mnist_keras.backend import tf
@@ -115,25 +118,20 @@ def test_two_workers_train_in_step_and_only_the_chief_writes(write_spec, tmp_pat
     spec, scratch = write_spec(SPEC), tmp_path / "tmp"
     scratch.mkdir()
     cluster = [arg for port in free_ports(2) for arg in ("--worker", f"127.0.0.1:{port}")]
-    procs, logs = [], []
+    procs = []
     try:
         for index in range(2):
-            logs.append((tmp_path / f"worker-{index}.log").open("w+"))
-            command = [sys.executable, "-m", "mnist_keras", "fit", str(spec), "--epochs", "1", "--runs",
-                       str(tmp_path / f"runs-{index}"), "--distribute", "multi_worker", *cluster, "--task-index", str(index)]
-            procs.append(subprocess.Popen(command, stdout=logs[-1], stderr=subprocess.STDOUT, env=environment(scratch)))
+            procs.append(Forked("none", "fit", spec, "--epochs", "1", "--runs", tmp_path / f"runs-{index}",
+                                "--distribute", "multi_worker", *cluster, "--task-index", index, cwd=tmp_path,
+                                env={"TMPDIR": str(scratch)}, merge=True))
         deadline = time.monotonic() + 240
         codes = [proc.wait(timeout=max(1.0, deadline - time.monotonic())) for proc in procs]
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-                proc.wait()
-    outputs = []
-    for log in logs:
-        log.seek(0)
-        outputs.append(log.read())
-        log.close()
+                proc.wait(timeout=60)
+    outputs = [proc.stdout() for proc in procs]
     assert codes == [0, 0], "\n".join(outputs)
 
     chief_run = run_dir(tmp_path / "runs-0", "small")
@@ -224,21 +222,43 @@ def test_devices_lists_what_tensorflow_sees():
         assert lines[2].startswith("no GPU")
 
 
+def listening(port: int) -> bool:
+    """Whether a socket listens on `port` on this machine (Linux's /proc/net/tcp, tcp6)."""
+    tables = [Path(f"/proc/net/{name}") for name in ("tcp", "tcp6")]
+    rows = [line.split() for table in tables if table.exists() for line in table.read_text().splitlines()[1:]]
+    return any(row[1].endswith(f":{port:04X}") and row[3] == "0A" for row in rows)  # 0A: LISTEN
+
+
+def first_line(proc) -> str:
+    """The first line `proc` writes, once written (or all it wrote, once it ended)."""
+    while "\n" not in proc.stdout() and proc.poll() is None:
+        time.sleep(0.02)
+    return proc.stdout().split("\n")[0]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_worker_waiting_for_the_others_stops_on_ctrl_c(write_spec, tmp_path, sig):
-    """The wait for the other workers is inside TensorFlow's C++: Ctrl-C and SIGTERM still end it at once."""
-    cluster = [arg for port in free_ports(2) for arg in ("--worker", f"127.0.0.1:{port}")]
-    command = [sys.executable, "-m", "mnist_keras", "fit", str(write_spec(SPEC)), "--runs", str(tmp_path / "runs"),
-               "--distribute", "multi_worker", *cluster, "--task-index", "0"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=environment(tmp_path))
-    try:
+    """The wait for the other workers is inside TensorFlow's C++: Ctrl-C and SIGTERM still end it at once.
+    The Ctrl-C one as `python -m mnist_keras`, the real entry point."""
+    ports = free_ports(2)
+    cluster = [arg for port in ports for arg in ("--worker", f"127.0.0.1:{port}")]
+    args = ["fit", str(write_spec(SPEC)), "--runs", str(tmp_path / "runs"), "--distribute", "multi_worker", *cluster,
+            "--task-index", "0"]
+    if sig == signal.SIGINT:
+        proc = subprocess.Popen([sys.executable, "-m", "mnist_keras", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, env=environment(tmp_path))
         line = proc.stdout.readline()
+    else:
+        proc = Forked("none", *args, cwd=tmp_path, env={"TMPDIR": str(tmp_path)}, merge=True)
+        line = first_line(proc)
+    try:
         assert "waiting for the other workers" in line, line
-        time.sleep(1)
+        deadline = time.monotonic() + 60
+        while not listening(ports[0]) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)  # until its server is up: it waits inside TensorFlow then
         proc.send_signal(sig)
         assert proc.wait(timeout=15) == 128 + sig  # as a shell reports a stop by the signal: 130 for Ctrl-C
-        output = proc.stdout.read()
+        output = proc.stdout.read() if sig == signal.SIGINT else proc.stdout()[len(line) + 1:]
         assert f"stopped by {sig.name} while waiting for the other workers" in output
         assert "Traceback" not in output and len(output.splitlines()) <= 3, output
     finally:
