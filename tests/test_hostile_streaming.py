@@ -1,13 +1,17 @@
 """Streamed images (issue 24): odd files, oversized headers, files and disk caches damaged during or before a run,
 cache folders that cannot hold a cache, classes the hold-out leaves without training images, and symbolic-link
-loops, through the real command (`python -m mnist_keras fit | data check`) on small class folders of real files.
+loops, through the command line (`mnist-keras fit | data check`) on small class folders of real files.
 
 Every data.cache choice decodes with the one Pillow decoder: what `data check` and `cache: memory` accept
 streams, a file that fails as it is read is named (exit 1) or left out under `on_bad_file: skip`, never a
-bare TensorFlow error."""
+bare TensorFlow error.
+
+The commands run in this process (click's runner); one of each outcome (trains, fails while training, refused
+before training, resumed) also runs as `python -m mnist_keras`, the real entry point in a process of its own."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -15,14 +19,18 @@ import re
 import struct
 import subprocess
 import sys
+import traceback
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
+import mnist_keras as mk
 from conftest import ROOT
+from mnist_keras.errors import Error
 
 CLASSES = ("a", "b", "c")
 SPEC = """\
@@ -57,16 +65,24 @@ def spec(tmp_path: Path, shape=(28, 28, 1)) -> Path:
     return path
 
 
-def cli(*args, timeout: float = 300) -> tuple[int, str]:
-    """`python -m mnist_keras ARGS`: (exit code, stdout and stderr; bytes that are not UTF-8 replaced)."""
-    done = subprocess.run([sys.executable, "-m", "mnist_keras", *map(str, args)], capture_output=True, cwd=ROOT,
-                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"})
-    return done.returncode, (done.stdout + done.stderr).decode("utf-8", "replace")
+def cli(*args, process: bool = False) -> tuple[int, str]:
+    """`mnist-keras ARGS`: (exit code, stdout and stderr; bytes that are not UTF-8 replaced). In this process, an
+    exception that escapes the command is added as its traceback, as a real process prints it; `process`:
+    `python -m mnist_keras ARGS` in a process of its own."""
+    if process:
+        done = subprocess.run([sys.executable, "-m", "mnist_keras", *map(str, args)], capture_output=True, cwd=ROOT,
+                              timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"})
+        return done.returncode, (done.stdout + done.stderr).decode("utf-8", "replace")
+    from mnist_keras.cli import main
+
+    result = CliRunner().invoke(main, list(map(str, args)), prog_name="mnist-keras")
+    escaped = result.exception if not isinstance(result.exception, (SystemExit, type(None))) else None
+    return result.exit_code, result.output + "".join(traceback.format_exception(escaped) if escaped else [])
 
 
-def fit(tmp_path: Path, dataset: Path, *sets: str, shape=(28, 28, 1)) -> tuple[int, str]:
+def fit(tmp_path: Path, dataset: Path, *sets: str, shape=(28, 28, 1), process: bool = False) -> tuple[int, str]:
     overrides = [arg for value in (f"data.dataset={dataset}", *sets) for arg in ("--set", value)]
-    return cli("fit", spec(tmp_path, shape), "--runs", tmp_path / "runs", *overrides)
+    return cli("fit", spec(tmp_path, shape), "--runs", tmp_path / "runs", *overrides, process=process)
 
 
 def check(tmp_path: Path, dataset: Path, *sets: str) -> tuple[int, str]:
@@ -151,17 +167,17 @@ def odd_files(root: Path) -> int:
     return 13
 
 
-@pytest.mark.parametrize("cache, fit_mode, shape", [
-    ("none", "pad", (28, 28, 1)), ("disk", "crop", (28, 28, 1)), ("memory", "pad", (28, 28, 1)),
-    ("none", "stretch", (16, 24, 3))])
-def test_odd_files_train_in_every_cache_mode(tmp_path, cache, fit_mode, shape):
+@pytest.mark.parametrize("cache, fit_mode, shape, process", [
+    ("none", "pad", (28, 28, 1), True), ("disk", "crop", (28, 28, 1), False), ("memory", "pad", (28, 28, 1), False),
+    ("none", "stretch", (16, 24, 3), False)])
+def test_odd_files_train_in_every_cache_mode(tmp_path, cache, fit_mode, shape, process):
     """1-bit, RLE8 and RLE4 BMPs, 1x30000 and 30000x1 strips, 16-bit, gray+alpha, transparent palette, CMYK and
     progressive JPEGs, one without its end marker, an animated GIF and a file name that is not UTF-8: all train,
     in every mode."""
     dataset = classes(tmp_path / "d")
     extra = odd_files(dataset)
     code, out = fit(tmp_path, dataset, f"data.cache={cache}", f"data.preprocess.fit={fit_mode}",
-                    f"data.cache_dir={tmp_path / 'cache'}", shape=shape)
+                    f"data.cache_dir={tmp_path / 'cache'}", shape=shape, process=process)
     clean(out)
     assert code == 0 and "test accuracy" in out, out
     assert sum(counts(out)) == 24 + extra and "skipped" not in out and "left out" not in out
@@ -205,11 +221,11 @@ def named(out: str, files: list[Path], prefix: str = "") -> list[Path]:
     return [path for path in files if f"{prefix}{path}: cannot be read as an image" in out]
 
 
-@pytest.mark.parametrize("cache", ["none", "disk"])
-def test_a_file_that_fails_as_it_is_streamed_is_named(tmp_path, cache):
+@pytest.mark.parametrize("cache, process", [("none", True), ("disk", False)])
+def test_a_file_that_fails_as_it_is_streamed_is_named(tmp_path, cache, process):
     dataset = classes(tmp_path / "d")
     bad = failing_files(dataset)
-    code, out = fit(tmp_path, dataset, f"data.cache={cache}", f"data.cache_dir={tmp_path / 'cache'}")
+    code, out = fit(tmp_path, dataset, f"data.cache={cache}", f"data.cache_dir={tmp_path / 'cache'}", process=process)
     clean(out)
     assert code == 1 and len(named(out, bad, "error: ")) == 1, out
     assert "training stopped after epoch 0, no epoch finished" in out and "fit --resume" in out, out
@@ -259,7 +275,7 @@ def oversized(root: Path) -> dict[Path, str]:
 def test_images_over_40_megapixels_are_refused_by_their_header_everywhere(tmp_path):
     dataset = classes(tmp_path / "d")
     big = oversized(dataset)
-    for code, out in (check(tmp_path, dataset), fit(tmp_path, dataset, "data.cache=none"),
+    for code, out in (check(tmp_path, dataset), fit(tmp_path, dataset, "data.cache=none", process=True),
                       fit(tmp_path, dataset, "data.cache=disk")):
         clean(out)
         assert code == 2, out
@@ -304,7 +320,7 @@ def test_a_damaged_disk_cache_is_named_and_rebuilt_on_resume(tmp_path):
     copies = sorted(cache.glob("train-*/*.u8"), key=lambda p: int(p.stem))
     good = [copy.read_bytes() for copy in copies]
     shapes = damage(copies[:6])
-    code, out = cli("fit", "--resume", run, "--epochs", "2")
+    code, out = cli("fit", "--resume", run, "--epochs", "2", process=True)
     clean(out)
     assert code == 0 and "test accuracy" in out, out
     for i, (copy, how) in enumerate(shapes.items()):
@@ -318,28 +334,27 @@ def test_a_damaged_disk_cache_is_named_and_rebuilt_on_resume(tmp_path):
 
 
 def corrupt_when_training_ends(tmp_path: Path, cache: str, target) -> tuple[Path, int, str]:
-    """A 1-epoch run, then a resume to 2 epochs whose callback overwrites a file with garbage when training ends,
-    before the test images are read: (the file, the exit code and output of the resume). `target(run)` names
-    the file, from the run's directory."""
+    """A 1-epoch run, then a resume to 2 epochs (mk.resume) whose callback overwrites a file with garbage when
+    training ends, before the test images are read: (the file, the exit code and output of the resume).
+    `target(run)` names the file, from the run's directory."""
     code, out = fit(tmp_path, classes(tmp_path / "d"), f"data.cache={cache}", f"data.cache_dir={tmp_path / 'c'}")
     assert code == 0, out
     run = run_dir(out)
     victim = target(run)
-    script = f"""
-import sys, keras, mnist_keras as mk
-from mnist_keras.errors import Error
-class Corrupt(keras.callbacks.Callback):
-    def on_train_end(self, logs=None):
-        open({str(victim)!r}, "wb").write(b"garbage" * 20)
-try:
-    mk.resume({str(run)!r}, epochs=2, callbacks=[Corrupt()], reporter=mk.Reporter(print))
-except Error as err:
-    print("error:", err)
-    sys.exit(err.exit_code)
-"""
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"})
-    return victim, done.returncode, done.stdout + done.stderr
+    from mnist_keras.backend import keras
+
+    class Corrupt(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            victim.write_bytes(b"garbage" * 20)
+
+    printed, code = io.StringIO(), 0
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        try:
+            mk.resume(run, epochs=2, callbacks=[Corrupt()], reporter=mk.Reporter(print))
+        except Error as err:
+            print("error:", err)
+            code = err.exit_code
+    return victim, code, printed.getvalue()
 
 
 def test_an_image_changed_during_training_is_named(tmp_path):
