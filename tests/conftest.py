@@ -1,4 +1,7 @@
+import contextlib
 import os
+import subprocess
+import traceback
 from pathlib import Path
 
 import pytest
@@ -6,6 +9,21 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "model_specs"
+
+
+def in_process(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`python -m mnist_keras ARGS` in `cwd`, run in this process (CliRunner): the exit code, stdout and stderr of
+    the command, without a process start, which is most of the time of a command refused before TensorFlow loads.
+    An exception that is no exit (a traceback in a real process) fails the test."""
+    from click.testing import CliRunner
+
+    from mnist_keras.cli import main
+
+    with contextlib.chdir(cwd or Path.cwd()):
+        result = CliRunner().invoke(main, [str(arg) for arg in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        pytest.fail("".join(traceback.format_exception(result.exception)))
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ end the same."""
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
@@ -19,10 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from conftest import ROOT
-from mnist_keras.cli import main
+from conftest import ROOT, in_process
 
 PRE = """
 name: pre
@@ -55,15 +52,6 @@ def mk(*args, cwd: Path | None = None, timeout: float = 300) -> subprocess.Compl
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
     return subprocess.run([sys.executable, "-m", "mnist_keras", *map(str, args)], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=timeout)
-
-
-def in_process(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """`mk` in this process (CliRunner), for a command refused before TensorFlow loads: the same exit code and
-    output, without a process start each."""
-    with contextlib.chdir(cwd or Path.cwd()):
-        result = CliRunner().invoke(main, list(map(str, args)))
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
 
 
 def start(*args) -> subprocess.Popen:

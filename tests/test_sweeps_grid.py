@@ -6,7 +6,6 @@ and the sweeps use Optuna's public API only."""
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path

@@ -3,7 +3,6 @@ inference mode, staged training with exact resume, the offline `imagenet` messag
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
