@@ -1,5 +1,6 @@
 import contextlib
 import os
+import shutil
 import subprocess
 import traceback
 from pathlib import Path
@@ -67,12 +68,21 @@ train:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    """A run of a tiny Dense model trained for one epoch on the bundled sample (test_serve.py, test_page.py)."""
+    """A run of a tiny Dense model trained for one epoch on the bundled sample, once per test process; tests that
+    change a run take `tiny_run_copy`."""
     import mnist_keras as mk
 
     folder = tmp_path_factory.mktemp("served")
     (folder / "tiny.yaml").write_text(TINY_SERVED)
-    return Path(mk.fit(mk.load_spec(folder / "tiny.yaml"), runs=folder / "runs").path)
+    run = mk.fit(mk.load_spec(folder / "tiny.yaml"), runs=folder / "runs")
+    assert run.state.status == "finished" and run.state.epochs_done == 1
+    return Path(run.path)
+
+
+@pytest.fixture
+def tiny_run_copy(tiny_run, tmp_path) -> Path:
+    """A copy of tiny_run in tmp_path/runs/tiny/, with the file modes fit gave it."""
+    return Path(shutil.copytree(tiny_run, tmp_path / "runs" / "tiny" / tiny_run.name))
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 import json
 import math
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -61,17 +60,6 @@ def fitted_once(tmp_path_factory, epochs: int, max_train: int):
 def three_epochs(tmp_path_factory):
     """3 epochs on 3000 images: test_fit_beats_chance_and_writes_the_run, test_evaluate_and_predict_image_files."""
     return fitted_once(tmp_path_factory, epochs=3, max_train=3000)
-
-
-@pytest.fixture(scope="module")
-def one_epoch(tmp_path_factory) -> Path:
-    """A one-epoch run of tiny(epochs=1); tests that change it take a copy (`one_epoch_copy`)."""
-    return fitted_once(tmp_path_factory, epochs=1, max_train=1280)[1]
-
-
-@pytest.fixture
-def one_epoch_copy(one_epoch, tmp_path) -> Path:
-    return Path(shutil.copytree(one_epoch, tmp_path / "runs" / "tiny" / one_epoch.name))
 
 
 def test_fit_beats_chance_and_writes_the_run(three_epochs):
@@ -219,8 +207,10 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tiny, tmp_path):
     assert len((part / "history.csv").read_text().splitlines()) == 4  # header + 3 epochs, appended
 
 
-def test_resume_refuses_a_different_spec(tiny, one_epoch_copy):
-    spec, run = tiny(epochs=1), one_epoch_copy
+def test_resume_refuses_a_different_spec(tiny, tmp_path):
+    spec = tiny(epochs=1)
+    assert fit([spec], tmp_path / "runs").exit_code == 0
+    run = only_run(tmp_path / "runs")
     before = (run / "state.json").read_text()
     result = CliRunner().invoke(main, ["fit", str(spec), "--resume", str(run), "--epochs", "2",
                                        "--set", "model.layers[1].dense.units=64"])
@@ -266,8 +256,8 @@ def test_bad_input_exits_2(args, message, tiny, tmp_path):
     assert not (tmp_path / "r").exists()  # nothing is created for a run that cannot start
 
 
-def test_corrupt_checkpoint_is_reported_and_left_alone(one_epoch_copy):
-    run = one_epoch_copy
+def test_corrupt_checkpoint_is_reported_and_left_alone(tiny_run_copy):
+    run = tiny_run_copy
     checkpoint = run / "checkpoints/epoch-0001.keras"
     checkpoint.write_bytes(b"garbage")
     result = CliRunner().invoke(main, ["fit", "--resume", str(run), "--epochs", "2"])
