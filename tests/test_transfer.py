@@ -207,10 +207,9 @@ def test_imagenet_weights_offline_name_the_file_and_the_folder(write_spec, tmp_p
 
 @pytest.mark.parametrize("file", ["cats_vs_dogs_resnet50.yaml", "cats_vs_dogs_mobilenet.yaml"])
 def test_the_transfer_zoo_specs_build_as_planned_in_two_stages(tmp_path, file):
-    """Both shipped specs build with the planned parameters. Their training is what
-    test_a_keras_application_trains_in_stages_and_predicts_plain_images trains (a MobileNetV2 backbone, frozen,
-    then its last layers); each backbone is planned as Keras builds it in
-    test_each_named_backbone_is_planned_as_keras_builds_it."""
+    """Both shipped specs build with the planned parameters, in two stages. Training a keras.applications backbone
+    in stages (frozen, then its last layers) is test_a_keras_application_trains_in_stages_and_predicts_plain_images;
+    each backbone is planned as Keras builds it in test_each_named_backbone_is_planned_as_keras_builds_it."""
     folder = photos(tmp_path / "pets", per_class=4)
     (folder / "china").rename(folder / "cat")
     (folder / "flower").rename(folder / "dog")
