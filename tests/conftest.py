@@ -1,4 +1,8 @@
+import contextlib
 import os
+import shutil
+import subprocess
+import traceback
 from pathlib import Path
 
 import pytest
@@ -6,6 +10,21 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "model_specs"
+
+
+def in_process(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`python -m mnist_keras ARGS` in `cwd`, run in this process (CliRunner): the exit code, stdout and stderr of
+    the command, without a process start, which is most of the time of a command refused before TensorFlow loads.
+    An exception that is no exit (a traceback in a real process) fails the test."""
+    from click.testing import CliRunner
+
+    from mnist_keras.cli import main
+
+    with contextlib.chdir(cwd or Path.cwd()):
+        result = CliRunner().invoke(main, [str(arg) for arg in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        pytest.fail("".join(traceback.format_exception(result.exception)))
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
 
 
 @pytest.fixture
@@ -49,12 +68,21 @@ train:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    """A run of a tiny Dense model trained for one epoch on the bundled sample (test_serve.py, test_page.py)."""
+    """A run of a tiny Dense model trained for one epoch on the bundled sample, once per test process; tests that
+    change a run take `tiny_run_copy`."""
     import mnist_keras as mk
 
     folder = tmp_path_factory.mktemp("served")
     (folder / "tiny.yaml").write_text(TINY_SERVED)
-    return Path(mk.fit(mk.load_spec(folder / "tiny.yaml"), runs=folder / "runs").path)
+    run = mk.fit(mk.load_spec(folder / "tiny.yaml"), runs=folder / "runs")
+    assert run.state.status == "finished" and run.state.epochs_done == 1
+    return Path(run.path)
+
+
+@pytest.fixture
+def tiny_run_copy(tiny_run, tmp_path) -> Path:
+    """A copy of tiny_run in tmp_path/runs/tiny/, with the file modes fit gave it."""
+    return Path(shutil.copytree(tiny_run, tmp_path / "runs" / "tiny" / tiny_run.name))
 
 
 @pytest.fixture(scope="session")

@@ -164,10 +164,9 @@ def test_sweep_runs_do_not_inherit_determinism(write_spec, tmp_path):
     assert not config.is_op_determinism_enabled()
 
 
-def test_run_files_follow_the_umask(write_spec, tmp_path):
+def test_run_files_follow_the_umask(tiny_run_copy):
     """Defect 7: atomically written files got mode 0600 while the rest of the run followed the umask."""
-    assert cli("fit", tiny(write_spec), "--epochs", 1, "--runs", tmp_path / "runs").exit_code == 0
-    run = only_run(tmp_path / "runs")
+    run = tiny_run_copy  # copied with the modes fit gave its files
     assert cli("report", run).exit_code == 0
     expected = 0o666 & ~_umask()
     for name in ("spec.yaml", "state.json", "metrics.json", "model.keras", "checkpoints/best.keras",
@@ -181,10 +180,9 @@ def _umask() -> int:
     return mask
 
 
-def test_a_newer_run_format_is_refused_with_its_version(write_spec, tmp_path):
+def test_a_newer_run_format_is_refused_with_its_version(tiny_run_copy, tmp_path):
     """Defect 8: a run that this version cannot read is refused with its format named."""
-    assert cli("fit", tiny(write_spec), "--epochs", 1, "--runs", tmp_path / "runs").exit_code == 0
-    run = only_run(tmp_path / "runs")
+    run = tiny_run_copy
     state = json.loads((run / "state.json").read_text())
     (run / "state.json").write_text(json.dumps({**state, "format": 99}))
     for args in (["fit", "--resume", run, "--epochs", 2], ["evaluate", run], ["report", run]):
@@ -195,12 +193,11 @@ def test_a_newer_run_format_is_refused_with_its_version(write_spec, tmp_path):
     assert listed.exit_code == 0 and "unreadable" in listed.output
 
 
-def test_format_1_runs_are_read(write_spec, tmp_path):
+def test_format_1_runs_are_read(tiny_run_copy):
     """A run of mnist-keras 0.1 (state.json without a format, overrides as --set texts) still opens."""
     import mnist_keras as mk
 
-    assert cli("fit", tiny(write_spec), "--epochs", 1, "--runs", tmp_path / "runs").exit_code == 0
-    run = only_run(tmp_path / "runs")
+    run = tiny_run_copy
     state = json.loads((run / "state.json").read_text())
     old = {key: value for key, value in state.items() if key not in ("format", "best", "data", "overrides")}
     old.update(overrides=["train.epochs=1"], best=state["best"]["value"], best_epoch=1, provenance=state["data"])

@@ -1,7 +1,9 @@
 """Hostile run records, runs trained twice at once, and fine-tuned runs that stand on their own (issue 24).
 
-Every case goes through `python -m mnist_keras`: bad input ends with exit 2 and one message naming the file
-(or the run), never a traceback or a hang; nothing the user had is changed."""
+Bad input ends with exit 2 and one message naming the file (or the run), never a traceback or a hang; nothing the
+user had is changed. What trains, serves, waits or races runs in `python -m mnist_keras` processes; the refusals
+before TensorFlow loads run in this process (`in_process`), and one of each kind also as a real process, which must
+end the same."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, in_process
 
 PRE = """
 name: pre
@@ -135,10 +137,11 @@ def test_json_nested_too_deep_is_named_by_every_command(run, tmp_path, file, sha
         text = nested(DEEP, shape)
     (run / file).write_text(text)
     where = f"{run / file}: JSON nested deeper than 64 levels"
-    for args in (["fit", "--resume", run, "--epochs", 2], ["evaluate", run], ["export", run, "--out", tmp_path / "out"],
-                 ["serve", run, "--port", 0]):
-        refused(mk(*args, timeout=60), where)
-    listed = mk("runs", run.parent.parent)
+    for args in (["fit", "--resume", run, "--epochs", 2], ["evaluate", run],
+                 ["export", run, "--out", tmp_path / "out"]):
+        refused(in_process(*args), where)
+    refused(mk("serve", run, "--port", 0, timeout=60), where)  # a real process: a server would not return
+    listed = in_process("runs", run.parent.parent)
     assert listed.returncode == 0 and "unreadable" in listed.stdout and where in listed.stderr, listed
     assert (run / file).read_text() == text and not (tmp_path / "out").exists()
 
@@ -148,14 +151,15 @@ def test_an_export_record_nested_too_deep_is_named(run, tmp_path, shape):
     folder = tmp_path / "out" / "pre"
     folder.mkdir(parents=True)
     (folder / "export.json").write_text(nested(DEEP, shape))
-    refused(mk("export", run, "--out", tmp_path / "out"), f"{folder / 'export.json'}: JSON nested deeper than")
+    refused(in_process("export", run, "--out", tmp_path / "out"), f"{folder / 'export.json'}: JSON nested deeper than")
     assert sorted(p.name for p in folder.iterdir()) == ["export.json"]
 
 
 def test_an_earlier_runs_record_nested_too_deep_is_named(run, tmp_path):
     (run / "state.json").write_text(nested(DEEP, "list"))
     (tmp_path / "ft.yaml").write_text(FINETUNE.replace("RUN", str(run)))
-    refused(mk("fit", tmp_path / "ft.yaml", "--runs", tmp_path / "new"), f"{run / 'state.json'}: JSON nested deeper")
+    refused(in_process("fit", tmp_path / "ft.yaml", "--runs", tmp_path / "new"),
+            f"{run / 'state.json'}: JSON nested deeper")
     assert not list((tmp_path / "new").rglob("state.json"))
 
 
@@ -176,10 +180,10 @@ def test_a_run_naming_itself_as_its_backbone_is_refused(run, tmp_path):
     Image.new("L", (28, 28)).save(image)
     for args in (["fit", "--resume", run, "--epochs", 2], ["evaluate", run], ["predict", run, image],
                  ["export", run, "--out", tmp_path / "out"], ["report", run, "--out", tmp_path / "report"]):
-        refused(mk(*args, timeout=60), cycle)
+        refused(in_process(*args), cycle)
     (tmp_path / "ft.yaml").write_text(FINETUNE.replace("RUN", str(run)))
-    refused(mk("validate", tmp_path / "ft.yaml"), cycle)
-    refused(mk("fit", tmp_path / "ft.yaml", "--runs", tmp_path / "new"), cycle)
+    refused(in_process("validate", tmp_path / "ft.yaml"), cycle)
+    refused(in_process("fit", tmp_path / "ft.yaml", "--runs", tmp_path / "new"), cycle)
     assert not (tmp_path / "new").exists()
 
 
@@ -192,11 +196,12 @@ def test_runs_naming_each_other_as_backbones_are_refused(run, tmp_path, length):
         point_at(here, there)
     (tmp_path / "ft.yaml").write_text(FINETUNE.replace("RUN", str(chain[0])))
     through = " -> ".join(str(r) for r in chain + chain[:1])
-    refused(mk("validate", tmp_path / "ft.yaml"), f"backbone runs form a cycle: {through}")
-    refused(mk("fit", tmp_path / "ft.yaml", "--runs", tmp_path / "new"), f"backbone runs form a cycle: {through}")
+    refused(in_process("validate", tmp_path / "ft.yaml"), f"backbone runs form a cycle: {through}")
+    refused(in_process("fit", tmp_path / "ft.yaml", "--runs", tmp_path / "new"),
+            f"backbone runs form a cycle: {through}")
     from_second = " -> ".join(str(r) for r in chain[1:] + chain[:2])
-    refused(mk("evaluate", chain[0]), f"backbone runs form a cycle: {from_second}")
-    refused(mk("fit", "--resume", chain[0], "--epochs", 2), f"backbone runs form a cycle: {from_second}")
+    refused(in_process("evaluate", chain[0]), f"backbone runs form a cycle: {from_second}")
+    refused(in_process("fit", "--resume", chain[0], "--epochs", 2), f"backbone runs form a cycle: {from_second}")
     assert not (tmp_path / "new").exists()
 
 
@@ -219,8 +224,8 @@ def test_a_state_json_field_of_the_wrong_type_is_named(run, field, value):
     if field == "pid":  # a run that says it is training: the liveness check reads the pid
         record["status"] = "running"
     (run / "state.json").write_text(json.dumps(record))
-    refused(mk("fit", "--resume", run, "--epochs", 2), f"{run / 'state.json'}: {field}")
-    listed = mk("runs", run.parent.parent)
+    refused(in_process("fit", "--resume", run, "--epochs", 2), f"{run / 'state.json'}: {field}")
+    listed = in_process("runs", run.parent.parent)
     assert listed.returncode == 0 and "unreadable" in listed.stdout, listed
     assert f"{run / 'state.json'}: {field}" in listed.stderr and "Traceback" not in listed.stderr, listed.stderr
 
@@ -234,7 +239,7 @@ def test_a_nested_field_of_the_wrong_type_is_named(run, field, key, value):
     record = json.loads((run / "state.json").read_text())
     record[field] = {**(record[field] or {"monitor": "val_accuracy", "value": 0.5, "epoch": 1}), key: value}
     (run / "state.json").write_text(json.dumps(record))
-    refused(mk("fit", "--resume", run, "--epochs", 2), f"{run / 'state.json'}: {field}.{key}")
+    refused(in_process("fit", "--resume", run, "--epochs", 2), f"{run / 'state.json'}: {field}.{key}")
 
 
 METRICS_CASES = [("seed", "7"), ("seed", True), ("epochs_done", 1.0), ("epochs_done", -1), ("test", {"accuracy": "1"}),
@@ -244,10 +249,31 @@ METRICS_CASES = [("seed", "7"), ("seed", True), ("epochs_done", 1.0), ("epochs_d
 @pytest.mark.parametrize("field, value", METRICS_CASES, ids=[f"{f}={v!r}" for f, v in METRICS_CASES])
 def test_a_metrics_json_field_of_the_wrong_type_is_named(run, tmp_path, field, value):
     edit(run / "metrics.json", **{field: value})
-    refused(mk("evaluate", run), f"{run / 'metrics.json'}: {field}")
-    refused(mk("report", run, "--out", tmp_path / "report"), f"{run / 'metrics.json'}: {field}")
-    listed = mk("runs", run.parent.parent)
+    refused(in_process("evaluate", run), f"{run / 'metrics.json'}: {field}")
+    refused(in_process("report", run, "--out", tmp_path / "report"), f"{run / 'metrics.json'}: {field}")
+    listed = in_process("runs", run.parent.parent)
     assert listed.returncode == 0 and f"{run / 'metrics.json'}: {field}" in listed.stderr, listed
+
+
+def ends_the_same_in_a_real_process(*args) -> None:
+    real, here = mk(*args), in_process(*args)
+    assert (real.returncode, real.stdout, real.stderr) == (here.returncode, here.stdout, here.stderr), args
+
+
+def test_a_real_process_ends_each_kind_of_refusal_as_this_process_does(run, tmp_path):
+    """The refusals here run in this process; `python -m mnist_keras` gives one of each kind (a record nested too
+    deep, the runs table naming an unreadable run, a field of the wrong type, a backbone cycle) the same exit code
+    and output."""
+    state = (run / "state.json").read_text()
+    (run / "state.json").write_text(nested(DEEP, "list"))
+    ends_the_same_in_a_real_process("fit", "--resume", run, "--epochs", 2)
+    ends_the_same_in_a_real_process("runs", run.parent.parent)
+    (run / "state.json").write_text(state)
+    edit(run / "metrics.json", seed="7")
+    ends_the_same_in_a_real_process("report", run, "--out", tmp_path / "report")
+    point_at(run, run)
+    ends_the_same_in_a_real_process("evaluate", run)
+    assert not (tmp_path / "report").exists()
 
 
 # ------------------------------------------------------------------------------------ one process trains a run
@@ -309,15 +335,15 @@ def test_a_lock_file_that_is_no_file_is_refused(run, tmp_path):
     precious.write_text("the user's")
     (run / ".lock").unlink()
     (run / ".lock").symlink_to(precious)
-    refused(mk("fit", "--resume", run, "--epochs", 2), ".lock: a symbolic link inside the run directory")
+    refused(in_process("fit", "--resume", run, "--epochs", 2), ".lock: a symbolic link inside the run directory")
     assert precious.read_text() == "the user's"
     (run / ".lock").unlink()
-    os.mkfifo(run / ".lock")  # opening it to read would wait for a writer
+    os.mkfifo(run / ".lock")  # opening it to read would wait for a writer: real processes, with a timeout
     assert "interrupted" in ok(mk("runs", run.parent.parent, timeout=60))
     refused(mk("fit", "--resume", run, "--epochs", 2, timeout=120), f"{run / '.lock'}: not a regular file")
     (run / ".lock").unlink()
     (run / ".lock").mkdir()
-    refused(mk("fit", "--resume", run, "--epochs", 2, timeout=120), f"{run / '.lock'}: cannot open the run's lock")
+    refused(in_process("fit", "--resume", run, "--epochs", 2), f"{run / '.lock'}: cannot open the run's lock")
 
 
 # ------------------------------------------------------------------------------------ a fine-tuned run alone

@@ -1,10 +1,12 @@
 """Hyperparameter search on Optuna (issue 17): sweep files checked before training, studies shared by processes,
 kill -9 in the middle of a trial, pruning, the best spec. Real `mnist-keras sweep` processes on the bundled sample."""
 
+import contextlib
 import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -132,10 +134,24 @@ def test_unreachable_storage_and_a_study_of_another_space_are_refused(tmp_path, 
 # ---------------------------------------------------------------------------------- real searches
 
 
+def wait_for_study(db: Path, process: subprocess.Popen, name: str = "sweep") -> None:
+    """Until `process` has made the study in `db` (read without writing: Optuna would make the tables itself)."""
+    deadline = time.monotonic() + 120
+    while True:
+        assert process.poll() is None and time.monotonic() < deadline, "the first sweep process made no study"
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as c:
+                if c.execute("SELECT 1 FROM studies WHERE study_name = ?", (name,)).fetchone():
+                    return
+        except sqlite3.Error:  # no file yet, or no tables yet
+            pass
+        time.sleep(0.1)
+
+
 def test_two_processes_share_one_sqlite_study_and_the_best_spec_loads(tmp_path):
     write_sweep(tmp_path, trials=4)
     first = sweep_process(tmp_path)
-    time.sleep(2)  # the first makes the study; the second joins it
+    wait_for_study(tmp_path / "runs" / "sweeps.db", first)  # the first makes the study; the second joins it
     second = sweep_process(tmp_path)
     outputs = [finish(first), finish(second)]
     trials = trials_of(tmp_path)

@@ -6,7 +6,6 @@ and the sweeps use Optuna's public API only."""
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import optuna
 import pytest
 from click.testing import CliRunner
 
-from conftest import ROOT
+from conftest import ROOT, in_process
 from mnist_keras.cli import main
 from test_sweeps import state, trials_of, write_sweep
 
@@ -93,8 +92,7 @@ def test_ctrl_c_in_a_trial_then_the_same_command_resumes_it(tmp_path):
     assert interrupted.state == optuna.trial.TrialState.FAIL and "error" not in interrupted.user_attrs
     assert retry.state == optuna.trial.TrialState.WAITING and retry.user_attrs["run_dir"] == \
         interrupted.user_attrs["run_dir"] and retry.params == interrupted.params
-    done = subprocess.run([sys.executable, "-m", "mnist_keras", "sweep", "sweep.yaml"], cwd=tmp_path, env=env,
-                          text=True, capture_output=True, timeout=400)
+    done = in_process("sweep", "sweep.yaml", cwd=tmp_path)  # the same command, here: no second TensorFlow to load
     assert done.returncode == 0, done.stdout + done.stderr
     assert re.search(r"trial 1 \(retry of #0, resumed after epoch 1\)", done.stdout), done.stdout
     assert "crashed, retried as #1" in done.stdout

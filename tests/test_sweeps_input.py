@@ -1,7 +1,9 @@
-"""Sweeps on odd and hostile input (issues 23 and 24), through real `python -m mnist_keras` processes: the best spec
-is what the best trial trained, a --set the space would replace is refused, validate and summary know sweep
-files, another program's database is never written, a study name never leaves --runs, and a sweep whose every
-trial failed exits 1."""
+"""Sweeps on odd and hostile input (issues 23 and 24): the best spec is what the best trial trained, a --set the
+space would replace is refused, validate and summary know sweep files, another program's database is never
+written, a study name never leaves --runs, and a sweep whose every trial failed exits 1. The study whose best spec
+is checked, the fit that reproduces its trial and the sweep of --jobs workers run in real `python -m mnist_keras`
+processes; the other commands run in this process (`in_process`), and one refusal of each kind also as a real
+process, which must end the same."""
 
 import hashlib
 import json
@@ -17,7 +19,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, in_process
 from test_sweeps import write_sweep
 
 
@@ -78,7 +80,7 @@ def test_show_without_the_set_flags_writes_the_same_best_spec(copy):
     best = copy / "runs" / "sweep-best.yaml"
     before = best.read_text()
     best.unlink()
-    done = cli(copy, "sweep", "sweep.yaml", "--show")
+    done = in_process("sweep", "sweep.yaml", "--show", cwd=copy)
     assert done.returncode == 0 and "best spec: runs/sweep-best.yaml" in done.stdout, done.stdout + done.stderr
     assert best.read_text() == before
 
@@ -86,7 +88,7 @@ def test_show_without_the_set_flags_writes_the_same_best_spec(copy):
 def test_show_after_the_spec_file_changed_keeps_what_the_trial_trained(copy):
     (copy / "tiny.yaml").write_text((copy / "tiny.yaml").read_text().replace("units: 16", "units: 32"))
     before = (copy / "runs" / "sweep-best.yaml").read_text()
-    done = cli(copy, "sweep", "sweep.yaml", "--show")
+    done = in_process("sweep", "sweep.yaml", "--show", cwd=copy)
     assert done.returncode == 0, done.stderr
     assert (copy / "runs" / "sweep-best.yaml").read_text() == before and "units: 16" in before
 
@@ -94,7 +96,7 @@ def test_show_after_the_spec_file_changed_keeps_what_the_trial_trained(copy):
 def test_show_after_the_run_directories_moved_writes_the_study_record(copy):
     before = (copy / "runs" / "sweep-best.yaml").read_text()
     shutil.move(copy / "runs" / "sweep", copy / "elsewhere")  # as on another machine of a shared study
-    done = cli(copy, "sweep", "sweep.yaml", "--show")
+    done = in_process("sweep", "sweep.yaml", "--show", cwd=copy)
     assert done.returncode == 0, done.stderr
     assert (copy / "runs" / "sweep-best.yaml").read_text() == before
 
@@ -106,7 +108,7 @@ def test_a_tampered_recorded_spec_is_refused_not_written(copy):
     with sqlite3.connect(copy / "runs" / "sweeps.db") as c:  # a finished trial is not updated through Optuna
         c.execute("UPDATE trial_user_attributes SET value_json = ? WHERE trial_id = ? AND key = 'spec'",
                   (json.dumps("model: {layers: [{dense: -3}]}\n"), trial._trial_id))
-    done = cli(copy, "sweep", "sweep.yaml", "--show")
+    done = in_process("sweep", "sweep.yaml", "--show", cwd=copy)
     assert done.returncode == 2 and len(errors(done)) == 1, done.stderr
     assert f"study 'sweep', trial #{trial.number}: its recorded spec" in errors(done)[0]
     assert best.read_text() == before
@@ -114,7 +116,7 @@ def test_a_tampered_recorded_spec_is_refused_not_written(copy):
 
 def test_fitting_the_best_spec_show_wrote_reproduces_the_trial(copy):
     (copy / "runs" / "sweep-best.yaml").unlink()
-    assert cli(copy, "sweep", "sweep.yaml", "--show").returncode == 0  # the next day, without the --set flags
+    assert in_process("sweep", "sweep.yaml", "--show", cwd=copy).returncode == 0  # the next day, without the --sets
     done = cli(copy, "fit", "runs/sweep-best.yaml", "--runs", "again")
     assert done.returncode == 0, done.stderr
     (run,) = (copy / "again").glob("*/*/metrics.json")
@@ -144,7 +146,7 @@ REPLACED = {  # --set -> the space entry (line:col in sweep.yaml) it would be re
 @pytest.mark.parametrize("option", REPLACED)
 def test_a_set_of_a_searched_path_is_refused_naming_the_space_line(tmp_path, command, option):
     write_sweep(tmp_path, trials=1, space=SEARCHES)
-    done = cli(tmp_path, command, "sweep.yaml", "--set", option)
+    done = in_process(command, "sweep.yaml", "--set", option, cwd=tmp_path)
     place, path = REPLACED[option]
     assert done.returncode == 2 and len(errors(done)) == 1, done.stdout + done.stderr
     assert errors(done)[0].startswith(f"error: --set {option}: sweep.yaml:{place}: space.{path} searches this path")
@@ -153,13 +155,13 @@ def test_a_set_of_a_searched_path_is_refused_naming_the_space_line(tmp_path, com
 
 def test_a_set_beside_the_searched_paths_is_taken(tmp_path):
     write_sweep(tmp_path, space=SEARCHES)
-    done = cli(tmp_path, "validate", "sweep.yaml", "--set", "train.epochs=3", "--set", "data={validation: 64}",
-               "--set", "model.layers[2].dense.units=10")
+    done = in_process("validate", "sweep.yaml", "--set", "train.epochs=3", "--set", "data={validation: 64}",
+                      "--set", "model.layers[2].dense.units=10", cwd=tmp_path)
     assert done.returncode == 0 and done.stdout.startswith("ok: sweep.yaml (tiny: "), done.stdout + done.stderr
 
 
 def test_show_refuses_set_values(trained):
-    done = cli(trained, "sweep", "sweep.yaml", "--show", "--set", "train.epochs=1")
+    done = in_process("sweep", "sweep.yaml", "--show", "--set", "train.epochs=1", cwd=trained)
     assert done.returncode == 2 and "--set goes with a sweep that trains" in done.stderr
 
 
@@ -167,7 +169,7 @@ def test_show_refuses_set_values(trained):
 
 
 def test_validate_checks_the_shipped_sweep_file():
-    done = cli(ROOT, "validate", "model_specs/sweeps/dense.yaml", "model_specs/dense.yaml")
+    done = in_process("validate", "model_specs/sweeps/dense.yaml", "model_specs/dense.yaml", cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert re.match(r"ok: model_specs/sweeps/dense.yaml \(dense: 4 layers, [\d,]+ parameters; a sweep of 4 spec paths\)"
                     r"\nok: model_specs/dense.yaml \(dense: 4 layers", done.stdout), done.stdout
@@ -182,7 +184,7 @@ def test_validate_checks_the_shipped_sweep_file():
 ])
 def test_validate_of_a_bad_sweep_file_gives_the_message_sweep_gives(tmp_path, space, expected):
     write_sweep(tmp_path, space="space:\n" + space)
-    checked, swept = cli(tmp_path, "validate", "sweep.yaml"), cli(tmp_path, "sweep", "sweep.yaml")
+    checked, swept = (in_process(command, "sweep.yaml", cwd=tmp_path) for command in ("validate", "sweep"))
     assert checked.returncode == swept.returncode == 2
     assert errors(checked) == errors(swept) and len(errors(checked)) == 1, checked.stderr + swept.stderr
     assert re.match("error: " + expected, errors(checked)[0]), checked.stderr
@@ -191,13 +193,13 @@ def test_validate_of_a_bad_sweep_file_gives_the_message_sweep_gives(tmp_path, sp
 def test_validate_of_a_sweep_whose_spec_is_bad_names_the_spec(tmp_path):
     write_sweep(tmp_path)
     (tmp_path / "tiny.yaml").write_text((tmp_path / "tiny.yaml").read_text().replace("units: 16", "units: -16"))
-    done = cli(tmp_path, "validate", "sweep.yaml")
+    done = in_process("validate", "sweep.yaml", cwd=tmp_path)
     assert done.returncode == 2 and errors(done) and all("tiny.yaml:" in line for line in errors(done)), done.stderr
 
 
 def test_summary_of_a_sweep_file_is_one_refusal_naming_its_spec(tmp_path):
     write_sweep(tmp_path)
-    done = cli(tmp_path, "summary", "sweep.yaml")
+    done = in_process("summary", "sweep.yaml", cwd=tmp_path)
     assert done.returncode == 2 and errors(done) == [
         "error: sweep.yaml: a sweep file, and summary takes a spec: mnist-keras summary tiny.yaml"], done.stderr
 
@@ -249,7 +251,8 @@ def test_a_database_of_another_program_is_refused_and_left_as_it_was(tmp_path, c
     db = tmp_path / "app.db"
     make(db)
     before = digest(db)
-    done = cli(tmp_path, "sweep", "sweep.yaml", "--storage", "sqlite:///app.db", *(["--show"] if show else []))
+    done = in_process("sweep", "sweep.yaml", "--storage", "sqlite:///app.db", *(["--show"] if show else []),
+                      cwd=tmp_path)
     assert done.returncode == 2 and len(errors(done)) == 1, done.stdout + done.stderr
     assert errors(done)[0].startswith("error: app.db: this database") and expected in errors(done)[0], done.stderr
     assert digest(db) == before and sorted(p.name for p in tmp_path.iterdir()) == ["app.db", "sweep.yaml", "tiny.yaml"]
@@ -260,7 +263,7 @@ def test_the_default_database_of_another_program_is_refused(tmp_path):
     (tmp_path / "runs").mkdir()
     _alembic_app(tmp_path / "runs" / "sweeps.db")
     before = digest(tmp_path / "runs" / "sweeps.db")
-    done = cli(tmp_path, "sweep", "sweep.yaml")
+    done = in_process("sweep", "sweep.yaml", cwd=tmp_path)
     assert done.returncode == 2 and errors(done)[0].startswith("error: runs/sweeps.db: this database holds tables")
     assert digest(tmp_path / "runs" / "sweeps.db") == before and os.listdir(tmp_path / "runs") == ["sweeps.db"]
 
@@ -280,7 +283,7 @@ def read_only_study(trained, tmp_path) -> Path:
 
 def test_show_reads_a_read_only_database_and_changes_nothing(read_only_study):
     folder, before = read_only_study.parent.parent, digest(read_only_study)
-    done = cli(folder, "sweep", "sweep.yaml", "--show")
+    done = in_process("sweep", "sweep.yaml", "--show", cwd=folder)
     assert done.returncode == 0 and done.stdout.count(" finished ") == 2, done.stdout + done.stderr
     assert digest(read_only_study) == before and sorted(os.listdir(read_only_study.parent)) == [
         "sweep", "sweep-best.yaml", "sweeps.db"]
@@ -288,7 +291,7 @@ def test_show_reads_a_read_only_database_and_changes_nothing(read_only_study):
 
 def test_a_sweep_into_a_read_only_database_is_refused(read_only_study):
     folder, before = read_only_study.parent.parent, digest(read_only_study)
-    done = cli(folder, "sweep", "sweep.yaml", "--storage", "sqlite:///runs/sweeps.db")
+    done = in_process("sweep", "sweep.yaml", "--storage", "sqlite:///runs/sweeps.db", cwd=folder)
     assert done.returncode == 2 and errors(done) == [
         "error: runs/sweeps.db: the study database is read-only, and a sweep records its trials in it; only --show "
         "reads it"], done.stderr
@@ -299,11 +302,30 @@ def test_a_sweep_into_a_read_only_database_is_refused(read_only_study):
 def test_show_of_a_file_without_a_study_creates_nothing(tmp_path, content):
     write_sweep(tmp_path)
     (tmp_path / "x.db").write_bytes(content)
-    done = cli(tmp_path, "sweep", "sweep.yaml", "--show", "--storage", "sqlite:///x.db")
+    done = in_process("sweep", "sweep.yaml", "--show", "--storage", "sqlite:///x.db", cwd=tmp_path)
     assert done.returncode == 2 and len(errors(done)) == 1, done.stderr
-    missing = cli(tmp_path, "sweep", "sweep.yaml", "--show", "--storage", "sqlite:///missing.db")
+    missing = in_process("sweep", "sweep.yaml", "--show", "--storage", "sqlite:///missing.db", cwd=tmp_path)
     assert missing.returncode == 2 and "cannot open it" in missing.stderr
     assert (tmp_path / "x.db").read_bytes() == content and not (tmp_path / "missing.db").exists()
+
+
+def test_a_real_process_ends_each_kind_of_refusal_as_this_process_does(tmp_path):
+    """The refusals here run in this process; `python -m mnist_keras` gives one of each kind the same exit code and
+    output, and writes nothing either."""
+    write_sweep(tmp_path, space=SEARCHES)
+    (tmp_path / "bad.yaml").write_text((tmp_path / "sweep.yaml").read_text().split("space:")[0] +
+                                       "space:\n  data.batch_size: {choice: [64]}\n")
+    _foreign(tmp_path / "app.db")
+    before = digest(tmp_path / "app.db")
+    for args in (["sweep", "sweep.yaml", "--set", "train.optimizer=rmsprop"], ["sweep", "bad.yaml"],
+                 ["sweep", "sweep.yaml", "--storage", "sqlite:///app.db", "--show"],
+                 ["sweep", "sweep.yaml", "--show", "--storage", "sqlite:///missing.db"],
+                 ["sweep", "sweep.yaml", "--study", "../../escape"]):
+        real, here = cli(tmp_path, *args), in_process(*args, cwd=tmp_path)
+        assert real.returncode == 2 and len(errors(real)) == 1, real.stderr
+        assert (real.returncode, real.stdout, real.stderr) == (here.returncode, here.stdout, here.stderr)
+    assert digest(tmp_path / "app.db") == before
+    assert sorted(os.listdir(tmp_path)) == ["app.db", "bad.yaml", "sweep.yaml", "tiny.yaml"]
 
 
 # ------------------------------------------------------------------------- names that become paths
@@ -315,7 +337,7 @@ def test_a_study_name_that_is_no_plain_name_is_refused_before_anything_is_writte
     work = tmp_path / "work"
     work.mkdir()
     write_sweep(work)
-    done = cli(work, "sweep", "sweep.yaml", "--study", name, *(["--show"] if show else []))
+    done = in_process("sweep", "sweep.yaml", "--study", name, *(["--show"] if show else []), cwd=work)
     assert done.returncode == 2 and len(errors(done)) == 1, done.stdout + done.stderr
     assert errors(done)[0].startswith("error: --study ") and "a name is 1-64 letters" in errors(done)[0]
     assert sorted(p.name for p in work.iterdir()) == ["sweep.yaml", "tiny.yaml"] and os.listdir(tmp_path) == ["work"]
@@ -325,7 +347,7 @@ def test_a_study_name_that_is_no_plain_name_is_refused_before_anything_is_writte
 def test_a_sweep_file_whose_name_is_no_plain_name_needs_a_study_name(tmp_path):
     write_sweep(tmp_path)
     (tmp_path / "sweep.yaml").rename(tmp_path / "my sweep.yaml")
-    done = cli(tmp_path, "sweep", "my sweep.yaml")
+    done = in_process("sweep", "my sweep.yaml", cwd=tmp_path)
     assert done.returncode == 2 and errors(done)[0].startswith("error: my sweep.yaml: the study is named after the "
                                                                "file: a name is") and "give --study NAME" in done.stderr
     assert not (tmp_path / "runs").exists()
@@ -343,7 +365,7 @@ def test_a_retry_never_trains_in_a_recorded_folder_outside_runs(tmp_path):
         crashed = search.study.ask(distributions(search.sweep))  # a trial whose process died, in a hostile study
     crashed.set_user_attr("process", {"trial": crashed.number, "host": socket.gethostname(), "pid": 2**22 + 1})
     crashed.set_user_attr("run_dir", str(outside))
-    done = cli(tmp_path, "sweep", "sweep.yaml")
+    done = in_process("sweep", "sweep.yaml", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert os.listdir(outside) == [] and len(list(tmp_path.glob("runs/sweep/*/state.json"))) == 1, done.stdout
 
@@ -368,7 +390,8 @@ def _nan_loss(folder: Path) -> str:
 def test_a_sweep_whose_every_trial_failed_exits_1_with_the_first_failure(tmp_path, make, jobs):
     write_sweep(tmp_path, trials=2)
     expected = make(tmp_path)
-    done = cli(tmp_path, "sweep", "sweep.yaml", "--jobs", jobs)
+    args = ["sweep", "sweep.yaml", "--jobs", jobs]  # the workers of --jobs 2 print into the real process's output
+    done = cli(tmp_path, *args) if jobs > 1 else in_process(*args, cwd=tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr
     assert errors(done)[-1].startswith("error: every trial failed; the first, trial 0: " + expected), done.stderr
     assert done.stdout.count("failed: ") >= 2 and "best spec" not in done.stdout

@@ -47,12 +47,25 @@ def tiny(write_spec):
     return make
 
 
-def test_fit_beats_chance_and_writes_the_run(tiny, tmp_path):
-    result = fit([tiny(epochs=3, max_train=3000)], tmp_path / "runs")
+def fitted_once(tmp_path_factory, epochs: int, max_train: int):
+    """`fit` of the tiny spec, for a module's tests that read the run (or copy it): (the result, the run)."""
+    folder = tmp_path_factory.mktemp(f"fitted-{epochs}")
+    (folder / "tiny.yaml").write_text(TINY.format(epochs=epochs, max_train=max_train, extra=""))
+    result = fit([folder / "tiny.yaml"], folder / "runs")
     assert result.exit_code == 0, result.output
+    return result, only_run(folder / "runs")
+
+
+@pytest.fixture(scope="module")
+def three_epochs(tmp_path_factory):
+    """3 epochs on 3000 images: test_fit_beats_chance_and_writes_the_run, test_evaluate_and_predict_image_files."""
+    return fitted_once(tmp_path_factory, epochs=3, max_train=3000)
+
+
+def test_fit_beats_chance_and_writes_the_run(three_epochs):
+    result, run = three_epochs
     accuracy = float(re.search(r"test accuracy ([\d.]+)%", result.output).group(1))
     assert accuracy > 75  # chance is 10%
-    run = only_run(tmp_path / "runs")
     assert f"tensorboard --logdir {run}" in result.output
     for name in ("spec.yaml", "state.json", "metrics.json", "model.keras", "history.csv",
                  "checkpoints/best.keras", "checkpoints/epoch-0003.keras"):
@@ -243,9 +256,8 @@ def test_bad_input_exits_2(args, message, tiny, tmp_path):
     assert not (tmp_path / "r").exists()  # nothing is created for a run that cannot start
 
 
-def test_corrupt_checkpoint_is_reported_and_left_alone(tiny, tmp_path):
-    assert fit([tiny(epochs=1)], tmp_path / "runs").exit_code == 0
-    run = only_run(tmp_path / "runs")
+def test_corrupt_checkpoint_is_reported_and_left_alone(tiny_run_copy):
+    run = tiny_run_copy
     checkpoint = run / "checkpoints/epoch-0001.keras"
     checkpoint.write_bytes(b"garbage")
     result = CliRunner().invoke(main, ["fit", "--resume", str(run), "--epochs", "2"])
@@ -277,9 +289,8 @@ def write_images(folder: Path, count: int = 20):
     return paths, y
 
 
-def test_evaluate_and_predict_image_files(tiny, tmp_path):
-    assert fit([tiny(epochs=3, max_train=3000)], tmp_path / "runs").exit_code == 0
-    run = only_run(tmp_path / "runs")
+def test_evaluate_and_predict_image_files(three_epochs, tmp_path):
+    run = three_epochs[1]  # evaluate and predict only read it
     result = CliRunner().invoke(main, ["evaluate", str(run)])
     assert result.exit_code == 0, result.output
     metrics = json.loads((run / "metrics.json").read_text())
