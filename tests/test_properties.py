@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import yaml
 from click.testing import CliRunner
 from hypothesis import HealthCheck, assume, given, settings
