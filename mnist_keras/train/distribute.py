@@ -95,8 +95,14 @@ def cluster_from_environment() -> dict:
 
 
 _WATCHDOG = """
-import os, signal, sys, time
+import ctypes, os, signal, sys, time
 pid, status = int(sys.argv[1]), f"/proc/{sys.argv[1]}/status"
+libc = ctypes.CDLL(None)
+def to_main_thread(sig):  # its handler needs the GIL, which the main thread holds: any other thread would wait
+    try:
+        libc.tgkill(pid, pid, sig)
+    except AttributeError:  # a C library without tgkill
+        os.kill(pid, sig)
 while True:
     try:
         pending = int(next(l for l in open(status) if l.startswith("ShdPnd:")).split()[1], 16)
@@ -105,7 +111,7 @@ while True:
     for sig in (signal.SIGINT, signal.SIGTERM):
         if pending & (1 << (sig - 1)):
             sys.stderr.write(f"\\nstopped by {sig.name} while waiting for the other workers\\n")
-            os.kill(pid, signal.SIGUSR1)  # its C-level handler exits 128 + the signal
+            to_main_thread(signal.SIGUSR1)  # its C-level handler exits 128 + the signal
             for _ in range(50):
                 time.sleep(0.1)
                 if not os.path.exists(status):
