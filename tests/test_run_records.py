@@ -1,9 +1,10 @@
 """Hostile run records, runs trained twice at once, and fine-tuned runs that stand on their own (issue 24).
 
 Bad input ends with exit 2 and one message naming the file (or the run), never a traceback or a hang; nothing the
-user had is changed. What trains, serves, waits or races runs in `python -m mnist_keras` processes; the refusals
-before TensorFlow loads run in this process (`in_process`), and one of each kind also as a real process, which must
-end the same."""
+user had is changed. Races, serving, the FIFO lock and a fine-tuned run whose earlier run is gone go through
+`python -m mnist_keras` processes; the two runs the tests share are trained, and the refusals made before TensorFlow
+loads are run, in this process (`in_process`), and one refusal of each kind also as a real process, which must end
+the same."""
 
 from __future__ import annotations
 
@@ -87,10 +88,10 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     a path relative to the folder it was trained in. Tests work on copies, or put back what they move."""
     folder = tmp_path_factory.mktemp("records")
     (folder / "pre.yaml").write_text(PRE)
-    ok(mk("fit", "pre.yaml", "--runs", "runs", cwd=folder))
+    ok(in_process("fit", "pre.yaml", "--runs", "runs", cwd=folder))
     pre = only_run(folder / "runs/pre")
     (folder / "ft.yaml").write_text(FINETUNE.replace("RUN", str(pre.relative_to(folder))))
-    ok(mk("fit", "ft.yaml", "--runs", "runs", cwd=folder))
+    ok(in_process("fit", "ft.yaml", "--runs", "runs", cwd=folder))
     return pre, only_run(folder / "runs/ft")
 
 
@@ -357,11 +358,11 @@ def test_a_fine_tuned_run_stands_on_its_own(trained, tmp_path):
     spec = (ft / "spec.yaml").read_text()
     assert f"run: {pre}," in spec  # the earlier run by its absolute path, for provenance
     assert json.loads((ft / "state.json").read_text())["backbone"]["run"] == str(pre)
-    ok(mk("predict", ft, tmp_path / "digit.png", cwd=tmp_path))  # from another folder than it was trained in
+    ok(in_process("predict", ft, tmp_path / "digit.png", cwd=tmp_path))  # from another folder than it was trained in
     copy = tmp_path / "ft-copy"
     shutil.copytree(ft, copy)
     moved = pre.parent.parent / "pre-moved"
-    pre.parent.rename(moved)  # the earlier run is gone
+    pre.parent.rename(moved)  # the earlier run is gone: real processes, which hold nothing of it
     try:
         assert "digit.png" in ok(mk("predict", ft, tmp_path / "digit.png", cwd=tmp_path))
         assert "test accuracy" in ok(mk("evaluate", ft, cwd=tmp_path))
@@ -369,6 +370,6 @@ def test_a_fine_tuned_run_stands_on_its_own(trained, tmp_path):
         assert (tmp_path / "export/ft/export.json").is_file()
         ok(mk("fit", "--resume", copy, "--epochs", 2, cwd=tmp_path))
         assert json.loads((copy / "state.json").read_text())["epochs_done"] == 2
-        assert " finished " in ok(mk("runs", copy.parent))
+        assert " finished " in ok(in_process("runs", copy.parent))
     finally:
         moved.rename(pre.parent)
