@@ -254,6 +254,8 @@ train: {epochs: 2, optimizer: {type: adam, learning_rate: 0.003}, tensorboard: {
 
 
 def test_a_fit_with_mixup_cutmix_and_rand_augment_trains_and_evaluates(tmp_path):
+    """A resumed run is exact through the stateless draws of the pipeline and the seed states of the layers, both
+    tested above."""
     (tmp_path / "recipes.yaml").write_text(FIT)
     result = in_process("fit", tmp_path / "recipes.yaml", "--runs", tmp_path / "runs")
     assert result.returncode == 0, result.stderr

@@ -179,8 +179,10 @@ class ColourAugmentation(RangedAugmentation):
 
 
 class RandAugment(ColourAugmentation):
-    """Applies num_ops operations, drawn per batch from 11 (shear, translation, rotation, brightness, colour,
-    contrast, sharpness, posterization, solarization, auto-contrast, equalization), while training."""
+    """Applies num_ops random operations to each batch while training (RandAugment).
+
+    They are drawn per batch from 11: shear, translation, rotation, brightness, colour (none on gray images),
+    contrast, sharpness, posterization, solarization, auto-contrast and equalization."""
 
     kind = "rand_augment"
     keras_class = "RandAugment"
@@ -191,8 +193,10 @@ class RandAugment(ColourAugmentation):
 
 
 class AugMix(ColourAugmentation):
-    """Mixes num_chains chains of random operations with the image (AugMix), while training; each chain's
-    operations are drawn per batch."""
+    """Mixes chains of random operations into the images while training (AugMix).
+
+    Each chain's operations are drawn per batch from rand_augment's 11, or without all_ops from the 7 that
+    leave brightness, colour, contrast and sharpness alone."""
 
     kind = "aug_mix"
     keras_module = "mnist_keras.model.objects"  # keras.layers.AugMix, its operations drawn per batch
