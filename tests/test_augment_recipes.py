@@ -158,6 +158,20 @@ def test_each_layer_changes_a_gray_batch_while_training_and_is_the_identity_at_i
     np.testing.assert_array_equal(layer(x, training=False).numpy(), x)
 
 
+def test_each_layer_trains_under_mixed_precision():
+    from mnist_keras.backend import keras, tf
+    from mnist_keras.model.build import build_model
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = build_model(Spec.model_validate({"model": {"layers": [*LAYERS, "flatten", {"dense": 10}]},
+                                                 "runtime": {"mixed_precision": "float16"}}))
+        out = tf.function(lambda x: model(x, training=True))(np.ones((4, 28, 28, 1), np.float32) / 2)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert out.shape == (4, 10) and np.isfinite(out.numpy()).all()
+
+
 def test_the_value_range_follows_data_preprocess_and_rescaling_and_a_given_one_stays():
     normalized = layer_spec("rand_augment", {}, normalize={"mean": 0.5, "std": 0.25})
     assert normalized.model.layers[0].rand_augment.value_range == [-2.0, 2.0]
@@ -200,8 +214,6 @@ BAD = {
             "model: {layers: [flatten, {dense: 1}]}", "data.augment.mixup: MixUp mixes the labels", "loss: mse"),
     "sparse": ("data: {augment: {cutmix: 1.0}, preprocess: {one_hot: false}}\nmodel: {layers: [flatten, {dense: 10}]}",
                "data.augment.cutmix: CutMix mixes", "sparse_categorical_crossentropy"),
-    "prob-alone": ("data: {augment: {prob: 0.5}}\nmodel: {layers: [flatten, {dense: 10}]}",
-                   "data.augment.prob: prob is the chance", "both 0"),
     "alpha": ("data: {augment: {mixup: -1}}\nmodel: {layers: [flatten, {dense: 10}]}",
               "data.augment.mixup", "greater than or equal to 0"),
     "channels": ("model: {layers: [{conv2d: {filters: 4, kernel_size: 3}}, {rand_augment: {value_range: [0, 1]}}, "

@@ -190,10 +190,7 @@ TRAIN_SIZES = {"mnist": 60_000, "fashion_mnist": 60_000}  # training images of t
 def augment_problems(data: Data, loss: str) -> list[tuple[tuple, str]]:
     """What data.augment cannot do with the spec's labels (`loss`, resolved), at its spec path."""
     augment = data.augment
-    if not (augment.mixup or augment.cutmix):
-        if "prob" in augment.model_fields_set:
-            return [(("data", "augment", "prob"), "prob is the chance of mixing a batch, but mixup and cutmix are "
-                     "both 0 (off); set data.augment.mixup or data.augment.cutmix, or leave prob out")]
+    if not augment.on():
         return []
     key = "mixup" if augment.mixup else "cutmix"
     what = f"{'MixUp' if augment.mixup else 'CutMix'} mixes the labels of two images into class shares that sum to 1"

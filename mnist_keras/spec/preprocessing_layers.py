@@ -223,6 +223,9 @@ class RandomErasing(RangedAugmentation):
     fill_value: float | None = Field(None, description="the erased pixels' value (default: None, noise: a normal "
                                      "draw times value_range's high, clipped to value_range)")
 
+    def keras_arguments(self):  # Keras' RandomErasing cannot compute in float16 (mixed precision): float32 then
+        return {**super().keras_arguments(), "dtype": "float32"}
+
     @field_validator("scale")
     @classmethod
     def _fraction(cls, scale: list[float]) -> list[float]:
