@@ -219,8 +219,9 @@ BAD = {
     "channels": ("model: {layers: [{conv2d: {filters: 4, kernel_size: 3}}, {rand_augment: {value_range: [0, 1]}}, "
                  "flatten, {dense: 10}]}",
                  "model.layers[1].rand_augment: rand_augment takes gray (1 channel) or RGB", "got 4 channels"),
-    "unknown-range": ("model: {layers: [{conv2d: {filters: 1, kernel_size: 3}}, random_erasing, flatten, "
-                      "{dense: 10}]}", "model.layers[1].random_erasing.value_range", "unknown after a layer other"),
+    "unknown-range": ("model: {layers: [{conv2d: {filters: 1, kernel_size: 3}}, {rescaling: 2.0}, random_erasing, "
+                      "flatten, {dense: 10}]}", "model.layers[2].random_erasing.value_range",
+                      "unknown after a layer other"),
     "flattened": ("model: {layers: [flatten, aug_mix, {dense: 10}]}", "model.layers[1].aug_mix: aug_mix needs an "
                   "image input", "channel_axis"),
     "erasing-scale": ("model: {layers: [{random_erasing: {scale: [0.5, 2]}}, flatten, {dense: 10}]}",

@@ -70,7 +70,8 @@ class AugMix(keras.layers.AugMix):
             return images
         weights = keras.ops.cast(transformation["chain_mixing_weights"], self.compute_dtype)
         kept = keras.ops.cast(transformation["weight_sample"], self.compute_dtype)
-        steps, picks = [self._step(name) for name in self._augment_layers] + [lambda same: same], transformation["picks"]
+        steps = [self._step(name) for name in self._augment_layers] + [lambda same: same]
+        picks = transformation["picks"]
 
         def add_chain(chain, mixed):  # loops, so that each operation is traced once
             chained = keras.ops.fori_loop(0, self.chain_depth,

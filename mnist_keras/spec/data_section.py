@@ -105,6 +105,7 @@ class Augment(StrictModel):
                                                       "with both mixup and cutmix, one of them is drawn per batch")
 
     def on(self) -> bool:
+        """Whether any batch is mixed."""
         return bool(self.mixup or self.cutmix) and self.prob > 0
 
 

@@ -51,7 +51,7 @@ def with_value_ranges(layers: list, pixels: tuple[float, float]) -> list:
         name, layer = entry_content(entry)
         if low is not None and isinstance(layer, RangedAugmentation) and layer.value_range is None:
             entry = entry.model_copy(update={name: layer.model_copy(update={"value_range": [low, high]})})
-        elif isinstance(layer, Rescaling):
+        elif isinstance(layer, Rescaling) and low is not None:
             low, high = sorted(value * layer.scale + layer.offset for value in (low, high))
         elif not isinstance(layer, (ImageAugmentation, Resizing)):
             low = high = None

@@ -148,8 +148,8 @@ class RandomContrast(ValueAugmentation):
 
 
 class RangedAugmentation(ImageAugmentation):
-    """A random transform whose results are clipped to (or filled from) the pixels' `value_range`, which by default
-    is the range data.preprocess gives (see Spec: resolved before planning)."""
+    """A random transform whose results are clipped to (or filled from) the pixels' `value_range`; left out, the
+    spec sets it to the range data.preprocess gives them (layer_plan.with_value_ranges)."""
 
     value_range: ValueRange | None = Field(None, description="[low, high] of the pixels it sees; results are clipped "
                                            "to it (default: the range data.preprocess gives, 0 to 1 with its "
@@ -223,7 +223,8 @@ class RandomErasing(RangedAugmentation):
     fill_value: float | None = Field(None, description="the erased pixels' value (default: None, noise: a normal "
                                      "draw times value_range's high, clipped to value_range)")
 
-    def keras_arguments(self):  # Keras' RandomErasing cannot compute in float16 (mixed precision): float32 then
+    def keras_arguments(self):
+        """Computed in float32: Keras' RandomErasing fails in float16 (mixed precision), on a float16 range."""
         return {**super().keras_arguments(), "dtype": "float32"}
 
     @field_validator("scale")
