@@ -149,7 +149,7 @@ def test_each_layer_changes_a_gray_batch_while_training_and_is_the_identity_at_i
     from mnist_keras.model.build import build_model
 
     spec = layer_spec(kind, LAYERS[kind])
-    assert spec.model.layers[0].__getattribute__(kind).value_range == [0.0, 1.0]  # data.preprocess's default range
+    assert getattr(spec.model.layers[0], kind).value_range == [0.0, 1.0]  # the range of data.preprocess's defaults
     keras.utils.set_random_seed(1)
     layer = build_model(spec).layers[0]
     x = np.random.default_rng(0).random((16, 28, 28, 1), dtype=np.float32)
