@@ -26,9 +26,9 @@ from .fields import PositiveInt, Seed, StrictModel
 from .applications import Described, LayerWeights
 from .backbone_layer import Backbone
 from .layer_base import ShapeError
-from .layer_plan import PlannedLayer, frozen_counts, plan_layers
+from .layer_plan import PlannedLayer, frozen_counts, plan_layers, with_value_ranges
 from .layer_registry import LayerEntry, TemplateEntry
-from .data_section import TRAIN_SIZES, Data, absolute, missing_dataset
+from .data_section import TRAIN_SIZES, Data, absolute, augment_problems, missing_dataset
 from .runtime_section import Runtime
 from .train_section import Train
 from .yamlfile import read_yaml_file
@@ -231,6 +231,7 @@ class Spec(StrictModel):
                 path = ("model", "layers", i, "backbone", name)
                 layers[i] = entry.model_copy(update={"backbone": backbone.model_copy(
                     update={name: resolved(path, getattr(backbone, name))})})
+        layers = with_value_ranges(layers, data.preprocess.pixel_range())
         if self.model.layers:
             object.__setattr__(self, "model", self.model.model_copy(update={"layers": layers}))
         return [], classes
@@ -292,6 +293,7 @@ class Spec(StrictModel):
         """What is wrong with the spec as a whole, as (spec path, message) pairs; `classes`: the class names
         data.num_classes was inferred from, for the message of an output layer that does not fit them."""
         problems = self._label_problems() + self._train_problems() + self._runtime_problems()
+        problems += augment_problems(self.data, self.loss())
         try:
             planned = self.plan()
         except ShapeError as err:
