@@ -15,11 +15,14 @@ def validate(specs, overrides):
     """Check spec files and sweep files (a sweep file's spec at every listed value and range end, as `sweep`
     does before training); print every problem with its file, line and spec path."""
     from ..api import validate as check
+    from ..spec.recipes import recipe_notes
 
     checked, problems = check(specs, overrides)
     for found in checked:
         searched = f"; a sweep of {len(found.searched)} spec paths" if found.searched else ""
         click.echo(f"ok: {found.file} ({found.spec.name}: {found.layers} layers, {found.params:,} parameters{searched})")
+        for note in recipe_notes(found.spec):
+            click.echo(f"  {note}")
     if problems:
         raise UserError(*problems)
 
@@ -56,6 +59,8 @@ def summary(spec, overrides, with_keras):
                    f"{str(backbone).lower()}, {stage.spec.train.optimizer.type} at learning rate "
                    f"{stage.spec.train.optimizer.resolved_learning_rate():g}: {trainable:,} trainable, "
                    f"{frozen:,} frozen")
+    for note in plan.recipes:
+        click.echo(note)
     for line in plan.keras:
         click.echo(line)
 
