@@ -20,7 +20,8 @@ def make_schedule(spec: Spec, steps_per_epoch: int):
         return lr
     total = spec.train.epochs * steps_per_epoch
     if sched.type == "one_cycle":
-        return OneCycle(sched.peak(spec.train.optimizer), total, sched.warmup, sched.div, sched.final_div)
+        peak = sched.max if sched.max is not None else lr
+        return OneCycle(peak, total, sched.warmup, sched.div, sched.final_div)
     per_unit = steps_per_epoch if sched.unit == "epoch" else 1
 
     def steps(count: float) -> int:
