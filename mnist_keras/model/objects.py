@@ -1,10 +1,11 @@
-"""Keras objects of our own (a schedule, a metric, a layer), registered for saving, and loading a saved model.
+"""Keras objects of our own (schedules, a metric, a layer), registered for saving, and loading a saved model.
 
 Cheap to import beside TensorFlow: loading a model never needs the training modules.
 """
 
 from __future__ import annotations
 
+import math
 import stat
 import warnings
 from pathlib import Path
@@ -30,6 +31,38 @@ class InverseTimePower(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self):
         return {"initial_learning_rate": self.initial_learning_rate, "gamma": self.gamma, "power": self.power}
+
+
+def one_cycle(step, total_steps: int, warmup: float, start: float, peak: float, end: float):
+    """PyTorch's OneCycleLR curve at `step` (counted from 0): a cosine from `start` to `peak` up to step
+    warmup * total_steps - 1, then a cosine from `peak` to `end` at step total_steps - 1, `end` after."""
+    turn = warmup * total_steps - 1
+    step = keras.ops.cast(step, "float32")
+
+    def cosine(first: float, last: float, fraction):
+        return last + (first - last) / 2 * (keras.ops.cos(math.pi * fraction) + 1)
+
+    rising = cosine(start, peak, step / max(turn, 1.0))  # a turn before step 1: step 0 is the rise's only step
+    falling = cosine(peak, end, keras.ops.minimum((step - turn) / (total_steps - 1 - turn), 1.0))
+    return keras.ops.where(step <= turn, rising, falling)
+
+
+@keras.saving.register_keras_serializable(package="mnist_keras")
+class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+    """Smith's one-cycle learning rate, as PyTorch's OneCycleLR: from max / div up to max at `warmup` of the
+    steps, then down to max / (div * final_div) at the last."""
+
+    def __init__(self, max_learning_rate: float, total_steps: int, warmup: float, div: float, final_div: float):
+        self.max_learning_rate, self.total_steps, self.warmup = max_learning_rate, total_steps, warmup
+        self.div, self.final_div = div, final_div
+
+    def __call__(self, step):
+        start = self.max_learning_rate / self.div
+        return one_cycle(step, self.total_steps, self.warmup, start, self.max_learning_rate, start / self.final_div)
+
+    def get_config(self):
+        return {"max_learning_rate": self.max_learning_rate, "total_steps": self.total_steps, "warmup": self.warmup,
+                "div": self.div, "final_div": self.final_div}
 
 
 @keras.saving.register_keras_serializable(package="mnist_keras")

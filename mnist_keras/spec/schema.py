@@ -30,7 +30,7 @@ from .layer_plan import PlannedLayer, frozen_counts, plan_layers, with_value_ran
 from .layer_registry import LayerEntry, TemplateEntry
 from .data_section import TRAIN_SIZES, Data, absolute, augment_problems, missing_dataset
 from .runtime_section import Runtime
-from .train_section import Train
+from .train_section import Train, recipe_problems
 from .yamlfile import read_yaml_file
 
 Path = tuple
@@ -349,7 +349,7 @@ class Spec(StrictModel):
         return problems
 
     def _train_problems(self) -> list[tuple[Path, str]]:
-        train, problems = self.train, self._stage_problems()
+        train, problems = self.train, self._stage_problems() + recipe_problems(self.train)
         watched = [(("train", "lr_schedule", "monitor"), getattr(train.lr_schedule, "monitor", None)),
                    (("train", "early_stopping", "monitor"), train.early_stopping and train.early_stopping.monitor)]
         if "monitor" in train.checkpoint.model_fields_set and train.checkpoint.save_best:
