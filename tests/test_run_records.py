@@ -55,6 +55,19 @@ def mk(*args, cwd: Path | None = None, timeout: float = 300) -> subprocess.Compl
                           env=env, cwd=cwd, timeout=timeout)
 
 
+def fresh_process(commands: list[list], cwd: Path) -> list[subprocess.CompletedProcess]:
+    """Each of `commands` (`mnist-keras ARGS`) one after the other in one new process, which loads TensorFlow
+    once: the exit code, stdout and stderr of each."""
+    code = ("import json, sys; from click.testing import CliRunner; from mnist_keras.cli import main; "
+            "print(json.dumps([(r.exit_code, r.stdout, r.stderr) for r in "
+            "(CliRunner().invoke(main, args) for args in json.loads(sys.argv[1]))]))")
+    done = subprocess.run([sys.executable, "-c", code, json.dumps([list(map(str, c)) for c in commands])],
+                          capture_output=True, text=True, cwd=cwd, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [subprocess.CompletedProcess(c, *result) for c, result in zip(commands, json.loads(done.stdout))]
+
+
 def start(*args) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
     return subprocess.Popen([sys.executable, "-m", "mnist_keras", *map(str, args)], stdout=subprocess.PIPE,
@@ -365,13 +378,15 @@ def test_a_fine_tuned_run_stands_on_its_own(trained, tmp_path):
     copy = tmp_path / "ft-copy"
     shutil.copytree(ft, copy)
     moved = pre.parent.parent / "pre-moved"
-    pre.parent.rename(moved)  # the earlier run is gone: real processes, which hold nothing of it
+    pre.parent.rename(moved)  # the earlier run is gone: a new process, which holds nothing of it
     try:
-        assert "digit.png" in ok(mk("predict", ft, tmp_path / "digit.png", cwd=tmp_path))
-        assert "test accuracy" in ok(mk("evaluate", ft, cwd=tmp_path))
-        ok(mk("export", ft, "--out", tmp_path / "export", cwd=tmp_path))
+        predicted, evaluated, exported, resumed = fresh_process(
+            [["predict", ft, tmp_path / "digit.png"], ["evaluate", ft], ["export", ft, "--out", tmp_path / "export"],
+             ["fit", "--resume", copy, "--epochs", 2]], cwd=tmp_path)
+        assert "digit.png" in ok(predicted) and "test accuracy" in ok(evaluated)
+        ok(exported)
         assert (tmp_path / "export/ft/export.json").is_file()
-        ok(mk("fit", "--resume", copy, "--epochs", 2, cwd=tmp_path))
+        ok(resumed)
         assert json.loads((copy / "state.json").read_text())["epochs_done"] == 2
         assert " finished " in ok(in_process("runs", copy.parent))
     finally:
