@@ -24,9 +24,10 @@ from ..runs.files import atomic_write, run_file
 from ..runs.record import RunMetrics, RunState, TestMetrics
 from ..runs.run import Run
 from ..spec import Spec
-from .callbacks import LiveProgbar, finite_or_none, make_callbacks, restore_rng_state
+from .callbacks import finite_or_none, make_callbacks, restore_rng_state
 from .compile import compile_model, current_lr, make_schedule, spans_the_run
 from .distribute import Placement, configure
+from .progress import LiveProgbar
 from ..model.objects import load_model
 
 
