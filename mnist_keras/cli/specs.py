@@ -20,6 +20,8 @@ def validate(specs, overrides):
     for found in checked:
         searched = f"; a sweep of {len(found.searched)} spec paths" if found.searched else ""
         click.echo(f"ok: {found.file} ({found.spec.name}: {found.layers} layers, {found.params:,} parameters{searched})")
+        for line in found.notes:
+            click.echo(f"  {line}")
     if problems:
         raise UserError(*problems)
 
@@ -54,10 +56,16 @@ def summary(spec, overrides, with_keras):
         trainable, frozen = plan.stage_totals(index)
         click.echo(f"Stage {stage.number}: epochs {stage.first + 1}-{stage.end}, backbone trainable: "
                    f"{str(backbone).lower()}, {stage.spec.train.optimizer.type} at learning rate "
-                   f"{stage.spec.train.optimizer.resolved_learning_rate():g}: {trainable:,} trainable, "
-                   f"{frozen:,} frozen")
+                   f"{_rate(stage.spec.train.optimizer)}: {trainable:,} trainable, {frozen:,} frozen")
+    if plan.notes:
+        click.echo(f"Recipes: {'; '.join(plan.notes)}")
     for line in plan.keras:
         click.echo(line)
+
+
+def _rate(optimizer) -> str:
+    """An optimizer's learning rate as written, or `auto` (found when training starts)."""
+    return "auto" if optimizer.learning_rate == "auto" else f"{optimizer.resolved_learning_rate():g}"
 
 
 @click.command()

@@ -30,6 +30,7 @@ from .layer_plan import PlannedLayer, frozen_counts, plan_layers
 from .layer_registry import LayerEntry, TemplateEntry
 from .data_section import TRAIN_SIZES, Data, absolute, missing_dataset
 from .runtime_section import Runtime
+from .targets import target_problems
 from .train_section import Train
 from .yamlfile import read_yaml_file
 
@@ -291,7 +292,7 @@ class Spec(StrictModel):
     def problems(self, classes: list[str] | None = None) -> list[tuple[Path, str]]:
         """What is wrong with the spec as a whole, as (spec path, message) pairs; `classes`: the class names
         data.num_classes was inferred from, for the message of an output layer that does not fit them."""
-        problems = self._label_problems() + self._train_problems() + self._runtime_problems()
+        problems = self._label_problems() + self._train_problems() + self._runtime_problems() + target_problems(self)
         try:
             planned = self.plan()
         except ShapeError as err:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .recipes import recipe_notes
 from .schema import Spec, StagePlan
 from .yamlfile import dotted
 
@@ -32,6 +33,7 @@ class ModelSummary:
     trainable: int
     frozen: int
     keras: list[str] = field(default_factory=list)  # Keras' own summary lines, when asked for
+    notes: list[str] = field(default_factory=list)  # what each training recipe adds (recipes.recipe_notes)
 
     def stage_totals(self, index: int) -> tuple[int, int]:
         """(trainable, frozen) weights of the whole model in stage number index + 1."""
@@ -46,6 +48,6 @@ def summarize_model(spec: Spec) -> ModelSummary:
     layers = [LayerRow(p.name, tuple(p.output_shape), p.trainable + p.non_trainable, [c[i] for c in counts],
                        dotted(p.origin)) for i, p in enumerate(planned)]
     summary = ModelSummary(spec.name, spec.input_shape(), layers, stages,
-                           len(stages) > 1 or spec.backbone() is not None, 0, 0)
+                           len(stages) > 1 or spec.backbone() is not None, 0, 0, notes=recipe_notes(spec))
     summary.trainable, summary.frozen = summary.stage_totals(0)
     return summary

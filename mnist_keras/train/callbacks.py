@@ -1,6 +1,7 @@
-"""The callbacks of a run: epoch statistics, the NaN stop, the graph, and the stateful callbacks
-(plateau, early stopping) that save and restore their own state, then the recorder that writes the
-checkpoint and the run record at the end of each epoch.
+"""The callbacks of a run: epoch statistics, the NaN stop, the graph, the stateful callbacks
+(plateau, early stopping) that save and restore their own state, the stop at train.stop_at's targets, then the
+recorder that writes the checkpoint and the run record (and which rule, if any, ended training) at the end of
+each epoch.
 
 Every write is atomic and state.json is written last, naming the files it belongs to, so a kill at any
 moment leaves the run record and its checkpoints consistent; files no record names are removed after.
@@ -20,6 +21,7 @@ from ..runs.files import atomic_write, run_file
 from ..runs.record import Best
 from ..runs.run import Run
 from ..spec import Spec
+from ..spec.targets import reaches, rises
 from .compile import current_lr
 
 
@@ -148,6 +150,31 @@ class EarlyStop(_OwnState, keras.callbacks.EarlyStopping):
                 self.best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
 
 
+def restore_best_weights(model, callbacks: list) -> None:
+    """For a session that trained nothing (the run had stopped itself, or every epoch was done), what the end of
+    `fit` would do to the model: early stopping's best weights put back (restore_best_weights)."""
+    for callback in callbacks:
+        if isinstance(callback, EarlyStop) and callback.restore_best_weights:
+            callback.set_state(callback.saved)
+            if callback.best_weights is not None:
+                model.set_weights(callback.best_weights)
+
+
+class StopAtTarget(keras.callbacks.Callback):
+    """train.stop_at: ends training after the first epoch that reaches every target (an epoch that lacks one of
+    the metrics, one that does not validate, reaches none). Nothing to resume: the run ends with that epoch."""
+
+    def __init__(self, targets: dict[str, float]):
+        super().__init__()
+        self.targets, self.reached = targets, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if all(name in logs and reaches(name, float(logs[name]), target) for name, target in self.targets.items()):
+            self.reached = epoch
+            self.model.stop_training = True
+
+
 def _seed_states(model) -> dict[str, list]:
     """The random-number state of each dropout or augmentation layer: Keras keeps it out of checkpoints."""
     return {layer.name: [v for v in layer.variables if not any(v is w for w in layer.weights)]
@@ -171,10 +198,17 @@ class RunRecorder(keras.callbacks.Callback):
     best.keras, then state.json pointing at them, then the files it no longer names are removed.
     An epoch whose loss is not finite is not recorded when train.terminate_on_nan stops the run there."""
 
-    def __init__(self, run: Run, stateful: dict):
+    def __init__(self, run: Run, stateful: dict, stop_at: StopAtTarget | None = None):
         super().__init__()
-        self.run, self.stateful, cfg = run, stateful, run.spec.train.checkpoint
-        self.higher_is_better = cfg.mode == "max" or (cfg.mode == "auto" and "acc" in cfg.monitor)
+        self.run, self.stateful, self.stop_at, cfg = run, stateful, stop_at, run.spec.train.checkpoint
+        self.higher_is_better = cfg.mode == "max" or (cfg.mode == "auto" and rises(cfg.monitor))
+
+    def stopped_by(self, epoch: int) -> str | None:
+        """The run's own rule that ends training with this epoch: stop_at first, then early stopping."""
+        if self.stop_at and self.stop_at.reached == epoch:
+            return "stop_at"
+        early = self.stateful.get("early_stopping")
+        return "early_stopping" if early and epoch > 0 and early.stopped_epoch == epoch else None
 
     def improved(self, value: float) -> bool:
         best = self.run.state.best
@@ -194,7 +228,7 @@ class RunRecorder(keras.callbacks.Callback):
             best = Best(monitor=cfg.monitor, value=value, epoch=epoch + 1)
         callbacks = {key: callback.get_state() for key, callback in self.stateful.items()}
         self.run.record_epoch({"epoch": epoch + 1, **logs}, name, best, current_lr(self.model), rng_state(self.model),
-                              callbacks)
+                              callbacks, self.stopped_by(epoch))
         named = {name} | {saved.get("weights") for saved in callbacks.values()}
         for old in [*run_dir.glob("checkpoints/epoch-*.keras"), *run_dir.glob("checkpoints/early-stopping-*.npz")]:
             if f"checkpoints/{old.name}" not in named:
@@ -223,8 +257,9 @@ def make_callbacks(run: Run, images_per_epoch: int) -> tuple[list, NaNGuard | No
             monitor=e.monitor, mode=e.mode, patience=e.patience, min_delta=e.min_delta,
             restore_best_weights=e.restore_best_weights, saved=saved.get("early_stopping"), run_dir=run_dir)
     guard = NaNGuard() if spec.train.terminate_on_nan else None
+    stop_at = StopAtTarget(spec.train.stop_at) if spec.train.stop_at else None
     callbacks = [EpochStats(images_per_epoch, spec), *([guard] if guard else []), *stateful.values(),
-                 RunRecorder(run, stateful)]
+                 *([stop_at] if stop_at else []), RunRecorder(run, stateful, stop_at)]
     tb = spec.train.tensorboard
     if tb.enabled:
         callbacks.append(Board(

@@ -12,9 +12,10 @@ def spans_the_run(spec: Spec) -> bool:
     return sched.type in ("cosine", "polynomial") and not sched.decay_steps
 
 
-def make_schedule(spec: Spec, steps_per_epoch: int):
-    """The learning rate: a float, or a Keras schedule of the optimizer's step counter."""
-    sched, lr = spec.train.lr_schedule, spec.train.optimizer.resolved_learning_rate()
+def make_schedule(spec: Spec, steps_per_epoch: int, found: float | None = None):
+    """The learning rate: a float, or a Keras schedule of the optimizer's step counter; `found`: the rate the run's
+    range test chose, which `learning_rate: auto` stands for (the schedule's base rate)."""
+    sched, lr = spec.train.lr_schedule, spec.train.optimizer.resolved_learning_rate(found)
     if sched.type in ("constant", "plateau"):
         return lr
     per_unit = steps_per_epoch if sched.unit == "epoch" else 1
@@ -53,11 +54,12 @@ def make_loss_and_metrics(spec: Spec):
     return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=smoothing), ["accuracy"]
 
 
-def compile_model(model, spec: Spec, steps_per_epoch: int) -> None:
+def compile_model(model, spec: Spec, steps_per_epoch: int, found: float | None = None) -> None:
+    """Compile as the spec says; `found`: the rate `learning_rate: auto` stands for (make_schedule)."""
     loss, metrics = make_loss_and_metrics(spec)
     group = spec.runtime.steps_per_execution
     model.compile(
-        optimizer=spec.train.optimizer.keras(make_schedule(spec, steps_per_epoch)), loss=loss, metrics=metrics,
+        optimizer=spec.train.optimizer.keras(make_schedule(spec, steps_per_epoch, found)), loss=loss, metrics=metrics,
         jit_compile=spec.runtime.jit_compile, steps_per_execution=steps_per_epoch if group == "epoch" else group,
     )
 
