@@ -81,9 +81,9 @@ def lr_find(spec, overrides, steps, min_lr, max_lr, out, data_dir):
 
     found = find(spec, overrides, steps=steps, min_lr=min_lr, max_lr=max_lr, out=out, data_dir=data_dir,
                  reporter=reporter())
-    end = "the loss diverged" if found.diverged else "the last rate"
+    end = ", where the loss diverged" if found.diverged else ""
     click.echo(f"suggested learning rate {found.suggestion:.3g} ({found.rule}) | {len(found.rates)} steps from "
-               f"{found.rates[0]:.3g} to {found.rates[-1]:.3g}, where {end} | wrote {found.figure}")
+               f"{found.rates[0]:.3g} to {found.rates[-1]:.3g}{end} | wrote {found.figure}")
     for note in found.notes:
         note_line(f"note: {note}")
 
