@@ -4,13 +4,18 @@ checkpoints, TensorBoard, early stopping and stages."""
 from __future__ import annotations
 
 import inspect
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
 
 from .fields import (MAX_COUNT, Count, Fraction, KerasObject, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, StrictModel, type_tag, typed_union)
 from .backbone_layer import Trainable
 
+
+
+# a number or `auto`; anything else is checked as a number alone, so its message names no `auto`
+LearningRate = Annotated[Union[Annotated[PositiveFloat, Tag("rate")], Annotated[Literal["auto"], Tag("auto")]],
+                         Discriminator(lambda value: "auto" if value == "auto" else "rate")]
 
 
 class _Optimizer(KerasObject):
@@ -18,7 +23,7 @@ class _Optimizer(KerasObject):
 
     keras_module = "keras.optimizers"
 
-    learning_rate: PositiveFloat | Literal["auto"] | None = Field(
+    learning_rate: LearningRate | None = Field(
         None, description="the initial learning rate, or `auto`: found by a range test (as `mnist-keras lr-find` "
         "runs it) before the first epoch and recorded in the run, which a resume reads; a schedule starts from the "
         "found rate (a cosine warmup climbs to it) (default: None, Keras' default for the optimizer)")
