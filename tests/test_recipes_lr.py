@@ -221,6 +221,7 @@ def test_learning_rate_auto_records_the_rate_and_a_resume_never_tests_again(tmp_
     ("  stop_at: {val_acc: 0.99}", "train.stop_at.val_acc", "unknown metric 'val_acc' (did you mean 'val_accuracy'?)"),
     ("  stop_at: {accuracy: 99}", "train.stop_at.accuracy", "at most 1, got 99 (did you mean 0.99?)"),
     ("  stop_at: {val_loss: 0}", "train.stop_at.val_loss", "a loss target is above 0"),
+    ("  stop_at: {val_loss: 0.1}\n  validation_freq: 4", "train.stop_at.val_loss", "measured every 4 epochs, so never in 3"),
     ("  stop_at: {}", "train.stop_at", ""),
     ("  optimizer: {type: sgd, learning_rate: auto}\nruntime: {distribute: multi_worker}",
      "train.optimizer.learning_rate", "auto runs a range test on one machine"),

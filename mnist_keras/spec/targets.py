@@ -39,6 +39,9 @@ def _stop_at_problems(spec: Spec) -> list[tuple[tuple, str]]:
         elif metric.startswith("val_") and spec.data.validation == 0:
             problems.append((path, f"'{metric}' is measured on validation images, but data.validation is 0; stop at "
                              f"'{metric.removeprefix('val_')}' or hold out validation images"))
+        elif metric.startswith("val_") and spec.train.validation_freq > spec.train.epochs:
+            problems.append((path, f"'{metric}' is measured every {spec.train.validation_freq} epochs, so never in "
+                             f"{spec.train.epochs}; lower train.validation_freq"))
         elif rises(metric) and not 0 < target <= 1:
             hint = f" (did you mean {target / 100:g}?)" if 1 < target <= 100 else ""
             problems.append((path, f"an accuracy is a fraction of the images, so its target is above 0 and at "
