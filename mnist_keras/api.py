@@ -24,7 +24,6 @@ from .runs.run import Run, open_run
 from .runs.table import RunRow
 from .spec import Spec
 from .spec import load_spec as _load_spec
-from .spec.recipes import recipe_notes
 from .spec.summary import ModelSummary, summarize_model
 from .train.global_state import keeps_global_state
 from .train.lr_find import MAX_LR, MIN_LR, STEPS, LRFinding
@@ -47,15 +46,13 @@ def load_spec(path: str | Path, overrides: Sequence[Any] = (), data_dir: str | N
 @dataclass
 class Checked:
     """A file `validate` found good: the spec it loads (a sweep file's at its space's first point), its planned
-    Keras layers and parameters, the spec paths a sweep file searches (empty for a spec), and what each training
-    recipe adds (a line each)."""
+    Keras layers and parameters, and the spec paths a sweep file searches (empty for a spec)."""
 
     file: str
     spec: Spec
     layers: int
     params: int
     searched: list[str]
-    notes: list[str]
 
 
 def validate(files: Sequence[str | Path], overrides: Sequence[Any] = ()) -> tuple[list[Checked], list[str]]:
@@ -78,7 +75,7 @@ def validate(files: Sequence[str | Path], overrides: Sequence[Any] = ()) -> tupl
             continue
         planned = spec.plan()
         checked.append(Checked(str(file), spec, len(planned), sum(p.trainable + p.non_trainable for p in planned),
-                               searched, recipe_notes(spec)))
+                               searched))
     return checked, problems
 
 

@@ -221,7 +221,8 @@ def test_learning_rate_auto_records_the_rate_and_a_resume_never_tests_again(tmp_
     ("  stop_at: {val_acc: 0.99}", "train.stop_at.val_acc", "unknown metric 'val_acc' (did you mean 'val_accuracy'?)"),
     ("  stop_at: {accuracy: 99}", "train.stop_at.accuracy", "at most 1, got 99 (did you mean 0.99?)"),
     ("  stop_at: {val_loss: 0}", "train.stop_at.val_loss", "a loss target is above 0"),
-    ("  stop_at: {val_loss: 0.1}\n  validation_freq: 4", "train.stop_at.val_loss", "measured every 4 epochs, so never in 3"),
+    ("  stop_at: {val_loss: 0.1}\n  validation_freq: 4", "train.stop_at.val_loss",
+     "measured every 4 epochs, so never in 3"),
     ("  stop_at: {}", "train.stop_at", ""),
     ("  optimizer: {type: sgd, learning_rate: auto}\nruntime: {distribute: multi_worker}",
      "train.optimizer.learning_rate", "auto runs a range test on one machine"),
@@ -249,8 +250,9 @@ def test_validation_images_are_needed_for_a_val_target(tmp_path):
 
 def test_summary_and_validate_say_what_each_recipe_adds(tmp_path):
     (tmp_path / "r.yaml").write_text(spec_text("  stop_at: {val_accuracy: 0.99, val_loss: 0.05}", lr="auto"))
-    lines = ["stop at val_accuracy >= 0.99 and val_loss <= 0.05", "learning rate: found by a range test before training"]
+    lines = ["stop at val_accuracy >= 0.99 and val_loss <= 0.05",
+             "learning rate: found by a range test before training"]
     checked = in_process("validate", "r.yaml", cwd=tmp_path)
     assert checked.returncode == 0 and checked.stdout.splitlines()[1:] == [f"  {line}" for line in lines]
     summary = in_process("summary", "r.yaml", cwd=tmp_path)
-    assert summary.returncode == 0 and f"Recipes: {'; '.join(lines)}" in summary.stdout.splitlines()
+    assert summary.returncode == 0 and summary.stdout.splitlines()[-2:] == lines

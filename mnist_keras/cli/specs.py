@@ -15,13 +15,14 @@ def validate(specs, overrides):
     """Check spec files and sweep files (a sweep file's spec at every listed value and range end, as `sweep`
     does before training); print every problem with its file, line and spec path."""
     from ..api import validate as check
+    from ..spec.recipes import recipe_notes
 
     checked, problems = check(specs, overrides)
     for found in checked:
         searched = f"; a sweep of {len(found.searched)} spec paths" if found.searched else ""
         click.echo(f"ok: {found.file} ({found.spec.name}: {found.layers} layers, {found.params:,} parameters{searched})")
-        for line in found.notes:
-            click.echo(f"  {line}")
+        for note in recipe_notes(found.spec):
+            click.echo(f"  {note}")
     if problems:
         raise UserError(*problems)
 
@@ -57,8 +58,8 @@ def summary(spec, overrides, with_keras):
         click.echo(f"Stage {stage.number}: epochs {stage.first + 1}-{stage.end}, backbone trainable: "
                    f"{str(backbone).lower()}, {stage.spec.train.optimizer.type} at learning rate "
                    f"{_rate(stage.spec.train.optimizer)}: {trainable:,} trainable, {frozen:,} frozen")
-    if plan.notes:
-        click.echo(f"Recipes: {'; '.join(plan.notes)}")
+    for note in plan.recipes:
+        click.echo(note)
     for line in plan.keras:
         click.echo(line)
 

@@ -1,17 +1,13 @@
-"""What each training recipe of a spec adds, a line each, as `summary` and `validate` show them."""
+"""What a spec's training recipes add, one line each, as `summary` and `validate` show them."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from .schema import Spec
 from .targets import shown_target
 
-if TYPE_CHECKING:
-    from .schema import Spec
 
-
-def recipe_notes(spec: Spec) -> list[str]:
-    """A line per recipe the spec turns on, e.g. 'stop at val_accuracy >= 0.99'."""
+def _target_notes(spec: Spec) -> list[str]:
+    """The stop at train.stop_at's targets, and the learning rate a range test finds."""
     notes = []
     if spec.train.stop_at:
         notes.append("stop at " + " and ".join(shown_target(metric, target)
@@ -19,3 +15,8 @@ def recipe_notes(spec: Spec) -> list[str]:
     if spec.train.optimizer.learning_rate == "auto":
         notes.append("learning rate: found by a range test before training")
     return notes
+
+
+def recipe_notes(spec: Spec) -> list[str]:
+    """A line for each recipe the spec uses: stop_at, learning_rate: auto."""
+    return _target_notes(spec)

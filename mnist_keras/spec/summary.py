@@ -33,7 +33,7 @@ class ModelSummary:
     trainable: int
     frozen: int
     keras: list[str] = field(default_factory=list)  # Keras' own summary lines, when asked for
-    notes: list[str] = field(default_factory=list)  # what each training recipe adds (recipes.recipe_notes)
+    recipes: list[str] = field(default_factory=list)  # what the training recipes add (recipes.recipe_notes)
 
     def stage_totals(self, index: int) -> tuple[int, int]:
         """(trainable, frozen) weights of the whole model in stage number index + 1."""
@@ -48,6 +48,7 @@ def summarize_model(spec: Spec) -> ModelSummary:
     layers = [LayerRow(p.name, tuple(p.output_shape), p.trainable + p.non_trainable, [c[i] for c in counts],
                        dotted(p.origin)) for i, p in enumerate(planned)]
     summary = ModelSummary(spec.name, spec.input_shape(), layers, stages,
-                           len(stages) > 1 or spec.backbone() is not None, 0, 0, notes=recipe_notes(spec))
+                           len(stages) > 1 or spec.backbone() is not None, 0, 0)
     summary.trainable, summary.frozen = summary.stage_totals(0)
+    summary.recipes = recipe_notes(spec)
     return summary
