@@ -53,7 +53,7 @@ def table(cls: type[BaseModel], title: str) -> list[str]:
 def reference() -> str:
     sections = [
         (schema.Spec, "top level"), (data_section.Data, "data"), (data_section.Preprocess, "data.preprocess"),
-        (data_section.Normalize, "data.preprocess.normalize"), (schema.Model, "model"), (train_section.Train, "train"),
+        (data_section.Normalize, "data.preprocess.normalize"), (data_section.Augment, "data.augment"), (schema.Model, "model"), (train_section.Train, "train"),
     ]
     sections += [(cls, f"train.optimizer: {cls.model_fields['type'].default}") for cls in
                  typing.get_args(typing.get_args(train_section.Optimizer)[0])]

@@ -1,6 +1,7 @@
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import traceback
 from pathlib import Path
@@ -8,20 +9,34 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# One pytest-xdist worker per core, each one TensorFlow thread per op: the default (a thread per core in every
+# worker, and in every process a test starts) only has the workers' threads wait for each other's cores.
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "model_specs"
 
 
-def in_process(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def in_process(*args, cwd: Path | None = None, within: int | None = None) -> subprocess.CompletedProcess:
     """`python -m mnist_keras ARGS` in `cwd`, run in this process (CliRunner): the exit code, stdout and stderr of
     the command, without a process start, which is most of the time of a command refused before TensorFlow loads.
-    An exception that is no exit (a traceback in a real process) fails the test."""
+    An exception that is no exit (a traceback in a real process) fails the test, and so does a command still
+    running after `within` seconds (a `serve` that should have been refused, and would serve for ever)."""
     from click.testing import CliRunner
 
     from mnist_keras.cli import main
 
-    with contextlib.chdir(cwd or Path.cwd()):
-        result = CliRunner().invoke(main, [str(arg) for arg in args])
+    def too_long(*_):
+        raise TimeoutError(f"mnist-keras {' '.join(map(str, args))} still running after {within} s")
+
+    previous = signal.signal(signal.SIGALRM, too_long) if within else None
+    signal.alarm(within or 0)
+    try:
+        with contextlib.chdir(cwd or Path.cwd()):
+            result = CliRunner().invoke(main, [str(arg) for arg in args])
+    finally:
+        if within:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         pytest.fail("".join(traceback.format_exception(result.exception)))
     return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
@@ -92,3 +107,15 @@ def tiny_server(tiny_run):
 
     with Server(tiny_run) as server:
         yield server
+
+
+# The modules that take longest, first: pytest-xdist hands each worker one module at a time in this order, so the
+# short ones fill the gaps at the end instead of one long module running alone while the other workers wait.
+LONGEST_FIRST = ["test_hostile_streaming", "test_transfer", "test_faults", "test_sweeps", "test_own_images",
+                 "test_run_records", "test_export", "test_api", "test_serve", "test_sweeps_input", "test_distribute",
+                 "test_train", "test_hostile_specs", "test_sweeps_grid", "test_streaming", "test_keras_workaround"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(Path(item.fspath).stem, len(rank)))  # stable: test order kept

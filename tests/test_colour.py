@@ -5,29 +5,20 @@ files do (data.preprocess.fit, the same code)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import in_process as cli  # the commands in this process: no TensorFlow import each
 from mnist_keras.data import load_arrays, make_pipelines, sources
 from mnist_keras.data import loading
 from mnist_keras.data.images import image_array
 from mnist_keras.errors import UserError
 from mnist_keras.spec import Data, Spec
 
-ROOT = Path(__file__).resolve().parents[1]
 RED, GREEN, BLUE, GRAY = (255, 0, 0), (0, 255, 0), (0, 0, 255), (90, 90, 90)
-
-
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "-m", "mnist_keras", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=400)
 
 
 def test_a_colour_backbone_trains_on_the_bundled_mnist_without_a_circle(tmp_path):

@@ -141,7 +141,10 @@ def test_json_nested_too_deep_is_named_by_every_command(run, tmp_path, file, sha
     for args in (["fit", "--resume", run, "--epochs", 2], ["evaluate", run],
                  ["export", run, "--out", tmp_path / "out"]):
         refused(in_process(*args), where)
-    refused(mk("serve", run, "--port", 0, timeout=60), where)  # a real process: a server would not return
+    if (file, shape) == ("state.json", "list"):  # one real process, the others in this one
+        refused(mk("serve", run, "--port", 0, timeout=60), where)
+    else:
+        refused(in_process("serve", run, "--port", 0, within=60), where)
     listed = in_process("runs", run.parent.parent)
     assert listed.returncode == 0 and "unreadable" in listed.stdout and where in listed.stderr, listed
     assert (run / file).read_text() == text and not (tmp_path / "out").exists()

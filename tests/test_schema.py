@@ -35,11 +35,17 @@ def _fields(cls: type[KerasObject]):
 
 @pytest.mark.parametrize("cls", KERAS_CLASSES, ids=lambda cls: cls.__name__)
 def test_defaults_are_keras_defaults(cls):
-    """Each field is an argument of the Keras class with Keras' default; a default that differs
-    (None: Keras decides, or one where Keras has none) must say so in its description."""
+    """Each field is an argument of the Keras class with Keras' default (or, in `keras_names`, stands for Keras
+    arguments); a default that differs (None: Keras decides, or one where Keras has none) must say so in its
+    description."""
     keras_cls = getattr(importlib.import_module(cls.keras_module), cls.keras_class)
     parameters = inspect.signature(keras_cls.__init__).parameters
     for name, field in _fields(cls):
+        standing_for = getattr(cls, "keras_names", {}).get(name)
+        if standing_for:
+            assert set(standing_for) <= set(parameters), f"{cls.__name__}.{name}: {standing_for} not all arguments"
+            assert "default" in (field.description or ""), f"{cls.__name__}.{name} does not say its default"
+            continue
         assert name in parameters, f"{cls.__name__}.{name} is not an argument of {cls.keras_class}"
         keras_default, default = parameters[name].default, field.default
         if default is PydanticUndefined or _plain(default) == _plain(keras_default):

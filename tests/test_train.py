@@ -312,3 +312,19 @@ def test_nan_loss_stops_with_epoch_and_step_named(group, step, tiny, tmp_path):
     assert result.exit_code == 1, result.output
     assert f"the loss became NaN in epoch 1, by step {step};" in result.stderr
     assert json.loads((only_run(tmp_path / "runs") / "state.json").read_text())["status"] == "failed"
+
+
+def test_a_ctrl_c_that_tensorflow_cleanup_turned_into_another_error_is_still_a_ctrl_c():
+    """A Ctrl-C while a function is traced came out of TensorFlow's graph-stack cleanup as an AssertionError
+    (`Nesting violated for default stack`) and ended the run with a traceback instead of "interrupted"."""
+    from mnist_keras.train.session import _ctrl_c_kept
+
+    with pytest.raises(KeyboardInterrupt):
+        with _ctrl_c_kept():
+            try:
+                raise KeyboardInterrupt
+            finally:
+                raise AssertionError("Nesting violated for default stack")
+    with pytest.raises(AssertionError):  # any other error stays what it is
+        with _ctrl_c_kept():
+            raise AssertionError("a real one")

@@ -6,8 +6,9 @@ draws batches of indices and gathers them: one gather per batch, run in parallel
 Files (streaming.py): `cache: memory` decodes each split once into uint8 arrays and goes on as
 above; `none` and `disk` read each image of an epoch's order as it is drawn, in parallel and in
 order, so only the indices are held in memory (a file that fails to decode then: `Pipelines.failure`).
-The order of epoch e is a stateless shuffle seeded by (seed, e) alone, so a run resumed at epoch k
-sees the very batches an uninterrupted run saw in epoch k.
+The order of epoch e is a stateless shuffle seeded by (seed, e) alone, and the MixUp and CutMix of its
+training batches (data.augment, mixing.py) stateless draws from (seed, e, batch index), so a run resumed at
+epoch k sees the very batches an uninterrupted run saw in epoch k.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Callable
 
 from ..errors import UserError
 from ..spec import Data, Preprocess, Spec
+from .mixing import mixer
 from .sources import Arrays, _silent
 from .streaming import Stream, cache_mode, file_images
 
@@ -138,9 +140,12 @@ def make_pipelines(spec: Spec, data, start_epoch: int = 0, cache_dir: str | None
             out = out.concatenate(tf.data.Dataset.from_tensors(order[full * batch:]))
         return out
 
-    def batches(split, orders, drop_remainder=False, refill=False):
+    mix = d.augment.on() and mixer(d.augment, spec.seed, steps)
+
+    def batches(split, orders, drop_remainder=False, refill=False, mixed_from=None):
         """(images, labels) batches of each index vector of `orders`, one vector after the other. Streamed images
-        skipped as they are read (Stream.images) are replaced with `refill`, else leave their batch smaller."""
+        skipped as they are read (Stream.images) are replaced with `refill`, else leave their batch smaller.
+        `mixed_from`: the global index of the first batch, whose batches are mixed (data.augment; training only)."""
         x, y = split
         with tf.device("/CPU:0"):
             y = tf.constant(y)
@@ -165,6 +170,8 @@ def make_pipelines(spec: Spec, data, start_epoch: int = 0, cache_dir: str | None
 
             out = orders.flat_map(plain(lambda order: index_batches(order, drop_remainder)))
             out = out.map(plain(take), num_parallel_calls=2)
+        if mixed_from is not None:
+            out = out.enumerate(mixed_from).map(plain(mix), num_parallel_calls=2)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         # Gathering batches from memory needs no tuning, and tf.data's autotuning thread held the iterator's
@@ -193,7 +200,7 @@ def make_pipelines(spec: Spec, data, start_epoch: int = 0, cache_dir: str | None
 
     def train_from(epoch: int):
         return batches(splits[0], tf.data.Dataset.range(epoch, spec.train.epochs).map(plain(order)), d.drop_remainder,
-                       refill=True)
+                       refill=True, mixed_from=epoch * steps if mix else None)
 
     train = train_from(start_epoch)
     shape = tuple(train.element_spec[0].shape[1:])

@@ -10,6 +10,7 @@ def build_model(spec: Spec):
     the first stage says. Under mixed precision a parameter-free float32 layer ends it, so the logits and the
     loss stay in float32."""
     from ..backend import keras
+    from .objects import OWN_LAYERS
 
     layers, shape = [keras.Input(shape=spec.input_shape(), name="image")], spec.input_shape()
     for planned in spec.plan():
@@ -18,7 +19,8 @@ def build_model(spec: Spec):
 
             layers.append(build_backbone(spec, planned, shape))
         else:
-            layers.append(planned.layer.keras(planned.name))
+            with keras.saving.custom_object_scope(OWN_LAYERS):
+                layers.append(planned.layer.keras(planned.name))
         shape = planned.output_shape
     mixed = spec.runtime.mixed_precision
     if mixed and (mixed != "auto" or keras.mixed_precision.global_policy().name != "float32"):

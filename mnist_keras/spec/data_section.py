@@ -13,8 +13,6 @@ from pydantic import (AfterValidator, BeforeValidator, Field, PrivateAttr, Valid
 from .fields import Fraction, NonNegativeInt, PositiveFloat, PositiveInt, Side, StrictModel
 from .messages import did_you_mean
 
-
-
 DATASET_FORMS = ("mnist or fashion_mnist, a folder of IDX files, an .npz file, a .json.gz file (mnist.json.gz: "
                  "train, validation and test splits), a folder of class folders (optionally inside train/, test/ "
                  "and validation/), or a .csv of path,label lines")
@@ -82,6 +80,34 @@ class Preprocess(StrictModel):
     one_hot: bool = Field(True, description="one-hot labels (categorical loss); false gives integer labels "
                           "(sparse loss)")
 
+    def pixel_range(self) -> tuple[float, float]:
+        """The lowest and highest value a pixel can take after scale, offset and normalize (over every channel)."""
+        ends = [0 * self.scale + self.offset, 255 * self.scale + self.offset]
+        if self.normalize:
+            mean, std = self.normalize.mean, self.normalize.std
+            channels = max(len(v) if isinstance(v, list) else 1 for v in (mean, std))
+            ends = [(end - (mean[c] if isinstance(mean, list) else mean)) / (std[c] if isinstance(std, list) else std)
+                    for end in ends for c in range(channels)]
+        return min(ends), max(ends)
+
+
+Alpha = Annotated[float, Field(ge=0, le=100)]
+
+
+class Augment(StrictModel):
+    """MixUp and CutMix of training batches in the input pipeline: images and one-hot labels mixed in pairs."""
+
+    mixup: Alpha = Field(0.0, description="MixUp: alpha of the Beta(alpha, alpha) each image's share is drawn from "
+                         "(0.2 is usual); the image is blended with another of its batch, labels alike; 0: off")
+    cutmix: Alpha = Field(0.0, description="CutMix: alpha of the Beta(alpha, alpha) of each image's kept area (1.0 is "
+                          "usual); a box of another image of its batch is pasted in, labels mixed by area; 0: off")
+    prob: Annotated[float, Field(ge=0, le=1)] = Field(1.0, description="the chance that a batch is mixed at all; "
+                                                      "with both mixup and cutmix, one of them is drawn per batch")
+
+    def on(self) -> bool:
+        """Whether any batch is mixed."""
+        return bool(self.mixup or self.cutmix) and self.prob > 0
+
 
 class Data(StrictModel):
     """Where the images come from and how the tf.data pipeline feeds them."""
@@ -111,6 +137,8 @@ class Data(StrictModel):
                 "{class name: weight}, 1 for the classes not named (default: none, all 1)")
     max_train: PositiveInt | None = Field(None, description="use only the first N training images (quick runs)")
     preprocess: Preprocess = Field(Preprocess(), description="pixel and label transforms")
+    augment: Augment = Field(Augment(), description="MixUp and CutMix of training batches (never of validation or "
+                             "test batches)")
     shuffle: NonNegativeInt | Literal["all"] = Field(
         "all", description="all: a fresh uniform permutation each epoch; N: a buffer of N (moves each image "
         "fewer than N places); 0: off")
@@ -158,3 +186,20 @@ class Data(StrictModel):
 
 
 TRAIN_SIZES = {"mnist": 60_000, "fashion_mnist": 60_000}  # training images of the named datasets
+
+
+def augment_problems(data: Data, loss: str) -> list[tuple[tuple, str]]:
+    """What data.augment cannot do with the spec's labels (`loss`, resolved), at its spec path."""
+    augment = data.augment
+    if not augment.on():
+        return []
+    key = "mixup" if augment.mixup else "cutmix"
+    what = f"{'MixUp' if augment.mixup else 'CutMix'} mixes the labels of two images into class shares that sum to 1"
+    if loss == "mse":
+        return [(("data", "augment", key), f"{what}, but loss: mse regresses the label value itself; train a "
+                 "classifier (data.preprocess.one_hot: true, train.loss: auto) or leave data.augment out")]
+    if loss == "sparse_categorical_crossentropy":
+        return [(("data", "augment", key), f"{what}, which needs one-hot labels, but the loss is "
+                 "sparse_categorical_crossentropy (integer labels); set data.preprocess.one_hot: true and "
+                 "train.loss: auto (or categorical_crossentropy)")]
+    return []

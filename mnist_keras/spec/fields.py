@@ -31,8 +31,12 @@ class KerasObject(StrictModel):
                 if name != "type" and getattr(self, name) is not None}
 
     def keras_config(self) -> dict[str, Any]:
-        """`{module, class_name, config}`, the form Keras' `get` and `deserialize` take."""
-        return {"module": self.keras_module, "class_name": self.keras_class, "config": self.keras_arguments()}
+        """`{module, class_name, config}`, the form Keras' `get` and `deserialize` take; a class of our own
+        (mnist_keras.model.objects) is found by its registered name, `mnist_keras>NAME`."""
+        config = {"module": self.keras_module, "class_name": self.keras_class, "config": self.keras_arguments()}
+        if self.keras_module.startswith("mnist_keras."):
+            config["registered_name"] = f"mnist_keras>{self.keras_class}"
+        return config
 
 
 MAX_INT = 2**31 - 1  # TensorFlow's int32 limit; larger counts and sizes cannot work

@@ -9,7 +9,7 @@ from .applications import Described
 from .backbone_layer import Backbone
 from .layer_base import Layer, Shape, ShapeError
 from .layer_registry import entry_content
-from .preprocessing_layers import ImageAugmentation
+from .preprocessing_layers import ImageAugmentation, RangedAugmentation, Rescaling, Resizing
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,23 @@ def _check_first(planned: list[PlannedLayer], path: tuple) -> None:
     if before:
         raise ShapeError(f"a backbone must be the first layer (only augmentation layers may come before it), "
                          f"but {', '.join(before)} come{'s' * (len(before) == 1)} before it")
+
+
+def with_value_ranges(layers: list, pixels: tuple[float, float]) -> list:
+    """`model.layers` with each augmentation that leaves value_range out given the range of the pixels it sees:
+    `pixels` (data.preprocess's) through the rescaling (and resizing) before it. After another kind of layer the
+    range is unknown, and value_range stays None (planning refuses it)."""
+    resolved, low, high = [], *pixels
+    for entry in layers:
+        name, layer = entry_content(entry)
+        if low is not None and isinstance(layer, RangedAugmentation) and layer.value_range is None:
+            entry = entry.model_copy(update={name: layer.model_copy(update={"value_range": [low, high]})})
+        elif isinstance(layer, Rescaling) and low is not None:
+            low, high = sorted(value * layer.scale + layer.offset for value in (low, high))
+        elif not isinstance(layer, (ImageAugmentation, Resizing)):
+            low = high = None
+        resolved.append(entry)
+    return resolved
 
 
 def plan_layers(entries: list[tuple[tuple, Any]], input_shape: Shape, num_classes: int,

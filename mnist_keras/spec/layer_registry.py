@@ -15,9 +15,12 @@ from .layer_base import Layer
 from .macros import ConvPoolStack, DenseStack, LeNet5, Macro
 from .messages import did_you_mean
 from .preprocessing_layers import (
+    AugMix,
+    RandAugment,
     RandomBrightness,
     RandomContrast,
     RandomCrop,
+    RandomErasing,
     RandomFlip,
     RandomRotation,
     RandomTranslation,
@@ -31,7 +34,7 @@ LAYERS: dict[str, type[Layer]] = {
     cls.kind: cls
     for cls in (Dense, Conv2D, MaxPool2D, AvgPool2D, Flatten, Dropout, BatchNorm, Activation, Reshape, Resizing,
                 Rescaling, RandomTranslation, RandomRotation, RandomZoom, RandomFlip, RandomCrop,
-                RandomBrightness, RandomContrast, Backbone)
+                RandomBrightness, RandomContrast, RandAugment, AugMix, RandomErasing, Backbone)
 }
 MACROS: dict[str, type[Macro]] = {cls.kind: cls for cls in (DenseStack, ConvPoolStack, LeNet5)}
 TEMPLATES: dict[str, type[Macro]] = {"lenet5": LeNet5}

@@ -26,12 +26,12 @@ from .fields import PositiveInt, Seed, StrictModel
 from .applications import Described, LayerWeights
 from .backbone_layer import Backbone
 from .layer_base import ShapeError
-from .layer_plan import PlannedLayer, frozen_counts, plan_layers
+from .layer_plan import PlannedLayer, frozen_counts, plan_layers, with_value_ranges
 from .layer_registry import LayerEntry, TemplateEntry
-from .data_section import TRAIN_SIZES, Data, absolute, missing_dataset
+from .data_section import TRAIN_SIZES, Data, absolute, augment_problems, missing_dataset
 from .runtime_section import Runtime
 from .targets import target_problems
-from .train_section import Train
+from .train_section import Train, recipe_problems
 from .yamlfile import read_yaml_file
 
 Path = tuple
@@ -232,6 +232,7 @@ class Spec(StrictModel):
                 path = ("model", "layers", i, "backbone", name)
                 layers[i] = entry.model_copy(update={"backbone": backbone.model_copy(
                     update={name: resolved(path, getattr(backbone, name))})})
+        layers = with_value_ranges(layers, data.preprocess.pixel_range())
         if self.model.layers:
             object.__setattr__(self, "model", self.model.model_copy(update={"layers": layers}))
         return [], classes
@@ -292,7 +293,8 @@ class Spec(StrictModel):
     def problems(self, classes: list[str] | None = None) -> list[tuple[Path, str]]:
         """What is wrong with the spec as a whole, as (spec path, message) pairs; `classes`: the class names
         data.num_classes was inferred from, for the message of an output layer that does not fit them."""
-        problems = self._label_problems() + self._train_problems() + self._runtime_problems() + target_problems(self)
+        problems = self._label_problems() + self._train_problems() + self._runtime_problems()
+        problems += augment_problems(self.data, self.loss()) + target_problems(self)
         try:
             planned = self.plan()
         except ShapeError as err:
@@ -348,7 +350,7 @@ class Spec(StrictModel):
         return problems
 
     def _train_problems(self) -> list[tuple[Path, str]]:
-        train, problems = self.train, self._stage_problems()
+        train, problems = self.train, self._stage_problems() + recipe_problems(self.train)
         watched = [(("train", "lr_schedule", "monitor"), getattr(train.lr_schedule, "monitor", None)),
                    (("train", "early_stopping", "monitor"), train.early_stopping and train.early_stopping.monitor)]
         if "monitor" in train.checkpoint.model_fields_set and train.checkpoint.save_best:

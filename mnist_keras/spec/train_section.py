@@ -1,15 +1,18 @@
-"""The `train` section of a spec: optimizers and learning-rate schedules (each naming its Keras class),
-checkpoints, TensorBoard, early stopping and stages."""
+"""The `train` section of a spec: optimizers (each naming its Keras class), checkpoints, TensorBoard, early
+stopping and stages, and the cross-checks of its training recipes; the schedules are in schedules.py."""
 
 from __future__ import annotations
 
 import inspect
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
-from .fields import (MAX_COUNT, Count, Fraction, KerasObject, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, StrictModel, type_tag, typed_union)
+from .fields import (Fraction, KerasObject, NonNegativeFloat, PositiveFloat, PositiveInt, StrictModel, type_tag,
+                     typed_union)
 from .backbone_layer import Trainable
+from .schedules import Constant, LRSchedule, MinDelta, Mode, Monitor, Patience
+from .yamlfile import dotted
 
 
 
@@ -26,13 +29,22 @@ class _Optimizer(KerasObject):
     learning_rate: LearningRate | None = Field(
         None, description="the initial learning rate, or `auto`: found by a range test (as `mnist-keras lr-find` "
         "runs it) before the first epoch and recorded in the run, which a resume reads; a schedule starts from the "
-        "found rate (a cosine warmup climbs to it) (default: None, Keras' default for the optimizer)")
+        "found rate (a cosine warmup, and one_cycle without max, climb to it) (default: None, Keras' default for "
+        "the optimizer)")
     weight_decay: NonNegativeFloat | None = Field(None, description="decoupled weight decay (default: None, none)")
     clipnorm: PositiveFloat | None = Field(None, description="clip each gradient to this norm (default: None, off)")
     clipvalue: PositiveFloat | None = Field(None, description="clip each gradient value to +-this (default: None, "
                                             "off)")
     global_clipnorm: PositiveFloat | None = Field(None, description="clip all gradients to this global norm "
                                                   "(default: None, off)")
+    ema: Annotated[float, Field(gt=0, lt=1)] | None = Field(
+        None, description="keep an exponential moving average of the weights with this momentum, e.g. 0.999 (Keras' "
+        "use_ema and ema_momentum): validation, the test set, the checkpoints, the saved model and exports use the "
+        "averaged weights, training goes on from the raw ones. The average starts at the first step's weights, so "
+        "it wants a run of well over 1 / (1 - ema) steps (default: None, off)")
+
+    keras_names: ClassVar[dict[str, tuple[str, ...]]] = {"ema": ("use_ema", "ema_momentum")}  # spec field -> Keras'
+    momentum_name: ClassVar[str | None] = None  # the argument a one-cycle schedule cycles, where there is one
 
     @model_validator(mode="after")
     def _one_clip(self):
@@ -40,13 +52,25 @@ class _Optimizer(KerasObject):
             raise ValueError("use only one of clipnorm, clipvalue, global_clipnorm")
         return self
 
+    def keras_arguments(self) -> dict[str, Any]:
+        arguments = super().keras_arguments()
+        ema = arguments.pop("ema", None)
+        return arguments if ema is None else {**arguments, "use_ema": True, "ema_momentum": ema}
+
+    def momentum_argument(self) -> str | None:
+        """The momentum argument (momentum or beta_1), None where the optimizer has none or it is 0."""
+        name = self.momentum_name
+        return name if name and getattr(self, name) > 0 else None
+
     def keras(self, learning_rate):
         """The Keras optimizer with this spec's arguments and `learning_rate` (a float or a Keras
-        LearningRateSchedule), made by Keras' registry."""
+        LearningRateSchedule), made by Keras' deserializer as a saved model's is (Keras 3.15's
+        keras.optimizers.get does not know Lamb)."""
         from ..backend import keras
 
         config = self.keras_config()
-        return keras.optimizers.get({**config, "config": {**config["config"], "learning_rate": learning_rate}})
+        return keras.saving.deserialize_keras_object(
+            {**config, "config": {**config["config"], "learning_rate": learning_rate}})
 
     def resolved_learning_rate(self, found: float | None = None) -> float:
         """The spec's learning_rate; for `auto`, `found`: the rate the run's range test chose, as the run records
@@ -67,13 +91,14 @@ Epsilon = Annotated[PositiveFloat, Field(description="added to denominators, for
 
 
 class SGD(_Optimizer):
-    keras_class = "SGD"
+    keras_class, momentum_name = "SGD", "momentum"
     type: Literal["sgd"] = type_tag("sgd", "optimizer")
     momentum: Momentum = 0.0
     nesterov: bool = Field(False, description="Nesterov momentum")
 
 
 class _AdamFamily(_Optimizer):
+    momentum_name = "beta_1"
     beta_1: Fraction = Field(0.9, description="decay rate of the running mean of the gradients")
     beta_2: Fraction = Field(0.999, description="decay rate of the running mean of the squared gradients")
     epsilon: Epsilon = 1e-7
@@ -97,7 +122,7 @@ class Nadam(_AdamFamily):
 
 
 class RMSprop(_Optimizer):
-    keras_class = "RMSprop"
+    keras_class, momentum_name = "RMSprop", "momentum"
     type: Literal["rmsprop"] = type_tag("rmsprop", "optimizer")
     rho: Fraction = Field(0.9, description="decay rate of the running mean of the squared gradients")
     momentum: Momentum = 0.0
@@ -119,106 +144,63 @@ class Adadelta(_Optimizer):
     epsilon: Epsilon = 1e-7
 
 
-Optimizer = typed_union(SGD, Adam, AdamW, Nadam, RMSprop, Adagrad, Adadelta, default="adam")
+class Adamax(_AdamFamily):
+    """Adam with the infinity norm of the gradients in place of their mean square."""
+
+    keras_class = "Adamax"
+    type: Literal["adamax"] = type_tag("adamax", "optimizer")
 
 
-class _Schedule(StrictModel):
-    unit: Literal["epoch", "step"] = Field("epoch", description="the unit of every count below")
+class Lamb(_AdamFamily):
+    """Adam with each layer's step scaled by its weights' norm over the step's (layer-wise trust ratio)."""
+
+    keras_class = "Lamb"
+    type: Literal["lamb"] = type_tag("lamb", "optimizer")
 
 
-Decay = Annotated[float, Field(gt=0, le=1)]
-EVERY = "epochs or steps per decay (at most 1e9)"
+class Lion(_Optimizer):
+    """The sign of a running mean of the gradients (Chen et al., 2023); usually wants a 3-10x smaller learning
+    rate than Adam and a larger weight decay."""
+
+    keras_class = "Lion"
+    type: Literal["lion"] = type_tag("lion", "optimizer")
+    beta_1: Annotated[float, Field(gt=0, le=1)] = Field(0.9, description="how much of the running mean, against the "
+                                                        "gradient, the step's sign is taken of")
+    beta_2: Fraction = Field(0.99, description="decay rate of the running mean of the gradients")
 
 
-class Constant(_Schedule):
-    """The learning rate stays as it is."""
+class Adafactor(_Optimizer):
+    """Adam's second moments factored into row and column means, with steps relative to the weights' size."""
 
-    type: Literal["constant"] = type_tag("constant", "schedule")
-
-
-class Exponential(_Schedule):
-    """lr * decay_rate ** (t / every)."""
-
-    type: Literal["exponential"] = type_tag("exponential", "schedule")
-    decay_rate: Decay = Field(description="the factor per `every`")
-    every: Count = Field(1, description=EVERY)
-    staircase: bool = Field(False, description="decay in steps (floor of t / every) instead of smoothly")
-
-
-class Step(_Schedule):
-    """lr * gamma ** floor(t / every)."""
-
-    type: Literal["step"] = type_tag("step", "schedule")
-    every: Count = Field(description=EVERY)
-    gamma: Decay = Field(0.1, description="the factor per `every`")
+    keras_class = "Adafactor"
+    type: Literal["adafactor"] = type_tag("adafactor", "optimizer")
+    beta_2_decay: Annotated[float, Field(lt=0)] = Field(-0.8, description="the second moments decay at rate "
+                                                        "1 - step ** beta_2_decay")
+    epsilon_1: PositiveFloat = Field(1e-30, description="added to the squared gradients")
+    epsilon_2: PositiveFloat = Field(1e-3, description="the smallest weight scale a step is relative to")
+    clip_threshold: PositiveFloat = Field(1.0, description="clip each update's root mean square to this")
+    relative_step: bool = Field(True, description="with a constant learning rate, use min(learning_rate, "
+                                "1 / sqrt(step))")
 
 
-class MultiStep(_Schedule):
-    """lr * gamma ** (number of milestones passed)."""
+class Ftrl(_Optimizer):
+    """Follow The Regularized Leader, with its own L1 and L2 penalties (McMahan et al., 2013)."""
 
-    type: Literal["multistep"] = type_tag("multistep", "schedule")
-    milestones: Annotated[list[Count], Field(min_length=1)] = Field(
-        description="strictly increasing times (at most 1e9) at which lr is multiplied by gamma")
-    gamma: Decay = Field(0.1, description="the factor at each milestone")
-
-    @model_validator(mode="after")
-    def _increasing(self):
-        if any(b <= a for a, b in zip(self.milestones, self.milestones[1:])):
-            raise ValueError("milestones must be strictly increasing")
-        return self
-
-
-class Polynomial(_Schedule):
-    """From lr to end_learning_rate over decay_steps (default: the whole run), with `power`."""
-
-    type: Literal["polynomial"] = type_tag("polynomial", "schedule")
-    end_learning_rate: NonNegativeFloat = Field(0.0001, description="the learning rate at the end of the decay")
-    decay_steps: Count | None = Field(None, description="length of the decay, at most 1e9 (default: the whole run)")
-    power: PositiveFloat = Field(1.0, description="the polynomial's power (1: linear)")
+    keras_class = "Ftrl"
+    type: Literal["ftrl"] = type_tag("ftrl", "optimizer")
+    learning_rate_power: Annotated[float, Field(le=0)] = Field(-0.5, description="how the per-weight rate falls as "
+                                                               "its gradients add up (0: a fixed rate)")
+    initial_accumulator_value: NonNegativeFloat = Field(0.1, description="starting value of the accumulators")
+    l1_regularization_strength: NonNegativeFloat = Field(0.0, description="the L1 penalty")
+    l2_regularization_strength: NonNegativeFloat = Field(0.0, description="the L2 penalty")
+    l2_shrinkage_regularization_strength: NonNegativeFloat = Field(0.0, description="an L2 penalty on the "
+                                                                   "magnitude of the weights")
+    beta: NonNegativeFloat = Field(0.0, description="added to the accumulators' square root (FTRL's beta)")
 
 
-class Cosine(_Schedule):
-    """Linear warmup from 0 to lr, then cosine decay to alpha * lr over decay_steps."""
+Optimizer = typed_union(SGD, Adam, AdamW, Nadam, RMSprop, Adagrad, Adadelta, Adamax, Lamb, Lion, Adafactor, Ftrl,
+                        default="adam")
 
-    type: Literal["cosine"] = type_tag("cosine", "schedule")
-    decay_steps: Count | None = Field(None, description="length of the decay, at most 1e9 (default: the whole run "
-                                      "after warmup)")
-    alpha: Fraction = Field(0.0, description="the final learning rate as a fraction of lr")
-    warmup: Annotated[float, Field(ge=0, le=MAX_COUNT)] = Field(
-        0, description="length of the linear warmup (at most 1e9)")
-
-
-class InverseTime(_Schedule):
-    """Caffe's "inv" policy: lr * (1 + gamma * t) ** -power."""
-
-    type: Literal["inverse_time"] = type_tag("inverse_time", "schedule")
-    gamma: PositiveFloat = Field(description="how fast the rate falls, per unit")
-    power: PositiveFloat = Field(1.0, description="the exponent")
-
-
-Monitor = Annotated[str, Field(description="the metric watched: loss, accuracy, or val_loss / val_accuracy (these "
-                                           "need validation images: data.validation > 0)")]
-Mode = Annotated[Literal["auto", "min", "max"], Field(description="whether the monitored metric should fall (min) "
-                                                                  "or rise (max); auto: rise for accuracy")]
-Patience = Annotated[NonNegativeInt, Field(description="epochs without improvement before acting")]
-MinDelta = Annotated[NonNegativeFloat, Field(description="the smallest change that counts as an improvement")]
-
-
-class Plateau(StrictModel):
-    """Multiply lr by `factor` when `monitor` stops improving for `patience` epochs."""
-
-    type: Literal["plateau"] = type_tag("plateau", "schedule")
-    monitor: Monitor = "val_loss"
-    factor: Annotated[float, Field(gt=0, lt=1)] = Field(0.1, description="multiplies lr at each plateau")
-    patience: Patience = 5
-    min_delta: MinDelta = 1e-4
-    cooldown: NonNegativeInt = Field(0, description="epochs to wait after a reduction before watching again")
-    min_lr: NonNegativeFloat = Field(0.0, description="the learning rate never falls below this")
-
-
-LRSchedule = typed_union(
-    Constant, Exponential, Step, MultiStep, Polynomial, Cosine, InverseTime, Plateau, default="constant"
-)
 
 
 class Checkpoint(StrictModel):
@@ -300,3 +282,46 @@ class Train(StrictModel):
                 isinstance(s, dict) and type(s.get("epochs")) is int for s in stages):
             data = {**data, "epochs": max(1, sum(s["epochs"] for s in stages))}
         return data
+
+
+def _trainings(train: Train) -> list[tuple[Any, tuple, Any, tuple, int]]:
+    """(optimizer, its spec path, schedule, its spec path, epochs trained) of each stage, or of the whole run."""
+    if not train.stages:
+        return [(train.optimizer, ("train", "optimizer"), train.lr_schedule, ("train", "lr_schedule"), train.epochs)]
+    parts, first = [], 0
+    for i, stage in enumerate(train.stages):
+        if first >= train.epochs:
+            break
+        own = ("train", "stages", i)
+        parts.append((stage.optimizer or train.optimizer, own + ("optimizer",) if stage.optimizer else
+                      ("train", "optimizer"), stage.lr_schedule or train.lr_schedule,
+                      own + ("lr_schedule",) if stage.lr_schedule else ("train", "lr_schedule"),
+                      min(stage.epochs, train.epochs - first)))
+        first += stage.epochs
+    return parts
+
+
+def recipe_problems(train: Train) -> list[tuple[tuple, str]]:
+    """What contradicts itself in the training recipes (EMA, one-cycle), each at its spec path."""
+    problems: dict[tuple, str] = {}
+    for optimizer, where, schedule, scheduled, epochs in _trainings(train):
+        if optimizer.ema is not None and epochs == 1:
+            problems[where + ("ema",)] = (
+                "an average of the weights over a one-epoch run: Keras' average starts at the first step's weights "
+                f"and keeps {optimizer.ema:g} of itself each step, so after one epoch it still lags far behind the "
+                "training; train for more epochs or leave ema out")
+        if schedule.type != "one_cycle":
+            continue
+        rate = optimizer.learning_rate
+        if schedule.max is not None and isinstance(rate, float) and schedule.max < rate:
+            problems[scheduled + ("max",)] = (
+                f"one_cycle peaks at max = {schedule.max:g}, below {dotted(where)}.learning_rate = {rate:g}; the "
+                "cycle starts at max / div and rises to max: set max to the peak you want, or leave it out to peak "
+                "at the learning rate")
+        if schedule.cycle_momentum and not optimizer.momentum_argument():
+            name = optimizer.momentum_name
+            has = f"{name} is 0" if name else f"{optimizer.type} has no momentum"
+            problems[scheduled + ("cycle_momentum",)] = (
+                f"cycle_momentum: true, but {dotted(where)} has nothing to cycle ({has}); set cycle_momentum: false, "
+                "or use sgd or rmsprop with momentum, or adam, adamw, nadam, adamax or lamb")
+    return list(problems.items())

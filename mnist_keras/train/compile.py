@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from ..backend import keras
+from ..backend import keras, tf
 from ..spec import Spec
-from ..model.objects import InverseTimePower, rounded_accuracy
+from ..model.objects import InverseTimePower, OneCycle, one_cycle, rounded_accuracy
+
 
 def spans_the_run(spec: Spec) -> bool:
-    """True for a schedule whose length is the run's (cosine or polynomial without decay_steps)."""
+    """True for a schedule whose length is the run's (one-cycle, cosine or polynomial without decay_steps)."""
     sched = spec.train.lr_schedule
-    return sched.type in ("cosine", "polynomial") and not sched.decay_steps
+    return sched.type == "one_cycle" or sched.type in ("cosine", "polynomial") and not sched.decay_steps
 
 
 def make_schedule(spec: Spec, steps_per_epoch: int, found: float | None = None):
@@ -18,8 +19,11 @@ def make_schedule(spec: Spec, steps_per_epoch: int, found: float | None = None):
     sched, lr = spec.train.lr_schedule, spec.train.optimizer.resolved_learning_rate(found)
     if sched.type in ("constant", "plateau"):
         return lr
-    per_unit = steps_per_epoch if sched.unit == "epoch" else 1
     total = spec.train.epochs * steps_per_epoch
+    if sched.type == "one_cycle":
+        peak = sched.max if sched.max is not None else lr
+        return OneCycle(peak, total, sched.warmup, sched.div, sched.final_div)
+    per_unit = steps_per_epoch if sched.unit == "epoch" else 1
 
     def steps(count: float) -> int:
         return max(1, round(count * per_unit))
@@ -44,6 +48,62 @@ def make_schedule(spec: Spec, steps_per_epoch: int, found: float | None = None):
     return InverseTimePower(lr, sched.gamma / per_unit, sched.power)  # inverse_time; gamma per step
 
 
+class CycledMomentum(float):
+    """An optimizer's momentum (or beta_1) under a one-cycle schedule. Keras' optimizers test it in Python when
+    they build and trace (`momentum != 0`) and save it in their config: there it is the float it was. In the
+    update, which TensorFlow traces once, it is a tensor, `current()`, that the traced function computes afresh
+    at each step: tf.convert_to_tensor calls __tf_tensor__, and the arithmetic below computes with it."""
+
+    dtype = "float32"  # Keras infers the dtype of what it computes with from this, not from the class's name
+
+    def __new__(cls, nominal: float, current):
+        cycled = super().__new__(cls, nominal)
+        cycled.current = current
+        return cycled
+
+    def __tf_tensor__(self, dtype=None, name=None):
+        return tf.cast(self.current(), dtype or "float32", name=name)
+
+    def __reduce__(self):  # a copy is the float
+        return float, (float(self),)
+
+    def __add__(self, other):
+        return self.current() + other
+
+    def __radd__(self, other):
+        return other + self.current()
+
+    def __sub__(self, other):
+        return self.current() - other
+
+    def __rsub__(self, other):
+        return other - self.current()
+
+    def __mul__(self, other):
+        return self.current() * other
+
+    def __rmul__(self, other):
+        return other * self.current()
+
+    def __truediv__(self, other):
+        return self.current() / other
+
+    def __rtruediv__(self, other):
+        return other / self.current()
+
+
+def cycle_momentum(optimizer, spec: Spec, steps_per_epoch: int) -> None:
+    """One-cycle's momentum cycle, where the spec's schedule has one: the optimizer's momentum (or beta_1) moves
+    from max_momentum down to base_momentum and back, inversely to the rate, step by step."""
+    sched = spec.train.lr_schedule
+    name = sched.cycled(spec.train.optimizer) if sched.type == "one_cycle" else None
+    if name:
+        inner = getattr(optimizer, "inner_optimizer", optimizer)  # under a LossScaleOptimizer
+        total, high = spec.train.epochs * steps_per_epoch, sched.max_momentum
+        setattr(inner, name, CycledMomentum(getattr(inner, name), lambda: one_cycle(
+            inner.iterations, total, sched.warmup, high, sched.base_momentum, high)))
+
+
 def make_loss_and_metrics(spec: Spec):
     loss = spec.loss()
     if loss == "mse":
@@ -58,8 +118,10 @@ def compile_model(model, spec: Spec, steps_per_epoch: int, found: float | None =
     """Compile as the spec says; `found`: the rate `learning_rate: auto` stands for (make_schedule)."""
     loss, metrics = make_loss_and_metrics(spec)
     group = spec.runtime.steps_per_execution
+    optimizer = spec.train.optimizer.keras(make_schedule(spec, steps_per_epoch, found))
+    cycle_momentum(optimizer, spec, steps_per_epoch)
     model.compile(
-        optimizer=spec.train.optimizer.keras(make_schedule(spec, steps_per_epoch, found)), loss=loss, metrics=metrics,
+        optimizer=optimizer, loss=loss, metrics=metrics,
         jit_compile=spec.runtime.jit_compile, steps_per_execution=steps_per_epoch if group == "epoch" else group,
     )
 

@@ -25,8 +25,9 @@ from ..runs.record import RangeTest, RunMetrics, RunState, TestMetrics
 from ..runs.run import Run
 from ..spec import Spec
 from .callbacks import finite_or_none, make_callbacks, restore_best_weights, restore_rng_state
-from .compile import compile_model, current_lr, make_schedule, spans_the_run
+from .compile import compile_model, current_lr, cycle_momentum, make_schedule, spans_the_run
 from .distribute import Placement, configure
+from .ema import with_averaged_weights
 from .progress import LiveProgbar
 from ..model.objects import load_model
 
@@ -148,6 +149,8 @@ def train_run(run: Run, prepared: Prepared, notify: Callable[[str], None], verbo
             model = _resumed_model(current.spec, run_dir, state, pipes.steps_per_epoch,
                                    None if staged else extended_from, notify)
             compiled = current if start > current.first or not staged else None  # the checkpoint's optimizer
+            if compiled:
+                cycle_momentum(model.optimizer, current.spec, pipes.steps_per_epoch)
         else:
             if spec.train.optimizer.learning_rate == "auto" and state.range_test is None:
                 _find_rate(run, pipes, class_weight, notify)
@@ -159,6 +162,7 @@ def train_run(run: Run, prepared: Prepared, notify: Callable[[str], None], verbo
         callbacks += list(extra_callbacks)
         if verbose:
             callbacks.append(LiveProgbar(poll=spec.runtime.steps_per_execution != 1, epochs=spec.train.epochs))
+        callbacks = with_averaged_weights(callbacks, spec, resumed=compiled is not None)
         run.begin(placement.described, data.provenance, data.class_names)
         notify(f"mnist-keras: training {spec.name} on {placement.described}, {pipes.n_train:,} train / "
                f"{pipes.n_val:,} validation / {pipes.n_test:,} test images, " +

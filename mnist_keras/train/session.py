@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -79,13 +80,30 @@ def _diff(old: str, new: str) -> str:
     return "\n".join(line for line in lines if not line.startswith("@@"))
 
 
+@contextmanager
+def _ctrl_c_kept():
+    """A Ctrl-C stays a KeyboardInterrupt: landing while TensorFlow traces a function, it can come out of
+    TensorFlow's cleanup as another error (an AssertionError of its graph stack) whose cause it is."""
+    try:
+        yield
+    except Exception as err:
+        cause, seen = err, set()
+        while cause is not None and id(cause) not in seen and not isinstance(cause, KeyboardInterrupt):
+            seen.add(id(cause))
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, KeyboardInterrupt):
+            raise KeyboardInterrupt from err
+        raise
+
+
 def _train(spec: Spec, run_dir: Path | None, runs: str | Path | None, state: RunState, reporter: Reporter,
            cluster: dict | None, grows: int | None = None, callbacks: tuple = ()) -> Run:
     """Prepare, then train in `run_dir` (a new run under `runs` when None); the typed errors on failure."""
     from .loop import prepare, train_run
 
     try:
-        prepared = prepare(spec, state.data_dir, cluster, reporter)
+        with _ctrl_c_kept():
+            prepared = prepare(spec, state.data_dir, cluster, reporter)
     except KeyboardInterrupt:
         raise Interrupted("interrupted before training began; nothing was written") from None
     if not prepared.placement.is_chief:
@@ -97,7 +115,8 @@ def _train(spec: Spec, run_dir: Path | None, runs: str | Path | None, state: Run
             if not new:
                 remove_partial_files(run.path)
             run.write_spec()
-            train_run(run, prepared, reporter, reporter.verbose, grows, callbacks)
+            with _ctrl_c_kept():
+                train_run(run, prepared, reporter, reporter.verbose, grows, callbacks)
         except UserError:  # refused before the first epoch began (a backbone's weights, the data's batches)
             if new:
                 run.discard_if_unrecorded()
@@ -122,7 +141,8 @@ def _train_worker(spec: Spec, chief_run_dir: Path | None, prepared, state: RunSt
     with scratch_run_dir(chief_run_dir) as scratch:
         run = Run(scratch, spec, state)
         try:
-            train_run(run, prepared, reporter, reporter.verbose)
+            with _ctrl_c_kept():
+                train_run(run, prepared, reporter, reporter.verbose)
         except TrainingFailed:
             raise TrainingFailed(f"{prepared.placement.described}: the loss became NaN; the chief's run keeps the "
                                  "last good checkpoint") from None
