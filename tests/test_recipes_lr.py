@@ -214,6 +214,26 @@ def test_learning_rate_auto_records_the_rate_and_a_resume_never_tests_again(tmp_
     assert state["history"][1]["learning_rate"] == pytest.approx(found["rate"], rel=1e-6)
 
 
+def test_the_found_rate_is_the_base_or_peak_of_every_schedule(tmp_path):
+    """`auto` stands for the rate a run found: a decay starts from it, a cosine warmup and one_cycle without a
+    max climb to it (no training: the schedules as compile_model makes them)."""
+    from mnist_keras.spec.loader import load_spec
+    from mnist_keras.train.compile import make_schedule
+
+    def schedule(sched: str):
+        (tmp_path / "s.yaml").write_text(spec_text(f"  lr_schedule: {sched}", lr="auto"))
+        return make_schedule(load_spec(tmp_path / "s.yaml"), 4, found=0.02)
+
+    assert schedule("constant") == 0.02
+    assert float(schedule("{type: exponential, decay_rate: 0.5}")(0)) == pytest.approx(0.02)
+    assert float(schedule("{type: cosine, warmup: 1}")(4)) == pytest.approx(0.02)
+    assert float(schedule("{type: one_cycle, warmup: 0.25}")(2)) == pytest.approx(0.02)  # the peak: step 3 of 12
+    assert float(schedule("{type: one_cycle, max: 0.1, warmup: 0.25}")(2)) == pytest.approx(0.1)
+    (tmp_path / "s.yaml").write_text(spec_text(lr="auto"))
+    with pytest.raises(ValueError, match="auto stands for the rate a run's range test found"):
+        make_schedule(load_spec(tmp_path / "s.yaml"), 4)
+
+
 # ---------------------------------------------------------------------------------- specs
 
 
@@ -249,10 +269,12 @@ def test_validation_images_are_needed_for_a_val_target(tmp_path):
 
 
 def test_summary_and_validate_say_what_each_recipe_adds(tmp_path):
-    (tmp_path / "r.yaml").write_text(spec_text("  stop_at: {val_accuracy: 0.99, val_loss: 0.05}", lr="auto"))
-    lines = ["stop at val_accuracy >= 0.99 and val_loss <= 0.05",
+    (tmp_path / "r.yaml").write_text(spec_text("  stop_at: {val_accuracy: 0.99, val_loss: 0.05}\n"
+                                               "  lr_schedule: {type: one_cycle}", lr="auto"))
+    lines = ["one-cycle: lr peak / 25 -> peak at 30% -> peak / 250000, the peak found by a range test, beta_1 0.95 "
+             "-> 0.85 -> 0.95", "stop at val_accuracy >= 0.99 and val_loss <= 0.05",
              "learning rate: found by a range test before training"]
     checked = in_process("validate", "r.yaml", cwd=tmp_path)
     assert checked.returncode == 0 and checked.stdout.splitlines()[1:] == [f"  {line}" for line in lines]
     summary = in_process("summary", "r.yaml", cwd=tmp_path)
-    assert summary.returncode == 0 and summary.stdout.splitlines()[-2:] == lines
+    assert summary.returncode == 0 and summary.stdout.splitlines()[-3:] == lines
