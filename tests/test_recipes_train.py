@@ -1,6 +1,7 @@
 """Training recipes of the optimizer: the new Keras optimizers, the average of the weights (EMA), the one-cycle
 schedule and its momentum cycle; their formulas without training, then one staged run through the real `fit`
-(recorded step by step) and the same run interrupted twice and resumed, which must end bit for bit alike."""
+(recorded step by step) with every recipe (also MixUp and CutMix, RandAugment, AugMix, RandomErasing, label
+smoothing), and the same run interrupted twice mid-epoch and resumed, which must end bit for bit alike."""
 
 from __future__ import annotations
 
@@ -164,10 +165,18 @@ def test_summary_and_validate_show_what_the_recipes_add(write_spec):
 STAGED = """
 name: recipes
 seed: 5
-data: {source: bundled, max_train: 512, validation: 128, batch_size: 64}
+data:
+  source: bundled
+  max_train: 512
+  validation: 128
+  batch_size: 64
+  preprocess: {one_hot: true}
+  augment: {mixup: 0.2, cutmix: 1.0, prob: 0.8}
 model:
-  layers: [flatten, {dense: {units: 16, activation: relu}}, {dropout: 0.2}, {dense: 10}]
+  layers: [rand_augment, aug_mix, random_erasing, flatten, {dense: {units: 16, activation: relu}}, {dropout: 0.2},
+           {dense: 10}]
 train:
+  label_smoothing: 0.1
   epochs: 4
   optimizer: {type: sgd, learning_rate: 0.05, momentum: 0.9, ema: 0.8}
   lr_schedule: {type: one_cycle, max: 0.2}
