@@ -16,7 +16,8 @@ _HOMES = {
     "predict": "api", "sweep": "api", "export": "api", "export_all": "api", "Exports": "api", "summary": "api",
     "keras_summary": "api", "schema": "api", "list_runs": "api", "validate": "api", "Checked": "api",
     "load_model": "api", "report": "api", "devices": "api", "serve": "api", "data_info": "api", "DataInfo": "api",
-    "data_preview": "api", "DataPreview": "api", "data_check": "api", "DataCheck": "api",
+    "data_preview": "api", "DataPreview": "api", "data_check": "api", "DataCheck": "api", "lr_find": "api",
+    "LRFinding": "api",
     "Reporter": "api", "Run": "api", "Spec": "spec", "Error": "errors", "UserError": "errors",
     "TrainingFailed": "errors", "ExportFailed": "errors", "Interrupted": "errors",
 }

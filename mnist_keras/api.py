@@ -7,6 +7,7 @@
     run = mk.fit(spec, runs="runs")       # an mk.Run: run.path, run.metrics.test.accuracy
     model = mk.load_model(run)            # the trained keras model
     run = mk.resume(mk.open_run(run.path), epochs=2)
+    found = mk.lr_find(spec, out="lr-find.png")  # the learning-rate range test: found.suggestion, found.rule
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .spec import Spec
 from .spec import load_spec as _load_spec
 from .spec.summary import ModelSummary, summarize_model
 from .train.global_state import keeps_global_state
+from .train.lr_find import MAX_LR, MIN_LR, STEPS, LRFinding
 from .train.session import fit_run, resume_run
 
 if TYPE_CHECKING:
@@ -124,6 +126,21 @@ def resume(run: Run | str | Path, epochs: int | None = None, *, data_dir: str | 
         spec, overrides = load_spec(spec, overrides, data_dir), ()
     return resume_run(run, epochs, data_dir=data_dir, device=device, distribute=distribute, overrides=overrides,
                       spec=spec, cluster=cluster, reporter=reporter, callbacks=callbacks)
+
+
+@keeps_global_state
+def lr_find(spec: Spec | str | Path, overrides: Sequence[Any] = (), *, steps: int = STEPS, min_lr: float = MIN_LR,
+            max_lr: float = MAX_LR, out: str | Path | None = None, data_dir: str | None = None,
+            reporter: Reporter | None = None) -> LRFinding:
+    """The learning-rate range test of `spec` (a Spec, or a spec file loaded with `overrides`): a fresh model from
+    it trains on its training data for up to `steps` steps at a rate rising exponentially from `min_lr` to
+    `max_lr`, stopping once the smoothed loss diverges; returns an LRFinding (rates, losses, smoothed losses,
+    the suggested rate and its rule, notes) and writes its figure to `out` when given. No run directory is made,
+    and the process's global settings are left as found."""
+    from .train.lr_find import find_learning_rate
+
+    return find_learning_rate(_spec_of(spec, overrides, data_dir), data_dir, steps, min_lr, max_lr,
+                              None if out is None else Path(out), reporter or Reporter())
 
 
 @keeps_global_state
@@ -335,7 +352,7 @@ def data_check(spec: str | Path | None = None, dataset: str | Path | None = None
     return check_dataset(data_spec(spec, dataset, overrides, data_dir), data_dir)
 
 
-__all__ = ["Checked", "DataCheck", "DataInfo", "DataPreview", "Exports", "Reporter", "Run", "build_model",
+__all__ = ["Checked", "DataCheck", "DataInfo", "DataPreview", "Exports", "LRFinding", "Reporter", "Run", "build_model",
            "data_check", "data_info", "data_preview", "devices", "evaluate", "export", "export_all", "fit",
-           "keras_summary", "list_runs", "load_model", "load_spec", "open_run", "predict", "report", "resume",
-           "schema", "serve", "summary", "sweep", "validate"]
+           "keras_summary", "list_runs", "load_model", "load_spec", "lr_find", "open_run", "predict", "report",
+           "resume", "schema", "serve", "summary", "sweep", "validate"]

@@ -61,7 +61,7 @@ def test_live_progbar_moves_within_one_execution():
     """steps_per_execution: epoch, and the bar still shows steps before the epoch's one call returns."""
     import keras
 
-    from mnist_keras.train.callbacks import LiveProgbar
+    from mnist_keras.train.progress import LiveProgbar
 
     shown = []
 

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import ROOT
-from mnist_keras.train.callbacks import FittedBar
+from mnist_keras.train.progress import FittedBar
 
 EPOCH_END = [("accuracy", 0.97812), ("loss", 0.07123), ("val_accuracy", 0.98121), ("val_loss", 0.06312),
              ("learning_rate", 0.002), ("epoch_seconds", 1.8237), ("images_per_second", 5682.175)]

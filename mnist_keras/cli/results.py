@@ -10,12 +10,13 @@ from .options import note
 @click.command()
 @click.argument("root", default="runs", required=False)
 def runs(root):
-    """A table of the runs under ROOT (default: runs): name, start, epochs, accuracies, state, directory."""
+    """A table of the runs under ROOT (default: runs): name, start, epochs, accuracies, time to target (of runs
+    that stopped at train.stop_at), state, directory."""
     from ..api import list_runs
-    from ..runs.table import COLUMNS, format_table
+    from ..runs.table import columns_of, format_table
 
     rows = list_runs(root)
-    click.echo(format_table([row.columns() for row in rows], COLUMNS))
+    click.echo(format_table([row.columns() for row in rows], columns_of(rows)))
     for row in rows:
         if row.reason:
             click.echo(f"unreadable: {row.reason}", err=True)

@@ -57,12 +57,16 @@ def summary(spec, overrides, with_keras):
         trainable, frozen = plan.stage_totals(index)
         click.echo(f"Stage {stage.number}: epochs {stage.first + 1}-{stage.end}, backbone trainable: "
                    f"{str(backbone).lower()}, {stage.spec.train.optimizer.type} at learning rate "
-                   f"{stage.spec.train.optimizer.resolved_learning_rate():g}: {trainable:,} trainable, "
-                   f"{frozen:,} frozen")
+                   f"{_rate(stage.spec.train.optimizer)}: {trainable:,} trainable, {frozen:,} frozen")
     for note in plan.recipes:
         click.echo(note)
     for line in plan.keras:
         click.echo(line)
+
+
+def _rate(optimizer) -> str:
+    """An optimizer's learning rate as written, or `auto` (found when training starts)."""
+    return "auto" if optimizer.learning_rate == "auto" else f"{optimizer.resolved_learning_rate():g}"
 
 
 @click.command()

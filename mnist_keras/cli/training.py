@@ -1,11 +1,13 @@
-"""`fit`, `evaluate`, `predict` and `devices`: training a spec, and its model measured and used."""
+"""`fit`, `lr-find`, `evaluate`, `predict` and `devices`: training a spec (and its learning rate found), and its model
+measured and used."""
 
 from __future__ import annotations
 
 import click
 
 from ..errors import UserError
-from .options import flag_overrides, overrides_option, reporter
+from ..train.lr_find import MAX_LR, MAX_STEPS, MIN_LR, STEPS
+from .options import flag_overrides, note as note_line, overrides_option, reporter
 
 
 def _fit_summary(run) -> str:
@@ -15,6 +17,9 @@ def _fit_summary(run) -> str:
     accuracy = "nan" if test.accuracy is None else f"{test.accuracy:.2%}"
     head = f"test accuracy {accuracy}, loss {loss} | {metrics.epochs_done} epochs in {seconds:.1f} s, " \
            f"{metrics.images_per_second:,.0f} images/s"
+    if metrics.stopped:
+        head += f" | stopped after epoch {metrics.stopped.epoch}: {metrics.stopped.reason()}"
+        head += f" in {metrics.stopped.seconds:.1f} s" if metrics.stopped.by == "stop_at" else ""
     if run.path is None:
         return f"{metrics.device}: {head} | weights {metrics.weights_sha256} | the chief writes the run"
     weights = f" | weights {metrics.weights_sha256}" if run.spec.runtime.distribute == "multi_worker" else ""
@@ -52,6 +57,35 @@ def fit(spec, overrides, epochs, data_dir, device, distribute, workers, task_ind
         run = api.fit(spec, runs_root, overrides=[*overrides, *flag_overrides(epochs, device, distribute, name)],
                       data_dir=data_dir, cluster=cluster, reporter=reporter())
     click.echo(_fit_summary(run))
+
+
+@click.command("lr-find")
+@click.argument("spec")
+@overrides_option
+@click.option("--steps", type=int, default=STEPS, show_default=True,
+              help=f"Steps of the test, 10 to {MAX_STEPS:,}; it stops sooner once the loss diverges.")
+@click.option("--min-lr", type=float, default=MIN_LR, show_default=True, help="The learning rate of the first step.")
+@click.option("--max-lr", type=float, default=MAX_LR, show_default=True, help="The learning rate of the last step.")
+@click.option("--out", type=click.Path(dir_okay=False), default="lr-find.png", show_default=True,
+              help="The figure to write: loss against learning rate, the suggestion marked.")
+@click.option("--data-dir", type=click.Path(), help="A folder with the dataset's files (IDX or .npz), tried first.")
+def lr_find(spec, overrides, steps, min_lr, max_lr, out, data_dir):
+    """Find a learning rate for SPEC: the range test (Smith; fastai's lr_find).
+
+    A fresh model from the spec trains on its training data for up to --steps steps while the learning rate
+    rises exponentially from --min-lr to --max-lr; the test stops once the smoothed loss passes 4 times its
+    lowest. It prints the suggested rate (a tenth of the rate at the lowest smoothed loss) and writes the figure;
+    it leaves no run directory. `train.optimizer.learning_rate: auto` runs the same test inside `fit`.
+    """
+    from ..api import lr_find as find
+
+    found = find(spec, overrides, steps=steps, min_lr=min_lr, max_lr=max_lr, out=out, data_dir=data_dir,
+                 reporter=reporter())
+    end = ", where the loss diverged" if found.diverged else ""
+    click.echo(f"suggested learning rate {found.suggestion:.3g} ({found.rule}) | {len(found.rates)} steps from "
+               f"{found.rates[0]:.3g} to {found.rates[-1]:.3g}{end} | wrote {found.figure}")
+    for note in found.notes:
+        note_line(f"note: {note}")
 
 
 @click.command()

@@ -66,13 +66,14 @@ def _column(value: Any) -> bool | float | str:
     return str(value) if isinstance(value, int) else json.dumps(value)
 
 
-def hparams(spec: Spec) -> dict[str, bool | float | str]:
+def hparams(spec: Spec, found: float | None = None) -> dict[str, bool | float | str]:
     """The run's hyperparameters for the HParams dashboard, named by their spec paths (the five of SHOWN
     capitalised): the main ones, then each overridden path (spec.overrides) with its resolved value (what the
     spec holds after validation, so 1 and 1.0 for a float agree across runs, and an override of a main one is
-    the same column)."""
+    the same column). `found`: the rate `learning_rate: auto` stands for in the run."""
     values: dict[str, Any] = {
-        "train.optimizer.type": spec.train.optimizer.type, "train.optimizer.learning_rate": spec.train.optimizer.resolved_learning_rate(),
+        "train.optimizer.type": spec.train.optimizer.type,
+        "train.optimizer.learning_rate": spec.train.optimizer.resolved_learning_rate(found),
         "train.lr_schedule.type": spec.train.lr_schedule.type, "data.batch_size": spec.data.batch_size,
         "train.epochs": spec.train.epochs, "model.layers": layer_sizes(spec),
         "model.params": sum(p.trainable + p.non_trainable for p in spec.plan()), "seed": spec.seed,
@@ -95,9 +96,9 @@ def _image(figure) -> np.ndarray:
 class RunDescription(keras.callbacks.Callback):
     """At the start of training: the resolved spec as text (fresh runs only) and the HParams session."""
 
-    def __init__(self, log_dir: Path, spec: Spec, resumed: bool):
+    def __init__(self, log_dir: Path, spec: Spec, resumed: bool, found: float | None = None):
         super().__init__()
-        self.log_dir, self.spec, self.resumed = log_dir, spec, resumed
+        self.log_dir, self.spec, self.resumed, self.found = log_dir, spec, resumed, found
 
     def on_train_begin(self, logs=None):
         writer = tf.summary.create_file_writer(str(self.log_dir))
@@ -105,7 +106,7 @@ class RunDescription(keras.callbacks.Callback):
             if not self.resumed:
                 tf.summary.text("spec", f"```yaml\n{dump_spec(self.spec)}```")
             run_dir = self.log_dir.parent  # each run its own HParams row, named by its directory (a resume: the same):
-            hp.hparams(hparams(self.spec), trial_id=f"{run_dir.name} {run_dir.parent.name}")  # the part that differs first
+            hp.hparams(hparams(self.spec, self.found), trial_id=f"{run_dir.name} {run_dir.parent.name}")  # the part that differs first
         writer.close()
 
 
@@ -153,7 +154,7 @@ class ValidationImages(keras.callbacks.Callback):
 
 def dashboard_callbacks(spec: Spec, log_dir: Path, state: RunState, arrays, validation) -> list:
     """The callbacks above for this run; no validation images without a validation set or for a regression."""
-    callbacks: list = [RunDescription(log_dir, spec, bool(state.epochs_done))]
+    callbacks: list = [RunDescription(log_dir, spec, bool(state.epochs_done), state.found_learning_rate())]
     if validation is None or spec.loss() == "mse" or not hasattr(arrays, "x_train"):  # images in memory only
         return callbacks
     images, labels = data_splits(spec.data, arrays)[1]

@@ -24,7 +24,9 @@ from ..errors import UserError
 from ..runs.files import write_json, write_text
 from ..runs.run import Run, open_run
 from ..spec import dump_spec
-from .plots import confusion_figure, confusion_matrix, curves_figure, misclassified_figure, per_class_figure
+from ..spec.targets import shown_target
+from .plots import confusion_figure, confusion_matrix, curves_figure, misclassified_figure, per_class_figure, \
+    save_figure
 
 MISCLASSIFIED_SHOWN = 40
 
@@ -45,14 +47,6 @@ def test_predictions(run: Run, data_dir: str | None, notify: Callable[[str], Non
     return arrays.x_test, arrays.y_test.astype(np.int64), predicted, model_file, names
 
 
-def _save(figure, path: Path) -> str:
-    try:
-        figure.savefig(path)
-    except OSError as err:
-        raise UserError(f"{path}: cannot write: {err.strerror or err}") from None
-    return path.name
-
-
 def _legend(label: str, run: Run) -> str:
     """'tiny/20261125-105842 (learning_rate=0.01)': the run and the last part of each overridden path."""
     sets = [f"{path.rpartition('.')[2]}={value}" for path, value in run.state.overrides.items()]
@@ -71,6 +65,14 @@ def _metrics_rows(run: Run) -> list[tuple[str, str]]:
         ("test accuracy (metrics.json)", f"{test.accuracy:.2%}" if test and test.accuracy is not None else "-"),
         ("test loss", f"{test.loss:.4f}" if test and test.loss is not None else "-"),
     ]
+    if state.range_test:
+        rows.append(("learning rate", f"{state.range_test.rate:.3g}, found by a range test ({state.range_test.rule})"))
+    reached = state.time_to_target()
+    if reached:
+        targets = ", ".join(shown_target(metric, target) for metric, target in (run.spec.train.stop_at or {}).items())
+        rows.append(("time to target", f"{reached.seconds:.1f} s of training, epoch {reached.epoch} ({targets})"))
+    elif state.stopped:
+        rows.append(("stopped", f"after epoch {state.stopped.epoch} ({state.stopped.reason()})"))
     if metrics:
         rows += [("seconds per epoch", f"{np.mean(metrics.seconds_per_epoch):.1f}"),
                  ("images per second", f"{metrics.images_per_second:,.0f}"),
@@ -90,7 +92,7 @@ def build_report(run_dirs: list[str], out: Path, data_dir: str | None = None,
     except OSError as err:
         raise UserError(f"{out}: cannot create the report folder ({err.strerror})") from None
     labels = [f"{run.path.parent.name}/{run.path.name}" for run in runs]
-    curves = _save(curves_figure({_legend(label, run): [h.logged() for h in run.state.history]
+    curves = save_figure(curves_figure({_legend(label, run): [h.logged() for h in run.state.history]
                                   for label, run in zip(labels, runs)}),
                    out / "curves.png")
     sections, numbers = [], []
@@ -100,9 +102,9 @@ def build_report(run_dirs: list[str], out: Path, data_dir: str | None = None,
         counts = confusion_matrix(true, predicted, len(names))
         wrong = np.flatnonzero(predicted != true)[:MISCLASSIFIED_SHOWN]
         figures = [
-            _save(confusion_figure(counts, f"{label}: test set ({model_file.name})", names), out / f"{stem}-confusion.png"),
-            _save(per_class_figure(counts, f"{label}: test accuracy per class", names), out / f"{stem}-per-class.png"),
-            _save(misclassified_figure(images[wrong], true[wrong], predicted[wrong],
+            save_figure(confusion_figure(counts, f"{label}: test set ({model_file.name})", names), out / f"{stem}-confusion.png"),
+            save_figure(per_class_figure(counts, f"{label}: test accuracy per class", names), out / f"{stem}-per-class.png"),
+            save_figure(misclassified_figure(images[wrong], true[wrong], predicted[wrong],
                                        f"{label}: first {len(wrong)} misclassified test images (true \u2192 predicted)",
                                        names=names),
                   out / f"{stem}-misclassified.png"),

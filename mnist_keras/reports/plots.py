@@ -1,4 +1,5 @@
-"""Figures for people: confusion matrix, misclassified digits, learning curves, per-class accuracy.
+"""Figures for people: confusion matrix, misclassified digits, learning curves, per-class accuracy, the
+learning-rate range test.
 
 numpy and matplotlib only (the object-oriented Figure API with the Agg canvas, no pyplot state), so
 TensorBoard callbacks and `mnist-keras report` draw the very same pictures.
@@ -7,6 +8,7 @@ TensorBoard callbacks and `mnist-keras report` draw the very same pictures.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 from matplotlib import colormaps
@@ -15,8 +17,21 @@ from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
+from ..errors import UserError
+from ..runs.files import atomic_write
+
 TRAIN_STYLE, VALIDATION_STYLE = "-", "--"
 GRAY = colormaps["gray"].with_extremes(bad="white")  # the gaps between tiles
+
+
+def save_figure(figure: Figure, path: Path) -> str:
+    """Write `figure` to `path` (its suffix names the format), atomically; its file name. UserError when the file
+    cannot be written."""
+    try:
+        atomic_write(path, figure.savefig)
+    except OSError as err:
+        raise UserError(f"{path}: cannot write: {err.strerror or err}") from None
+    return path.name
 
 
 def confusion_matrix(true: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
@@ -139,4 +154,27 @@ def curves_figure(histories: dict[str, list[dict]]) -> Figure:
         axes.xaxis.get_major_locator().set_params(integer=True)
     accuracy_axes.yaxis.set_major_formatter(PercentFormatter(1.0))
     figure.legend(*loss_axes.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=9)
+    return figure
+
+
+def lr_find_figure(rates: list[float], losses: list[float], smoothed: list[float], suggestion: float,
+                   rule: str) -> Figure:
+    """The range test: each step's loss (faint) and the smoothed loss against the learning rate on a log axis, the
+    suggested rate marked; the loss axis ends a little above the smoothed loss, so a diverging step cannot flatten
+    the curve."""
+    figure = Figure(figsize=(7, 4.4), dpi=100, layout="constrained")
+    axes = figure.subplots()
+    axes.plot(rates, losses, color="C0", alpha=0.3, linewidth=1, label="loss of each step")
+    axes.plot(rates, smoothed, color="C0", linewidth=2, label="smoothed loss")
+    axes.axvline(suggestion, color="firebrick", linestyle="--", label=f"suggested {suggestion:.3g}")
+    low = min(value for value in [*losses, *smoothed] if math.isfinite(value))
+    top = max(value for value in smoothed if math.isfinite(value))
+    span = top - low or abs(top) or 1.0
+    axes.set_ylim(low - 0.05 * span, top + 0.1 * span)
+    axes.set_xscale("log")
+    axes.set_xlabel("learning rate")
+    axes.set_ylabel("training loss")
+    axes.set_title(f"learning-rate range test: suggested {suggestion:.3g}\n({rule})", fontsize=10)
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize=9)
     return figure

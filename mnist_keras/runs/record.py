@@ -77,6 +77,27 @@ class BackboneRun(_Record):
                    layers=[BackboneLayer(**asdict(layer)) for layer in described.layers])
 
 
+class Stop(_Record):
+    """Training ended before train.epochs by the run's own rule, after `epoch`: `stop_at` (every train.stop_at
+    target reached) or `early_stopping`; `seconds`: the training seconds of the epochs up to and including it, summed
+    across resumes as the history records them (the time to target)."""
+
+    by: Literal["stop_at", "early_stopping"]
+    epoch: int = Field(ge=1, le=MAX_INT)
+    seconds: float = Field(ge=0)
+
+    def reason(self) -> str:
+        return "every train.stop_at target reached" if self.by == "stop_at" else "early stopping"
+
+
+class RangeTest(_Record):
+    """`learning_rate: auto`: the rate the range test chose before the first epoch, by `rule`, over `steps` steps."""
+
+    rate: float = Field(gt=0)
+    rule: str
+    steps: int = Field(ge=1, le=MAX_INT)
+
+
 class _Open(_Record):
     """A record whose other keys are kept as they were written (a newer Keras metric, a data source's own facts)."""
 
@@ -139,6 +160,8 @@ class RunState(_Record):
     best: Best | None = None
     checkpoint: CheckpointFile | None = None  # the last finished epoch's model and optimizer, inside the run
     learning_rate: float | None = None
+    range_test: RangeTest | None = None  # the rate `learning_rate: auto` stands for, found before the first epoch
+    stopped: Stop | None = None  # the run ended itself (stop_at, early stopping): a resume trains no further
     rng: dict[str, list] = {}  # dropout/augmentation seed states, which Keras keeps out of checkpoints
     device: str | None = None
     pid: int | None = Field(None, ge=1, le=MAX_INT)  # the process that trained it last, on `host`
@@ -173,6 +196,14 @@ class RunState(_Record):
             tuple(backbone.output_shape), tuple(LayerWeights(**layer.model_dump()) for layer in backbone.layers),
             backbone.until)} if backbone else {})
 
+    def found_learning_rate(self) -> float | None:
+        """The rate train.optimizer.learning_rate: auto stands for in this run; None before its range test."""
+        return self.range_test.rate if self.range_test else None
+
+    def time_to_target(self) -> Stop | None:
+        """The epoch and training seconds at which every train.stop_at target was reached; None if none was."""
+        return self.stopped if self.stopped and self.stopped.by == "stop_at" else None
+
     def best_validation_accuracy(self) -> float | None:
         values = [value for h in self.history if (value := h.get("val_accuracy")) is not None]
         return max(values) if values else None
@@ -196,6 +227,7 @@ class RunMetrics(_Record):
     wall_seconds_this_session: float
     images_per_second: float
     weights_sha256: str
+    stopped: Stop | None = None  # as state.json records it: the time to target of a run stopped by train.stop_at
 
 
 def _format_1(raw: dict) -> dict:

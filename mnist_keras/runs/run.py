@@ -14,8 +14,8 @@ from typing import Any, Literal
 from ..errors import UserError
 from ..spec import Spec, dump_spec, load_spec
 from .files import create_run_dir, open_run_dir, run_file, write_text
-from .record import Best, Epoch, Provenance, RunMetrics, RunState, Status, read_metrics, read_state, write_metrics, \
-    write_state
+from .record import Best, Epoch, Provenance, RunMetrics, RunState, Status, Stop, read_metrics, read_state, \
+    write_metrics, write_state
 
 
 @dataclass
@@ -57,13 +57,18 @@ class Run:
         self.save()
 
     def record_epoch(self, logged: dict[str, Any], checkpoint: str | None, best: Best | None,
-                     learning_rate: float, rng: dict[str, list], callbacks: dict[str, dict]) -> None:
-        """An epoch ended: its logged values, the checkpoint holding it, the best so far, and what resuming after
-        it needs (the learning rate, the seed states, each stateful callback's state)."""
+                     learning_rate: float, rng: dict[str, list], callbacks: dict[str, dict],
+                     stopped_by: str | None = None) -> None:
+        """An epoch ended: its logged values, the checkpoint holding it, the best so far, what resuming after
+        it needs (the learning rate, the seed states, each stateful callback's state), and the rule that ended
+        training with it (`stopped_by`: stop_at or early_stopping), if one did."""
         state = self.state
         state.history.append(Epoch(**logged))
         state.epochs_done, state.checkpoint, state.best = state.history[-1].epoch, checkpoint, best
         state.learning_rate, state.rng, state.callbacks = learning_rate, rng, callbacks
+        if stopped_by:
+            state.stopped = Stop(by=stopped_by, epoch=state.epochs_done,
+                                 seconds=sum(h.epoch_seconds or 0.0 for h in state.history))
         self.save()
 
     def finish(self, metrics: RunMetrics) -> None:

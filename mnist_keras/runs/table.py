@@ -8,9 +8,10 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..spec.yamlfile import read_yaml_file
-from .record import read_metrics, read_state
+from .record import Stop, read_metrics, read_state
 
 COLUMNS = ("name", "started", "epochs", "best val acc", "test acc", "state", "directory")
+TO_TARGET = "to target"  # a column of its own once a run has stopped at its train.stop_at targets
 
 
 def find_runs(root: str | Path) -> list[Path]:
@@ -53,17 +54,28 @@ class RunRow:
     epochs: str = "?"
     best_validation_accuracy: float | None = None
     test_accuracy: float | None = None
+    to_target: Stop | None = None  # the epoch and training seconds at which every train.stop_at target was reached
     reason: str | None = None
 
     def columns(self) -> dict:
-        """The row under the table's column names (COLUMNS)."""
+        """The row under the table's column names (COLUMNS, and TO_TARGET)."""
+        reached = self.to_target
         return {"name": self.name, "started": self.started, "epochs": self.epochs,
                 "best val acc": self.best_validation_accuracy, "test acc": self.test_accuracy, "state": self.state,
-                "directory": self.directory}
+                "directory": self.directory,
+                TO_TARGET: reached and f"{reached.seconds:.1f} s (epoch {reached.epoch})"}
+
+
+def columns_of(rows: list[RunRow]) -> tuple[str, ...]:
+    """The columns of a table of these runs: COLUMNS, with TO_TARGET after the accuracies once a run has one."""
+    if not any(row.to_target for row in rows):
+        return COLUMNS
+    at = COLUMNS.index("test acc") + 1
+    return (*COLUMNS[:at], TO_TARGET, *COLUMNS[at:])
 
 
 def summarize(run_dir: Path) -> RunRow:
-    """name, started, epochs (done/planned), best validation and test accuracy, state, directory;
+    """name, started, epochs (done/planned), best validation and test accuracy, time to target, state, directory;
     a run whose files cannot be read is `unreadable`, with the first reason."""
     found = {"name": run_dir.parent.name, "started": started(run_dir), "directory": str(run_dir)}
     try:
@@ -72,7 +84,7 @@ def summarize(run_dir: Path) -> RunRow:
         return RunRow(**found, state="unreadable", reason=err.messages[0])
     return RunRow(**found, state=state.shown_status(run_dir), epochs=f"{state.epochs_done}/{planned}",
                   best_validation_accuracy=state.best_validation_accuracy(),
-                  test_accuracy=metrics.test.accuracy if metrics else None)
+                  test_accuracy=metrics.test.accuracy if metrics else None, to_target=state.time_to_target())
 
 
 def format_table(rows: list[dict], columns: tuple[str, ...] | list[str]) -> str:
@@ -87,7 +99,7 @@ def format_table(rows: list[dict], columns: tuple[str, ...] | list[str]) -> str:
 
     cells = [list(columns)] + [[cell(c, row.get(c)) for c in columns] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
-    numeric = ["acc" in c or c in ("#", "epochs") for c in columns]
+    numeric = ["acc" in c or c in ("#", "epochs", TO_TARGET) for c in columns]
     return "\n".join(
         "  ".join(text.rjust(w) if right else text.ljust(w) for text, w, right in zip(line, widths, numeric)).rstrip()
         for line in cells

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .preprocessing_layers import AugMix, RandAugment, RandomErasing
 from .schema import Spec
+from .targets import shown_target
 
 
 def _range(value_range: list[float]) -> str:
@@ -46,9 +47,15 @@ def _optimizer_notes(spec: Spec) -> list[str]:
             notes.append(f"{where}EMA of {weights:,} weights (momentum {optimizer.ema:g}): validation, test, "
                          "checkpoints and the saved model use the average")
         if sched.type == "one_cycle":
-            peak = sched.peak(optimizer)
-            start, cycled = peak / sched.div, sched.cycled(optimizer)
-            note = f"{where}one-cycle: lr {start:.3g} -> {peak:.3g} at {sched.warmup:.0%} -> {start / sched.final_div:.3g}"
+            cycled = sched.cycled(optimizer)
+            if sched.max is None and optimizer.learning_rate == "auto":  # the peak is found when training starts
+                note = (f"{where}one-cycle: lr peak / {sched.div:g} -> peak at {sched.warmup:.0%} -> peak / "
+                        f"{sched.div * sched.final_div:g}, the peak found by a range test")
+            else:
+                peak = sched.peak(optimizer)
+                start = peak / sched.div
+                note = (f"{where}one-cycle: lr {start:.3g} -> {peak:.3g} at {sched.warmup:.0%} -> "
+                        f"{start / sched.final_div:.3g}")
             if cycled:
                 high = sched.max_momentum
                 note += f", {cycled} {high:g} -> {sched.base_momentum:g} -> {high:g}"
@@ -56,7 +63,20 @@ def _optimizer_notes(spec: Spec) -> list[str]:
     return notes
 
 
+def _target_notes(spec: Spec) -> list[str]:
+    """The stop at train.stop_at's targets, and the learning rate a range test finds."""
+    notes = []
+    if spec.train.stop_at:
+        notes.append("stop at " + " and ".join(shown_target(metric, target)
+                                               for metric, target in spec.train.stop_at.items()))
+    if spec.train.optimizer.learning_rate == "auto":
+        notes.append("learning rate: found by a range test before training")
+    return notes
+
+
 def recipe_notes(spec: Spec) -> list[str]:
-    """A line for each recipe the spec uses: EMA, one-cycle, MixUp and CutMix, RandAugment, AugMix, RandomErasing."""
-    notes = [*_optimizer_notes(spec), _mixing_note(spec), *(_layer_note(p.name, p.layer) for p in spec.plan())]
+    """A line for each recipe the spec uses: EMA, one-cycle, MixUp and CutMix, RandAugment, AugMix, RandomErasing,
+    stop_at, learning_rate: auto."""
+    notes = [*_optimizer_notes(spec), _mixing_note(spec), *(_layer_note(p.name, p.layer) for p in spec.plan()),
+             *_target_notes(spec)]
     return [note for note in notes if note]

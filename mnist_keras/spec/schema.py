@@ -30,6 +30,7 @@ from .layer_plan import PlannedLayer, frozen_counts, plan_layers, with_value_ran
 from .layer_registry import LayerEntry, TemplateEntry
 from .data_section import TRAIN_SIZES, Data, absolute, augment_problems, missing_dataset
 from .runtime_section import Runtime
+from .targets import target_problems
 from .train_section import Train, recipe_problems
 from .yamlfile import read_yaml_file
 
@@ -293,7 +294,7 @@ class Spec(StrictModel):
         """What is wrong with the spec as a whole, as (spec path, message) pairs; `classes`: the class names
         data.num_classes was inferred from, for the message of an output layer that does not fit them."""
         problems = self._label_problems() + self._train_problems() + self._runtime_problems()
-        problems += augment_problems(self.data, self.loss())
+        problems += augment_problems(self.data, self.loss()) + target_problems(self)
         try:
             planned = self.plan()
         except ShapeError as err:

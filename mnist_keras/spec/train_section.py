@@ -4,9 +4,9 @@ stopping and stages, and the cross-checks of its training recipes; the schedules
 from __future__ import annotations
 
 import inspect
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
 
 from .fields import (Fraction, KerasObject, NonNegativeFloat, PositiveFloat, PositiveInt, StrictModel, type_tag,
                      typed_union)
@@ -16,13 +16,21 @@ from .yamlfile import dotted
 
 
 
+# a number or `auto`; anything else is checked as a number alone, so its message names no `auto`
+LearningRate = Annotated[Union[Annotated[PositiveFloat, Tag("rate")], Annotated[Literal["auto"], Tag("auto")]],
+                         Discriminator(lambda value: "auto" if value == "auto" else "rate")]
+
+
 class _Optimizer(KerasObject):
     """A Keras optimizer (`keras_class`), its fields that optimizer's arguments."""
 
     keras_module = "keras.optimizers"
 
-    learning_rate: PositiveFloat | None = Field(
-        None, description="the initial learning rate (default: None, Keras' default for the optimizer)")
+    learning_rate: LearningRate | None = Field(
+        None, description="the initial learning rate, or `auto`: found by a range test (as `mnist-keras lr-find` "
+        "runs it) before the first epoch and recorded in the run, which a resume reads; a schedule starts from the "
+        "found rate (a cosine warmup, and one_cycle without max, climb to it) (default: None, Keras' default for "
+        "the optimizer)")
     weight_decay: NonNegativeFloat | None = Field(None, description="decoupled weight decay (default: None, none)")
     clipnorm: PositiveFloat | None = Field(None, description="clip each gradient to this norm (default: None, off)")
     clipvalue: PositiveFloat | None = Field(None, description="clip each gradient value to +-this (default: None, "
@@ -64,8 +72,13 @@ class _Optimizer(KerasObject):
         return keras.saving.deserialize_keras_object(
             {**config, "config": {**config["config"], "learning_rate": learning_rate}})
 
-    def resolved_learning_rate(self) -> float:
-        """The spec's learning_rate, else Keras' default for this optimizer."""
+    def resolved_learning_rate(self, found: float | None = None) -> float:
+        """The spec's learning_rate; for `auto`, `found`: the rate the run's range test chose, as the run records
+        it (RunState.found_learning_rate); without one, Keras' default for this optimizer."""
+        if self.learning_rate == "auto":
+            if found is None:
+                raise ValueError("learning_rate: auto stands for the rate a run's range test found; pass it")
+            return found
         if self.learning_rate is not None:
             return self.learning_rate
         from ..backend import keras
@@ -249,6 +262,11 @@ class Train(StrictModel):
     tensorboard: TensorBoard = Field(TensorBoard(), description="TensorBoard logs")
     early_stopping: EarlyStopping | None = Field(None, description="stop when a metric stops improving "
                                                  "(default: off)")
+    stop_at: Annotated[dict[str, float], Field(min_length=1, max_length=4)] | None = Field(
+        None, description="end training after the first epoch that reaches every target, e.g. `{val_accuracy: "
+        "0.99}`: an accuracy (accuracy, val_accuracy) must be at least its target, a loss (loss, val_loss) at most; "
+        "val_* metrics need data.validation > 0 and are seen only on epochs that validate. The run records that "
+        "epoch and the training seconds up to it, and ends finished (default: off)")
     terminate_on_nan: bool = Field(True, description="stop (and mark the run failed) at a NaN loss")
     csv_log: bool = Field(True, description="write each epoch's metrics to history.csv")
     stages: Annotated[list[Stage], Field(min_length=1, max_length=100)] | None = Field(

@@ -1,6 +1,7 @@
-"""The callbacks of a run: epoch statistics, the NaN stop, the graph, and the stateful callbacks
-(plateau, early stopping) that save and restore their own state, then the recorder that writes the
-checkpoint and the run record at the end of each epoch.
+"""The callbacks of a run: epoch statistics, the NaN stop, the graph, the stateful callbacks
+(plateau, early stopping) that save and restore their own state, the stop at train.stop_at's targets, then the
+recorder that writes the checkpoint and the run record (and which rule, if any, ended training) at the end of
+each epoch.
 
 Every write is atomic and state.json is written last, naming the files it belongs to, so a kill at any
 moment leaves the run record and its checkpoints consistent; files no record names are removed after.
@@ -9,9 +10,6 @@ moment leaves the run record and its checkpoints consistent; files no record nam
 from __future__ import annotations
 
 import math
-import shutil
-import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from ..runs.files import atomic_write, run_file
 from ..runs.record import Best
 from ..runs.run import Run
 from ..spec import Spec
+from ..spec.targets import reaches, rises
 from .compile import current_lr
 
 
@@ -53,163 +52,6 @@ class EpochStats(keras.callbacks.Callback):
         logs["images_per_second"] = self.images_per_epoch / ((self.train_end or now) - self.start)
         if self.stages:
             logs["stage"] = next(s.number for s in self.stages if s.first <= epoch < s.end)
-
-
-TIMING = ("epoch_seconds", "images_per_second")
-
-
-def shown(name: str, value) -> str:
-    """One logged value as the progress line shows it: seconds to 0.1 s, images/s a whole number with thousands
-    separators, the learning rate to 3 significant digits, the rest as Keras shows them."""
-    value = float(value)
-    if name == "epoch_seconds":
-        return f"{value:.1f} s"
-    if name == "images_per_second":
-        return f"{value:,.0f} images/s"
-    if name == "stage":
-        return f"stage {value:.0f}"
-    if name == "learning_rate":
-        return f"learning_rate: {value:.3g}"
-    return f"{name}: {value:.4f}" if abs(value) >= 1e-3 or value == 0 else f"{name}: {value:.3e}"
-
-
-def _order(name: str) -> int:
-    """Timing first, then the training metrics (loss first), the validation ones, the learning rate and stage."""
-    if name in TIMING:
-        return 0
-    if name in ("learning_rate", "stage"):
-        return 5
-    return 1 + 2 * name.startswith("val_") + (name not in ("loss", "val_loss"))
-
-
-class FittedBar:
-    """Keras' Progbar interface (`update(current, values, finalize)`), drawn within the terminal's width
-    (COLUMNS, else the terminal's own; `width` fixes it). verbose 1: a bar redrawn in place, the metrics that
-    fit beside it, and at the epoch's end every figure, wrapped at ` - `; verbose 2: one line per epoch."""
-
-    def __init__(self, target: int | None, verbose: int, title: str, width: int | None = None, stream=None,
-                 interval: float = 0.05):
-        self.target, self.verbose, self.title, self.width = target, verbose, title, width
-        self.stream, self.interval = stream, interval
-        self.values: dict[str, float] = {}
-        self.start, self.first_step, self.last_drawn = time.perf_counter(), None, 0.0
-
-    def columns(self) -> int:
-        return (self.width or shutil.get_terminal_size().columns) - 1  # the last column would wrap on some
-
-    def _write(self, text: str) -> None:
-        stream = self.stream or sys.stdout
-        stream.write(text)
-        stream.flush()
-
-    def _items(self) -> list[str]:
-        return [shown(name, self.values[name]) for name in sorted(self.values, key=_order)]
-
-    def line(self, current: int) -> str:
-        """The in-place line: title, count, bar, time left, then the metrics that fit."""
-        target, now, columns = self.target, time.perf_counter(), self.columns()
-        count = f"{current:>{len(str(target))}}/{target}" if target else f"{current}"
-        left = ""
-        if target and self.first_step and current > 1:
-            step = (now - self.first_step[1]) / max(1, current - self.first_step[0])
-            left = f" {_duration(step * (target - current))} left"
-        head, tail = f"{self.title} {count} ", left
-        for item in self._items():  # the metrics that leave room for a bar of at least 8
-            if len(head) + 8 + len(tail) + 3 + len(item) > columns:
-                break
-            tail += " - " + item
-        bar = min(20, columns - len(head) - len(tail))
-        if target and bar >= 5:
-            done = min(bar, bar * current // target)
-            head += "\u2501" * done + "\u2500" * (bar - done)
-        return (head.rstrip() + tail)[:columns]
-
-    def summary(self, wrap: bool) -> str:
-        """The epoch's figures: one line, or (wrap) lines within the width, continued with an indent."""
-        items = [self.title, *self._items()]
-        if not wrap:
-            return " - ".join(items)
-        lines, columns = [items[0]], self.columns()
-        for item in items[1:]:
-            if len(lines[-1]) + 3 + len(item) <= columns:
-                lines[-1] += " - " + item
-            else:
-                lines.append("  " + item)
-        return "\n".join(line[:columns] for line in lines)
-
-    def update(self, current: int, values=None, finalize: bool | None = None) -> None:
-        self.values.update({name: value for name, value in values or [] if name != "size"})
-        if self.first_step is None and current:
-            self.first_step = (current, time.perf_counter())
-        finalize = bool(self.target and current >= self.target) if finalize is None else finalize
-        if "epoch_seconds" not in self.values and finalize:
-            self.values["epoch_seconds"] = time.perf_counter() - self.start
-        if self.verbose == 1:
-            now = time.perf_counter()
-            if finalize:
-                self._write("\r\x1b[K" + self.summary(wrap=True) + "\n")
-            elif now - self.last_drawn >= self.interval:
-                self._write("\r\x1b[K" + self.line(current))
-                self.last_drawn = now
-        elif self.verbose == 2 and finalize:
-            self._write(self.summary(wrap=False) + "\n")
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
-        f"{seconds // 60}:{seconds % 60:02d}" if seconds >= 60 else f"{seconds}s"
-
-
-class LiveProgbar(keras.callbacks.ProgbarLogger):
-    """The progress display of `fit` (Keras' ProgbarLogger, drawing a FittedBar): `epoch N/epochs` counted over
-    the whole run, within the terminal's width. With `poll` (runtime.steps_per_execution above 1, or epoch), the
-    bar moves while one call into TensorFlow runs several steps: a thread reads the optimizer's step counter every
-    `every` seconds (Keras moves it only when a call returns). The read is one variable, so it costs nothing
-    measurable."""
-
-    def __init__(self, every: float = 0.25, poll: bool = True, epochs: int | None = None):
-        super().__init__()
-        self.every, self.poll, self.total = every, poll, epochs
-        self.stop, self.poller, self.epoch = threading.Event(), None, 0
-
-    def _maybe_init_progbar(self):
-        if self.progbar is None:
-            self.progbar = FittedBar(self.target, self.verbose, f"epoch {self.epoch + 1}/{self.total or self.epochs}")
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-        self._reset_progbar()  # Keras' own also prints "Epoch N/M" on a line of its own: the bar's title says it
-        self._maybe_init_progbar()
-        self.first = int(self.model.optimizer.iterations.numpy())
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if self.poll and self.verbose == 1 and self.target:
-            self.stop.clear()
-            self.poller = threading.Thread(target=self._poll, daemon=True, name="mnist-keras-progress")
-            self.poller.start()
-
-    def _poll(self):
-        while not self.stop.wait(self.every):
-            try:
-                done = int(self.model.optimizer.iterations.numpy()) - self.first
-            except Exception:  # noqa: BLE001 - a display must never break training
-                return
-            if not self.stop.is_set() and 0 < done < self.target:
-                self.progbar.update(done, finalize=False)
-
-    def _stop_polling(self):
-        if self.poller:
-            self.stop.set()
-            self.poller.join()
-            self.poller = None
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._stop_polling()
-        super().on_train_batch_end(batch, logs)
-
-    def on_train_end(self, logs=None):
-        self._stop_polling()
 
 
 class NaNGuard(keras.callbacks.Callback):
@@ -308,6 +150,31 @@ class EarlyStop(_OwnState, keras.callbacks.EarlyStopping):
                 self.best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
 
 
+def restore_best_weights(model, callbacks: list) -> None:
+    """For a session that trained nothing (the run had stopped itself, or every epoch was done), what the end of
+    `fit` would do to the model: early stopping's best weights put back (restore_best_weights)."""
+    for callback in callbacks:
+        if isinstance(callback, EarlyStop) and callback.restore_best_weights:
+            callback.set_state(callback.saved)
+            if callback.best_weights is not None:
+                model.set_weights(callback.best_weights)
+
+
+class StopAtTarget(keras.callbacks.Callback):
+    """train.stop_at: ends training after the first epoch that reaches every target (an epoch that lacks one of
+    the metrics, one that does not validate, reaches none). Nothing to resume: the run ends with that epoch."""
+
+    def __init__(self, targets: dict[str, float]):
+        super().__init__()
+        self.targets, self.reached = targets, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if all(name in logs and reaches(name, float(logs[name]), target) for name, target in self.targets.items()):
+            self.reached = epoch
+            self.model.stop_training = True
+
+
 def _seed_states(model) -> dict[str, list]:
     """The random-number state of each dropout or augmentation layer: Keras keeps it out of checkpoints."""
     return {layer.name: [v for v in layer.variables if not any(v is w for w in layer.weights)]
@@ -331,10 +198,17 @@ class RunRecorder(keras.callbacks.Callback):
     best.keras, then state.json pointing at them, then the files it no longer names are removed.
     An epoch whose loss is not finite is not recorded when train.terminate_on_nan stops the run there."""
 
-    def __init__(self, run: Run, stateful: dict):
+    def __init__(self, run: Run, stateful: dict, stop_at: StopAtTarget | None = None):
         super().__init__()
-        self.run, self.stateful, cfg = run, stateful, run.spec.train.checkpoint
-        self.higher_is_better = cfg.mode == "max" or (cfg.mode == "auto" and "acc" in cfg.monitor)
+        self.run, self.stateful, self.stop_at, cfg = run, stateful, stop_at, run.spec.train.checkpoint
+        self.higher_is_better = cfg.mode == "max" or (cfg.mode == "auto" and rises(cfg.monitor))
+
+    def stopped_by(self, epoch: int) -> str | None:
+        """The run's own rule that ends training with this epoch: stop_at first, then early stopping."""
+        if self.stop_at and self.stop_at.reached == epoch:
+            return "stop_at"
+        early = self.stateful.get("early_stopping")
+        return "early_stopping" if early and epoch > 0 and early.stopped_epoch == epoch else None
 
     def improved(self, value: float) -> bool:
         best = self.run.state.best
@@ -354,7 +228,7 @@ class RunRecorder(keras.callbacks.Callback):
             best = Best(monitor=cfg.monitor, value=value, epoch=epoch + 1)
         callbacks = {key: callback.get_state() for key, callback in self.stateful.items()}
         self.run.record_epoch({"epoch": epoch + 1, **logs}, name, best, current_lr(self.model), rng_state(self.model),
-                              callbacks)
+                              callbacks, self.stopped_by(epoch))
         named = {name} | {saved.get("weights") for saved in callbacks.values()}
         for old in [*run_dir.glob("checkpoints/epoch-*.keras"), *run_dir.glob("checkpoints/early-stopping-*.npz")]:
             if f"checkpoints/{old.name}" not in named:
@@ -383,8 +257,9 @@ def make_callbacks(run: Run, images_per_epoch: int) -> tuple[list, NaNGuard | No
             monitor=e.monitor, mode=e.mode, patience=e.patience, min_delta=e.min_delta,
             restore_best_weights=e.restore_best_weights, saved=saved.get("early_stopping"), run_dir=run_dir)
     guard = NaNGuard() if spec.train.terminate_on_nan else None
+    stop_at = StopAtTarget(spec.train.stop_at) if spec.train.stop_at else None
     callbacks = [EpochStats(images_per_epoch, spec), *([guard] if guard else []), *stateful.values(),
-                 RunRecorder(run, stateful)]
+                 *([stop_at] if stop_at else []), RunRecorder(run, stateful, stop_at)]
     tb = spec.train.tensorboard
     if tb.enabled:
         callbacks.append(Board(

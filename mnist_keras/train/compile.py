@@ -13,9 +13,10 @@ def spans_the_run(spec: Spec) -> bool:
     return sched.type == "one_cycle" or sched.type in ("cosine", "polynomial") and not sched.decay_steps
 
 
-def make_schedule(spec: Spec, steps_per_epoch: int):
-    """The learning rate: a float, or a Keras schedule of the optimizer's step counter."""
-    sched, lr = spec.train.lr_schedule, spec.train.optimizer.resolved_learning_rate()
+def make_schedule(spec: Spec, steps_per_epoch: int, found: float | None = None):
+    """The learning rate: a float, or a Keras schedule of the optimizer's step counter; `found`: the rate the run's
+    range test chose, which `learning_rate: auto` stands for (the schedule's base rate)."""
+    sched, lr = spec.train.lr_schedule, spec.train.optimizer.resolved_learning_rate(found)
     if sched.type in ("constant", "plateau"):
         return lr
     total = spec.train.epochs * steps_per_epoch
@@ -113,10 +114,11 @@ def make_loss_and_metrics(spec: Spec):
     return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=smoothing), ["accuracy"]
 
 
-def compile_model(model, spec: Spec, steps_per_epoch: int) -> None:
+def compile_model(model, spec: Spec, steps_per_epoch: int, found: float | None = None) -> None:
+    """Compile as the spec says; `found`: the rate `learning_rate: auto` stands for (make_schedule)."""
     loss, metrics = make_loss_and_metrics(spec)
     group = spec.runtime.steps_per_execution
-    optimizer = spec.train.optimizer.keras(make_schedule(spec, steps_per_epoch))
+    optimizer = spec.train.optimizer.keras(make_schedule(spec, steps_per_epoch, found))
     cycle_momentum(optimizer, spec, steps_per_epoch)
     model.compile(
         optimizer=optimizer, loss=loss, metrics=metrics,

@@ -21,13 +21,14 @@ from ..model.backbones import set_trainable
 from ..model.build import build_model
 from ..errors import TrainingFailed, UserError
 from ..runs.files import atomic_write, run_file
-from ..runs.record import RunMetrics, RunState, TestMetrics
+from ..runs.record import RangeTest, RunMetrics, RunState, TestMetrics
 from ..runs.run import Run
 from ..spec import Spec
-from .callbacks import LiveProgbar, finite_or_none, make_callbacks, restore_rng_state
+from .callbacks import finite_or_none, make_callbacks, restore_best_weights, restore_rng_state
 from .compile import compile_model, current_lr, cycle_momentum, make_schedule, spans_the_run
 from .distribute import Placement, configure
 from .ema import with_averaged_weights
+from .progress import LiveProgbar
 from ..model.objects import load_model
 
 
@@ -64,6 +65,30 @@ def versions() -> dict[str, str]:
             "keras": keras.__version__}
 
 
+def class_weight_of(spec: Spec, data, pipes) -> dict[int, float] | None:
+    """Keras' class_weight for the spec's training images (data.class_weight), None without one."""
+    from ..data import Arrays, class_weights
+
+    labels = data.y_train[:pipes.n_train] if isinstance(data, Arrays) else data.train.labels
+    return class_weights(spec.data, data.class_names, labels)
+
+
+def _find_rate(run: Run, pipes, class_weight, notify: Callable[[str], None]) -> None:
+    """`learning_rate: auto`: the range test before the first epoch, its rate recorded in the run (run.begin saves
+    it, and no resume tests again) and its figure beside it; then the seeds as they were, so the model starts from
+    the weights it has with that rate written in the spec."""
+    from .lr_find import range_test, write_figure
+
+    finding = range_test(run.spec, pipes.train, class_weight)
+    keras.utils.set_random_seed(run.spec.seed)
+    run.state.range_test = RangeTest(rate=finding.suggestion, rule=finding.rule, steps=len(finding.rates))
+    write_figure(finding, run.path / "lr-find.png")
+    notify(f"learning rate {finding.suggestion:.3g}, found by a range test over {len(finding.rates)} steps "
+           f"({finding.rule}): {run.path / 'lr-find.png'}")
+    for note in finding.notes:
+        notify(f"note: {note}")
+
+
 def _resumed_model(spec: Spec, run_dir: Path, state: RunState, steps_per_epoch: int, extended_from: int | None,
                    notify: Callable[[str], None]):
     """The last checkpoint, with its seed states and the spec's schedule (stretched when the run grows)."""
@@ -71,7 +96,7 @@ def _resumed_model(spec: Spec, run_dir: Path, state: RunState, steps_per_epoch: 
         raise UserError(f"{run_dir}: no checkpoint was saved (train.checkpoint.enabled is false); cannot resume")
     model = load_model(run_file(run_dir, state.checkpoint), spec)
     restore_rng_state(model, state.rng)
-    schedule = make_schedule(spec, steps_per_epoch)
+    schedule = make_schedule(spec, steps_per_epoch, state.found_learning_rate())
     if not isinstance(schedule, float):
         ended = current_lr(model)
         model.optimizer.learning_rate = schedule
@@ -83,14 +108,21 @@ def _resumed_model(spec: Spec, run_dir: Path, state: RunState, steps_per_epoch: 
     return model
 
 
+def _ended(state: RunState) -> str:
+    """Why a session has no epoch to train: the run stopped itself, or every epoch is done."""
+    return f"stopped after epoch {state.stopped.epoch} ({state.stopped.reason()})" if state.stopped else \
+        "all epochs done"
+
+
 def _nan_message(spec: Spec, run_dir: Path, state: RunState, guard) -> str:
     epoch, step = guard.where
     where = f"at epoch {epoch}, step {step}" if spec.runtime.steps_per_execution == 1 else \
         f"in epoch {epoch}, by step {step}"
     kept = (f"the last good checkpoint (epoch {state.epochs_done}) is kept in {run_dir / state.checkpoint}"
             if state.checkpoint else "no epoch finished, so there is no good checkpoint yet")
-    rates = f"the spec sets {spec.train.optimizer.resolved_learning_rate():.3g}"
-    if not math.isclose(guard.lr, spec.train.optimizer.resolved_learning_rate(), rel_tol=1e-6):
+    rate = spec.train.optimizer.resolved_learning_rate(state.found_learning_rate())
+    rates = f"the spec sets {rate:.3g}"
+    if not math.isclose(guard.lr, rate, rel_tol=1e-6):
         rates += f", and it was {guard.lr:.3g} when the loss became NaN"
     return f"the loss became NaN {where}; {kept}. Try a lower learning rate ({rates}) or gradient clipping"
 
@@ -100,16 +132,17 @@ def train_run(run: Run, prepared: Prepared, notify: Callable[[str], None], verbo
     """Train `run` from its record (a new run's, or an earlier one's to resume) to its end, then finish it
     with its metrics. TrainingFailed for a NaN loss (the run is kept, marked failed). `extra_callbacks` (Keras
     callbacks, e.g. a sweep's pruning) run after the run's own, so an epoch is saved before they see it."""
-    from ..data import Arrays, class_weights, make_pipelines
+    from ..data import make_pipelines
     from ..reports.dashboards import dashboard_callbacks, write_test_metrics
 
     spec, state, run_dir = run.spec, run.state, run.path
     placement, data = prepared.placement, prepared.data
     start = state.epochs_done
     pipes = make_pipelines(spec, data, start_epoch=start, cache_dir=run_dir / "cache", notify=notify)
-    labels = data.y_train[:pipes.n_train] if isinstance(data, Arrays) else data.train.labels
+    class_weight = class_weight_of(spec, data, pipes)
     stages = spec.stages()
     current = next((s for s in stages if s.first <= start < s.end), stages[-1])
+    todo = [] if state.stopped else [s for s in stages if s.end > start]  # a run that stopped itself trains no more
     with placement.scope():
         if start:
             staged = bool(spec.train.stages)
@@ -119,6 +152,8 @@ def train_run(run: Run, prepared: Prepared, notify: Callable[[str], None], verbo
             if compiled:
                 cycle_momentum(model.optimizer, current.spec, pipes.steps_per_epoch)
         else:
+            if spec.train.optimizer.learning_rate == "auto" and state.range_test is None:
+                _find_rate(run, pipes, class_weight, notify)
             model, compiled = build_model(spec), None
         images_per_epoch = pipes.steps_per_epoch * spec.data.batch_size
         callbacks, guard = make_callbacks(run, min(images_per_epoch, pipes.n_train))
@@ -131,14 +166,14 @@ def train_run(run: Run, prepared: Prepared, notify: Callable[[str], None], verbo
         run.begin(placement.described, data.provenance, data.class_names)
         notify(f"mnist-keras: training {spec.name} on {placement.described}, {pipes.n_train:,} train / "
                f"{pipes.n_val:,} validation / {pipes.n_test:,} test images, " +
-               (f"epochs {start + 1}-{spec.train.epochs}" if start < spec.train.epochs else "all epochs done: evaluating"))
+               (f"epochs {start + 1}-{spec.train.epochs}" if todo else f"{_ended(state)}: evaluating"))
         started = time.perf_counter()
         try:
-            for stage in (s for s in stages if s.end > start):
+            for stage in todo:
                 first = max(start, stage.first)
                 if stage is not compiled:
                     set_trainable(model, spec, stage.trainable)
-                    compile_model(model, stage.spec, pipes.steps_per_epoch)
+                    compile_model(model, stage.spec, pipes.steps_per_epoch, state.found_learning_rate())
                 if len(stages) > 1:
                     notify(f"stage {stage.number}: epochs {first + 1}-{min(stage.end, spec.train.epochs)}, "
                            f"{sum(math.prod(w.shape) for w in model.trainable_weights):,} trainable parameters, "
@@ -148,10 +183,12 @@ def train_run(run: Run, prepared: Prepared, notify: Callable[[str], None], verbo
                     initial_epoch=first, steps_per_epoch=pipes.steps_per_epoch,
                     validation_data=pipes.validation, validation_freq=spec.train.validation_freq,
                     callbacks=callbacks, verbose=verbose, shuffle=False,
-                    class_weight=class_weights(spec.data, data.class_names, labels),
+                    class_weight=class_weight,
                 )
-                if model.stop_training:  # early stopping or the NaN stop ends the run, not just the stage
+                if model.stop_training:  # stop_at, early stopping or the NaN stop ends the run, not just the stage
                     break
+            if not todo:
+                restore_best_weights(model, callbacks)
             wall = time.perf_counter() - started
             if guard and guard.where:
                 run.stop("failed")
@@ -176,5 +213,5 @@ def train_run(run: Run, prepared: Prepared, notify: Callable[[str], None], verbo
         versions=versions(), data=state.data, history=history, test=TestMetrics(**finite_or_none(test)),
         seconds_per_epoch=[h.epoch_seconds for h in history], wall_seconds_this_session=wall,
         images_per_second=sum(h.images_per_second for h in history) / max(1, len(history)),
-        weights_sha256=weights_digest(model),
+        weights_sha256=weights_digest(model), stopped=state.stopped,
     ))

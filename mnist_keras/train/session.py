@@ -63,6 +63,9 @@ def resume_run(run: Run | str | Path, epochs: int | None = None, *, data_dir: st
             if asked.model_dump() != new.model_dump():
                 raise UserError(f"{run.path}: refusing to resume with a different spec (only --epochs, --device and "
                                 f"--distribute may change):\n{_diff(dump_spec(new), dump_spec(asked))}")
+        if state.status == "finished" and state.stopped:
+            raise UserError(f"{run.path}: the run stopped itself after epoch {state.stopped.epoch} ("
+                            f"{state.stopped.reason()}) and trains no further")
         if state.status == "finished" and state.epochs_done >= new.train.epochs:
             raise UserError(f"{run.path}: the run finished after {state.epochs_done} epochs; pass --epochs N "
                             f"(more than {state.epochs_done}) to train further")
