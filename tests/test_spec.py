@@ -52,6 +52,16 @@ def test_summary_table_and_total():
     assert "(None, 5, 5, 16)" in result.output
 
 
+def test_summary_of_stages_without_a_backbone(write_spec):
+    """Each stage's line, with no backbone to describe (it ended in an AttributeError)."""
+    path = write_spec("data: {source: bundled}\nmodel: {layers: [flatten, {dense: 10}]}\n"
+                      "train: {stages: [{epochs: 1}, {epochs: 2, optimizer: sgd}]}\n")
+    result = CliRunner().invoke(main, ["summary", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "Stage 1: epochs 1-1, adam at learning rate 0.001: 7,850 trainable, 0 frozen" in result.output
+    assert "Stage 2: epochs 2-3, sgd at learning rate 0.01: 7,850 trainable" in result.output
+
+
 def test_overrides_apply_and_validate(write_spec):
     path = write_spec("model:\n  layers:\n    - conv2d: {filters: 4, kernel_size: 3}\n    - flatten\n    - dense: 10\n")
     spec = load_spec(path, ["train.epochs=3", "model.layers[0].conv2d.filters=8", "train.optimizer={type: sgd}"])

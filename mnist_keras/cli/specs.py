@@ -53,10 +53,14 @@ def summary(spec, overrides, with_keras):
     click.echo(f"Trainable params: {plan.trainable:,}")
     click.echo(f"Non-trainable params: {plan.frozen:,}")
     for index, stage in enumerate(plan.stages if plan.staged else ()):
-        backbone = stage.trainable if isinstance(stage.trainable, bool) else f"last {stage.trainable.last} layers"
+        if stage.trainable is None:  # no backbone
+            backbone = ""
+        else:
+            kept = stage.trainable if isinstance(stage.trainable, bool) else f"last {stage.trainable.last} layers"
+            backbone = f"backbone trainable: {str(kept).lower()}, "
         trainable, frozen = plan.stage_totals(index)
-        click.echo(f"Stage {stage.number}: epochs {stage.first + 1}-{stage.end}, backbone trainable: "
-                   f"{str(backbone).lower()}, {stage.spec.train.optimizer.type} at learning rate "
+        click.echo(f"Stage {stage.number}: epochs {stage.first + 1}-{stage.end}, {backbone}"
+                   f"{stage.spec.train.optimizer.type} at learning rate "
                    f"{_rate(stage.spec.train.optimizer)}: {trainable:,} trainable, {frozen:,} frozen")
     for note in plan.recipes:
         click.echo(note)
