@@ -193,9 +193,12 @@ def make_pipelines(spec: Spec, data, start_epoch: int = 0, cache_dir: str | None
         return order
 
     def finite(split):
-        """Every image of `split` once, in order, with a known number of batches (for Keras' progress)."""
+        """Every image of `split` once, in order, with a known number of batches (for Keras' progress), and a
+        batch axis of unknown size, so that one traced test step serves the validation and the test images."""
         n = len(split[1])
         out = batches(split, tf.data.Dataset.from_tensors(tf.range(n)))
+        nothing = tuple(tf.zeros([0, *part.shape[1:]], part.dtype) for part in out.element_spec)
+        out = out.concatenate(tf.data.Dataset.from_tensors(nothing).take(0))
         return out.apply(tf.data.experimental.assert_cardinality(math.ceil(n / d.batch_size)))
 
     def train_from(epoch: int):
