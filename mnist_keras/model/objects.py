@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from ..backend import keras
+from ..backend import keras, tf
 from ..errors import UserError, first_line
 
 if TYPE_CHECKING:
@@ -147,7 +147,22 @@ def load_model(path: Path, spec=None):
         raise UserError(f"{path}: cannot load this {what} ({type(err).__name__}: {first_line(err)})") from None
     if spec is not None:
         check_model_fits(model, spec, str(path))
+    if model.compiled:
+        build_before_tracing(model)
     return model
+
+
+def build_before_tracing(model) -> None:
+    """Make a compiled model's optimizer slots and metric variables now, as Keras does under a tf.distribute
+    strategy: otherwise Keras makes them inside the first traced step, which TensorFlow then traces again."""
+    if tf.distribute.has_strategy() or model.optimizer is None:  # under a strategy Keras builds them itself
+        return
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    outputs = keras.ops.zeros((1, *model.output_shape[1:]))
+    sparse = isinstance(model.loss, keras.losses.SparseCategoricalCrossentropy)
+    model.compute_metrics(None, keras.ops.zeros((1,), "int32") if sparse else outputs, outputs, sample_weight=None)
+    model.reset_metrics()
 
 
 def load_run_model(run: "Run", which: Literal["final", "best", "last"] = "final"):

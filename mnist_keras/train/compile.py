@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..backend import keras, tf
 from ..spec import Spec
-from ..model.objects import InverseTimePower, OneCycle, one_cycle, rounded_accuracy
+from ..model.objects import InverseTimePower, OneCycle, build_before_tracing, one_cycle, rounded_accuracy
 
 
 def spans_the_run(spec: Spec) -> bool:
@@ -124,19 +124,7 @@ def compile_model(model, spec: Spec, steps_per_epoch: int, found: float | None =
         optimizer=optimizer, loss=loss, metrics=metrics,
         jit_compile=spec.runtime.jit_compile, steps_per_execution=steps_per_epoch if group == "epoch" else group,
     )
-    _build_before_tracing(model, spec)
-
-
-def _build_before_tracing(model, spec: Spec) -> None:
-    """Make the optimizer's slots and the metrics' variables now, as Keras does under a tf.distribute strategy:
-    otherwise Keras makes them inside the first traced step, which TensorFlow then traces a second time."""
-    if tf.distribute.has_strategy():  # Keras builds them itself, in the strategy's replica context
-        return
-    model.optimizer.build(model.trainable_variables)
-    outputs = keras.ops.zeros((1, *model.output_shape[1:]))
-    labels = keras.ops.zeros((1,), "int32") if spec.loss() == "sparse_categorical_crossentropy" else outputs
-    model.compute_metrics(None, labels, outputs, sample_weight=None)
-    model.reset_metrics()
+    build_before_tracing(model)
 
 
 def current_lr(model) -> float:
