@@ -62,13 +62,13 @@ def row_overrides(recipes: list[str]) -> list[str]:
     return overrides
 
 
-def legend() -> str:
-    """What each row adds to best.yaml, a line each."""
+def legend(rows: list[str]) -> str:
+    """What each of `rows` adds to best.yaml, a line each."""
     what = {**{name: ", ".join(values) for name, values in SETTINGS.items()},
             "rand_augment": f"{json.dumps(LAYERS['rand_augment'])} as the first layer",
             "random_erasing": f"{json.dumps(LAYERS['random_erasing'])} after best's augmentation layers"}
     return "\n".join(f"  {name:15}" + (" + ".join(what[r] for r in recipes) if recipes else "best.yaml as it is")
-                     for name, recipes in ROWS.items())
+                     for name, recipes in ROWS.items() if name in rows)
 
 
 def test_probe(spec, data_dir: str):
@@ -165,7 +165,7 @@ def main() -> None:
     command = shlex.join([Path(sys.executable).name, *sys.argv])
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\nmachine: {machine()}\ncommand: {command}\n"
           f"test accuracy per epoch: a Keras callback passed to mk.fit (callbacks=) predicts the test set after each "
-          f"epoch, outside the epoch's seconds; dashboards off in every run\n{legend()}", flush=True)
+          f"epoch, outside the epoch's seconds; dashboards off in every run\n{legend(args.rows)}", flush=True)
     results: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
                      "command": command, "target": TARGET, "rows": {}}
     with tempfile.TemporaryDirectory(prefix="mnist-keras-recipes-") as work:
