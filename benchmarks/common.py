@@ -9,6 +9,7 @@ import argparse
 import gzip
 import json
 import math
+import os
 import platform
 import time
 from pathlib import Path
@@ -93,3 +94,15 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    """'MODEL, N cores, AVX-512: avx512f avx512bw ..., AMX: none': the CPU's model and its AVX-512 and AMX flags."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    listed = {kind: " ".join(f for f in flags if f.startswith(prefix)) or "none"
+              for kind, prefix in (("AVX-512", "avx512"), ("AMX", "amx"))}
+    return f"{cpu_model()}, {os.cpu_count()} cores, " + ", ".join(f"{k}: {v}" for k, v in listed.items())

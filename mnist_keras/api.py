@@ -105,12 +105,13 @@ def _spec_of(spec: Spec | str | Path, overrides: Sequence[Any], data_dir: str | 
 @keeps_global_state
 def fit(spec: Spec | str | Path, runs: str | Path = "runs", *, overrides: Sequence[Any] = (),
         data_dir: str | None = None, device: str | None = None, distribute: str | None = None,
-        cluster: dict | None = None, reporter: Reporter | None = None) -> Run:
+        cluster: dict | None = None, reporter: Reporter | None = None, callbacks: Sequence = ()) -> Run:
     """Train `spec` (a Spec, or a spec file loaded with `overrides`) in a new run directory under `runs`, evaluate
     it on the test set, and return the Run. `device` and `distribute` override the spec's runtime; `cluster` is a
-    TF_CONFIG mapping for multi_worker."""
+    TF_CONFIG mapping for multi_worker; `callbacks`: Keras callbacks run after the run's own each epoch, as
+    resume's."""
     return fit_run(_spec_of(spec, overrides, data_dir), runs, data_dir=data_dir, device=device,
-                   distribute=distribute, cluster=cluster, reporter=reporter)
+                   distribute=distribute, cluster=cluster, reporter=reporter, callbacks=callbacks)
 
 
 @keeps_global_state

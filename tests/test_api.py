@@ -64,7 +64,16 @@ def test_api_is_silent_and_raises_typed_errors(write_spec, tmp_path, capfd):
     assert err.value.exit_code == 2 and re.search(r"spec.yaml:1:\d+: model.layers\[1\]", err.value.messages[0])
     spec = mk.load_spec(tiny(write_spec), overrides=["train.epochs=1"])
     assert spec.overrides == {"train.epochs": 1}
-    run = mk.fit(spec, runs=tmp_path / "runs")
+    from mnist_keras.backend import keras
+
+    class Seen(keras.callbacks.Callback):  # a caller's callback sees each epoch after the run's own
+        epochs: list = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.epochs.append((epoch, logs["epoch_seconds"]))
+
+    run = mk.fit(spec, runs=tmp_path / "runs", callbacks=[Seen()])
+    assert Seen.epochs == [(0, run.state.history[0].epoch_seconds)]
     out, errors = capfd.readouterr()
     assert "training" not in out + errors and "Epoch" not in out + errors  # silent by default
     assert run.state.overrides == {"train.epochs": 1}

@@ -26,3 +26,24 @@ def test_baseline_schedule_is_the_specs(model, warmup):
     schedule = make_schedule(spec, steps)
     for step in (0, steps // 2, steps, 3 * steps + 7, spec.train.epochs * steps - 1):
         assert learning_rate(given, step, steps) == pytest.approx(float(schedule(step)), rel=1e-4, abs=1e-9)
+
+
+def test_recipe_rows_add_each_recipe_to_best_and_nothing_else():
+    from recipes import BEST, ROWS, row_overrides, to_target
+
+    specs = {name: load_spec(BEST, row_overrides(recipes)) for name, recipes in ROWS.items()}
+    best, every = specs["best"], specs["all"]
+    assert specs["best"].model_dump() == load_spec(BEST).model_dump()
+    assert specs["ema"].train.optimizer.ema == every.train.optimizer.ema == 0.999 and best.train.optimizer.ema is None
+    assert specs["one_cycle"].train.lr_schedule.type == every.train.lr_schedule.type == "one_cycle"
+    assert specs["ema"].model_dump(exclude={"train"}) == best.model_dump(exclude={"train"})
+    mixing = {name: (s.data.augment.mixup, s.data.augment.cutmix) for name, s in specs.items()}
+    assert mixing["mixup"] == (0.2, 0) and mixing["cutmix"] == (0, 1.0) and mixing["mixup_cutmix"] == mixing["all"] == (0.2, 1.0)
+    assert specs["mixup"].model_dump(exclude={"data"}) == best.model_dump(exclude={"data"})
+    names = {name: [p.name for p in s.plan()] for name, s in specs.items()}
+    assert names["rand_augment"] == ["rand_augment_1", *names["best"]]
+    assert names["random_erasing"] == [*names["best"][:3], "random_erasing_1", *names["best"][3:]]
+    assert names["all"] == ["rand_augment_1", *names["random_erasing"]]
+    epochs = [{"epoch": 1, "epoch_seconds": 10.0, "test_accuracy": 0.99},
+              {"epoch": 2, "epoch_seconds": 5.0, "test_accuracy": 0.995}]
+    assert to_target(epochs) == {"epoch": 2, "seconds": 15.0} and to_target(epochs[:1]) is None

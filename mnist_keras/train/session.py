@@ -32,13 +32,15 @@ def _with(spec: Spec, overrides: Sequence[str] = (), **values: Any) -> Spec:
 
 
 def fit_run(spec: Spec, runs: str | Path = "runs", *, data_dir: str | None = None, device: str | None = None,
-        distribute: str | None = None, cluster: dict | None = None, reporter: Reporter | None = None) -> Run:
+        distribute: str | None = None, cluster: dict | None = None, reporter: Reporter | None = None,
+        callbacks: Sequence = ()) -> Run:
     """Train `spec` in a new run directory under `runs`, evaluate it on the test set, and return the Run.
-    `device` and `distribute` override the spec's runtime; `cluster` is a TF_CONFIG mapping for multi_worker."""
+    `device` and `distribute` override the spec's runtime; `cluster` is a TF_CONFIG mapping for multi_worker;
+    `callbacks`: Keras callbacks run after the run's own each epoch (a benchmark's test-set probe)."""
     spec = _with(spec, **{"runtime.device": device, "runtime.distribute": distribute})
     state = RunState(status="running", epochs_done=0, data_dir=data_dir and absolute(data_dir), overrides=spec.overrides,
                      backbone=BackboneRun.of(spec))
-    return _train(spec, None, runs, state, reporter or Reporter(), cluster)
+    return _train(spec, None, runs, state, reporter or Reporter(), cluster, callbacks=tuple(callbacks))
 
 
 def resume_run(run: Run | str | Path, epochs: int | None = None, *, data_dir: str | None = None,
