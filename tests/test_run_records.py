@@ -302,9 +302,28 @@ def test_two_resumes_started_together_train_the_run_once(run):
     codes = sorted(proc.returncode for proc in procs)
     assert codes == [0, 2], outputs
     second = outputs[[proc.returncode for proc in procs].index(2)]
-    assert "is still training this run" in second and "Traceback" not in second, second
+    # refused while the other trains, or, when the other has already trained it by the time this one holds the
+    # lock, refused for that (it read the run's record before)
+    assert ("is still training this run" in second or "another process trained this run while this command was "
+            "starting (it is now finished after epoch 3)" in second) and "Traceback" not in second, second
     state = json.loads((run / "state.json").read_text())
     assert state["status"] == "finished" and state["epochs_done"] == 3 and len(state["history"]) == 3
+
+
+def test_a_resume_that_read_the_record_before_another_trained_the_run_is_refused(run):
+    """The race of two resumes, one step at a time: this one reads the run's record, another trains the run and
+    lets go of its lock, then this one takes the lock: refused, the other's epoch kept, not trained again."""
+    import mnist_keras as mk
+    from mnist_keras.errors import UserError
+    from mnist_keras.runs.run import open_run
+
+    stale = open_run(run)
+    mk.resume(run, epochs=2)
+    with pytest.raises(UserError, match="another process trained this run while this command was starting "
+                                        r"\(it is now finished after epoch 2\)"):
+        mk.resume(stale, epochs=3)
+    state = json.loads((run / "state.json").read_text())
+    assert state["status"] == "finished" and state["epochs_done"] == 2 and len(state["history"]) == 2
 
 
 def test_a_run_in_training_is_refused_and_free_again_after_a_crash(run):

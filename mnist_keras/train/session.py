@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from ..errors import Interrupted, TrainingFailed, UserError
 from ..reporter import Reporter
 from ..runs.files import check_no_links, check_not_training, remove_partial_files, training_lock
-from ..runs.record import BackboneRun, RunState
+from ..runs.record import BackboneRun, RunState, read_state
 from ..runs.run import Run, open_run
 from ..spec import Spec, dump_spec
 from ..spec.data_section import absolute
@@ -113,6 +113,8 @@ def _train(spec: Spec, run_dir: Path | None, runs: str | Path | None, state: Run
     new = run_dir is None
     run = Run.create(runs, spec.name, spec, state) if new else Run(run_dir, spec, state)
     with training_lock(run.path):  # held until training ends, however it ends
+        if not new:
+            _check_untouched(run.path, state)
         try:
             if not new:
                 remove_partial_files(run.path)
@@ -133,6 +135,14 @@ def _train(spec: Spec, run_dir: Path | None, runs: str | Path | None, state: Run
                                  f"after epoch {state.epochs_done}, whose checkpoint is kept. Free some space (or "
                                  f"fix the folder), then resume with: mnist-keras fit --resume {run.path}") from None
     return run
+
+
+def _check_untouched(run_dir: Path, state: RunState) -> None:
+    """UserError if another process trained the run between this one reading its record and taking its lock."""
+    now = read_state(run_dir)
+    if (now.epochs_done, now.checkpoint) != (state.epochs_done, state.checkpoint):
+        raise UserError(f"{run_dir}: another process trained this run while this command was starting (it is now "
+                        f"{now.status} after epoch {now.epochs_done}); run the command again to go on from there")
 
 
 def _train_worker(spec: Spec, chief_run_dir: Path | None, prepared, state: RunState, reporter: Reporter) -> Run:
