@@ -138,7 +138,7 @@ def lr_find(spec: Spec | str | Path, overrides: Sequence[Any] = (), *, steps: in
     `max_lr`, stopping once the smoothed loss diverges; returns an LRFinding (rates, losses, smoothed losses,
     the suggested rate and its rule, notes) and writes its figure to `out` when given. No run directory is made,
     and the process's global settings are left as found."""
-    from .train.lr_find import find_learning_rate
+    from .train.session import find_learning_rate
 
     return find_learning_rate(_spec_of(spec, overrides, data_dir), data_dir, steps, min_lr, max_lr,
                               None if out is None else Path(out), reporter or Reporter())

@@ -3,12 +3,7 @@ checks of stop_at and `learning_rate: auto`, each a problem at its spec path."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from .messages import did_you_mean
-
-if TYPE_CHECKING:
-    from .schema import Spec
 
 METRICS = ("loss", "accuracy")  # what every epoch logs; each also as val_* on an epoch that validates
 
@@ -28,7 +23,7 @@ def shown_target(metric: str, target: float) -> str:
     return f"{metric} {'>=' if rises(metric) else '<='} {target:g}"
 
 
-def _stop_at_problems(spec: Spec) -> list[tuple[tuple, str]]:
+def _stop_at_problems(spec) -> list[tuple[tuple, str]]:
     logged = [*METRICS, *(f"val_{name}" for name in METRICS)]
     problems = []
     for metric, target in (spec.train.stop_at or {}).items():
@@ -51,7 +46,7 @@ def _stop_at_problems(spec: Spec) -> list[tuple[tuple, str]]:
     return problems
 
 
-def _auto_rate_problems(spec: Spec) -> list[tuple[tuple, str]]:
+def _auto_rate_problems(spec) -> list[tuple[tuple, str]]:
     problems = [(("train", "stages", i, "optimizer", "learning_rate"), "auto is found once, before the first "
                  "epoch: set it in train.optimizer (a stage without an optimizer of its own trains with that one) or "
                  "give this stage a rate") for i, stage in enumerate(spec.train.stages or [])
@@ -63,6 +58,6 @@ def _auto_rate_problems(spec: Spec) -> list[tuple[tuple, str]]:
     return problems
 
 
-def target_problems(spec: Spec) -> list[tuple[tuple, str]]:
-    """What is wrong with train.stop_at and `learning_rate: auto` in this spec, as (spec path, message) pairs."""
+def target_problems(spec) -> list[tuple[tuple, str]]:
+    """What is wrong with train.stop_at and `learning_rate: auto` in `spec` (a Spec), as (spec path, message) pairs."""
     return _stop_at_problems(spec) + _auto_rate_problems(spec)

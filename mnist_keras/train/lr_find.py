@@ -6,10 +6,9 @@ bound, the loss smoothed, the test stopped once the smoothed loss diverges, and 
 from __future__ import annotations
 
 import math
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from ..errors import TrainingFailed, UserError
 
@@ -115,27 +114,3 @@ def write_figure(finding: LRFinding, path: Path) -> Path:
                 path)
     finding.figure = path
     return path
-
-
-def find_learning_rate(spec: Spec, data_dir: str | None, steps: int, min_lr: float, max_lr: float,
-                       out: Path | None, notify: Callable[[str], None]) -> LRFinding:
-    """`mnist-keras lr-find`: the range test on the spec's device and training data, its figure written to `out`
-    (when given), nothing else left behind (a disk cache, without data.cache_dir, in a scratch folder)."""
-    from ..data import make_pipelines
-    from .loop import class_weight_of, prepare
-
-    check_range(steps, min_lr, max_lr)
-    if spec.runtime.distribute == "multi_worker":
-        raise UserError("runtime.distribute: lr-find runs on this machine alone; --set runtime.distribute=none "
-                        "(or mirrored)")
-    if out is not None and not Path(out).parent.is_dir():
-        raise UserError(f"{out}: the folder {Path(out).parent} does not exist")
-    prepared = prepare(spec, data_dir, None, notify)
-    with tempfile.TemporaryDirectory(prefix="mnist-keras-lr-find-") as scratch, prepared.placement.scope():
-        pipes = make_pipelines(spec, prepared.data, cache_dir=scratch, notify=notify)
-        notify(f"mnist-keras: range test of {spec.name} on {prepared.placement.described}: up to {steps} steps "
-               f"of {spec.data.batch_size} images, learning rate {min_lr:g} to {max_lr:g}")
-        finding = range_test(spec, pipes.train, class_weight_of(spec, prepared.data, pipes), steps, min_lr, max_lr)
-    if out is not None:
-        write_figure(finding, Path(out))
-    return finding

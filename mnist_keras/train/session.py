@@ -1,13 +1,14 @@
-"""Training sessions: a new run (fit_run) or an earlier one continued (resume_run), prepared, trained, and
-recorded; the typed errors on failure. The API and the sweeps' trials both train through here."""
+"""Training sessions: a new run (fit_run) or an earlier one continued (resume_run), prepared, trained and
+recorded, and the range test of `lr-find` (find_learning_rate); the typed errors on failure. The API and the sweeps' trials both train through here."""
 
 from __future__ import annotations
 
 import difflib
 import json
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..errors import Interrupted, TrainingFailed, UserError
 from ..reporter import Reporter
@@ -16,6 +17,7 @@ from ..runs.record import BackboneRun, RunState, read_state
 from ..runs.run import Run, open_run
 from ..spec import Spec, dump_spec
 from ..spec.data_section import absolute
+from .lr_find import LRFinding, check_range, range_test, write_figure
 
 
 def _with(spec: Spec, overrides: Sequence[str] = (), **values: Any) -> Spec:
@@ -161,3 +163,27 @@ def _train_worker(spec: Spec, chief_run_dir: Path | None, prepared, state: RunSt
         except KeyboardInterrupt:
             raise Interrupted(f"{prepared.placement.described}: interrupted") from None
     return Run(None, spec, state, run.metrics)
+
+
+def find_learning_rate(spec: Spec, data_dir: str | None, steps: int, min_lr: float, max_lr: float,
+                       out: Path | None, notify: Callable[[str], None]) -> LRFinding:
+    """`mnist-keras lr-find`: the range test on the spec's device and training data, its figure written to `out`
+    (when given), nothing else left behind (a disk cache, without data.cache_dir, in a scratch folder)."""
+    from ..data import make_pipelines
+    from .loop import class_weight_of, prepare
+
+    check_range(steps, min_lr, max_lr)
+    if spec.runtime.distribute == "multi_worker":
+        raise UserError("runtime.distribute: lr-find runs on this machine alone; --set runtime.distribute=none "
+                        "(or mirrored)")
+    if out is not None and not Path(out).parent.is_dir():
+        raise UserError(f"{out}: the folder {Path(out).parent} does not exist")
+    prepared = prepare(spec, data_dir, None, notify)
+    with tempfile.TemporaryDirectory(prefix="mnist-keras-lr-find-") as scratch, prepared.placement.scope():
+        pipes = make_pipelines(spec, prepared.data, cache_dir=scratch, notify=notify)
+        notify(f"mnist-keras: range test of {spec.name} on {prepared.placement.described}: up to {steps} steps "
+               f"of {spec.data.batch_size} images, learning rate {min_lr:g} to {max_lr:g}")
+        finding = range_test(spec, pipes.train, class_weight_of(spec, prepared.data, pipes), steps, min_lr, max_lr)
+    if out is not None:
+        write_figure(finding, Path(out))
+    return finding
