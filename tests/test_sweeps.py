@@ -168,8 +168,8 @@ def test_two_processes_share_one_sqlite_study_and_the_best_spec_loads(tmp_path):
     spec = mk.load_spec(best)
     top = max((t for t in trials), key=lambda t: t.value)
     assert spec.data.batch_size == top.params["data.batch_size"]
-    shown = finish(sweep_process(tmp_path, "--show"))
-    assert shown.count(" finished ") == len(trials), shown
+    shown = in_process("sweep", "sweep.yaml", "--show", cwd=tmp_path)
+    assert shown.returncode == 0 and shown.stdout.count(" finished ") == len(trials), shown.stdout + shown.stderr
 
 
 def test_show_does_not_import_tensorflow(tmp_path):
@@ -224,7 +224,9 @@ def test_a_pruned_trial_stops_after_its_epoch_and_its_run_says_pruned(tmp_path, 
             params={"train.optimizer.learning_rate": 0.01, "data.batch_size": 64}, value=0.999,
             distributions=_distributions(sweep_file),
             intermediate_values={0: 0.999, 1: 0.999, 2: 0.999}))
-    out = finish(sweep_process(tmp_path))
+    done = in_process("sweep", "sweep.yaml", cwd=tmp_path)
+    assert done.returncode == 0 and "Warning" not in done.stderr, done.stdout + done.stderr
+    out = done.stdout
     (real,) = [t for t in trials_of(tmp_path) if "run_dir" in t.user_attrs]
     assert real.state == optuna.trial.TrialState.PRUNED and "pruned after epoch 1" in out, out
     run = tmp_path / real.user_attrs["run_dir"]
