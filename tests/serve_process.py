@@ -29,14 +29,16 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 class Server:
-    """`mnist-keras serve TARGET --port FREE_PORT ARGS...`: entering waits until it answers and gives its base URL;
-    leaving stops it with Ctrl-C (SIGINT) and checks it ended cleanly (exit 0 or 130, no traceback)."""
+    """`mnist-keras serve TARGET --port FREE_PORT ARGS...`: entering waits until it is ready (/v2/health/ready) and
+    gives its base URL; leaving stops it with Ctrl-C (SIGINT) and checks it ended cleanly (exit 0 or 130, no
+    traceback). TARGET may be a list of folders, or None when ARGS name a --models-config."""
 
     def __init__(self, target, *args: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        targets = [] if target is None else [str(t) for t in target] if isinstance(target, list) else [str(target)]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mnist_keras", "serve", str(target), "--port", str(self.port), *args],
+            [sys.executable, "-m", "mnist_keras", "serve", *targets, "--port", str(self.port), *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)})
 
@@ -46,9 +48,9 @@ class Server:
             if self.process.poll() is not None:
                 raise AssertionError(f"the server ended with {self.process.returncode}: {self.process.stderr.read()}")
             try:
-                urllib.request.urlopen(self.url + "/v1/stats", timeout=5).read()
+                urllib.request.urlopen(self.url + "/v2/health/ready", timeout=5).read()
                 return self
-            except (urllib.error.URLError, ConnectionError):
+            except (urllib.error.URLError, ConnectionError):  # HTTPError 503 too: not ready yet
                 time.sleep(0.2)
         raise AssertionError("the server did not answer within 120 s")
 

@@ -47,7 +47,10 @@ def export_command(run_dir, fmt, quantize, out, data_dir):
 
 
 @click.command()
-@click.argument("target", metavar="RUN_DIR|EXPORT_DIR")
+@click.argument("targets", nargs=-1, metavar="RUN_DIR|EXPORT_DIR...")
+@click.option("--models-config", type=click.Path(dir_okay=False),
+              help="A YAML file naming the models to serve (name, path, versions, allow_label_change), instead of "
+              "folders.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on (0.0.0.0: all).")
 @click.option("--port", default=8501, show_default=True, type=click.IntRange(0, 65535),
               help="The port (TensorFlow Serving's REST port by default; 0: any free one).")
@@ -56,13 +59,20 @@ def export_command(run_dir, fmt, quantize, out, data_dir):
 @click.option("--batch-wait", default=2.0, show_default=True, type=click.FloatRange(0, 1000), metavar="MS",
               help="How long the first request of a batch waits for others, in milliseconds.")
 @click.option("--no-batching", is_flag=True, help="One model call per request (same as --max-batch 1).")
-def serve(target, host, port, max_batch, batch_wait, no_batching):
-    """Serve a run's model, or an exported one, over TensorFlow Serving's REST API, with a drawing page at /.
+@click.option("--poll", default=2.0, show_default=True, type=click.FloatRange(0, 86400), metavar="SECONDS",
+              help="How often export folders are checked for new or removed versions (0: never).")
+@click.option("--access-log/--no-access-log", default=True, show_default=True,
+              help="One line per request on stdout.")
+def serve(targets, models_config, host, port, max_batch, batch_wait, no_batching, poll, access_log):
+    """Serve runs' models, or exported ones, over TensorFlow Serving's REST API and KServe's V2 inference
+    protocol on one port, with Prometheus metrics at /metrics and a drawing page at /.
 
-    POST /v1/models/NAME:predict takes {"instances": [...]} of uint8 images; POST /v1/models/NAME:classify
-    an image file (multipart field "file"). Concurrent requests are batched into one model call.
+    POST /v1/models/NAME:predict takes {"instances": [...]} of uint8 images or {"b64": ...} image files;
+    POST /v2/models/NAME/infer typed tensors. Concurrent requests are batched into one model call. SIGTERM
+    drains (requests in flight are answered) and exits 0.
     """
     from ..api import Reporter, serve as run_server
 
-    run_server(target, host=host, port=port, max_batch=1 if no_batching else max_batch,
-               batch_wait=0 if no_batching else batch_wait / 1000, reporter=Reporter(echo=click.echo))
+    run_server(targets, models_config=models_config, host=host, port=port,
+               max_batch=1 if no_batching else max_batch, batch_wait=0 if no_batching else batch_wait / 1000,
+               poll=poll, access_log=access_log, reporter=Reporter(echo=click.echo))

@@ -3,7 +3,7 @@
 Requests wait in an asyncio queue. A worker takes the first, waits at most `max_wait` seconds for more
 (unless the queue already holds a full batch), takes what has come up to `max_batch_size` images, and runs
 the model once on a thread of its own, so the event loop keeps accepting requests meanwhile. Model calls run
-one at a time; while one runs, the next batch gathers.
+one at a time; while one runs, the next batch gathers. `stop()` answers every request queued before it.
 """
 
 from __future__ import annotations
@@ -15,6 +15,10 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
+
+from .payloads import BadRequest
+
+_STOP = object()  # queued by stop(): the worker ends when it reaches it
 
 
 @dataclass
@@ -37,13 +41,14 @@ class Batcher:
     """Runs `predict` (images (N, ...) -> outputs (N, ...)) on batches of concurrent requests.
 
     `max_batch_size` 1 switches batching off: one model call per request (a request of several images is
-    always one call). Use inside a running event loop, between `start()` and `stop()`.
+    always one call). Use inside a running event loop, between `start()` and `stop()`; `on_batch` is told the size
+    of every batch run.
     """
 
     def __init__(self, predict: Callable[[np.ndarray], np.ndarray], max_batch_size: int = 64,
-                 max_wait: float = 0.002):
+                 max_wait: float = 0.002, on_batch: Callable[[int], None] = lambda size: None):
         self.predict_batch, self.max_batch_size, self.max_wait = predict, max_batch_size, max_wait
-        self.stats = BatchStats()
+        self.on_batch, self.stats, self.stopping = on_batch, BatchStats(), False
         self._queue: asyncio.Queue | None = None
         self._worker: asyncio.Task | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="model")
@@ -53,27 +58,37 @@ class Batcher:
         self._worker = asyncio.create_task(self._work())
 
     async def stop(self) -> None:
-        self._worker.cancel()
+        """Answer the requests queued so far, then stop."""
+        self.stopping = True
+        self._queue.put_nowait(_STOP)
         await asyncio.gather(self._worker, return_exceptions=True)
         self._thread.shutdown(wait=True)
 
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a model call."""
+        return self._queue.qsize() if self._queue else 0
+
     async def predict(self, images: np.ndarray) -> np.ndarray:
         """The outputs for these images, computed in a batch with whatever other requests came with them."""
+        if self.stopping:
+            raise BadRequest("this model version has just been unloaded; send the request again", 503)
         answer = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((images, answer))
         return await answer
 
     async def _work(self) -> None:
-        held = None  # a request that did not fit the last batch: it starts the next one
+        held = None  # a request that did not fit the last batch (or the stop): it starts the next one
         while True:
-            batch = [held or await self._queue.get()]
-            held = None
-            size = len(batch[0][0])
+            first, held = (held if held is not None else await self._queue.get()), None
+            if first is _STOP:
+                return
+            batch, size = [first], len(first[0])
             if size < self.max_batch_size and self.max_wait > 0 and self._queue.qsize() < self.max_batch_size - size:
                 await asyncio.sleep(self.max_wait)
             while size < self.max_batch_size and not self._queue.empty():
                 request = self._queue.get_nowait()
-                if size + len(request[0]) > self.max_batch_size:
+                if request is _STOP or size + len(request[0]) > self.max_batch_size:
                     held = request
                     break
                 batch.append(request)
@@ -95,6 +110,7 @@ class Batcher:
         self.stats.model_calls += 1
         self.stats.model_seconds += time.perf_counter() - started
         self.stats.largest_batch = max(self.stats.largest_batch, len(images))
+        self.on_batch(len(images))
         start = 0
         for request, answer in batch:
             if not answer.done():  # a client that went away cancels its answer

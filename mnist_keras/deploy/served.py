@@ -1,8 +1,10 @@
 """The model a server serves, from a run directory or an exported SavedModel, behind one interface.
 
 An export folder is `OUT/NAME` holding `export.json`, `labels.txt` and numbered SavedModel versions (`1/`,
-`2/`, ...; TensorFlow Serving's layout); the highest version is served. A run directory is served through
-serving.py's deployable model. TensorFlow loads only once the folder has been recognised.
+`2/`, ...; TensorFlow Serving's layout). A version's class names are those of `VERSION/assets.extra/labels.txt`
+when it has one (a version copied in from another export brings its own), else the folder's. A run directory
+is served as version 1, through serving.py's deployable model. TensorFlow loads only once the folder has been
+recognised.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import numpy as np
 from ..data.images import decode_image
 from ..errors import UserError, first_line
 from ..runs.exports import RECORD_FILE, RECORD_SHAPE, ExportRecord, read_export_record, read_labels
+
+VERSION_LABELS = "assets.extra"  # VERSION/assets.extra/labels.txt: the version's own class names (TF Serving's place)
 
 
 @dataclass
@@ -54,9 +58,28 @@ def locate(target: str | Path):
     return _export_folder(path) or open_run(path)
 
 
-def load_served(found) -> ServedModel:
-    """The model of what locate() found, loaded and ready to predict."""
-    served = _load_export(found) if isinstance(found, Path) else _load_run(found)
+def versions_of(found) -> dict[int, Path]:
+    """The versions of what locate() found, by number: a run directory is version 1; an export folder's are its
+    folders named by a number (ASCII digits: "²".isdigit() too) that hold a saved_model.pb."""
+    if not isinstance(found, Path):
+        return {1: found.path}
+    try:
+        return dict(sorted((int(p.name), p) for p in found.iterdir()
+                           if p.name.isascii() and p.name.isdigit() and (p / "saved_model.pb").is_file()))
+    except OSError as err:
+        raise UserError(f"{found}: cannot read: {err.strerror or err}") from None
+
+
+def load_served(found, version: int | None = None) -> ServedModel:
+    """The model of what locate() found (of `version`, by default the highest), loaded and ready to predict."""
+    if isinstance(found, Path):
+        versions = versions_of(found)
+        if not versions:
+            raise UserError(f"{found}: no SavedModel version folder (1/, 2/, ...) with a saved_model.pb")
+        version = max(versions) if version is None else version
+        served = _load_export(found, version, versions[version])
+    else:
+        served = _load_run(found)
     width = served.predict(np.zeros((1, *served.input_shape), np.uint8)).shape[1]  # traced now, not on a request
     if width != len(served.class_names):
         raise UserError(f"{served.source}: the model gives {width} probabilities for {len(served.class_names)} "
@@ -89,18 +112,11 @@ def _load_run(run) -> ServedModel:
                        lambda images: forward(images).numpy())
 
 
-def _load_export(folder: Path) -> ServedModel:
+def _load_export(folder: Path, version: int, saved: Path) -> ServedModel:
     record, class_names = _export_info(folder)
-    try:  # TensorFlow Serving's versions: folders named by a number (ASCII digits: "²".isdigit() too)
-        versions = sorted((int(p.name), p) for p in folder.iterdir()
-                          if p.name.isascii() and p.name.isdigit() and (p / "saved_model.pb").is_file())
-    except OSError as err:
-        raise UserError(f"{folder}: cannot read: {err.strerror or err}") from None
-    if not versions:
-        raise UserError(f"{folder}: no SavedModel version folder (1/, 2/, ...) with a saved_model.pb")
+    class_names = read_labels(saved / VERSION_LABELS) or class_names
     from ..backend import tf
 
-    version, saved = versions[-1]
     try:
         loaded = tf.saved_model.load(str(saved))
     except Exception as err:  # TensorFlow raises many kinds on a damaged SavedModel

@@ -1,24 +1,27 @@
-"""`mnist-keras serve`: TensorFlow Serving's REST API and a drawing page, on FastAPI and uvicorn.
+"""`mnist-keras serve`: TensorFlow Serving's REST API and KServe's Open Inference Protocol (kserve.py) on one port,
+Prometheus metrics, and a drawing page, on FastAPI and uvicorn, for the models of repository.py.
 
-Endpoints (NAME is the model's name; `/versions/N` may follow it, as in TensorFlow Serving):
-GET /v1/models/NAME (status), GET /v1/models/NAME/metadata (signature and class names),
-POST /v1/models/NAME:predict (JSON images, payloads.py), POST /v1/models/NAME:classify (an image file),
-GET /v1/stats (batching counts) and GET / (the page). Every refusal is a 4xx with {"error": message}.
+V1 endpoints (NAME a served model; `/versions/N` may follow it, as in TensorFlow Serving):
+GET /v1/models/NAME (status), GET /v1/models/NAME/metadata (signatures and class names),
+POST /v1/models/NAME:predict (images or encoded files, payloads.py), POST /v1/models/NAME:classify (examples of
+encoded files; answers [label, score] pairs), GET /v1/stats (batching counts). Also POST /upload/NAME (a
+multipart image file, for the page), GET /metrics, GET / (the page; ?model=NAME picks one). Every refusal is
+a 4xx (503 while loading or draining) with {"error": message}. SIGTERM drains: the listener closes, requests
+in flight are answered, and the process exits 0.
 """
 
 from __future__ import annotations
 
 import errno
-import gc
 import json
 import logging
+import signal
 import socket
+import sys
 from contextlib import asynccontextmanager
 from importlib import resources
 from urllib.parse import quote
 
-import numpy as np
-import orjson
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -29,30 +32,61 @@ from starlette.requests import ClientDisconnect
 
 from ..errors import UserError
 from .batching import Batcher
-from .payloads import INPUT_NAME, BadRequest, predict_images
-from .served import ServedModel, load_served, locate
+from .kserve import add_v2_routes
+from .metrics import Measured, Metrics, access
+from .payloads import BYTES_NAME, INPUT_NAME, BadRequest, classify_images, json_response, predict_images
+from .repository import Repository, Servable, log, model_sources
 
 MAX_BODY = 16 * 1024 * 1024  # bytes: 16 MiB, checked before the body is read
 MAX_INSTANCES = 1024  # images per :predict request
+DRAIN_SECONDS = 10  # at most this long for requests in flight after SIGTERM
 
 
-def serve(target: str, host: str = "127.0.0.1", port: int = 8501, max_batch_size: int = 64,
-          batch_wait: float = 0.002, announce=print) -> None:
-    """Serve a run directory or export folder until Ctrl-C; UserError for a bad folder or a port in use."""
-    found = locate(target)
-    listener = _listen(host, port)  # a port in use is reported before the model loads
-    model = load_served(found)
-    gc.collect()
-    gc.freeze()  # TensorFlow's millions of objects are never garbage: collections skip them from here on
-    app = create_app(model, Batcher(model.predict, max_batch_size, batch_wait))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, proxy_headers=False,
-                                            timeout_graceful_shutdown=5))
-    listener.listen(2048)  # connections wait in the backlog from here on, until uvicorn takes them
+def serve(targets: list[str], config: str | None = None, host: str = "127.0.0.1", port: int = 8501,
+          max_batch_size: int = 64, batch_wait: float = 0.002, poll: float = 2.0, access_log: bool = True,
+          announce=print) -> None:
+    """Serve run directories or export folders (or a models config's) until Ctrl-C or SIGTERM; UserError for a
+    bad folder, a model that cannot load, or a port in use."""
+    sources = model_sources(targets, config)
+    listener = _listen(host, port)  # a port in use is reported before the models load
+    _logs(access_log)
     bound_host, bound_port = listener.getsockname()[:2]
-    url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
-    announce(f"serving {model.name} (version {model.version}) from {model.source} at http://{url_host}:{bound_port}/ "
-             f"(REST API: /v1/models/{model.name}; Ctrl-C stops)")
+    url = f"http://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}/"
+    server: Draining | None = None
+
+    def loaded(repository: Repository) -> None:
+        announce(f"serving {_listing(repository)} at {url} (REST: /v1/models/NAME, /v2/models/NAME; "
+                 "metrics: /metrics; Ctrl-C or SIGTERM stops)")
+
+    repository = Repository(sources, lambda model: Batcher(model.predict, max_batch_size, batch_wait,
+                                                           metrics.batch_observer(model)), poll, announce)
+    metrics = Metrics(repository)
+    batching = {"enabled": max_batch_size > 1, "max_batch_size": max_batch_size, "batch_wait_ms": batch_wait * 1000}
+    app = create_app(repository, metrics, batching, access_log, on_loaded=loaded, on_failure=lambda: server.stop())
+    server = Draining(uvicorn.Config(app, log_level="warning", access_log=False, proxy_headers=False,
+                                     timeout_graceful_shutdown=DRAIN_SECONDS), repository)
+    listener.listen(2048)  # connections wait in the backlog from here on, until uvicorn takes them
     server.run(sockets=[listener])
+    if repository.failure:
+        raise repository.failure
+
+
+class Draining(uvicorn.Server):
+    """uvicorn's server, not ready from the first SIGTERM or Ctrl-C on; after a SIGTERM it returns (exit 0) once
+    it has drained, instead of raising the signal again as uvicorn does."""
+
+    def __init__(self, config: uvicorn.Config, repository: Repository):
+        super().__init__(config)
+        self.repository = repository
+
+    def handle_exit(self, sig: int, frame) -> None:
+        self.repository.draining = True
+        super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM:
+            self._captured_signals.remove(sig)
+
+    def stop(self) -> None:
+        self.should_exit = True
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -73,68 +107,95 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def create_app(model: ServedModel, batcher: Batcher, max_body: int = MAX_BODY,
-               max_instances: int = MAX_INSTANCES) -> FastAPI:
-    """The FastAPI application serving `model`, its predictions batched by `batcher`."""
+def _logs(access_log: bool) -> None:
+    """Server events and problems to stderr, the access log (one line per request) to stdout."""
+    for logger, stream, on in ((log, sys.stderr, True), (access, sys.stdout, access_log)):
+        logger.handlers[:] = [logging.StreamHandler(stream)] if on else []
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def _listing(repository: Repository) -> str:
+    """`tiny (version 1) from PATH, other (versions 1, 2) from PATH`."""
+    parts = []
+    for source in repository.sources:
+        versions = sorted(repository.served[source.name])
+        label = "version" if len(versions) == 1 else "versions"
+        where = source.found if not hasattr(source.found, "path") else source.found.path
+        parts.append(f"{source.name} ({label} {', '.join(map(str, versions))}) from {where}")
+    return ", ".join(parts)
+
+
+def create_app(repository: Repository, metrics: Metrics, batching: dict, access_log: bool = True, *,
+               on_loaded=lambda repository: None,
+               on_failure=lambda: None, max_body: int = MAX_BODY, max_instances: int = MAX_INSTANCES) -> FastAPI:
+    """The FastAPI application serving `repository`'s models (`batching`: its settings, for /v1/stats)."""
 
     @asynccontextmanager
     async def lifespan(_app):
-        await batcher.start()
+        await repository.start(lambda: on_loaded(repository), on_failure)
         yield
-        await batcher.stop()
+        await repository.stop()
 
-    app = FastAPI(title=f"mnist-keras: {model.name}", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+    app = FastAPI(title="mnist-keras serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(BodyLimit, max_body=max_body)
+    app.add_middleware(Measured, metrics=metrics, access_log=access_log)
     app.add_exception_handler(BadRequest, lambda _r, err: _error(err.message, err.status))
     app.add_exception_handler(HTTPException, lambda _r, err: _error(str(err.detail), err.status_code))
     app.add_exception_handler(ClientDisconnect, _disconnected)
     app.add_exception_handler(Exception, lambda _r, err: _error(f"internal error: {type(err).__name__}: {err}", 500))
-    page = _page(model)
 
-    def servable(request: Request) -> None:
-        """Raises TensorFlow Serving's 404 unless the path names this model (and its version, if any)."""
-        name, version = request.path_params["name"], request.path_params.get("version")
-        if name != model.name or version not in (None, str(model.version)):
-            wanted = f"Latest({name})" if version is None else f"Specific({name}, {version})"
-            raise BadRequest(f"Servable not found for request: {wanted}", 404)
+    def found(request: Request) -> Servable:
+        return repository.find(request.path_params["name"], request.path_params.get("version"))
 
     async def status(request: Request):
-        servable(request)
-        return _json({"model_version_status": [{"version": str(model.version), "state": "AVAILABLE",
-                                                "status": {"error_code": "OK", "error_message": ""}}]})
+        servable, name = found(request), request.path_params["name"]  # 404 (or 503) unless it is served
+        chosen = [servable] if "version" in request.path_params else [s for n, s in repository.servables() if n == name]
+        return json_response({"model_version_status": [
+            {"version": str(servable.model.version), "state": "AVAILABLE",
+             "status": {"error_code": "OK", "error_message": ""}} for servable in reversed(chosen)]})
 
     async def metadata(request: Request):
-        servable(request)
-        return _json({"model_spec": {"name": model.name, "signature_name": "", "version": str(model.version)},
+        model = found(request).model
+        return json_response({"model_spec": {"name": model.name, "signature_name": "", "version": str(model.version)},
                       "metadata": {"signature_def": _signature_def(model), "class_names": model.class_names}})
 
-    async def stats(_request: Request):
-        return _json({"model": model.name, "batching": _batching(batcher), **batcher.stats.as_dict()})
-
-    async def home(_request: Request):
-        return HTMLResponse(page)
-
     async def predict(request: Request):
-        servable(request)
-        images, columnar = predict_images(await request.body(), model.input_shape, max_instances)
-        probabilities = await batcher.predict(images)
-        return _json({"outputs" if columnar else "predictions": probabilities})
+        servable = found(request)
+        instances = predict_images(await request.body(), servable.model.input_shape, max_instances)
+        probabilities = await servable.predict(instances)
+        return json_response({"outputs" if instances.columnar else "predictions": probabilities})
 
     async def classify(request: Request):
-        servable(request)
+        servable = found(request)
+        instances = classify_images(await request.body(), servable.model.input_shape, max_instances)
+        probabilities = await servable.predict(instances)
+        names = servable.model.class_names
+        return json_response({"results": [[[name, score] for name, score in zip(names, row)] for row in probabilities.tolist()]})
+
+    async def upload(request: Request):
+        servable = found(request)
         upload = (await request.form(max_files=1, max_fields=8)).get("file")
         if not isinstance(upload, UploadFile):
             raise BadRequest('send the image as the multipart/form-data file field "file"')
         data = await upload.read()
-        try:
-            image = await run_in_threadpool(model.decode, data, upload.filename)
-        except UserError as err:
-            raise BadRequest(" ".join(err.messages)) from None
-        probabilities = (await batcher.predict(image[np.newaxis]))[0]
-        best = int(probabilities.argmax())
-        return _json({"class": best, "label": model.class_names[best],
-                      "probabilities": dict(zip(model.class_names, probabilities.tolist()))})
+        image = await run_in_threadpool(servable.decoded, [data], [upload.filename])
+        probabilities = (await servable.batcher.predict(image))[0]
+        best, names = int(probabilities.argmax()), servable.model.class_names
+        return json_response({"class": best, "label": names[best], "version": servable.model.version,
+                      "probabilities": dict(zip(names, probabilities.tolist()))})
+
+    async def stats(_request: Request):
+        return json_response({"batching": batching,
+                      "models": {name: {str(v): s.batcher.stats.as_dict() for v, s in sorted(versions.items())}
+                                 for name, versions in repository.served.items()}})
+
+    async def metrics_text(_request: Request):
+        return Response(metrics.text(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def home(request: Request):
+        name = request.query_params.get("model") or repository.sources[0].name
+        return HTMLResponse(_page(repository.find(name).model))
 
     # Plain Starlette routes: every endpoint reads its Request itself, so FastAPI's parameter machinery is skipped
     for prefix in ("/v1/models/{name}", "/v1/models/{name}/versions/{version}"):
@@ -142,8 +203,12 @@ def create_app(model: ServedModel, batcher: Batcher, max_body: int = MAX_BODY,
         app.add_route(prefix + "/metadata", metadata, methods=["GET"])
         app.add_route(prefix + ":predict", predict, methods=["POST"])
         app.add_route(prefix + ":classify", classify, methods=["POST"])
+    app.add_route("/upload/{name}", upload, methods=["POST"])
+    app.add_route("/upload/{name}/versions/{version}", upload, methods=["POST"])
     app.add_route("/v1/stats", stats, methods=["GET"])
+    app.add_route("/metrics", metrics_text, methods=["GET"])
     app.add_route("/", home, methods=["GET"])
+    add_v2_routes(app, repository, found, max_instances)
     return app
 
 
@@ -179,42 +244,36 @@ class BodyLimit:
 def _disconnected(request: Request, _err: ClientDisconnect) -> Response:
     """A client that left before sending its whole body: one log line, no traceback (and no one to answer)."""
     declared = request.headers.get("content-length")
-    logging.getLogger("uvicorn.error").warning(
-        "%s %s: the client disconnected before sending its whole body%s", request.method, request.url.path,
-        f" ({declared} bytes declared)" if declared else "")
+    log.warning("%s %s: the client disconnected before sending its whole body%s", request.method, request.url.path,
+                f" ({declared} bytes declared)" if declared else "")
     return Response(status_code=400)
-
-
-def _json(content: dict) -> Response:
-    """A JSON response; numpy arrays are written as nested lists (float32 in its shortest form)."""
-    return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
 
 def _error(message: str, status: int) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def _batching(batcher: Batcher) -> dict:
-    return {"enabled": batcher.max_batch_size > 1, "max_batch_size": batcher.max_batch_size,
-            "batch_wait_ms": batcher.max_wait * 1000}
-
-
-def _signature_def(model: ServedModel) -> dict:
-    """TensorFlow Serving's metadata of the serving_default signature."""
+def _signature_def(model) -> dict:
+    """TensorFlow Serving's metadata of the signatures: serving_default (uint8 images) and serving_bytes (encoded
+    image files)."""
     def tensor(dtype: str, dims: list[int], name: str) -> dict:
         return {"dtype": dtype, "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in dims],
                                                  "unknown_rank": False}, "name": name}
 
-    return {"signature_def": {"serving_default": {
-        "inputs": {INPUT_NAME: tensor("DT_UINT8", [-1, *model.input_shape], f"serving_default_{INPUT_NAME}:0")},
-        "outputs": {"probabilities": tensor("DT_FLOAT", [-1, len(model.class_names)], "StatefulPartitionedCall:0")},
-        "method_name": "tensorflow/serving/predict"}}}
+    outputs = {"probabilities": tensor("DT_FLOAT", [-1, len(model.class_names)], "StatefulPartitionedCall:0")}
+    return {"signature_def": {
+        "serving_default": {"inputs": {INPUT_NAME: tensor("DT_UINT8", [-1, *model.input_shape],
+                                                          f"serving_default_{INPUT_NAME}:0")},
+                            "outputs": outputs, "method_name": "tensorflow/serving/predict"},
+        "serving_bytes": {"inputs": {BYTES_NAME: tensor("DT_STRING", [-1], f"serving_bytes_{BYTES_NAME}:0")},
+                          "outputs": outputs, "method_name": "tensorflow/serving/predict"}}}
 
 
-def _page(model: ServedModel) -> str:
+def _page(model) -> str:
     """page.html with the model's name, image shape, class names and endpoints filled in."""
-    base = f"/v1/models/{quote(model.name, safe='')}"
+    name = quote(model.name, safe="")
     info = {"name": model.name, "input_shape": list(model.input_shape), "class_names": model.class_names,
-            "predict": base + ":predict", "classify": base + ":classify"}
+            "predict": f"/v1/models/{name}:predict", "upload": f"/upload/{name}"}
     script_safe = json.dumps(info).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return resources.files(__package__).joinpath("page.html").read_text().replace("__MODEL__", script_safe)
+
