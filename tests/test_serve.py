@@ -1,5 +1,6 @@
-"""`mnist-keras serve` (issue 16): TensorFlow Serving's REST API over a real server process, image uploads,
-every bad request answered with a 4xx and {"error": ...}, dynamic batching, exports, and clean start and stop."""
+"""`mnist-keras serve` (issues 16 and 27): TensorFlow Serving's REST API over a real server process (pixels and
+b64 image files on :predict, examples on :classify), image uploads, every bad request answered with a 4xx and
+{"error": ...}, dynamic batching, exports, and clean start and stop."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import shutil
 import socket
 import threading
 import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -94,7 +96,7 @@ def test_classify_an_uploaded_png_as_predict_decodes_files(tiny_server, referenc
         digit = sample["x_test"][0]
     png = tmp_path / "digit.png"
     Image.fromarray(255 - digit).resize((112, 112)).save(png)  # dark ink on white paper, 4x larger
-    status, answer = tiny_server.request("POST", "/v1/models/tiny:classify", *multipart(png.read_bytes()))
+    status, answer = tiny_server.request("POST", "/upload/tiny", *multipart(png.read_bytes()))
     assert status == 200, answer
     expected = reference(decode_image(str(png), list(SHAPE)).reshape(1, *SHAPE))[0]
     assert answer["class"] == int(expected.argmax()) and answer["label"] == CLASSES[answer["class"]]
@@ -158,7 +160,7 @@ def test_bad_uploads_are_400(tiny_server, reference, images):
              (multipart(b"x", field="image"), 'field "file"'),
              ((b'{"file": 1}', {"Content-Type": "application/json"}), 'field "file"')]
     for (body, headers), error in cases:
-        status, answer = tiny_server.request("POST", "/v1/models/tiny:classify", body, headers)
+        status, answer = tiny_server.request("POST", "/upload/tiny", body, headers)
         assert status == 400 and error in answer["error"], answer
     good_request_works(tiny_server, reference, images)
 
@@ -198,6 +200,7 @@ def test_concurrent_requests_are_answered_and_batched(tiny_server, reference):
     images = rng.integers(0, 256, (64, *SHAPE), dtype=np.uint8)
     expected = reference(images)
     _, before = tiny_server.request("GET", "/v1/stats")
+    before = before["models"]["tiny"]["1"]
     start, answers = threading.Barrier(64), [None] * 64
 
     def post(i: int) -> None:
@@ -212,8 +215,9 @@ def test_concurrent_requests_are_answered_and_batched(tiny_server, reference):
     for i, (status, answer) in enumerate(answers):
         assert status == 200, answer
         np.testing.assert_allclose(answer["predictions"][0], expected[i], atol=1e-5)
-    _, after = tiny_server.request("GET", "/v1/stats")
-    assert after["batching"] == {"enabled": True, "max_batch_size": 64, "batch_wait_ms": 2.0}
+    _, stats = tiny_server.request("GET", "/v1/stats")
+    assert stats["batching"] == {"enabled": True, "max_batch_size": 64, "batch_wait_ms": 2.0}
+    after = stats["models"]["tiny"]["1"]
     assert after["requests"] - before["requests"] >= 64
     calls = after["model_calls"] - before["model_calls"]
     assert calls < 64 and after["largest_batch"] > 1, (before, after)  # some requests shared a model call
@@ -224,7 +228,7 @@ def test_serves_an_export_folder(tiny_run, reference, images, tmp_path):
 
     export_run(tiny_run, "savedmodel", out=tmp_path / "out")  # OUT/tiny/1/, labels.txt, export.json
     (tmp_path / "out" / "tiny" / "0").mkdir()  # a lower version without a model: the highest is served
-    with Server(tmp_path / "out", "--no-batching") as server:
+    with Server(tmp_path / "out", "--no-batching", "--no-access-log") as server:
         status, answer = server.request("POST", "/v1/models/tiny:predict", {"inputs": images.tolist()})
         assert status == 200
         np.testing.assert_allclose(answer["outputs"], reference(images), atol=1e-5)
@@ -339,7 +343,7 @@ def test_a_client_that_leaves_mid_body_is_one_log_line(tiny_run, reference, imag
     no traceback, and the server goes on serving."""
     heads = [b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
              b"Content-Length: 1000\r\n\r\n{\"instances\": [[",
-             b"POST /v1/models/tiny:classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b"
+             b"POST /upload/tiny HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b"
              b"\r\nContent-Length: 1000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"file\"; "
              b"filename=\"d.png\"\r\n\r\n\x89PNG"]
     with Server(tiny_run, "--no-batching") as server:
@@ -352,3 +356,115 @@ def test_a_client_that_leaves_mid_body_is_one_log_line(tiny_run, reference, imag
     assert len(lines) == 4 and all("the client disconnected before sending its whole body (1000 bytes declared)"
                                    in line for line in lines), server.stderr
     assert sum(":predict" in line for line in lines) == 2 and all(len(line) < 160 for line in lines)
+
+
+@pytest.fixture(scope="module")
+def digit_files(tmp_path_factory):
+    """Real PNG and JPEG files of five bundled test digits (dark ink on white, 3x larger), and the images the
+    run's decoder makes of them."""
+    from PIL import Image
+
+    from mnist_keras.data.images import decode_image
+    from mnist_keras.data.sources import BUNDLED
+
+    folder = tmp_path_factory.mktemp("digits")
+    with np.load(BUNDLED) as sample:
+        digits = sample["x_test"][:5]
+    files = []
+    for i, digit in enumerate(digits):
+        path = folder / (f"{i}.png" if i % 2 else f"{i}.jpg")
+        Image.fromarray(255 - digit).resize((84, 84)).save(path)
+        files.append(path)
+    decoded = np.stack([decode_image(str(path), list(SHAPE)).reshape(SHAPE) for path in files])
+    return [path.read_bytes() for path in files], decoded
+
+
+def b64(data: bytes) -> dict:
+    import base64
+
+    return {"b64": base64.b64encode(data).decode()}
+
+
+def test_b64_image_files_on_predict_as_tf_serving_clients_send_them(tiny_server, reference, digit_files):
+    files, decoded = digit_files
+    expected = reference(decoded)
+    bodies = {"predictions": [{"instances": [b64(f) for f in files]},
+                              {"signature_name": "serving_bytes", "instances": [{"image_bytes": b64(f)} for f in files]}],
+              "outputs": [{"inputs": {"image_bytes": [b64(f) for f in files]}}, {"inputs": [b64(f) for f in files]}]}
+    for key, requests in bodies.items():
+        for body in requests:
+            status, answer = tiny_server.request("POST", "/v1/models/tiny:predict", body)
+            assert status == 200 and list(answer) == [key], answer
+            np.testing.assert_allclose(answer[key], expected, atol=1e-5)
+
+
+def test_classify_takes_examples_and_answers_labels_with_scores(tiny_server, reference, digit_files):
+    files, decoded = digit_files
+    expected = reference(decoded)
+    for body in ({"examples": [{"image_bytes": b64(f)} for f in files]},
+                 {"signature_name": "serving_default", "examples": [{"images": d.tolist()} for d in decoded]}):
+        status, answer = tiny_server.request("POST", "/v1/models/tiny:classify", body)
+        assert status == 200 and list(answer) == ["results"], answer
+        assert [[label for label, _ in result] for result in answer["results"]] == [CLASSES] * len(files)
+        np.testing.assert_allclose([[score for _, score in result] for result in answer["results"]], expected,
+                                   atol=1e-5)
+
+
+BAD_FILES = [
+    ({"instances": [{"b64": "not base64!"}]}, "instances[0]: b64: not base64"),
+    ({"instances": [{"b64": "aGVsbG8="}]}, "instances[0]: cannot be read as an image"),
+    ({"instances": [{"b64": 7}]}, 'instances[0]: an encoded image is {"b64"'),
+    ({"instances": [{"image_bytes": "aGVsbG8="}]}, 'instances[0]: an encoded image is {"b64"'),
+    ({"instances": [{"b64": "aGVsbG8="}, [[0] * 28] * 28]}, "instances[1]: images as pixel lists after encoded"),
+    ({"signature_name": "serving_default", "instances": [{"b64": "aGVsbG8="}]},
+     "signature_name serving_default takes images as pixel lists"),
+    ({"signature_name": "serving_bytes", "instances": [[[0] * 28] * 28]}, "serving_bytes takes encoded image files"),
+    ({"examples": [[[0] * 28] * 28]}, "examples[0]: an example is an object of features"),
+    ({"examples": "x"}, '"examples": a list'),
+    ({"examples": [{"image_bytes": {"b64": "aGVsbG8="}}], "context": 3}, '"context" must be an object'),
+]
+
+
+@pytest.mark.parametrize("body, error", BAD_FILES, ids=[e for _, e in BAD_FILES])
+def test_bad_files_and_examples_are_400(tiny_server, reference, images, body, error):
+    verb = "classify" if "examples" in body else "predict"
+    status, answer = tiny_server.request("POST", f"/v1/models/tiny:{verb}", body)
+    assert status == 400 and error in answer["error"], answer
+    good_request_works(tiny_server, reference, images)
+
+
+def test_metrics_count_the_requests_by_route_model_and_code(tiny_server, reference, images):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape() -> dict:
+        with urllib.request.urlopen(tiny_server.url + "/metrics", timeout=30) as response:
+            families = text_string_to_metric_families(response.read().decode())
+            return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families for s in f.samples}
+
+    def count(found: dict, name: str, **labels) -> float:
+        return found.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    before = scrape()
+    for _ in range(3):
+        good_request_works(tiny_server, reference, images)
+    for _ in range(2):
+        tiny_server.request("POST", "/v1/models/tiny:predict", b"{not json", {"Content-Type": "application/json"})
+    tiny_server.request("GET", "/v1/models/nobody")
+    after = scrape()
+    ok, bad = {"route": "predict", "model": "tiny", "code": "200"}, {"route": "predict", "model": "tiny", "code": "400"}
+    assert count(after, "mnist_keras_requests_total", **ok) - count(before, "mnist_keras_requests_total", **ok) == 3
+    assert count(after, "mnist_keras_requests_total", **bad) - count(before, "mnist_keras_requests_total", **bad) == 2
+    assert count(after, "mnist_keras_request_errors_total", **bad) - count(before, "mnist_keras_request_errors_total",
+                                                                           **bad) == 2
+    unknown = {"route": "status", "model": "", "code": "404"}  # an unknown name makes no series of its own
+    assert count(after, "mnist_keras_requests_total", **unknown) - count(before, "mnist_keras_requests_total",
+                                                                         **unknown) == 1
+    assert not any("nobody" in str(key) for key in after)
+    latency = {"route": "predict", "model": "tiny"}
+    assert count(after, "mnist_keras_request_seconds_count", **latency) - count(
+        before, "mnist_keras_request_seconds_count", **latency) == 5
+    batches = count(after, "mnist_keras_batch_size_count", model="tiny", version="1")
+    assert batches - count(before, "mnist_keras_batch_size_count", model="tiny", version="1") == 3
+    assert count(after, "mnist_keras_model_version_served", model="tiny", version="1") == 1
+    assert count(after, "mnist_keras_ready") == 1 and ("mnist_keras_queue_depth", (("model", "tiny"), ("version", "1"))) \
+        in after

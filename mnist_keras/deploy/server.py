@@ -63,7 +63,7 @@ def serve(targets: list[str], config: str | None = None, host: str = "127.0.0.1"
     metrics = Metrics(repository)
     batching = {"enabled": max_batch_size > 1, "max_batch_size": max_batch_size, "batch_wait_ms": batch_wait * 1000}
     app = create_app(repository, metrics, batching, access_log, on_loaded=loaded, on_failure=lambda: server.stop())
-    server = Draining(uvicorn.Config(app, log_level="warning", access_log=False, proxy_headers=False,
+    server = Draining(uvicorn.Config(app, log_config=None, log_level="warning", access_log=False, proxy_headers=False,
                                      timeout_graceful_shutdown=DRAIN_SECONDS), repository)
     listener.listen(2048)  # connections wait in the backlog from here on, until uvicorn takes them
     server.run(sockets=[listener])
@@ -108,11 +108,24 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def _logs(access_log: bool) -> None:
-    """Server events and problems to stderr, the access log (one line per request) to stdout."""
-    for logger, stream, on in ((log, sys.stderr, True), (access, sys.stdout, access_log)):
-        logger.handlers[:] = [logging.StreamHandler(stream)] if on else []
+    """Server events and problems to stderr, the access log (one line per request) to stdout; uvicorn's own
+    warnings go to stderr through Python's last-resort handler (uvicorn configures no logging here)."""
+    for logger, stream, on in ((log, "stderr", True), (access, "stdout", access_log)):
+        logger.handlers[:] = [_Stream(stream)] if on else []
         logger.setLevel(logging.INFO)
         logger.propagate = False
+
+
+class _Stream(logging.StreamHandler):
+    """A handler writing to sys.stdout or sys.stderr as they are when each line is written."""
+
+    def __init__(self, which: str):
+        super().__init__()
+        self.which = which
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = getattr(sys, self.which)
+        super().emit(record)
 
 
 def _listing(repository: Repository) -> str:
