@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -41,12 +42,18 @@ class Server:
             [sys.executable, "-m", "mnist_keras", "serve", *targets, "--port", str(self.port), *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)})
+        self._lines = {"stdout": [], "stderr": []}  # read as they come: a full pipe would stop the server
+        self._readers = [threading.Thread(target=self._lines[name].extend, args=(getattr(self.process, name),),
+                                          daemon=True) for name in self._lines]
+        for reader in self._readers:
+            reader.start()
 
     def __enter__(self) -> "Server":
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"the server ended with {self.process.returncode}: {self.process.stderr.read()}")
+                self.stop()
+                raise AssertionError(f"the server ended with {self.process.returncode}: {self.stderr}")
             try:
                 urllib.request.urlopen(self.url + "/v2/health/ready", timeout=5).read()
                 return self
@@ -55,11 +62,19 @@ class Server:
         raise AssertionError("the server did not answer within 120 s")
 
     def __exit__(self, *_):
-        self.process.send_signal(signal.SIGINT)
-        out, err = self.process.communicate(timeout=30)
-        self.stdout, self.stderr = out, err
-        assert self.process.returncode in (0, 130), err
-        assert "Traceback" not in err, err
+        returncode = self.stop()
+        assert returncode in (0, 130), self.stderr
+        assert "Traceback" not in self.stderr, self.stderr
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 30) -> int:
+        """Send `sig` (unless it has ended), wait for the end, and keep what it wrote as .stdout and .stderr."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        returncode = self.process.wait(timeout=timeout)
+        for reader in self._readers:
+            reader.join(timeout=timeout)
+        self.stdout, self.stderr = ("".join(self._lines[name]) for name in ("stdout", "stderr"))
+        return returncode
 
     def request(self, method: str, path: str, body: bytes | dict | None = None,
                 headers: dict | None = None) -> tuple[int, dict]:
