@@ -330,7 +330,7 @@ def test_a_failure_after_an_export_keeps_the_record_and_removes_the_lock(run_dir
     assert cli(run_dir, "--format", "onnx", "--out", tmp_path).exit_code == 0
     folder = tmp_path / "tiny"
     before = (folder / "export.json").read_bytes()
-    def interrupted(deployable, path):
+    def interrupted(deployable, path, fit):
         (path / "variables").mkdir(parents=True)
         raise KeyboardInterrupt  # Ctrl-C in the middle of the conversion
 

@@ -18,6 +18,7 @@ from .dataset_files import regular_file
 
 MAX_PIXELS = 40_000_000  # 40 megapixels: a photo from a phone; a 50 KB PNG can declare 20000x20000
 FORMATS = ("PNG", "JPEG", "GIF", "BMP")
+INVERT_ABOVE = 127.5  # MNIST-like: an image whose mean gray is above this is dark ink on light paper, inverted
 
 
 def check_image_files(files: list[str]) -> list[str]:
@@ -75,7 +76,7 @@ def _mnist_like(file, height: int, width: int) -> np.ndarray:
     from PIL import Image
 
     small = np.asarray(_gray(load_image(file)).resize((width, height), Image.Resampling.BOX), np.float32)
-    if small.mean() > 127.5:
+    if small.mean() > INVERT_ABOVE:
         small = 255 - small
     return np.clip(small.round(), 0, 255).astype(np.uint8)
 

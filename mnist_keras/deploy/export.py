@@ -8,7 +8,9 @@ Layout of OUT/NAME (OUT: RUN_DIR/export by default; NAME: the run's spec name):
   labels.txt                      one class name per line, in class-index order
   export.json                     the run, image shape, class names, and per artifact its parity figures and versions
 Every artifact takes `images` (uint8, [N, H, W, C]) and gives `probabilities` (float32, [N, classes]); the
-SavedModel and LiteRT ones under the signature `serving_default`. One that misses its parity bar is renamed
+SavedModel and LiteRT ones under the signature `serving_default`. The SavedModel has a second signature,
+`serving_bytes`: `image_bytes` (string, [N]), one PNG, JPEG, GIF or BMP file each, decoded inside the graph
+exactly as uploads are (decoding.py), to the same `probabilities`. One that misses its parity bar is renamed
 `<artifact>.failed` instead (export.json says so) and the export raises ExportFailed.
 """
 
@@ -36,6 +38,7 @@ CALIBRATION_IMAGES = 300  # int8: training images the converter measures activat
 RUNTIMES = {"savedmodel": ("tensorflow", "keras"), "litert": ("tensorflow", "ai_edge_litert"),
             "onnx": ("tf2onnx", "onnx", "onnxruntime")}
 PACKAGES = {"ai_edge_litert": "ai-edge-litert"}  # import names whose distribution is spelled otherwise
+BYTES_INPUT = Tensor(name="image_bytes", dtype="string", shape=[None])  # the SavedModel's serving_bytes
 
 
 @dataclass
@@ -130,11 +133,12 @@ def _export(run: Run, fmt: str, quantize: str | None, folder: Path, identity: Ex
         "image_shape": list(deployable.input_shape), "class_names": deployable.class_names,
         "input": Tensor(name="images", dtype="uint8", shape=[None, *deployable.input_shape]),
         "output": Tensor(name="probabilities", dtype="float32", shape=[None, len(deployable.class_names)]),
-        "formats": dict(previous.formats if previous else {})})
+        "formats": dict(previous.formats if previous else {}),
+        **({"bytes_input": BYTES_INPUT} if fmt == "savedmodel" else {})})
     with Staging(folder, record, previous) as staging:
         artifact = staging.scratch / name
         try:
-            _convert(fmt, quantize, deployable, artifact,
+            _convert(fmt, quantize, deployable, identity.fit, artifact,
                      lambda: _calibration(arrays.x_train, deployable.input_shape, spec.seed))
         except Exception as err:  # a converter's own failure: its message, not its traceback
             raise ExportFailed(f"{good}: the {key} converter failed: {first_line(err)}") from None
@@ -155,13 +159,14 @@ def _export(run: Run, fmt: str, quantize: str | None, folder: Path, identity: Ex
     return Exported(spec.name, key, good, folder, parity)
 
 
-def _convert(fmt: str, quantize: str | None, deployable, artifact: Path, calibration: Callable) -> None:
-    """Write the artifact with the converter's logs and warnings silenced."""
+def _convert(fmt: str, quantize: str | None, deployable, fit: str | None, artifact: Path,
+             calibration: Callable) -> None:
+    """Write the artifact with the converter's logs and warnings silenced; `fit`: how uploads are decoded."""
     from ..backend import quiet
 
     with quiet():
         if fmt == "savedmodel":
-            write_saved_model(deployable, artifact)
+            write_saved_model(deployable, artifact, fit)
         elif fmt == "onnx":
             write_onnx(deployable, artifact)
         else:
@@ -194,8 +199,23 @@ def _versions(fmt: str) -> dict[str, str]:
     return found
 
 
-def write_saved_model(deployable, path: Path) -> None:
-    """The SavedModel: signature serving_default, `images` uint8 [None, H, W, C] -> `probabilities`."""
+def write_saved_model(deployable, path: Path, fit: str | None) -> None:
+    """The SavedModel: signatures serving_default (`images` uint8 [None, H, W, C]) and serving_bytes
+    (`image_bytes` string [None], encoded files decoded as uploads are with `fit`), both -> `probabilities`."""
+    from ..backend import tf
+    from .decoding import decode_images
+
+    model, archive = deployable.model, _archive(deployable)
+    archive.add_endpoint(
+        "serving_bytes",
+        lambda image_bytes: {"probabilities": model(decode_images(image_bytes, deployable.input_shape, fit),
+                                                    training=False)},
+        input_signature=[tf.TensorSpec((None,), tf.string, name=BYTES_INPUT.name)])
+    archive.write_out(str(path), verbose=False)
+
+
+def _archive(deployable):
+    """An ExportArchive of the model with the signature serving_default, `images` -> `probabilities`."""
     from ..backend import keras, tf
 
     model = deployable.model
@@ -203,17 +223,17 @@ def write_saved_model(deployable, path: Path) -> None:
     archive.track(model)
     archive.add_endpoint("serving_default", lambda images: {"probabilities": model(images, training=False)},
                          input_signature=[tf.TensorSpec((None, *deployable.input_shape), tf.uint8, name="images")])
-    archive.write_out(str(path), verbose=False)
+    return archive
 
 
 def write_litert(deployable, path: Path, quantize: str | None, calibration: Callable) -> None:
-    """A .tflite file converted from the SavedModel with TensorFlow Lite's built-in ops only; float16 stores
-    the weights as float16, int8 computes in int8 throughout (the uint8 images go in unchanged, the
-    probabilities come out as float32)."""
+    """A .tflite file converted with TensorFlow Lite's built-in ops only from a SavedModel of serving_default
+    alone (uint8 images; no serving_bytes); float16 stores the weights as float16, int8 computes in int8
+    throughout (the uint8 images go in unchanged, the probabilities come out as float32)."""
     from ..backend import tf
 
     saved = path.parent / "savedmodel-for-litert"
-    write_saved_model(deployable, saved)
+    _archive(deployable).write_out(str(saved), verbose=False)
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved), signature_keys=["serving_default"])
     if quantize:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]

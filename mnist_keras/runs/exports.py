@@ -2,10 +2,11 @@
 written only through them.
 
 export.json holds the model exported (name, run, model file and its sha256, how uploads are decoded), what
-its artifacts take and give, the class names, an entry per artifact (`formats`), and while an export is
-writing, `pending`: its scratch folder and the entry about to be put in place, so a crash leaves nothing
-unrecorded. Records of older versions (no `fit`, no `model_sha256`, entries without `sha256`) are read as
-they were. The names of the artifacts live here too, since the record names them.
+its artifacts take and give (`bytes_input`: what the SavedModel's serving_bytes takes too), the class names,
+an entry per artifact (`formats`), and while an export is writing, `pending`: its scratch folder and the
+entry about to be put in place, so a crash leaves nothing unrecorded. Records of older versions (no `fit`,
+no `model_sha256`, no `bytes_input`, entries without `sha256`) are read as they were. The names of the
+artifacts live here too, since the record names them.
 """
 
 from __future__ import annotations
@@ -161,6 +162,7 @@ class ExportRecord(_Record):
     image_shape: Annotated[list[ImageSide], Field(min_length=3, max_length=3)] | None = None
     class_names: list[str] | None = None
     input: Tensor | None = None
+    bytes_input: Tensor | None = None  # the SavedModel's serving_bytes: encoded image files
     output: Tensor | None = None
     formats: dict[Annotated[str, AfterValidator(_known_key)], FormatEntry] = {}
     pending: Pending | None = None
@@ -200,9 +202,9 @@ def read_export_record(folder: Path) -> ExportRecord:
 
 
 def write_export_record(folder: Path, record: ExportRecord) -> None:
-    """Write OUT/NAME/export.json atomically (`pending` only while it is set)."""
-    write_json(Path(folder) / RECORD_FILE, record.model_dump(mode="json", exclude={"pending"} if record.pending
-                                                             is None else None))
+    """Write OUT/NAME/export.json atomically (`pending` and `bytes_input` only while they are set)."""
+    unset = {field for field in ("pending", "bytes_input") if getattr(record, field) is None}
+    write_json(Path(folder) / RECORD_FILE, record.model_dump(mode="json", exclude=unset))
 
 
 def read_labels(folder: Path) -> list[str] | None:
