@@ -389,7 +389,8 @@ def test_b64_image_files_on_predict_as_tf_serving_clients_send_them(tiny_server,
     files, decoded = digit_files
     expected = reference(decoded)
     bodies = {"predictions": [{"instances": [b64(f) for f in files]},
-                              {"signature_name": "serving_bytes", "instances": [{"image_bytes": b64(f)} for f in files]}],
+                              {"signature_name": "serving_bytes",
+                               "instances": [{"image_bytes": b64(f)} for f in files]}],
               "outputs": [{"inputs": {"image_bytes": [b64(f) for f in files]}}, {"inputs": [b64(f) for f in files]}]}
     for key, requests in bodies.items():
         for body in requests:
@@ -466,5 +467,5 @@ def test_metrics_count_the_requests_by_route_model_and_code(tiny_server, referen
     batches = count(after, "mnist_keras_batch_size_count", model="tiny", version="1")
     assert batches - count(before, "mnist_keras_batch_size_count", model="tiny", version="1") == 3
     assert count(after, "mnist_keras_model_version_served", model="tiny", version="1") == 1
-    assert count(after, "mnist_keras_ready") == 1 and ("mnist_keras_queue_depth", (("model", "tiny"), ("version", "1"))) \
-        in after
+    assert count(after, "mnist_keras_ready") == 1
+    assert ("mnist_keras_queue_depth", (("model", "tiny"), ("version", "1"))) in after

@@ -56,7 +56,7 @@ def test_two_models_and_a_version_added_while_serving(tiny_run, exported, images
 
         relabelled = tmp_path / "relabelled"  # a version whose class names differ: refused, version 1 serves on
         shutil.copytree(folder / "1", relabelled)
-        (relabelled / "assets.extra").mkdir()
+        assert (relabelled / "assets.extra" / "labels.txt").read_text() == "".join(f"{i}\n" for i in range(10))
         (relabelled / "assets.extra" / "labels.txt").write_text("".join(f"c{i}\n" for i in range(10)))
         relabelled.rename(folder / "3")
         broken = tmp_path / "broken"  # a version that cannot load: reported, version 1 serves on
@@ -91,7 +91,6 @@ def test_a_changed_label_is_served_when_the_config_allows_it(exported, tmp_path)
     folder = tmp_path / "digits"
     shutil.copytree(exported, folder)
     shutil.copytree(folder / "1", folder / "2")
-    (folder / "2" / "assets.extra").mkdir()
     (folder / "2" / "assets.extra" / "labels.txt").write_text("".join(f"c{i}\n" for i in range(10)))
     config = tmp_path / "models.yaml"
     for allow, served in ((False, None), (True, ["2", "1"])):

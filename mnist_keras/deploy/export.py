@@ -28,8 +28,8 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..errors import ExportFailed, UserError, first_line
-from ..runs.exports import EVERY_EXPORT, FORMATS, QUANTIZATIONS, ExportRecord, FormatEntry, ImageSource, Parity, \
-    Tensor, artifact_key, artifact_name
+from ..runs.exports import BYTES_NAME, EVERY_EXPORT, FORMATS, QUANTIZATIONS, VERSION_LABELS, ExportRecord, \
+    FormatEntry, ImageSource, Parity, Tensor, artifact_key, artifact_name, write_labels
 from ..runs.run import Run, open_run
 from .export_folder import Staging, check_owned, digest, locked, open_folder, read_previous, sha256_file
 from .parity import check_parity
@@ -38,7 +38,7 @@ CALIBRATION_IMAGES = 300  # int8: training images the converter measures activat
 RUNTIMES = {"savedmodel": ("tensorflow", "keras"), "litert": ("tensorflow", "ai_edge_litert"),
             "onnx": ("tf2onnx", "onnx", "onnxruntime")}
 PACKAGES = {"ai_edge_litert": "ai-edge-litert"}  # import names whose distribution is spelled otherwise
-BYTES_INPUT = Tensor(name="image_bytes", dtype="string", shape=[None])  # the SavedModel's serving_bytes
+BYTES_INPUT = Tensor(name=BYTES_NAME, dtype="string", shape=[None])  # the SavedModel's serving_bytes
 
 
 @dataclass
@@ -201,7 +201,9 @@ def _versions(fmt: str) -> dict[str, str]:
 
 def write_saved_model(deployable, path: Path, fit: str | None) -> None:
     """The SavedModel: signatures serving_default (`images` uint8 [None, H, W, C]) and serving_bytes
-    (`image_bytes` string [None], encoded files decoded as uploads are with `fit`), both -> `probabilities`."""
+    (`image_bytes` string [None], encoded files decoded as uploads are with `fit`), both -> `probabilities`; its
+    class names in assets.extra/labels.txt (TF Serving's place for extra files), so that a copy of the version
+    folder into another export brings them along."""
     from ..backend import tf
     from .decoding import decode_images
 
@@ -212,6 +214,8 @@ def write_saved_model(deployable, path: Path, fit: str | None) -> None:
                                                     training=False)},
         input_signature=[tf.TensorSpec((None,), tf.string, name=BYTES_INPUT.name)])
     archive.write_out(str(path), verbose=False)
+    (path / VERSION_LABELS).mkdir()
+    write_labels(path / VERSION_LABELS, deployable.class_names)
 
 
 def _archive(deployable):

@@ -25,10 +25,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from .. import __version__
-from .payloads import BYTES_NAME, INPUT_NAME, BadRequest, Instances, as_uint8, json_body, json_response
+from ..runs.exports import BYTES_NAME, INPUT_NAME, OUTPUT_NAME
+from .payloads import BadRequest, Instances, as_uint8, json_body, json_response
 from .repository import Repository
 
-OUTPUT = "probabilities"
 HEADER = "inference-header-content-length"
 PIXEL_TYPES = {"UINT8": np.dtype(np.uint8), "FP32": np.dtype("<f4")}
 
@@ -51,10 +51,11 @@ def add_v2_routes(app: FastAPI, repository: Repository, found, max_instances: in
     async def model_metadata(request: Request):
         model = found(request).model
         versions = sorted(repository.served[model.name]) if "version" not in request.path_params else [model.version]
-        return json_response({"name": model.name, "versions": [str(v) for v in versions], "platform": "tensorflow_savedmodel",
+        return json_response({"name": model.name, "versions": [str(v) for v in versions],
+                              "platform": "tensorflow_savedmodel",
                       "inputs": [{"name": INPUT_NAME, "datatype": "UINT8", "shape": [-1, *model.input_shape]},
                                  {"name": BYTES_NAME, "datatype": "BYTES", "shape": [-1]}],
-                      "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, len(model.class_names)]}],
+                      "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, len(model.class_names)]}],
                       "parameters": {"class_names": model.class_names}})
 
     async def model_ready(request: Request):
@@ -200,8 +201,9 @@ def _outputs(requested, binary_default: bool) -> list[tuple[bool, int]]:
     chosen = []
     for i, output in enumerate(requested):
         output = _object(output, f"outputs[{i}]")
-        if output.get("name") != OUTPUT:
-            raise BadRequest(f"outputs[{i}].name: {str(output.get('name'))[:80]!r}: the model's output is {OUTPUT!r}")
+        if output.get("name") != OUTPUT_NAME:
+            raise BadRequest(f"outputs[{i}].name: {str(output.get('name'))[:80]!r}: the model's output is "
+                             f"{OUTPUT_NAME!r}")
         parameters = _object(output.get("parameters", {}), f"outputs[{i}].parameters")
         count = parameters.get("classification", 0)
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
@@ -218,11 +220,11 @@ def infer_response(name: str, version: int, class_names: list[str], probabilitie
         if count:
             top = np.argsort(-probabilities, axis=1, kind="stable")[:, :min(count, len(class_names))]
             values = [f"{probabilities[i, j]:f}:{j}:{class_names[j]}" for i, row in enumerate(top) for j in row]
-            tensor = {"name": OUTPUT, "datatype": "BYTES", "shape": list(top.shape)}
+            tensor = {"name": OUTPUT_NAME, "datatype": "BYTES", "shape": list(top.shape)}
             raw = b"".join(struct.pack("<I", len(v.encode())) + v.encode() for v in values) if binary else None
             data = values
         else:
-            tensor = {"name": OUTPUT, "datatype": "FP32", "shape": list(probabilities.shape)}
+            tensor = {"name": OUTPUT_NAME, "datatype": "FP32", "shape": list(probabilities.shape)}
             raw = np.ascontiguousarray(probabilities, "<f4").tobytes() if binary else None
             data = probabilities.reshape(-1)
         if binary:

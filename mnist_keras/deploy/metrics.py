@@ -58,7 +58,8 @@ class _Served:
         self.repository = repository
 
     def collect(self):
-        depth = GaugeMetricFamily("mnist_keras_queue_depth", "Requests waiting for a model call", labels=["model", "version"])
+        depth = GaugeMetricFamily("mnist_keras_queue_depth", "Requests waiting for a model call",
+                                  labels=["model", "version"])
         served = GaugeMetricFamily("mnist_keras_model_version_served", "1 per model version served",
                                    labels=["model", "version"])
         for name, servable in self.repository.servables():

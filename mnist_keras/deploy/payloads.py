@@ -21,7 +21,8 @@ import numpy as np
 import orjson
 from starlette.responses import Response
 
-INPUT_NAME, BYTES_NAME = "images", "image_bytes"
+from ..runs.exports import BYTES_NAME, INPUT_NAME
+
 SIGNATURES = {"serving_default": INPUT_NAME, "serving_bytes": BYTES_NAME}
 KINDS = {INPUT_NAME: "images as pixel lists", BYTES_NAME: 'encoded image files ({"b64": ...})'}
 

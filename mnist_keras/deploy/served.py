@@ -18,9 +18,7 @@ import numpy as np
 
 from ..data.images import decode_image
 from ..errors import UserError, first_line
-from ..runs.exports import RECORD_FILE, RECORD_SHAPE, ExportRecord, read_export_record, read_labels
-
-VERSION_LABELS = "assets.extra"  # VERSION/assets.extra/labels.txt: the version's own class names (TF Serving's place)
+from ..runs.exports import RECORD_FILE, RECORD_SHAPE, VERSION_LABELS, ExportRecord, read_export_record, read_labels
 
 
 @dataclass

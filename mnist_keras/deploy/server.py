@@ -34,7 +34,8 @@ from ..errors import UserError
 from .batching import Batcher
 from .kserve import add_v2_routes
 from .metrics import Measured, Metrics, access
-from .payloads import BYTES_NAME, INPUT_NAME, BadRequest, classify_images, json_response, predict_images
+from ..runs.exports import BYTES_NAME, INPUT_NAME
+from .payloads import BadRequest, classify_images, json_response, predict_images
 from .repository import Repository, Servable, log, model_sources
 
 MAX_BODY = 16 * 1024 * 1024  # bytes: 16 MiB, checked before the body is read
@@ -184,7 +185,8 @@ def create_app(repository: Repository, metrics: Metrics, batching: dict, access_
         instances = classify_images(await request.body(), servable.model.input_shape, max_instances)
         probabilities = await servable.predict(instances)
         names = servable.model.class_names
-        return json_response({"results": [[[name, score] for name, score in zip(names, row)] for row in probabilities.tolist()]})
+        return json_response({"results": [[[name, score] for name, score in zip(names, row)]
+                                          for row in probabilities.tolist()]})
 
     async def upload(request: Request):
         servable = found(request)

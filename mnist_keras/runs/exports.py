@@ -24,6 +24,8 @@ from ..spec.fields import MAX_INT, NonNegativeInt
 from .files import first_problem, read_json, write_json, write_text
 
 RECORD_FILE, LABELS_FILE = "export.json", "labels.txt"
+INPUT_NAME, BYTES_NAME, OUTPUT_NAME = "images", "image_bytes", "probabilities"  # every artifact's tensors
+VERSION_LABELS = "assets.extra"  # VERSION/assets.extra/labels.txt: a SavedModel version's own class names
 RECORD_LIMIT = 2**20  # bytes: export.json and labels.txt are a few kilobytes
 RECORD_SHAPE = '{"name": str, "image_shape": [H, W, C], "class_names": [str, ...], "formats": {...}, ...}'
 FORMATS = ("savedmodel", "litert", "onnx")
