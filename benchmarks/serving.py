@@ -2,6 +2,7 @@
 infer, batching on and off, and a model swap under load.
 
     python benchmarks/serving.py [--run RUN_DIR] [--clients 32] [--requests 6000] [--seconds 30] [--modes ...]
+                                 [--profile DIR]
 
 Without --run, trains LeNet-5 (model_specs/lenet5.yaml) for one epoch on the bundled MNIST sample first; the
 run is exported (SavedModel) and the export folder served. Each mode starts a server on loopback (`mnist-keras
@@ -10,6 +11,9 @@ its own keep-alive HTTP/1.1 connection) send single-image requests (test images 
 --requests are answered or --seconds pass; the first 5% are a warm-up left out of the figures. Prints
 predictions per second, p50 and p99 latency, the server's mean batch and the failed requests. The swap mode
 moves a version 2 into the export folder when half the requests are sent and counts the answers of each version.
+--profile samples each server with py-spy while the clients run (pip install py-spy; give --seconds and a
+--requests that lasts that long), keeps the samples in DIR/MODE.txt (collapsed stacks) and prints where the
+server's CPU time went: per thread, its busy seconds and the share of each part of a request.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=6000, help="predictions per mode")
     parser.add_argument("--seconds", type=float, default=30, help="at most this long per mode")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated, of: " + ", ".join(MODES))
+    parser.add_argument("--profile", metavar="DIR", help="sample the server with py-spy, into DIR")
     args = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
     with tempfile.TemporaryDirectory() as scratch:
@@ -71,9 +76,17 @@ def main() -> None:
             shutil.rmtree(folder / "2", ignore_errors=True)
             swap = (lambda: shutil.copytree(folder / "1", Path(scratch, "2")).rename(folder / "2")) \
                 if "swap" in mode else None
-            with server(str(folder), flags, env) as port:
-                figures = load(port, requests_of(kind, folder.name), args.clients, args.requests, args.seconds, swap)
-                stats = get(port, "/v1/stats")["models"][folder.name]
+            profile = Path(args.profile, f"{mode}.txt") if args.profile else None
+            with server(str(folder), flags, env) as served:
+                spy = profile and subprocess.Popen(
+                    ["py-spy", "record", "--pid", str(served.process.pid), "--duration", f"{args.seconds:.0f}",
+                     "--rate", str(RATE), "--format", "raw", "--threads", "--nonblocking", "--output", str(profile)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                figures = load(served.port, requests_of(kind, folder.name), args.clients, args.requests, args.seconds,
+                               swap)
+                if spy:
+                    spy.wait()
+                stats = get(served.port, "/v1/stats")["models"][folder.name]
             calls = sum(s["model_calls"] for s in stats.values())
             mean = sum(s["predictions"] for s in stats.values()) / max(calls, 1)
             print(f"  {mode:16}{figures['rate']:>14,.0f}{figures['p50']:>9.1f}{figures['p99']:>9.1f}{mean:>12.1f}"
@@ -81,6 +94,9 @@ def main() -> None:
             if swap:
                 print(f"  {'':16}answers by version: " + ", ".join(f"{v}: {n:,}" for v, n in
                                                                    sorted(figures["versions"].items())))
+            if profile:
+                for line in profile_summary(profile):
+                    print(f"  {'':16}{line}")
 
 
 def train_lenet5(runs: Path, env: dict) -> str:
@@ -121,22 +137,54 @@ def requests_of(kind: str, name: str, count: int = 200) -> list[bytes]:
 
 
 class server:
-    """`mnist-keras serve TARGET --port 0` as a subprocess; entering gives its port, leaving stops it with SIGTERM."""
+    """`mnist-keras serve TARGET --port 0` as a subprocess; entering gives it with its .port, leaving stops it with
+    SIGTERM."""
 
     def __init__(self, target: str, flags: list[str], env: dict):
         self.process = subprocess.Popen([sys.executable, "-m", "mnist_keras", "serve", target, "--port", "0", *flags],
                                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    def __enter__(self) -> int:
-        line = self.process.stdout.readline()  # "serving NAME ... at http://127.0.0.1:PORT/ ..."
-        if "http://" not in line:
-            raise SystemExit(f"the server did not start: {line}{self.process.communicate()[1]}")
+    def __enter__(self) -> "server":
+        line = ""
+        while "http://" not in line:  # "serving NAME ... at http://127.0.0.1:PORT/ ..."
+            line = self.process.stdout.readline()
+            if not line:
+                raise SystemExit(f"the server did not start: {self.process.communicate()[1]}")
         threading.Thread(target=self.process.stdout.read, daemon=True).start()  # the access log, read as written
-        return int(line.split("http://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+        self.port = int(line.split("http://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+        return self
 
     def __exit__(self, *_):
         self.process.send_signal(signal.SIGTERM)
         self.process.communicate(timeout=30)
+
+
+RATE = 250  # py-spy's samples per second
+PARTS = [  # (part of a request, a frame that marks it), the first that matches a sample's stack wins
+    ("model call", "predict (mnist_keras/deploy/served.py"), ("decoding image files", "decoded (mnist_keras"),
+    ("reading the body", "infer_request ("), ("reading the body", "predict_images ("),
+    ("writing the answer", "infer_response ("), ("writing the answer", "json_response ("),
+    ("batching", "mnist_keras/deploy/batching.py"), ("metrics and access log", "mnist_keras/deploy/metrics.py"),
+    ("HTTP (uvicorn, httptools)", "uvicorn/"), ("routing (Starlette)", "starlette/"), ("event loop", "uvloop"),
+]
+
+
+def profile_summary(profile: Path) -> list[str]:
+    """py-spy's samples of the server (collapsed stacks), as the share of each part of a request per thread."""
+    threads: dict[str, dict[str, int]] = {}
+    for line in profile.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        thread = stack.split(";")[0]
+        part = next((name for name, frame in PARTS if frame in stack), "other")
+        threads.setdefault(thread, {}).setdefault(part, 0)
+        threads[thread][part] += int(count)
+    lines = []
+    for thread, parts in sorted(threads.items(), key=lambda item: -sum(item[1].values()))[:3]:
+        total = sum(parts.values())
+        shares = ", ".join(f"{name} {n / total:.0%}" for name, n in sorted(parts.items(), key=lambda i: -i[1])
+                           if n / total >= 0.02)
+        lines.append(f"{thread.split(': ')[-1]} ({total / RATE:.1f} s busy): {shares}")
+    return lines
 
 
 def get(port: int, path: str) -> dict:
@@ -164,11 +212,12 @@ async def _load(port: int, requests: list[bytes], clients: int, count: int, seco
             started = time.perf_counter()
             writer.write(requests[number % len(requests)])
             head = await reader.readuntil(b"\r\n\r\n")
-            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-            answer = await reader.readexactly(length)
+            fields = dict(line.split(b":", 1) for line in head.lower().split(b"\r\n")[1:] if b":" in line)
+            answer = await reader.readexactly(int(fields[b"content-length"]))
             if not head.startswith(b"HTTP/1.1 200"):
                 failed[0] += 1
-                print(f"  failed: {head[:40]!r} {answer[:200]!r}")
+                if failed[0] <= 3:
+                    print(f"  failed: {head[:40]!r} {answer[:200]!r}")
             elif b'"model_version":"' in answer:
                 version = answer.split(b'"model_version":"')[1].split(b'"')[0].decode()
                 versions[version] = versions.get(version, 0) + 1
