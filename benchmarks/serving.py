@@ -165,7 +165,7 @@ PARTS = [  # (part of a request, a frame that marks it), the first that matches 
     ("reading the body", "infer_request ("), ("reading the body", "predict_images ("),
     ("writing the answer", "infer_response ("), ("writing the answer", "json_response ("),
     ("batching", "mnist_keras/deploy/batching.py"), ("metrics and access log", "mnist_keras/deploy/metrics.py"),
-    ("HTTP (uvicorn, httptools)", "uvicorn/"), ("routing (Starlette)", "starlette/"), ("event loop", "uvloop"),
+    ("routing and middleware (Starlette)", "starlette/"), ("HTTP (uvicorn, httptools)", "uvicorn/protocols"),
 ]
 
 
