@@ -10,7 +10,8 @@ serve EXPORT --port 0`, access log on, as users get it), then --clients concurre
 its own keep-alive HTTP/1.1 connection) send single-image requests (test images of the bundled sample) until
 --requests are answered or --seconds pass; the first 5% are a warm-up left out of the figures. Prints
 predictions per second, p50 and p99 latency, the server's mean batch and the failed requests. The swap mode
-moves a version 2 into the export folder when half the requests are sent and counts the answers of each version.
+moves a version 2 into the export folder when a fifth of the requests are sent and counts the answers of each
+version.
 --profile samples each server with py-spy while the clients run (pip install py-spy; give --seconds and a
 --requests that lasts that long), keeps the samples in DIR/MODE.txt (collapsed stacks) and prints where the
 server's CPU time went: per thread, its busy seconds and the share of each part of a request.
@@ -207,7 +208,7 @@ async def _load(port: int, requests: list[bytes], clients: int, count: int, seco
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         while time.perf_counter() < deadline and sent[0] < count:
             number, sent[0] = sent[0], sent[0] + 1
-            if swap and number == count // 2:
+            if swap and number == count // 5:
                 await asyncio.to_thread(swap)
             started = time.perf_counter()
             writer.write(requests[number % len(requests)])

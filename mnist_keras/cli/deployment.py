@@ -63,7 +63,9 @@ def export_command(run_dir, fmt, quantize, out, data_dir):
               help="How often export folders are checked for new or removed versions (0: never).")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="One line per request on stdout.")
-def serve(targets, models_config, host, port, max_batch, batch_wait, no_batching, poll, access_log):
+@click.option("--threads", type=click.IntRange(1, 1024), help="TensorFlow's threads for a model call (default: one "
+              "fewer than the CPU cores, so HTTP keeps one).")
+def serve(targets, models_config, host, port, max_batch, batch_wait, no_batching, poll, access_log, threads):
     """Serve runs' models, or exported ones, over TensorFlow Serving's REST API and KServe's V2 inference
     protocol on one port, with Prometheus metrics at /metrics and a drawing page at /.
 
@@ -75,4 +77,4 @@ def serve(targets, models_config, host, port, max_batch, batch_wait, no_batching
 
     run_server(targets, models_config=models_config, host=host, port=port,
                max_batch=1 if no_batching else max_batch, batch_wait=0 if no_batching else batch_wait / 1000,
-               poll=poll, access_log=access_log, reporter=Reporter(echo=click.echo))
+               poll=poll, access_log=access_log, threads=threads, reporter=Reporter(echo=click.echo))

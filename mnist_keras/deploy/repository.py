@@ -151,8 +151,9 @@ class Repository:
     (0: never); `stop` answers what is queued and stops."""
 
     def __init__(self, sources: list[ModelSource], make_batcher: Callable[[ServedModel], Batcher], poll: float,
-                 announce: Callable[[str], None]):
+                 announce: Callable[[str], None], prepare: Callable[[], None] = lambda: None):
         self.sources, self.make_batcher, self.poll, self.announce = sources, make_batcher, poll, announce
+        self.prepare = prepare  # run on the loading thread before the first model loads
         self.served: dict[str, dict[int, Servable]] = {source.name: {} for source in sources}
         self.loading, self.draining = True, False
         self.failure: UserError | None = None  # why the first load failed: the server then stops
@@ -196,6 +197,7 @@ class Repository:
 
     async def _keep_current(self, on_loaded: Callable[[], None], on_failure: Callable[[], None]) -> None:
         try:
+            await asyncio.to_thread(self.prepare)
             for source in self.sources:
                 versions = self._wanted(source)
                 if not versions:
