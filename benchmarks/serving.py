@@ -2,14 +2,15 @@
 infer, batching on and off, and a model swap under load.
 
     python benchmarks/serving.py [--run RUN_DIR] [--clients 32] [--requests 6000] [--seconds 30] [--modes ...]
-                                 [--profile DIR]
+                                 [--repeat 3] [--profile DIR]
 
 Without --run, trains LeNet-5 (model_specs/lenet5.yaml) for one epoch on the bundled MNIST sample first; the
 run is exported (SavedModel) and the export folder served. Each mode starts a server on loopback (`mnist-keras
 serve EXPORT --port 0`, access log on, as users get it), then --clients concurrent clients (asyncio, each on
 its own keep-alive HTTP/1.1 connection) send single-image requests (test images of the bundled sample) until
 --requests are answered or --seconds pass; the first 5% are a warm-up left out of the figures. Prints
-predictions per second, p50 and p99 latency, the server's mean batch and the failed requests. The swap mode
+predictions per second, p50 and p99 latency and the server's mean batch of the median of --repeat runs (by
+predictions per second), and the failed requests of all of them. The swap mode
 moves a version 2 into the export folder when a fifth of the requests are sent and counts the answers of each
 version.
 --profile samples each server with py-spy while the clients run (pip install py-spy; give --seconds and a
@@ -57,6 +58,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=6000, help="predictions per mode")
     parser.add_argument("--seconds", type=float, default=30, help="at most this long per mode")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated, of: " + ", ".join(MODES))
+    parser.add_argument("--repeat", type=int, default=3, help="runs per mode (a fresh server each)")
     parser.add_argument("--profile", metavar="DIR", help="sample the server with py-spy, into DIR")
     args = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -68,36 +70,43 @@ def main() -> None:
         (folder,) = Path(scratch, "export").iterdir()
         print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPU cores "
               f"({cpu_model()}), python {platform.python_version()}")
-        print(f"{model}, exported: {args.clients} clients, single-image requests, up to {args.requests:,} per mode "
-              f"or {args.seconds:g} s")
+        print(f"{model}, exported: {args.clients} clients, single-image requests, up to {args.requests:,} per run "
+              f"or {args.seconds:g} s, the median of {args.repeat} runs per mode")
         print(f"  {'':16}{'predictions/s':>14}{'p50 ms':>9}{'p99 ms':>9}{'mean batch':>12}{'answered':>10}"
               f"{'failed':>8}")
         for mode in args.modes.split(","):
-            kind, flags = MODES[mode]
-            shutil.rmtree(folder / "2", ignore_errors=True)
-            swap = (lambda: shutil.copytree(folder / "1", Path(scratch, "2")).rename(folder / "2")) \
-                if "swap" in mode else None
-            profile = Path(args.profile, f"{mode}.txt") if args.profile else None
-            with server(str(folder), flags, env) as served:
-                spy = profile and subprocess.Popen(
-                    ["py-spy", "record", "--pid", str(served.process.pid), "--duration", f"{args.seconds:.0f}",
-                     "--rate", str(RATE), "--format", "raw", "--threads", "--nonblocking", "--output", str(profile)],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                figures = load(served.port, requests_of(kind, folder.name), args.clients, args.requests, args.seconds,
-                               swap)
-                if spy:
-                    spy.wait()
-                stats = get(served.port, "/v1/stats")["models"][folder.name]
-            calls = sum(s["model_calls"] for s in stats.values())
-            mean = sum(s["predictions"] for s in stats.values()) / max(calls, 1)
-            print(f"  {mode:16}{figures['rate']:>14,.0f}{figures['p50']:>9.1f}{figures['p99']:>9.1f}{mean:>12.1f}"
-                  f"{figures['answered']:>10,}{figures['failed']:>8,}")
-            if swap:
+            runs = sorted((run_mode(mode, folder, Path(scratch), env, args) for _ in range(args.repeat)),
+                          key=lambda figures: figures["rate"])
+            figures = runs[len(runs) // 2]
+            failed = sum(run["failed"] for run in runs)
+            print(f"  {mode:16}{figures['rate']:>14,.0f}{figures['p50']:>9.1f}{figures['p99']:>9.1f}"
+                  f"{figures['mean batch']:>12.1f}{figures['answered']:>10,}{failed:>8,}")
+            if "swap" in mode:
                 print(f"  {'':16}answers by version: " + ", ".join(f"{v}: {n:,}" for v, n in
                                                                    sorted(figures["versions"].items())))
-            if profile:
-                for line in profile_summary(profile):
+            if args.profile:
+                for line in profile_summary(Path(args.profile, f"{mode}.txt")):
                     print(f"  {'':16}{line}")
+
+
+def run_mode(mode: str, folder: Path, scratch: Path, env: dict, args) -> dict:
+    """One run of a mode on a fresh server: its figures."""
+    kind, flags = MODES[mode]
+    shutil.rmtree(folder / "2", ignore_errors=True)
+    shutil.rmtree(scratch / "2", ignore_errors=True)
+    swap = (lambda: shutil.copytree(folder / "1", scratch / "2").rename(folder / "2")) if "swap" in mode else None
+    profile = Path(args.profile, f"{mode}.txt") if args.profile else None
+    with server(str(folder), flags, env) as served:
+        spy = profile and subprocess.Popen(
+            ["py-spy", "record", "--pid", str(served.process.pid), "--duration", f"{args.seconds:.0f}",
+             "--rate", str(RATE), "--format", "raw", "--threads", "--nonblocking", "--output", str(profile)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        figures = load(served.port, requests_of(kind, folder.name), args.clients, args.requests, args.seconds, swap)
+        if spy:
+            spy.wait()
+        stats = get(served.port, "/v1/stats")["models"][folder.name]
+    calls = sum(s["model_calls"] for s in stats.values())
+    return {**figures, "mean batch": sum(s["predictions"] for s in stats.values()) / max(calls, 1)}
 
 
 def train_lenet5(runs: Path, env: dict) -> str:
@@ -175,6 +184,8 @@ def profile_summary(profile: Path) -> list[str]:
     threads: dict[str, dict[str, int]] = {}
     for line in profile.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
         thread = stack.split(";")[0]
         part = next((name for name, frame in PARTS if frame in stack), "other")
         threads.setdefault(thread, {}).setdefault(part, 0)

@@ -170,3 +170,18 @@ def test_two_folders_of_one_name_and_folders_with_a_config_are_refused(tiny_run,
     assert result.returncode == 2 and "not both" in result.stderr
     result = in_process("serve", "--port", 0, within=60)
     assert result.returncode == 2 and "give a run directory or export folder to serve" in result.stderr
+
+
+def test_the_access_log_is_one_line_per_request_on_stdout(tiny_run, images):
+    with Server(tiny_run) as server:
+        for path in ("/v1/models/tiny:predict", "/v1/models/tiny:predict", "/v1/models/nobody:predict"):
+            server.request("POST", path, {"instances": images[:1].tolist()})
+        server.request("GET", "/v1/models/tiny?verbose=1")
+    lines = [line for line in server.stdout.splitlines()
+             if '"POST /v1/models/' in line or '"GET /v1/models/tiny' in line]
+    assert len(lines) == 4, server.stdout
+    assert [line.split('"')[1] for line in lines] == ["POST /v1/models/tiny:predict"] * 2 + [
+        "POST /v1/models/nobody:predict", "GET /v1/models/tiny?verbose=1"]
+    codes = [line.split('"')[2].split()[0] for line in lines]
+    assert codes == ["200", "200", "404", "200"]
+    assert all(line.startswith("127.0.0.1:") and line.endswith(" ms") for line in lines)

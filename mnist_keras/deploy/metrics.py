@@ -8,12 +8,15 @@
     mnist_keras_model_version_served{model, version}      1 per version served
     mnist_keras_ready                                     1 when every model is loaded and the server not draining
 `route` is the endpoint's name (predict, classify, infer, ...; "unmatched" for unknown paths) and `model` a served
-model's name or "" (an unknown name in a URL makes no new series).
+model's name or "" (an unknown name in a URL makes no new series). The access log is one line per request on
+stdout, written in batches at most FLUSH_SECONDS apart (a write per request would cost the event loop more
+than the request's metrics).
 """
 
 from __future__ import annotations
 
-import logging
+import asyncio
+import sys
 import time
 from typing import Callable
 
@@ -25,7 +28,7 @@ from .served import ServedModel
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-access = logging.getLogger("mnist_keras.access")
+FLUSH_SECONDS = 0.1
 
 
 class Metrics:
@@ -43,6 +46,21 @@ class Metrics:
         self.batch_size = Histogram("mnist_keras_batch_size", "Images per model call", ["model", "version"],
                                     buckets=BATCH_BUCKETS, registry=self.registry)
         self.registry.register(_Served(repository))
+        self._children: dict[tuple, tuple] = {}
+
+    def count(self, route: str, model: str, status: int, seconds: float) -> None:
+        """One request answered: its count, its error if it is one, its latency."""
+        key = (route, model, status)
+        children = self._children.get(key)
+        if children is None:  # the labelled series, looked up once per (route, model, code)
+            code = str(status)
+            children = self._children[key] = (self.requests.labels(route, model, code),
+                                              self.errors.labels(route, model, code) if status >= 400 else None,
+                                              self.latency.labels(route, model))
+        children[0].inc()
+        if children[1]:
+            children[1].inc()
+        children[2].observe(seconds)
 
     def batch_observer(self, model: ServedModel) -> Callable[[int], None]:
         return self.batch_size.labels(model.name, str(model.version)).observe
@@ -73,9 +91,9 @@ class _Served:
 
 class Measured:
     """ASGI middleware: counts and times every HTTP request into `metrics`, and writes one access-log line each
-    (`client "METHOD path" code milliseconds model/version`) when the access log is on."""
+    (`client "METHOD path" code milliseconds`) into `access_log`, if there is one."""
 
-    def __init__(self, app, metrics: Metrics, access_log: bool):
+    def __init__(self, app, metrics: Metrics, access_log: "AccessLog | None"):
         self.app, self.metrics, self.access_log = app, metrics, access_log
 
     async def __call__(self, scope, receive, send):
@@ -98,15 +116,29 @@ class Measured:
         endpoint = scope.get("endpoint")
         route = getattr(endpoint, "__name__", "unmatched")
         name = scope.get("path_params", {}).get("name", "")
-        model = name if name in self.metrics.repository.served else ""
-        code = str(status)
-        self.metrics.requests.labels(route, model, code).inc()
-        if status >= 400:
-            self.metrics.errors.labels(route, model, code).inc()
-        self.metrics.latency.labels(route, model).observe(seconds)
+        self.metrics.count(route, name if name in self.metrics.repository.served else "", status, seconds)
         if self.access_log:
             client = scope.get("client") or ("-", 0)
             query = scope.get("query_string", b"")
             path = scope["path"] + (f"?{query.decode('latin-1')}" if query else "")
-            access.info('%s:%s "%s %s" %s %.1f ms', client[0], client[1], scope["method"], path[:200], code,
-                        seconds * 1000)
+            self.access_log.add(f'{client[0]}:{client[1]} "{scope["method"]} {path[:200]}" {status} '
+                                f'{seconds * 1000:.1f} ms\n')
+
+
+class AccessLog:
+    """Lines for stdout, held for at most FLUSH_SECONDS and written together (call flush() at the end)."""
+
+    def __init__(self):
+        self._lines: list[str] = []
+
+    def add(self, line: str) -> None:
+        if not self._lines:
+            asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
+        self._lines.append(line)
+
+    def flush(self) -> None:
+        """Write the access-log lines held so far to stdout."""
+        lines, self._lines = self._lines, []
+        if lines:
+            sys.stdout.write("".join(lines))
+            sys.stdout.flush()

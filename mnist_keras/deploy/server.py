@@ -34,7 +34,7 @@ from starlette.requests import ClientDisconnect
 from ..errors import UserError
 from .batching import Batcher
 from .kserve import add_v2_routes
-from .metrics import Measured, Metrics, access
+from .metrics import AccessLog, Measured, Metrics
 from ..runs.exports import BYTES_NAME, INPUT_NAME
 from .payloads import BadRequest, classify_images, json_response, predict_images
 from .repository import Repository, Servable, log, model_sources
@@ -52,7 +52,7 @@ def serve(targets: list[str], config: str | None = None, host: str = "127.0.0.1"
     load, or a port in use."""
     sources = model_sources(targets, config)
     listener = _listen(host, port)  # a port in use is reported before the models load
-    _logs(access_log)
+    _logs()
     bound_host, bound_port = listener.getsockname()[:2]
     url = f"http://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}/"
     server: Draining | None = None
@@ -134,13 +134,12 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _logs(access_log: bool) -> None:
-    """Server events and problems to stderr, the access log (one line per request) to stdout; uvicorn's own
-    warnings go to stderr through Python's last-resort handler (uvicorn configures no logging here)."""
-    for logger, stream, on in ((log, "stderr", True), (access, "stdout", access_log)):
-        logger.handlers[:] = [_Stream(stream)] if on else []
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+def _logs() -> None:
+    """Server events and problems to stderr (the access log is metrics.py's); uvicorn's own warnings go to stderr
+    through Python's last-resort handler (uvicorn configures no logging here)."""
+    log.handlers[:] = [_Stream("stderr")]
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 class _Stream(logging.StreamHandler):
@@ -176,10 +175,13 @@ def create_app(repository: Repository, metrics: Metrics, batching: dict, access_
         await repository.start(lambda: on_loaded(repository), on_failure)
         yield
         await repository.stop()
+        if access:
+            access.flush()
 
     app = FastAPI(title="mnist-keras serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(BodyLimit, max_body=max_body)
-    app.add_middleware(Measured, metrics=metrics, access_log=access_log)
+    access = AccessLog() if access_log else None
+    app.add_middleware(Measured, metrics=metrics, access_log=access)
     app.add_exception_handler(BadRequest, lambda _r, err: _error(err.message, err.status))
     app.add_exception_handler(HTTPException, lambda _r, err: _error(str(err.detail), err.status_code))
     app.add_exception_handler(ClientDisconnect, _disconnected)
