@@ -13,12 +13,13 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .data.inspection import DataCheck, DataInfo, DataPreview, check_dataset, data_spec, dataset_info, preview_grid
-from .errors import ExportFailed, UserError
+from .errors import ExportFailed, Interrupted, UserError
 from .reporter import Reporter
 from .runs.run import Run, open_run
 from .runs.table import RunRow
@@ -105,28 +106,62 @@ def _spec_of(spec: Spec | str | Path, overrides: Sequence[Any], data_dir: str | 
 @keeps_global_state
 def fit(spec: Spec | str | Path, runs: str | Path = "runs", *, overrides: Sequence[Any] = (),
         data_dir: str | None = None, device: str | None = None, distribute: str | None = None,
-        cluster: dict | None = None, reporter: Reporter | None = None, callbacks: Sequence = ()) -> Run:
+        cluster: dict | None = None, reporter: Reporter | None = None, callbacks: Sequence = (),
+        mlflow_uri: str | None = None, register: str | None = None) -> Run:
     """Train `spec` (a Spec, or a spec file loaded with `overrides`) in a new run directory under `runs`, evaluate
     it on the test set, and return the Run. `device` and `distribute` override the spec's runtime; `cluster` is a
     TF_CONFIG mapping for multi_worker; `callbacks`: Keras callbacks run after the run's own each epoch, as
-    resume's."""
-    return fit_run(_spec_of(spec, overrides, data_dir), runs, data_dir=data_dir, device=device,
-                   distribute=distribute, cluster=cluster, reporter=reporter, callbacks=callbacks)
+    resume's. With `runtime.tracking: mlflow` (or `mlflow_uri` or `register`, which imply it) the run is logged
+    to MLflow too (tracking.py): to `mlflow_uri` (default MLFLOW_TRACKING_URI, else RUNS/mlflow.db), its model
+    registered as `register` when given."""
+    spec = _spec_of(spec, overrides, data_dir)
+    reporter = reporter or Reporter()
+    tracker = _tracker(spec, runs, mlflow_uri, register, reporter)
+    with _closed_on_failure(tracker):
+        return fit_run(spec, runs, data_dir=data_dir, device=device, distribute=distribute, cluster=cluster,
+                       reporter=reporter, callbacks=callbacks, observer=tracker)
+
+
+def _tracker(spec: Spec, runs: str | Path, uri: str | None, register: str | None, reporter: Reporter,
+             recorded=None):
+    """The MLflow tracker of a run: None unless runtime.tracking is mlflow, the run was tracked, or a server or a
+    model name is given (which imply it)."""
+    if spec.runtime.tracking != "mlflow" and recorded is None and not (uri or register):
+        return None
+    from .tracking import open_tracker
+
+    return open_tracker(spec, runs, uri, register, reporter, recorded)
+
+
+@contextmanager
+def _closed_on_failure(tracker):
+    """The tracked run marked KILLED (interrupted) or FAILED when training ends in an error it has not seen."""
+    try:
+        yield
+    except BaseException as err:
+        if tracker is not None:
+            tracker.close("KILLED" if isinstance(err, (Interrupted, KeyboardInterrupt)) else "FAILED")
+        raise
 
 
 @keeps_global_state
 def resume(run: Run | str | Path, epochs: int | None = None, *, data_dir: str | None = None,
            device: str | None = None, distribute: str | None = None, overrides: Sequence[str] = (),
            spec: Spec | str | Path | None = None, cluster: dict | None = None, reporter: Reporter | None = None,
-           callbacks: Sequence = ()) -> Run:
+           callbacks: Sequence = (), mlflow_uri: str | None = None) -> Run:
     """Continue a run from its last checkpoint, to `epochs` epochs in all (default: the spec's). Only the
     epochs and where it runs may change: `overrides` (of the run's spec, or of `spec`: a Spec or a spec file)
     that change anything else are refused. `callbacks`: Keras callbacks run after the run's own each epoch (a
-    sweep's pruning)."""
+    sweep's pruning). A run logged to MLflow goes on logging to its MLflow run (at `mlflow_uri` if given)."""
     if spec is not None and not isinstance(spec, Spec):
         spec, overrides = load_spec(spec, overrides, data_dir), ()
-    return resume_run(run, epochs, data_dir=data_dir, device=device, distribute=distribute, overrides=overrides,
-                      spec=spec, cluster=cluster, reporter=reporter, callbacks=callbacks)
+    run = run if isinstance(run, Run) else open_run(run)
+    reporter = reporter or Reporter()
+    tracker = _tracker(run.spec, run.path.parent.parent, mlflow_uri, None, reporter, run.state.tracking) \
+        if run.path is not None and (run.spec.runtime.tracking == "mlflow" or run.state.tracking) else None
+    with _closed_on_failure(tracker):
+        return resume_run(run, epochs, data_dir=data_dir, device=device, distribute=distribute, overrides=overrides,
+                          spec=spec, cluster=cluster, reporter=reporter, callbacks=callbacks, observer=tracker)
 
 
 @keeps_global_state

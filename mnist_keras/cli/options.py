@@ -27,10 +27,12 @@ def reporter():
                     verbose=1 if sys.stdout.isatty() else 2)
 
 
-def flag_overrides(epochs=None, device=None, distribute=None, name=None) -> list:
-    """The --epochs/--device/--distribute/--name values as spec overrides that name their flag in messages."""
+def flag_overrides(epochs=None, device=None, distribute=None, name=None, tracking=None) -> list:
+    """The --epochs/--device/--distribute/--name/--mlflow values as spec overrides that name their flag in
+    messages."""
     from ..spec import Override
 
     return [Override(f"{key}={json.dumps(value)}", f"{flag} {value}") for key, flag, value in
             (("train.epochs", "--epochs", epochs), ("runtime.device", "--device", device),
-             ("runtime.distribute", "--distribute", distribute), ("name", "--name", name)) if value is not None]
+             ("runtime.distribute", "--distribute", distribute), ("name", "--name", name),
+             ("runtime.tracking", "--mlflow", tracking)) if value is not None]

@@ -42,7 +42,14 @@ def _fit_summary(run) -> str:
 @click.option("--runs", "runs_root", default="runs", show_default=True, help="The folder that holds run directories.")
 @click.option("--name", help="The run's name (overrides the spec's name): runs/NAME/TIMESTAMP.")
 @click.option("--resume", "resume_dir", metavar="RUN_DIR", help="Continue an interrupted run from its last checkpoint.")
-def fit(spec, overrides, epochs, data_dir, device, distribute, workers, task_index, runs_root, name, resume_dir):
+@click.option("--mlflow", is_flag=True, help="Log the run to MLflow too (runtime.tracking: mlflow): the server of "
+              "MLFLOW_TRACKING_URI, else RUNS/mlflow.db.")
+@click.option("--mlflow-uri", metavar="URI", help="The MLflow tracking server (overrides MLFLOW_TRACKING_URI; "
+              "implies --mlflow).")
+@click.option("--register", metavar="NAME", help="Register the trained model in MLflow's model registry as NAME "
+              "(implies --mlflow).")
+def fit(spec, overrides, epochs, data_dir, device, distribute, workers, task_index, runs_root, name, resume_dir,
+        mlflow, mlflow_uri, register):
     """Train SPEC and evaluate it on the test set, in a new run directory."""
     from .. import api
     from ..train.distribute import cluster_from_flags
@@ -50,12 +57,16 @@ def fit(spec, overrides, epochs, data_dir, device, distribute, workers, task_ind
     cluster = cluster_from_flags(workers, task_index)
     if resume_dir:
         run = api.resume(resume_dir, epochs, data_dir=data_dir, device=device, distribute=distribute,
-                         overrides=overrides, spec=spec or None, cluster=cluster, reporter=reporter())
+                         overrides=overrides, spec=spec or None, cluster=cluster, reporter=reporter(),
+                         mlflow_uri=mlflow_uri)
     elif not spec:
         raise click.UsageError("give a SPEC to train, or --resume RUN_DIR")
     else:
-        run = api.fit(spec, runs_root, overrides=[*overrides, *flag_overrides(epochs, device, distribute, name)],
-                      data_dir=data_dir, cluster=cluster, reporter=reporter())
+        tracking = "mlflow" if mlflow or mlflow_uri or register else None
+        run = api.fit(spec, runs_root, overrides=[*overrides, *flag_overrides(epochs, device, distribute, name,
+                                                                               tracking)],
+                      data_dir=data_dir, cluster=cluster, reporter=reporter(), mlflow_uri=mlflow_uri,
+                      register=register)
     click.echo(_fit_summary(run))
 
 

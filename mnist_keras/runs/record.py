@@ -144,6 +144,15 @@ class Provenance(_Open):
     counts: dict[str, Any] = {}
 
 
+class Tracking(_Record):
+    """Where a run is tracked besides its folder: an MLflow tracking server (its URI, any password left out),
+    the experiment and the run's id there; a resume logs to the same run."""
+
+    uri: str
+    experiment_id: str
+    run_id: str
+
+
 class RunState(_Record):
     """state.json: where a run stands."""
 
@@ -166,6 +175,7 @@ class RunState(_Record):
     device: str | None = None
     pid: int | None = Field(None, ge=1, le=MAX_INT)  # the process that trained it last, on `host`
     host: str | None = None
+    tracking: Tracking | None = None  # the MLflow run it is logged to (runtime.tracking: mlflow)
 
     def process_alive(self) -> bool:
         """True when the process that last wrote this record still runs on this machine."""

@@ -7,9 +7,9 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from ..errors import UserError
 from ..spec import Spec, dump_spec, load_spec
@@ -18,15 +18,28 @@ from .record import Best, Epoch, Provenance, RunMetrics, RunState, Status, Stop,
     write_metrics, write_state
 
 
+class RunObserver(Protocol):
+    """Told of a run's lifecycle as it is recorded (an experiment tracker); it never raises into training."""
+
+    def begun(self, run: "Run") -> None: ...
+
+    def epoch_recorded(self, run: "Run") -> None: ...
+
+    def finished(self, run: "Run") -> None: ...
+
+    def stopped(self, run: "Run", status: Status) -> None: ...
+
+
 @dataclass
 class Run:
     """A training run. `path` is None only for a multi_worker worker other than the chief, which writes
-    no run; `metrics` (metrics.json) is None until the run finishes."""
+    no run; `metrics` (metrics.json) is None until the run finishes; `observer` is told of its lifecycle."""
 
     path: Path | None
     spec: Spec
     state: RunState
     metrics: RunMetrics | None = None
+    observer: RunObserver | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def create(cls, runs: str | Path, name: str, spec: Spec, state: RunState) -> "Run":
@@ -55,6 +68,8 @@ class Run:
             list(class_names)
         state.pid, state.host = os.getpid(), socket.gethostname()
         self.save()
+        if self.observer:
+            self.observer.begun(self)
 
     def record_epoch(self, logged: dict[str, Any], checkpoint: str | None, best: Best | None,
                      learning_rate: float, rng: dict[str, list], callbacks: dict[str, dict],
@@ -70,6 +85,8 @@ class Run:
             state.stopped = Stop(by=stopped_by, epoch=state.epochs_done,
                                  seconds=sum(h.epoch_seconds or 0.0 for h in state.history))
         self.save()
+        if self.observer:
+            self.observer.epoch_recorded(self)
 
     def finish(self, metrics: RunMetrics) -> None:
         """The run ended: its metrics written, then its record marked finished."""
@@ -77,6 +94,8 @@ class Run:
         write_metrics(self.path, metrics)
         self.state.status = "finished"
         self.save()
+        if self.observer:
+            self.observer.finished(self)
 
     def stop(self, status: Status) -> None:
         """Record why the run stopped (interrupted, failed or pruned), where the disk still allows; a run that
@@ -91,6 +110,8 @@ class Run:
             self.save()
         except OSError:
             pass
+        if self.observer:
+            self.observer.stopped(self, status)
 
     def discard_if_unrecorded(self) -> None:
         """Remove a new run's directory when training was refused before it began (nothing in it is a record)."""

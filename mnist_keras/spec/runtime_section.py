@@ -45,6 +45,8 @@ class Runtime(StrictModel):
         1, description="steps per call into TensorFlow: N (a divisor of the epoch's steps) or epoch")
     deterministic: bool = Field(False, description="deterministic TensorFlow ops: bit-exact repeats, slower")
     threads: Threads = Field(Threads(), description="TensorFlow's thread pools")
+    tracking: Literal["none", "mlflow"] = Field(
+        "none", description="mlflow: log the run to MLflow too (MLFLOW_TRACKING_URI, else runs/mlflow.db)")
     max_params: PositiveInt = Field(50_000_000, description="refuse to build larger models; raise it to go bigger")
     max_activation_bytes: Annotated[int, Field(gt=0, le=2**50)] = Field(
         8 * 2**30, description="refuse models whose layer outputs for one batch (float32) take more bytes; "

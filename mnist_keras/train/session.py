@@ -14,7 +14,7 @@ from ..errors import Interrupted, TrainingFailed, UserError
 from ..reporter import Reporter
 from ..runs.files import check_no_links, check_not_training, remove_partial_files, training_lock
 from ..runs.record import BackboneRun, RunState, read_state
-from ..runs.run import Run, open_run
+from ..runs.run import Run, RunObserver, open_run
 from ..spec import Spec, dump_spec
 from ..spec.data_section import absolute
 from .lr_find import LRFinding, check_range, range_test, write_figure
@@ -35,23 +35,26 @@ def _with(spec: Spec, overrides: Sequence[str] = (), **values: Any) -> Spec:
 
 def fit_run(spec: Spec, runs: str | Path = "runs", *, data_dir: str | None = None, device: str | None = None,
         distribute: str | None = None, cluster: dict | None = None, reporter: Reporter | None = None,
-        callbacks: Sequence = ()) -> Run:
+        callbacks: Sequence = (), observer: RunObserver | None = None) -> Run:
     """Train `spec` in a new run directory under `runs`, evaluate it on the test set, and return the Run.
     `device` and `distribute` override the spec's runtime; `cluster` is a TF_CONFIG mapping for multi_worker;
-    `callbacks`: Keras callbacks run after the run's own each epoch (a benchmark's test-set probe)."""
+    `callbacks`: Keras callbacks run after the run's own each epoch (a benchmark's test-set probe); `observer` is
+    told of the run's lifecycle (an experiment tracker)."""
     spec = _with(spec, **{"runtime.device": device, "runtime.distribute": distribute})
     state = RunState(status="running", epochs_done=0, data_dir=data_dir and absolute(data_dir), overrides=spec.overrides,
                      backbone=BackboneRun.of(spec))
-    return _train(spec, None, runs, state, reporter or Reporter(), cluster, callbacks=tuple(callbacks))
+    return _train(spec, None, runs, state, reporter or Reporter(), cluster, callbacks=tuple(callbacks),
+                  observer=observer)
 
 
 def resume_run(run: Run | str | Path, epochs: int | None = None, *, data_dir: str | None = None,
            device: str | None = None, distribute: str | None = None, overrides: Sequence[str] = (),
            spec: Spec | None = None,
-           cluster: dict | None = None, reporter: Reporter | None = None, callbacks: Sequence = ()) -> Run:
+           cluster: dict | None = None, reporter: Reporter | None = None, callbacks: Sequence = (),
+           observer: RunObserver | None = None) -> Run:
     """Continue a run from its last checkpoint, to `epochs` epochs in all (default: the spec's). Only the
     epochs and where it runs may change: `overrides` or a `spec` that change anything else are refused.
-    `callbacks`: Keras callbacks run after the run's own each epoch (a sweep's pruning)."""
+    `callbacks`: Keras callbacks run after the run's own each epoch (a sweep's pruning); `observer` as fit_run's."""
     run = run if isinstance(run, Run) else open_run(run)
     if run.path is None:
         raise UserError("this worker wrote no run: resume the chief's run directory")
@@ -76,7 +79,7 @@ def resume_run(run: Run | str | Path, epochs: int | None = None, *, data_dir: st
         state.data_dir = absolute(data_dir) if data_dir else state.data_dir
         check_no_links(run.path)
         grows = current.train.epochs if new.train.epochs > current.train.epochs else None
-        return _train(new, run.path, None, state, reporter or Reporter(), cluster, grows, tuple(callbacks))
+        return _train(new, run.path, None, state, reporter or Reporter(), cluster, grows, tuple(callbacks), observer)
 
 
 def _diff(old: str, new: str) -> str:
@@ -101,7 +104,8 @@ def _ctrl_c_kept():
 
 
 def _train(spec: Spec, run_dir: Path | None, runs: str | Path | None, state: RunState, reporter: Reporter,
-           cluster: dict | None, grows: int | None = None, callbacks: tuple = ()) -> Run:
+           cluster: dict | None, grows: int | None = None, callbacks: tuple = (),
+           observer: RunObserver | None = None) -> Run:
     """Prepare, then train in `run_dir` (a new run under `runs` when None); the typed errors on failure."""
     from .loop import prepare, train_run
 
@@ -114,6 +118,7 @@ def _train(spec: Spec, run_dir: Path | None, runs: str | Path | None, state: Run
         return _train_worker(spec, run_dir, prepared, state, reporter)
     new = run_dir is None
     run = Run.create(runs, spec.name, spec, state) if new else Run(run_dir, spec, state)
+    run.observer = observer
     with training_lock(run.path):  # held until training ends, however it ends
         if not new:
             _check_untouched(run.path, state)

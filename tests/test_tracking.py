@@ -1,0 +1,193 @@
+"""MLflow tracking (issue 28) against a real `mlflow server` (SQLite backend store, local artifacts, a free loopback
+port), read back through MLflow's client API: a real `fit --mlflow` (parameters, per-epoch metric histories,
+artifacts, the model loaded with mlflow.pyfunc agreeing with the run's model, the registry), resume into the
+same MLflow run, kill -9 then resume, the server stopped mid-run, and an unreachable server refused before
+training."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.mlflow, pytest.mark.server]
+mlflow = pytest.importorskip("mlflow")
+
+from conftest import ROOT, TINY_SERVED  # noqa: E402
+from faults import Forked  # noqa: E402
+from serve_process import free_port, run_cli  # noqa: E402
+
+SPEC = TINY_SERVED.replace("epochs: 1", "epochs: 3")
+
+
+class MlflowServer:
+    """`mlflow server` with a SQLite store and artifacts in `folder`, on a free loopback port, until stop()."""
+
+    def __init__(self, folder: Path):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+             "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port),
+             "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(self.uri + "/health", timeout=5).read()
+                break
+            except OSError:
+                assert self.process.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    started = MlflowServer(tmp_path_factory.mktemp("mlflow"))
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+def spec_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("spec") / "tiny.yaml"
+    path.write_text(SPEC)
+    return path
+
+
+def client(server):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(server.uri)
+
+
+def tracked_run(run_dir: Path):
+    """The MLflow run id recorded in a run directory's state.json."""
+    import json
+
+    return json.loads((run_dir / "state.json").read_text())["tracking"]["run_id"]
+
+
+def only_run(runs: Path) -> Path:
+    (run,) = [p for p in (runs / "tiny").iterdir() if p.is_dir()]
+    return run
+
+
+def test_fit_logs_params_metrics_artifacts_and_a_model_pyfunc_loads(server, spec_file, tmp_path):
+    result = run_cli("fit", str(spec_file), "--runs", str(tmp_path / "runs"), "--mlflow-uri", server.uri,
+                     "--register", "tiny-digits", "--set", "data.batch_size=32")
+    assert result.returncode == 0, result.stderr
+    assert "mlflow: run " in result.stdout and "registered model 'tiny-digits' version 1" in result.stdout
+    assert result.stderr == "", result.stderr  # nothing of MLflow's own logging
+    run_dir = only_run(tmp_path / "runs")
+    found = client(server).get_run(tracked_run(run_dir))
+    assert found.info.status == "FINISHED" and found.info.run_name == f"tiny/{run_dir.name}"
+    params = found.data.params
+    assert params["train.epochs"] == "3" and params["data.batch_size"] == "32" and params["seed"] == "7"
+    assert params["model.layers.1.dense.units"] == "32" and params["runtime.tracking"] == "mlflow"
+    assert found.data.tags["mnist_keras.class_names"] == '["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]'
+    assert found.data.tags["mnist_keras.data.source"] == "bundled"
+    history = client(server).get_metric_history(found.info.run_id, "val_loss")
+    import json
+
+    recorded = json.loads((run_dir / "metrics.json").read_text())
+    assert [m.step for m in history] == [1, 2, 3]
+    assert [m.value for m in history] == pytest.approx([e["val_loss"] for e in recorded["history"]])
+    assert found.data.metrics["test_accuracy"] == pytest.approx(recorded["test"]["accuracy"])
+    artifacts = {a.path for a in client(server).list_artifacts(found.info.run_id)}
+    assert {"spec.yaml", "metrics.json", "history.csv", "model", "report"} <= artifacts
+    report = {a.path for a in client(server).list_artifacts(found.info.run_id, "report")}
+    assert "report/1-tiny-confusion.png" in report and "report/curves.png" in report
+
+    from mnist_keras.data.sources import BUNDLED
+    from mnist_keras.deploy.serving import run_deployable
+
+    with np.load(BUNDLED) as sample:
+        images = sample["x_test"][:32].reshape(-1, 28, 28, 1)
+    mlflow.set_tracking_uri(server.uri)
+    try:
+        for uri in (f"runs:/{found.info.run_id}/model", "models:/tiny-digits/1"):
+            loaded = mlflow.pyfunc.load_model(uri)
+            np.testing.assert_allclose(loaded.predict(images), run_deployable(run_dir).model.predict(images, verbose=0),
+                                       atol=1e-5)
+        assert loaded.metadata.metadata["class_names"] == [str(i) for i in range(10)]
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_resume_and_kill_9_go_on_in_the_same_mlflow_run(server, spec_file, tmp_path):
+    runs = tmp_path / "runs"
+    result = run_cli("fit", str(spec_file), "--runs", str(runs), "--mlflow-uri", server.uri, "--epochs", "1")
+    assert result.returncode == 0, result.stderr
+    run_dir = only_run(runs)
+    run_id = tracked_run(run_dir)
+    killed = Forked("kill-at-batch:3:5", "fit", "--resume", run_dir, "--epochs", 4, "--mlflow-uri", server.uri,
+                    cwd=tmp_path)
+    code, _, _ = killed.finish(timeout=300)
+    assert code == -signal.SIGKILL
+    assert client(server).get_run(run_id).info.status == "RUNNING"  # kill -9: no one could say otherwise
+    result = run_cli("fit", "--resume", str(run_dir), "--epochs", "4", "--mlflow-uri", server.uri)
+    assert result.returncode == 0, result.stderr
+    assert tracked_run(run_dir) == run_id
+    found = client(server).get_run(run_id)
+    assert found.info.status == "FINISHED"
+    assert [m.step for m in client(server).get_metric_history(run_id, "loss")] == [1, 2, 3, 4]
+
+
+def test_the_server_stopped_mid_run_does_not_stop_training(spec_file, tmp_path):
+    import mnist_keras as mk
+    from mnist_keras.backend import keras
+    from mnist_keras.reporter import Reporter
+
+    own = MlflowServer(tmp_path / "own")
+    lines: list[str] = []
+
+    class StopTheServer(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                own.stop()
+
+    try:
+        run = mk.fit(mk.load_spec(spec_file), tmp_path / "runs", reporter=Reporter(echo=lines.append),
+                     callbacks=[StopTheServer()], mlflow_uri=own.uri)
+    finally:
+        own.stop()
+    assert run.state.status == "finished" and run.state.epochs_done == 3
+    said = [line for line in lines if "could not log" in line]
+    assert len(said) == 1 and said[0].startswith(f"mlflow: {own.uri}: could not log ")
+    assert "the run directory holds all of it" in said[0]
+
+
+def test_an_unreachable_server_is_refused_before_training(spec_file, tmp_path):
+    port = free_port()
+    for uri, shown in ((f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}"),
+                       (f"http://ada:s3cret@127.0.0.1:{port}", f"http://ada:***@127.0.0.1:{port}")):
+        result = run_cli("fit", str(spec_file), "--runs", str(tmp_path / "runs"), "--mlflow-uri", uri, timeout=180)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith(f"error: mlflow: {shown}: cannot reach the server: ")
+        assert result.stderr.count("\n") == 1 and "s3cret" not in result.stderr
+        assert not (tmp_path / "runs" / "tiny").exists()
+
+
+def test_without_a_uri_it_logs_to_a_sqlite_file_beside_the_runs(spec_file, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    result = run_cli("fit", str(spec_file), "--runs", str(tmp_path / "runs"), "--mlflow", "--epochs", "1")
+    assert result.returncode == 0, result.stderr
+    from mlflow.tracking import MlflowClient
+
+    local = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    found = local.get_run(tracked_run(only_run(tmp_path / "runs")))
+    assert found.info.status == "FINISHED" and found.data.metrics["test_accuracy"] > 0.1
+    assert found.info.artifact_uri.startswith((tmp_path / "runs" / "mlartifacts").as_uri())
