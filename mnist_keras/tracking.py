@@ -103,9 +103,9 @@ class MLflowTracker:
     """A RunObserver that logs the run to an MLflow tracking server; open it with open_tracker()."""
 
     def __init__(self, client, uri: str, experiment: str, artifacts: str | None, register: str | None,
-                 notify: Callable[[str], None], recorded: Tracking | None):
+                 notify: Callable[[str], None], recorded: Tracking | None, tags: dict[str, str] | None = None):
         self.client, self.uri, self.experiment, self.artifacts = client, uri, experiment, artifacts
-        self.register, self.notify = register, notify
+        self.register, self.notify, self.tags = register, notify, tags or {}
         self.run_id = recorded.run_id if recorded else None
         self.missed: list[str] = []  # what could not be logged, since the server went away
         self.error: str | None = None
@@ -148,7 +148,8 @@ class MLflowTracker:
                     **{f"mnist_keras.data.{key}": str(value)[:MAX_PARAM] for key, value in
                        (run.state.data.model_dump(exclude_none=True) if run.state.data else {}).items()
                        if isinstance(value, (str, int, float))}}
-            created = self.client.create_run(experiment_id, run_name=f"{run.spec.name}/{run.path.name}", tags=tags)
+            created = self.client.create_run(experiment_id, run_name=f"{run.spec.name}/{run.path.name}",
+                                             tags={**tags, **self.tags})
             params = [Param(key, value) for key, value in flat_params(run.spec).items()]
             for start in range(0, len(params), 100):  # MLflow takes at most 100 parameters per call
                 self.client.log_batch(created.info.run_id, params=params[start:start + 100])
@@ -234,6 +235,15 @@ class MLflowTracker:
 
             self._call(f"the registration of model {self.register!r}", register)
 
+    def outcome(self, state: str, value: float | None = None) -> None:
+        """A sweep trial's end: its state (COMPLETE, PRUNED, FAIL) as a tag, its objective value as a metric."""
+        from mlflow.entities import Metric, RunTag
+
+        if self.run_id:
+            metrics = [] if value is None else [Metric("objective", float(value), int(time.time() * 1000), 0)]
+            self._call("the trial's outcome", lambda: self.client.log_batch(
+                self.run_id, metrics=metrics, tags=[RunTag("mnist_keras.trial_state", state)]))
+
     def close(self, status: str) -> None:
         """End the MLflow run as `status` (KILLED, FAILED), unless it has ended already."""
         if not self.ended:
@@ -258,10 +268,10 @@ def _listed(missed: list[str]) -> str:
 
 
 def open_tracker(spec: Spec, runs: str | Path, uri: str | None = None, register: str | None = None,
-                 notify: Callable[[str], None] = lambda message: None,
-                 recorded: Tracking | None = None) -> MLflowTracker:
-    """A tracker for a run of `spec` (or, with `recorded`, for the resume of one), its server checked first:
-    UserError when MLflow is not installed or the server does not answer."""
+                 notify: Callable[[str], None] = lambda message: None, recorded: Tracking | None = None,
+                 tags: dict[str, str] | None = None) -> MLflowTracker:
+    """A tracker for a run of `spec` (or, with `recorded`, for the resume of one; `tags` for a new run), its
+    server checked first: UserError when MLflow is not installed or the server does not answer."""
     try:
         from mlflow.tracking import MlflowClient
     except ModuleNotFoundError:
@@ -282,4 +292,48 @@ def open_tracker(spec: Spec, runs: str | Path, uri: str | None = None, register:
     except Exception as err:
         what = f"its run {recorded.run_id}" if recorded else "the server"
         raise UserError(f"mlflow: {shown(uri)}: cannot reach {what}: {_hidden(first_line(err), uri)}") from None
-    return MLflowTracker(client, uri, experiment, artifacts, register, notify, recorded)
+    return MLflowTracker(client, uri, experiment, artifacts, register, notify, recorded, tags)
+
+
+class SweepTracking:
+    """A sweep in MLflow: a parent run for its study (its id kept in the study, so every worker and every later
+    run of the sweep logs under the same one), and a nested run per trial (open_trial)."""
+
+    def __init__(self, spec: Spec, runs: str | Path, study: str, space: str, parent_id: str | None,
+                 notify: Callable[[str], None]):
+        self.spec, self.runs, self.study, self.notify = spec, runs, study, notify
+        self.tracker = open_tracker(spec, runs, notify=notify)
+        if parent_id is None:
+            parent_id = self._create_parent(space)
+        self.parent_id = parent_id
+        self.tracker._call("the sweep's RUNNING status",
+                           lambda: self.tracker.client.update_run(parent_id, status="RUNNING"))
+
+    def _create_parent(self, space: str) -> str:
+        from mlflow.entities import Param
+
+        tracker = self.tracker
+
+        def create() -> str:
+            found = tracker.client.get_experiment_by_name(tracker.experiment)
+            experiment_id = found.experiment_id if found else tracker.client.create_experiment(
+                tracker.experiment, artifact_location=tracker.artifacts)
+            created = tracker.client.create_run(experiment_id, run_name=f"sweep {self.study}",
+                                                tags={"mnist_keras.study": self.study})
+            tracker.client.log_batch(created.info.run_id, params=[Param("space", space[:MAX_PARAM])])
+            return created.info.run_id
+
+        made = tracker._call("the sweep's parent run", create)
+        if made is None:
+            raise UserError(f"mlflow: {shown(tracker.uri)}: cannot create the sweep's run: {tracker.error}")
+        return made
+
+    def open_trial(self, spec: Spec, recorded: Tracking | None, trial: int) -> MLflowTracker:
+        """The tracker of one trial's run, nested under the sweep's."""
+        return open_tracker(spec, self.runs, notify=lambda message: None, recorded=recorded,
+                            tags={"mlflow.parentRunId": self.parent_id, "mnist_keras.trial": str(trial),
+                                  "mnist_keras.study": self.study})
+
+    def end(self, status: str) -> None:
+        self.tracker.run_id = self.parent_id
+        self.tracker.close(status)

@@ -191,3 +191,31 @@ def test_without_a_uri_it_logs_to_a_sqlite_file_beside_the_runs(spec_file, tmp_p
     found = local.get_run(tracked_run(only_run(tmp_path / "runs")))
     assert found.info.status == "FINISHED" and found.data.metrics["test_accuracy"] > 0.1
     assert found.info.artifact_uri.startswith((tmp_path / "runs" / "mlartifacts").as_uri())
+
+
+def test_ctrl_c_marks_the_mlflow_run_killed(server, spec_file, tmp_path):
+    interrupted = Forked("sigint-at-batch:2:3", "fit", spec_file, "--runs", tmp_path / "runs", "--mlflow-uri",
+                         server.uri, cwd=tmp_path)
+    code, _, err = interrupted.finish(timeout=300)
+    assert code == 130, err
+    found = client(server).get_run(tracked_run(only_run(tmp_path / "runs")))
+    assert found.info.status == "KILLED"
+    assert [m.step for m in client(server).get_metric_history(found.info.run_id, "loss")] == [1]
+
+
+def test_a_sweep_is_a_parent_run_with_a_nested_run_per_trial(server, spec_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "tiny-sweep")
+    result = run_cli("sweep", str(spec_file), "--grid", "train.optimizer.learning_rate=0.003,0.01", "--epochs", "1",
+                     "--runs", str(tmp_path / "runs"), "--mlflow", timeout=300)
+    assert result.returncode == 0, result.stderr
+    experiment = client(server).get_experiment_by_name("tiny-sweep")
+    found = client(server).search_runs([experiment.experiment_id])
+    (parent,) = [run for run in found if "mlflow.parentRunId" not in run.data.tags]
+    trials = [run for run in found if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "FINISHED" and parent.info.run_name.startswith("sweep ")
+    assert '"space"' in parent.data.params["space"]
+    assert len(trials) == 2 and all(run.info.status == "FINISHED" for run in trials)
+    assert sorted(run.data.params["train.optimizer.learning_rate"] for run in trials) == ["0.003", "0.01"]
+    assert all(run.data.tags["mnist_keras.trial_state"] == "COMPLETE" for run in trials)
+    assert all(run.data.metrics["objective"] == pytest.approx(run.data.metrics["val_accuracy"]) for run in trials)

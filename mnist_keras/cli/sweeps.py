@@ -29,9 +29,11 @@ from .options import flag_overrides, overrides_option, reporter
 @click.option("--plots", type=click.Path(file_okay=False), metavar="DIR",
               help="With a SWEEP_FILE: also write Optuna's figures (history, importances, parallel coordinates) as "
                    "PNG files into DIR.")
+@click.option("--mlflow", is_flag=True, help="Log the sweep to MLflow (runtime.tracking: mlflow): a run for the "
+              "study, a nested run per trial.")
 @click.option("--worker", type=int, default=0, hidden=True)
 def sweep(file, grids, overrides, sample, seed, epochs, data_dir, runs_root, storage, study_name, jobs, show, plots,
-          worker):
+          mlflow, worker):
     """Search hyperparameters of a spec: a SWEEP_FILE (a YAML file with `space:`) runs an Optuna study (run again,
     it goes on); a SPEC with --grid trains every combination of values through Optuna's grid sampler, one run
     after another, in a study kept in memory (run again, the grid trains again).
@@ -42,7 +44,8 @@ def sweep(file, grids, overrides, sample, seed, epochs, data_dir, runs_root, sto
     from ..api import sweep as search
     from ..sweeps.results import grid_table, ranked_table
 
-    result = search(file, grids, [*overrides, *flag_overrides(epochs)], sample=sample, seed=seed, runs=runs_root,
+    result = search(file, grids, [*overrides, *flag_overrides(epochs, tracking="mlflow" if mlflow else None)],
+                    sample=sample, seed=seed, runs=runs_root,
                     storage=storage, study=study_name, jobs=jobs, show=show, plots=plots, data_dir=data_dir,
                     worker=worker, reporter=reporter())
     if result is None:  # a worker of --jobs: the sweep command shows the results

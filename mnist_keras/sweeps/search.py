@@ -84,14 +84,46 @@ def run_search(search: Search, jobs: int = 1, data_dir: str | None = None, echo:
                worker: int = 0, progress: Reporter | None = None) -> None:
     """Take trials from the study until it holds its planned number: here (jobs 1; `worker` numbers a worker
     process of a --jobs sweep) or in `jobs` worker processes. Each trial's line goes to `echo`; `progress`
-    shows its training (silent by default)."""
+    shows its training (silent by default). With runtime.tracking: mlflow, the study is a run in MLflow and
+    each trial a run nested in it (tracking.py)."""
+    tracking = _sweep_tracking(search, echo)
+    try:
+        _run_trials(search, jobs, data_dir, echo, worker, progress, tracking)
+    except BaseException:
+        if tracking and not worker:
+            tracking.end("KILLED")
+        raise
+    if tracking and not worker:
+        tracking.end("FINISHED")
+
+
+def _sweep_tracking(search: Search, echo: Callable[[str], None]):
+    """The sweep's MLflow tracking when its spec (with the --set values) says runtime.tracking: mlflow, else None;
+    the parent run's id is kept in the study."""
+    from ..spec import load_spec
+
+    spec = load_spec(search.sweep.spec_file, search.overrides)
+    if spec.runtime.tracking != "mlflow":
+        return None
+    from ..tracking import SweepTracking
+
+    parent = search.study.user_attrs.get("mlflow_run_id")
+    tracking = SweepTracking(spec, search.runs, search.study.study_name, search.sweep.space_record(), parent, echo)
+    if parent is None:
+        search.study.set_user_attr("mlflow_run_id", tracking.parent_id)
+    return tracking
+
+
+def _run_trials(search: Search, jobs: int, data_dir: str | None, echo: Callable[[str], None], worker: int,
+                progress: Reporter | None, tracking) -> None:
     if jobs > 1:
         _run_workers(search, jobs, data_dir)
         return
     from .trial import TrialRunner  # TensorFlow loads here, with the first trial
 
     label = f"[worker {worker}] " if worker else ""
-    runner = TrialRunner(search.sweep, search.runs, search.overrides, data_dir, label, progress or Reporter())
+    runner = TrialRunner(search.sweep, search.runs, search.overrides, data_dir, label, progress or Reporter(),
+                         tracking=tracking)
     try:
         work(search.sweep, search.study, runner, echo, worker)
     except (Interrupted, KeyboardInterrupt) as err:

@@ -57,6 +57,8 @@ class TrialRunner:
     progress: Reporter = field(default_factory=Reporter)
     current: int | None = None  # the trial training now
     started: dict[int, int] = field(default_factory=dict)  # trial -> the epochs its run had done when it began
+    tracking: object = None  # the sweep's tracking.SweepTracking: each trial a nested MLflow run
+    tracker: object = None  # the current trial's MLflow tracker
 
     def objective(self, trial: optuna.Trial) -> float:
         """Train the trial: its best objective value; optuna.TrialPruned when pruned, FailedTrial (its message in
@@ -65,6 +67,7 @@ class TrialRunner:
         self.current = trial.number
         trial.set_user_attr("process", {"trial": trial.number, "host": socket.gethostname(), "pid": os.getpid()})
         self.progress(f"{self.label}trial {trial.number}: {_shown(params)}")
+        self.tracker = None
         try:
             run = self._run(trial, params)
             self.started[trial.number] = run.state.epochs_done
@@ -76,15 +79,25 @@ class TrialRunner:
         trial.set_user_attr("epochs", state.epochs_done)
         if state.status == "pruned":
             self.current = None
+            self._outcome("PRUNED")
             raise optuna.TrialPruned()
         if not values:
             return self._failed(trial, f"no {metric} was recorded")
         self.current = None
-        return max(values) if self.sweep.config.objective.direction == "maximize" else min(values)
+        value = max(values) if self.sweep.config.objective.direction == "maximize" else min(values)
+        self._outcome("COMPLETE", value)
+        return value
+
+    def _outcome(self, state: str, value: float | None = None) -> None:
+        if self.tracker is not None:
+            self.tracker.outcome(state, value)
 
     def _failed(self, trial: optuna.Trial, message: str):
         trial.set_user_attr("error", message)
         self.current = None
+        if self.tracker is not None:
+            self.tracker.close("FAILED")
+        self._outcome("FAIL")
         raise FailedTrial(message)
 
     def summary(self, trial: FrozenTrial) -> str:
@@ -124,7 +137,10 @@ class TrialRunner:
         if run.state.status in ("finished", "pruned"):
             return run.state  # trained before its process died, but not yet told
         report = ReportToTrial(trial, self.sweep.config.objective.metric, run.state.history)
-        run = resume_run(run, data_dir=self.data_dir, reporter=self.progress, callbacks=[report])
+        if self.tracking is not None:
+            self.tracker = self.tracking.open_trial(run.spec, run.state.tracking, trial.number)
+        run = resume_run(run, data_dir=self.data_dir, reporter=self.progress, callbacks=[report],
+                         observer=self.tracker)
         if report.pruned:
             run.stop("pruned")
         return run.state
