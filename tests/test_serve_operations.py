@@ -185,3 +185,19 @@ def test_the_access_log_is_one_line_per_request_on_stdout(tiny_run, images):
     codes = [line.split('"')[2].split()[0] for line in lines]
     assert codes == ["200", "200", "404", "200"]
     assert all(line.startswith("127.0.0.1:") and line.endswith(" ms") for line in lines)
+
+
+def test_a_models_config_pins_versions(exported, tmp_path):
+    folder = tmp_path / "digits"
+    shutil.copytree(exported, folder)
+    shutil.copytree(folder / "1", folder / "2")
+    config = tmp_path / "models.yaml"
+    config.write_text("models:\n  - {name: pinned, path: digits, versions: [1]}\n")
+    with Server(None, "--models-config", str(config), "--no-access-log") as server:
+        status, answer = server.request("GET", "/v1/models/pinned")
+        assert status == 200 and [v["version"] for v in answer["model_version_status"]] == ["1"]
+        assert server.request("GET", "/v1/models/pinned/versions/2")[0] == 404
+        assert server.request("GET", "/v2/models/pinned")[1]["versions"] == ["1"]
+    config.write_text("models:\n  - {path: digits, versions: [5]}\n")
+    result = in_process("serve", "--models-config", config, "--port", 0, within=60)
+    assert result.returncode == 2 and "none of versions [5] is there (found: [1, 2])" in result.stderr
