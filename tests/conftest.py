@@ -109,6 +109,23 @@ def tiny_server(tiny_run):
         yield server
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium through Selenium (test_page.py, test_tracking.py); skipped where Debian's chromium and
+    chromium-driver or selenium are missing."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    chromium, chromedriver = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver")
+    if not (shutil.which(chromium) and chromedriver):
+        pytest.skip("needs chromium and chromedriver (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1200,900"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=chromedriver))
+    yield driver
+    driver.quit()
+
+
 # The modules that take longest, first: pytest-xdist hands each worker one module at a time in this order, so the
 # short ones fill the gaps at the end instead of one long module running alone while the other workers wait.
 LONGEST_FIRST = ["test_tracking", "test_hostile_streaming", "test_transfer", "test_faults", "test_sweeps",

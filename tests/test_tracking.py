@@ -219,3 +219,18 @@ def test_a_sweep_is_a_parent_run_with_a_nested_run_per_trial(server, spec_file, 
     assert sorted(run.data.params["train.optimizer.learning_rate"] for run in trials) == ["0.003", "0.01"]
     assert all(run.data.tags["mnist_keras.trial_state"] == "COMPLETE" for run in trials)
     assert all(run.data.metrics["objective"] == pytest.approx(run.data.metrics["val_accuracy"]) for run in trials)
+
+
+@pytest.mark.browser
+def test_mlflow_ui_shows_the_run_with_its_metrics(server, spec_file, tmp_path, browser):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    result = run_cli("fit", str(spec_file), "--runs", str(tmp_path / "runs"), "--mlflow-uri", server.uri,
+                     "--epochs", "1")
+    assert result.returncode == 0, result.stderr
+    run_dir = only_run(tmp_path / "runs")
+    found = client(server).get_run(tracked_run(run_dir))
+    browser.get(f"{server.uri}/#/experiments/{found.info.experiment_id}/runs/{found.info.run_id}")
+    WebDriverWait(browser, 90).until(
+        lambda page: f"tiny/{run_dir.name}" in page.page_source and "test_accuracy" in page.page_source
+        and "val_accuracy" in page.page_source)
