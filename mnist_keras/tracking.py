@@ -11,7 +11,9 @@ images in, probabilities out) as an MLflow model of the Keras flavour with its s
 that `mlflow.pyfunc.load_model` and `mlflow models serve` take it; `register` adds it to the model registry.
 
 The run's MLflow id is kept in its record (state.json, `tracking`): a resume logs to the same MLflow run,
-first the epochs it had not received. An interrupted, failed or pruned run is marked KILLED or FAILED. An
+first the epochs it had not received. An interrupted, failed or pruned run is marked KILLED or FAILED; one
+whose process died unseen (kill -9) is marked KILLED by the next tracked run of its experiment on its machine
+(its run directory says no process trains it any more), or RUNNING again by its resume. An
 unreachable server is a UserError before training; a server that goes away while training does not stop it:
 what could not be logged is said once, when the run ends.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import tempfile
 import time
 from contextlib import contextmanager
@@ -126,6 +129,7 @@ class MLflowTracker:
         if self.run_id is None:
             self._create(run)
         else:
+            self._call("the end of runs whose process died", lambda: self._close_dead(run.state.tracking.experiment_id))
             self._call("the run's RUNNING status", lambda: self.client.update_run(self.run_id, status="RUNNING"))
             logged = self._call("the metrics of the epochs logged so far",
                                 lambda: self.client.get_metric_history(self.run_id, "loss")) or []
@@ -143,11 +147,13 @@ class MLflowTracker:
             found = self.client.get_experiment_by_name(self.experiment)
             experiment_id = found.experiment_id if found else self.client.create_experiment(
                 self.experiment, artifact_location=self.artifacts)
-            tags = {"mnist_keras.run_dir": str(run.path.resolve()), "mnist_keras.spec": run.spec.name,
+            tags = {"mnist_keras.run_dir": str(run.path.resolve()), "mnist_keras.host": socket.gethostname(),
+                    "mnist_keras.spec": run.spec.name,
                     "mnist_keras.class_names": json.dumps(run.class_names)[:MAX_PARAM],
                     **{f"mnist_keras.data.{key}": str(value)[:MAX_PARAM] for key, value in
                        (run.state.data.model_dump(exclude_none=True) if run.state.data else {}).items()
                        if isinstance(value, (str, int, float))}}
+            self._close_dead(experiment_id)
             created = self.client.create_run(experiment_id, run_name=f"{run.spec.name}/{run.path.name}",
                                              tags={**tags, **self.tags})
             params = [Param(key, value) for key, value in flat_params(run.spec).items()]
@@ -162,6 +168,26 @@ class MLflowTracker:
             experiment_id, self.run_id = made
             run.state.tracking = Tracking(uri=shown(self.uri), experiment_id=experiment_id, run_id=self.run_id)
             run.save()
+
+    def _close_dead(self, experiment_id: str) -> None:
+        """Mark KILLED the experiment's RUNNING runs of this machine whose run directory no process trains."""
+        from .runs.record import read_state
+
+        found = self.client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                        max_results=100)
+        for other in found:
+            tags = other.data.tags
+            folder = Path(tags.get("mnist_keras.run_dir", ""))
+            if other.info.run_id == self.run_id or tags.get("mnist_keras.host") != socket.gethostname() or \
+                    not (folder / "state.json").is_file():
+                continue
+            try:
+                if read_state(folder).shown_status(folder) == "running":
+                    continue
+            except UserError:  # a record no longer readable: no process can be training it
+                pass
+            self.client.set_terminated(other.info.run_id, "KILLED")
+            self.notify(f"mlflow: run {other.info.run_id} ({folder}) marked KILLED: no process trains it any more")
 
     def epoch_recorded(self, run: Run) -> None:
         self._log_epoch(run.state.history[-1])

@@ -138,6 +138,10 @@ def test_resume_and_kill_9_go_on_in_the_same_mlflow_run(server, spec_file, tmp_p
     code, _, _ = killed.finish(timeout=300)
     assert code == -signal.SIGKILL
     assert client(server).get_run(run_id).info.status == "RUNNING"  # kill -9: no one could say otherwise
+    other = run_cli("fit", str(spec_file), "--runs", str(tmp_path / "other"), "--mlflow-uri", server.uri,
+                    "--epochs", "1")  # the next tracked run of the experiment on this machine closes it
+    assert other.returncode == 0 and f"mlflow: run {run_id} ({run_dir}) marked KILLED" in other.stdout
+    assert client(server).get_run(run_id).info.status == "KILLED"
     result = run_cli("fit", "--resume", str(run_dir), "--epochs", "4", "--mlflow-uri", server.uri)
     assert result.returncode == 0, result.stderr
     assert tracked_run(run_dir) == run_id
