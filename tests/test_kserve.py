@@ -95,6 +95,8 @@ def test_encoded_files_as_bytes_and_the_classification_extension(client, digits,
         np.testing.assert_allclose([float(s) for s in scores], np.sort(probabilities)[::-1][:3], atol=1e-5)
 
 
+EMPTY_FILES = json.dumps({"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",  # 20,000 of them
+                                      "parameters": {"binary_data_size": 80000}}]}).encode()
 BAD_INFERS = [
     (b"{not json", None, 400, "not valid JSON"),
     (json.dumps({"inputs": []}).encode(), None, 400, "a list of one tensor"),
@@ -116,6 +118,7 @@ BAD_INFERS = [
      "not valid JSON"),
     (json.dumps({"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
                              "data": ["%%%"]}]}).encode(), None, 400, "base64"),
+    (EMPTY_FILES + b"\0\0\0\0" * 20000, str(len(EMPTY_FILES)), 400, "more than the 1 elements"),
     (json.dumps({"inputs": [{"name": "images", "shape": [2000, 28, 28], "datatype": "UINT8",
                              "data": [0]}]}).encode(), None, 400, "1 to 1024 images"),
     (json.dumps({"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "UINT8", "data": [0] * 784}],

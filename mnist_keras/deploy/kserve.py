@@ -173,6 +173,8 @@ def _files(tensor: dict, data, max_instances: int) -> list[bytes]:
     if isinstance(data, bytes):
         files, offset = [], 0
         while offset < len(data):
+            if len(files) == dims[0]:  # more elements than the shape says: refused before they pile up
+                raise BadRequest(f"inputs[0]: more than the {dims[0]} elements of shape {dims} in the binary data")
             if offset + 4 > len(data):
                 raise BadRequest("inputs[0]: binary BYTES data ends inside an element's 4-byte length")
             (size,), offset = struct.unpack_from("<I", data, offset), offset + 4
