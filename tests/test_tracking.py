@@ -6,6 +6,7 @@ training."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ import pytest
 pytestmark = [pytest.mark.mlflow, pytest.mark.server]
 mlflow = pytest.importorskip("mlflow")
 
-from conftest import ROOT, TINY_SERVED  # noqa: E402
+from conftest import TINY_SERVED  # noqa: E402
 from faults import Forked  # noqa: E402
 from serve_process import free_port, run_cli  # noqa: E402
 
@@ -75,8 +76,6 @@ def client(server):
 
 def tracked_run(run_dir: Path):
     """The MLflow run id recorded in a run directory's state.json."""
-    import json
-
     return json.loads((run_dir / "state.json").read_text())["tracking"]["run_id"]
 
 
@@ -100,8 +99,6 @@ def test_fit_logs_params_metrics_artifacts_and_a_model_pyfunc_loads(server, spec
     assert found.data.tags["mnist_keras.class_names"] == '["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]'
     assert found.data.tags["mnist_keras.data.source"] == "bundled"
     history = client(server).get_metric_history(found.info.run_id, "val_loss")
-    import json
-
     recorded = json.loads((run_dir / "metrics.json").read_text())
     assert [m.step for m in history] == [1, 2, 3]
     assert [m.value for m in history] == pytest.approx([e["val_loss"] for e in recorded["history"]])
@@ -185,16 +182,47 @@ def test_an_unreachable_server_is_refused_before_training(spec_file, tmp_path):
         assert not (tmp_path / "runs" / "tiny").exists()
 
 
-def test_without_a_uri_it_logs_to_a_sqlite_file_beside_the_runs(spec_file, tmp_path, monkeypatch):
+def test_without_a_uri_it_logs_to_a_sqlite_file_beside_the_runs_and_mlflow_serves_the_model(spec_file, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     result = run_cli("fit", str(spec_file), "--runs", str(tmp_path / "runs"), "--mlflow", "--epochs", "1")
     assert result.returncode == 0, result.stderr
     from mlflow.tracking import MlflowClient
 
-    local = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
-    found = local.get_run(tracked_run(only_run(tmp_path / "runs")))
+    store = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    run_dir = only_run(tmp_path / "runs")
+    found = MlflowClient(store).get_run(tracked_run(run_dir))
     assert found.info.status == "FINISHED" and found.data.metrics["test_accuracy"] > 0.1
     assert found.info.artifact_uri.startswith((tmp_path / "runs" / "mlartifacts").as_uri())
+
+    port = free_port()  # `mlflow models serve` takes the logged model as it is
+    serving = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"runs:/{found.info.run_id}/model", "--env-manager",
+         "local", "-h", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, env={**os.environ, "MLFLOW_TRACKING_URI": store,
+                                     "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
+    try:
+        from mnist_keras.data.sources import BUNDLED
+        from mnist_keras.deploy.serving import run_deployable
+
+        with np.load(BUNDLED) as sample:
+            images = sample["x_test"][:8].reshape(-1, 28, 28, 1)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5).read()
+                break
+            except OSError:
+                assert serving.poll() is None and time.monotonic() < deadline, "mlflow models serve did not start"
+                time.sleep(0.5)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
+                                         json.dumps({"inputs": images.tolist()}).encode(),
+                                         {"Content-Type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
+        np.testing.assert_allclose(answer["predictions"], run_deployable(run_dir).model.predict(images, verbose=0),
+                                   atol=1e-5)
+    finally:
+        os.killpg(serving.pid, signal.SIGTERM)
+        serving.wait(timeout=60)
 
 
 def test_ctrl_c_marks_the_mlflow_run_killed(server, spec_file, tmp_path):
