@@ -355,20 +355,21 @@ def devices() -> list[str]:
 
 def serve(target: str | Path | Sequence[str | Path] = (), *, models_config: str | Path | None = None,
           host: str = "127.0.0.1", port: int = 8501, max_batch: int = 64, batch_wait: float = 0.002,
-          poll: float = 2.0, access_log: bool = True, threads: int | None = None,
+          poll: float = 2.0, access_log: bool = True, threads: int | None = None, drain_delay: float = 0.0,
           reporter: Reporter | None = None) -> None:
     """Serve run directories or export folders (one, or several), or the models of a models config file, over
     TensorFlow Serving's REST API and KServe's V2 protocol until Ctrl-C or SIGTERM. Concurrent requests are
     batched (up to `max_batch` images, the first waiting `batch_wait` seconds for others); export folders are
     polled every `poll` seconds for new versions (0: never); `access_log` writes a line per request to stdout;
-    `threads` is TensorFlow's intra-op threads for model calls (default: one fewer than the CPU cores)."""
+    `threads` is TensorFlow's intra-op threads for model calls (default: one fewer than the CPU cores);
+    after a SIGTERM it serves on for `drain_delay` seconds with readiness off, then drains and returns."""
     try:
         from .deploy.server import serve as run_server
     except ModuleNotFoundError as err:
         raise UserError(f"serve needs {err.name}: pip install -e \".[serve]\"") from None
     targets = [str(target)] if isinstance(target, (str, Path)) else [str(t) for t in target]
     run_server(targets, str(models_config) if models_config else None, host, port, max_batch, batch_wait, poll,
-               access_log, threads, announce=reporter or Reporter())
+               access_log, threads, drain_delay, announce=reporter or Reporter())
 
 
 def data_info(spec: str | Path | None = None, dataset: str | Path | None = None, *, data_dir: str | None = None,

@@ -201,3 +201,16 @@ def test_a_models_config_pins_versions(exported, tmp_path):
     config.write_text("models:\n  - {path: digits, versions: [5]}\n")
     result = in_process("serve", "--models-config", config, "--port", 0, within=60)
     assert result.returncode == 2 and "none of versions [5] is there (found: [1, 2])" in result.stderr
+
+
+def test_sigterm_with_a_drain_delay_turns_readiness_off_and_serves_on(tiny_run, images):
+    server = Server(tiny_run, "--no-access-log", "--drain-delay", "3").__enter__()
+    assert server.request("GET", "/v2/health/ready") == (200, {"ready": True})
+    signalled = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    wait_for(lambda: server.request("GET", "/v2/health/ready")[0] == 503)
+    assert server.request("GET", "/v2/health/ready") == (503, {"error": "not ready: draining"})
+    assert server.request("POST", "/v1/models/tiny:predict", {"instances": images[:1].tolist()})[0] == 200
+    server.process.wait(timeout=60)
+    assert time.monotonic() - signalled >= 3
+    assert server.stop() == 0 and server.stderr == "", server.stderr

@@ -65,7 +65,11 @@ def export_command(run_dir, fmt, quantize, out, data_dir):
               help="One line per request on stdout.")
 @click.option("--threads", type=click.IntRange(1, 1024), help="TensorFlow's threads for a model call (default: one "
               "fewer than the CPU cores, so HTTP keeps one).")
-def serve(targets, models_config, host, port, max_batch, batch_wait, no_batching, poll, access_log, threads):
+@click.option("--drain-delay", default=0.0, show_default=True, type=click.FloatRange(0, 3600), metavar="SECONDS",
+              help="After SIGTERM, serve on this long with /v2/health/ready answering 503 (a load balancer's time "
+              "to stop sending), then drain and exit 0.")
+def serve(targets, models_config, host, port, max_batch, batch_wait, no_batching, poll, access_log, threads,
+          drain_delay):
     """Serve runs' models, or exported ones, over TensorFlow Serving's REST API and KServe's V2 inference
     protocol on one port, with Prometheus metrics at /metrics and a drawing page at /.
 
@@ -77,4 +81,5 @@ def serve(targets, models_config, host, port, max_batch, batch_wait, no_batching
 
     run_server(targets, models_config=models_config, host=host, port=port,
                max_batch=1 if no_batching else max_batch, batch_wait=0 if no_batching else batch_wait / 1000,
-               poll=poll, access_log=access_log, threads=threads, reporter=Reporter(echo=click.echo))
+               poll=poll, access_log=access_log, threads=threads, drain_delay=drain_delay,
+               reporter=Reporter(echo=click.echo))

@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 from contextlib import asynccontextmanager
 from importlib import resources
 from urllib.parse import quote
@@ -46,10 +47,10 @@ DRAIN_SECONDS = 10  # at most this long for requests in flight after SIGTERM
 
 def serve(targets: list[str], config: str | None = None, host: str = "127.0.0.1", port: int = 8501,
           max_batch_size: int = 64, batch_wait: float = 0.002, poll: float = 2.0, access_log: bool = True,
-          threads: int | None = None, announce=print) -> None:
+          threads: int | None = None, drain_delay: float = 0.0, announce=print) -> None:
     """Serve run directories or export folders (or a models config's) until Ctrl-C or SIGTERM, model calls on
-    `threads` TensorFlow threads (default: model_threads()); UserError for a bad folder, a model that cannot
-    load, or a port in use."""
+    `threads` TensorFlow threads (default: model_threads()), serving on for `drain_delay` seconds after a
+    SIGTERM with readiness off; UserError for a bad folder, a model that cannot load, or a port in use."""
     sources = model_sources(targets, config)
     listener = _listen(host, port)  # a port in use is reported before the models load
     _logs()
@@ -68,7 +69,7 @@ def serve(targets: list[str], config: str | None = None, host: str = "127.0.0.1"
     batching = {"enabled": max_batch_size > 1, "max_batch_size": max_batch_size, "batch_wait_ms": batch_wait * 1000}
     app = create_app(repository, metrics, batching, access_log, on_loaded=loaded, on_failure=lambda: server.stop())
     server = Draining(uvicorn.Config(app, log_config=None, log_level="warning", access_log=False, proxy_headers=False,
-                                     timeout_graceful_shutdown=DRAIN_SECONDS), repository)
+                                     timeout_graceful_shutdown=DRAIN_SECONDS), repository, drain_delay)
     listener.listen(2048)  # connections wait in the backlog from here on, until uvicorn takes them
     server.run(sockets=[listener])
     if repository.failure:
@@ -76,15 +77,21 @@ def serve(targets: list[str], config: str | None = None, host: str = "127.0.0.1"
 
 
 class Draining(uvicorn.Server):
-    """uvicorn's server, not ready from the first SIGTERM or Ctrl-C on; after a SIGTERM it returns (exit 0) once
-    it has drained, instead of raising the signal again as uvicorn does."""
+    """uvicorn's server, not ready from the first SIGTERM or Ctrl-C on. A SIGTERM first keeps serving for
+    `drain_delay` seconds (readiness 503, so a load balancer takes the server out of rotation: Kubernetes'
+    preStop delay), then stops accepting, answers what is in flight and returns (exit 0), instead of raising
+    the signal again as uvicorn does. A second SIGTERM skips what is left of the delay."""
 
-    def __init__(self, config: uvicorn.Config, repository: Repository):
+    def __init__(self, config: uvicorn.Config, repository: Repository, drain_delay: float = 0.0):
         super().__init__(config)
-        self.repository = repository
+        self.repository, self.drain_delay, self._delayed = repository, drain_delay, False
 
     def handle_exit(self, sig: int, frame) -> None:
         self.repository.draining = True
+        if sig == signal.SIGTERM and self.drain_delay and not self._delayed:
+            self._delayed = True
+            threading.Timer(self.drain_delay, self.stop).start()
+            return
         super().handle_exit(sig, frame)
         if sig == signal.SIGTERM:
             self._captured_signals.remove(sig)
