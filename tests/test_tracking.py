@@ -266,3 +266,30 @@ def test_mlflow_ui_shows_the_run_with_its_metrics(server, spec_file, tmp_path, b
     WebDriverWait(browser, 90).until(
         lambda page: f"tiny/{run_dir.name}" in page.page_source and "test_accuracy" in page.page_source
         and "val_accuracy" in page.page_source)
+
+
+def test_a_pruned_trial_is_marked_in_its_nested_run(server, tmp_path, monkeypatch):
+    import optuna
+    from conftest import in_process
+    from test_sweeps import _distributions, trials_of, write_sweep
+
+    from mnist_keras.sweeps.search import open_search
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "pruned-sweep")
+    sweep_file = write_sweep(tmp_path, trials=6, epochs=3, pruner="median")
+    study = open_search(sweep_file, runs=tmp_path / "runs").study
+    for _ in range(5):  # five finished trials far better than a tiny run: the sixth, the one that trains, is pruned
+        study.add_trial(optuna.trial.create_trial(
+            params={"train.optimizer.learning_rate": 0.01, "data.batch_size": 64}, value=0.999,
+            distributions=_distributions(sweep_file), intermediate_values={0: 0.999, 1: 0.999, 2: 0.999}))
+    done = in_process("sweep", "sweep.yaml", "--mlflow", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (real,) = [t for t in trials_of(tmp_path) if "run_dir" in t.user_attrs]
+    assert real.state == optuna.trial.TrialState.PRUNED
+    experiment = client(server).get_experiment_by_name("pruned-sweep")
+    (nested,) = client(server).search_runs([experiment.experiment_id],
+                                           filter_string=f"tags.mnist_keras.trial = '{real.number}'")
+    assert nested.data.tags["mnist_keras.trial_state"] == "PRUNED" and nested.info.status == "KILLED"
+    assert nested.data.tags["mlflow.parentRunId"] == study.user_attrs["mlflow_run_id"]
+    assert "objective" not in nested.data.metrics
