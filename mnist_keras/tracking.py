@@ -308,9 +308,9 @@ def open_tracker(spec: Spec, runs: str | Path, uri: str | None = None, register:
     if local:
         Path(runs).mkdir(parents=True, exist_ok=True)
     experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or spec.name
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
-        with _bounded_http():
+        with _bounded_http():  # a new SQLite store's tables are made here, and MLflow logs it at INFO
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
             if recorded:
                 client.get_run(recorded.run_id)
             else:
