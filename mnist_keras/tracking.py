@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import UserError, first_line
-from .runs.record import Tracking
+from .runs.record import Tracking, read_state
 from .runs.run import Run
 from .spec import Spec
 
@@ -171,8 +171,6 @@ class MLflowTracker:
 
     def _close_dead(self, experiment_id: str) -> None:
         """Mark KILLED the experiment's RUNNING runs of this machine whose run directory no process trains."""
-        from .runs.record import read_state
-
         found = self.client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'",
                                         max_results=100)
         for other in found:

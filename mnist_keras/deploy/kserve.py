@@ -160,8 +160,8 @@ def _pixels(tensor: dict, data, shape: tuple[int, int, int], max_instances: int)
         except ValueError:
             raise BadRequest("inputs[0].data: a ragged list") from None
         if pixels.dtype.kind not in "iuf" or pixels.size != count:
-            raise BadRequest(f"inputs[0].data: must be {count:,} numbers (shape {dims}), got {pixels.size:,} of "
-                             f"{pixels.dtype.kind in 'iuf' and 'numbers' or 'other values'}")
+            got = "numbers" if pixels.dtype.kind in "iuf" else "values, not all numbers"
+            raise BadRequest(f"inputs[0].data: must be {count:,} numbers (shape {dims}), got {pixels.size:,} {got}")
     return as_uint8(pixels, "inputs[0].data").reshape(dims[0], *shape)
 
 

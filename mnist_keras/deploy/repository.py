@@ -81,6 +81,11 @@ class ModelSource:
     def polled(self) -> bool:
         return isinstance(self.found, Path)
 
+    @property
+    def where(self) -> Path:
+        """The export folder or run directory it is served from."""
+        return self.found if isinstance(self.found, Path) else self.found.path
+
 
 def model_sources(targets: list[str], config: str | None = None) -> list[ModelSource]:
     """The models named by `serve`'s folders or its models config file, checked without TensorFlow; UserError
@@ -100,7 +105,7 @@ def model_sources(targets: list[str], config: str | None = None) -> list[ModelSo
     seen: dict[str, ModelSource] = {}
     for source in sources:
         if source.name in seen:
-            raise UserError(f"{_where(source)}: serves as {source.name!r}, as {_where(seen[source.name])} does; "
+            raise UserError(f"{source.where}: serves as {source.name!r}, as {seen[source.name].where} does; "
                             "give one of them another name in a models config (name: ...)")
         seen[source.name] = source
     return sources
@@ -116,10 +121,6 @@ def _source(target, entry: ModelEntry | None = None) -> ModelSource:
         raise UserError(f"{found.path}: a run directory is served as version 1 only, not versions "
                         f"{sorted(versions)}")
     return ModelSource(entry.name or own, found, versions, entry.allow_label_change)
-
-
-def _where(source: ModelSource) -> Path:
-    return source.found if isinstance(source.found, Path) else source.found.path
 
 
 @dataclass
@@ -201,7 +202,7 @@ class Repository:
             for source in self.sources:
                 versions = self._wanted(source)
                 if not versions:
-                    raise UserError(f"{_where(source)}: none of versions {sorted(source.versions)} is there "
+                    raise UserError(f"{source.where}: none of versions {sorted(source.versions)} is there "
                                     f"(found: {sorted(versions_of(source.found)) or 'none'})")
                 for version in sorted(versions):
                     await self._add(source, await asyncio.to_thread(self._load, source, version))
@@ -232,7 +233,7 @@ class Repository:
             current = served[max(served)].model
             difference = _label_difference(model.class_names, current.class_names)
             if difference:
-                raise UserError(f"{_where(source) / str(version)}: its class names differ from those of version "
+                raise UserError(f"{source.where / str(version)}: its class names differ from those of version "
                                 f"{current.version}, which it would replace ({difference}); allow_label_change: true "
                                 "for this model in a models config serves it")
         return model

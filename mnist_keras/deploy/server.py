@@ -27,7 +27,6 @@ from urllib.parse import quote
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
@@ -37,7 +36,7 @@ from .batching import Batcher
 from .kserve import add_v2_routes
 from .metrics import AccessLog, Measured, Metrics
 from ..runs.exports import BYTES_NAME, INPUT_NAME
-from .payloads import BadRequest, classify_images, json_response, predict_images
+from .payloads import BadRequest, Instances, classify_images, json_response, predict_images
 from .repository import Repository, Servable, log, model_sources
 
 MAX_BODY = 16 * 1024 * 1024  # bytes: 16 MiB, checked before the body is read
@@ -167,8 +166,7 @@ def _listing(repository: Repository) -> str:
     for source in repository.sources:
         versions = sorted(repository.served[source.name])
         label = "version" if len(versions) == 1 else "versions"
-        where = source.found if not hasattr(source.found, "path") else source.found.path
-        parts.append(f"{source.name} ({label} {', '.join(map(str, versions))}) from {where}")
+        parts.append(f"{source.name} ({label} {', '.join(map(str, versions))}) from {source.where}")
     return ", ".join(parts)
 
 
@@ -207,7 +205,7 @@ def create_app(repository: Repository, metrics: Metrics, batching: dict, access_
     async def metadata(request: Request):
         model = found(request).model
         return json_response({"model_spec": {"name": model.name, "signature_name": "", "version": str(model.version)},
-                      "metadata": {"signature_def": _signature_def(model), "class_names": model.class_names}})
+                              "metadata": {"signature_def": _signature_def(model), "class_names": model.class_names}})
 
     async def predict(request: Request):
         servable = found(request)
@@ -228,17 +226,15 @@ def create_app(repository: Repository, metrics: Metrics, batching: dict, access_
         upload = (await request.form(max_files=1, max_fields=8)).get("file")
         if not isinstance(upload, UploadFile):
             raise BadRequest('send the image as the multipart/form-data file field "file"')
-        data = await upload.read()
-        image = await run_in_threadpool(servable.decoded, [data], [upload.filename])
-        probabilities = (await servable.batcher.predict(image))[0]
+        probabilities = (await servable.predict(Instances(files=[await upload.read()], places=[upload.filename])))[0]
         best, names = int(probabilities.argmax()), servable.model.class_names
         return json_response({"class": best, "label": names[best], "version": servable.model.version,
-                      "probabilities": dict(zip(names, probabilities.tolist()))})
+                              "probabilities": dict(zip(names, probabilities.tolist()))})
 
     async def stats(_request: Request):
         return json_response({"batching": batching,
-                      "models": {name: {str(v): s.batcher.stats.as_dict() for v, s in sorted(versions.items())}
-                                 for name, versions in repository.served.items()}})
+                              "models": {name: {str(v): s.batcher.stats.as_dict() for v, s in sorted(versions.items())}
+                                         for name, versions in repository.served.items()}})
 
     async def metrics_text(_request: Request):
         return Response(metrics.text(), media_type="text/plain; version=0.0.4; charset=utf-8")
