@@ -36,7 +36,7 @@ _IMPORT_DEFAULTS = {"TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "1"}
 _added = [name for name in _IMPORT_DEFAULTS if name not in os.environ]
 os.environ.update({name: _IMPORT_DEFAULTS[name] for name in _added})
 # The threads TensorFlow starts inherit this mask: Ctrl-C and SIGTERM reach the main thread only, even while
-# it waits inside TensorFlow's C++ (train/distribute.py's stoppable_wait relies on it).
+# it waits inside TensorFlow's C++ (train/cluster.py's bounded_wait relies on it).
 _mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
 _hidden: list = []
 try:

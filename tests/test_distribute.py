@@ -20,7 +20,8 @@ from click.testing import CliRunner
 from conftest import ROOT
 from faults import Forked
 from mnist_keras.cli import main
-from mnist_keras.train.distribute import Placement, cluster_from_flags, precision_policy
+from mnist_keras.train.cluster import cluster_from_flags
+from mnist_keras.train.distribute import Placement, precision_policy
 from mnist_keras.backend import tf
 from mnist_keras.spec import Runtime
 
@@ -182,6 +183,8 @@ def test_precision_policy_follows_the_device():
 def test_worker_flags_give_a_tf_config():
     assert cluster_from_flags(("a:1", "b:2"), 1) == {"cluster": {"worker": ["a:1", "b:2"]},
                                                      "task": {"type": "worker", "index": 1}}
+    assert cluster_from_flags(("a:1,b:2", "c:3"), 2) == {"cluster": {"worker": ["a:1", "b:2", "c:3"]},
+                                                           "task": {"type": "worker", "index": 2}}
     assert cluster_from_flags((), None) is None
 
 
@@ -194,9 +197,11 @@ def test_worker_flags_give_a_tf_config():
     (["--distribute", "multi_worker"], "{not json", "TF_CONFIG: expected"),
     (["--distribute", "multi_worker"], '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}',
      "TF_CONFIG: task index 3 is not one of the 1 worker addresses"),
-    (["--worker", "127.0.0.1:2222"], None, "--worker and --task-index go together"),
-    (["--worker", "localhost", "--task-index", "0"], None, "--worker: expected HOST:PORT"),
-    (["--worker", "a:1", "--task-index", "1"], None, "--task-index: 1 is not one of the 1 workers"),
+    (["--worker", "127.0.0.1:2222"], None, "--workers and --worker-index go together"),
+    (["--worker", "localhost", "--task-index", "0"], None, "--workers: expected HOST:PORT"),
+    (["--workers", "a:1,localhost", "--worker-index", "0"], None, "--workers: expected HOST:PORT"),
+    (["--worker", "a:1", "--task-index", "1"], None, "--worker-index: 1 is not one of the 1 workers"),
+    (["--workers", "a:1,b:2,a:1", "--worker-index", "1"], None, "names one address twice"),
     (["--worker", "a:1", "--task-index", "0"], None, "use them with --distribute multi_worker"),
     (["--set", "runtime.gpus=[0]"], None, "runtime.gpus: only distribute: mirrored or multi_worker takes a list"),
     (["--distribute", "mirrored", "--device", "gpu:1"], None, "runtime.device: 'gpu:1' picks one GPU"),

@@ -35,10 +35,11 @@ def _fit_summary(run) -> str:
 @click.option("--distribute", type=click.Choice(["none", "mirrored", "multi_worker"]),
               help="Train on this machine's GPUs (mirrored) or on several machines (multi_worker); overrides "
                    "runtime.distribute. data.batch_size stays the global batch.")
-@click.option("--worker", "workers", multiple=True, metavar="HOST:PORT",
-              help="multi_worker: one worker's address; repeat it for every worker, in the same order on each "
-                   "(instead of TF_CONFIG). Worker 0 is the chief: it alone writes the run.")
-@click.option("--task-index", type=click.IntRange(min=0), help="multi_worker: this machine's place in the --worker list.")
+@click.option("--workers", "--worker", "workers", multiple=True, metavar="HOST:PORT,...",
+              help="multi_worker: every worker's address, comma-separated (or the option once per worker), in the "
+                   "same order on each (instead of TF_CONFIG). Worker 0 is the chief: it alone writes the run.")
+@click.option("--worker-index", "--task-index", "worker_index", type=click.IntRange(min=0),
+              help="multi_worker: this machine's place in the --workers list.")
 @click.option("--runs", "runs_root", default="runs", show_default=True, help="The folder that holds run directories.")
 @click.option("--name", help="The run's name (overrides the spec's name): runs/NAME/TIMESTAMP.")
 @click.option("--resume", "resume_dir", metavar="RUN_DIR", help="Continue an interrupted run from its last checkpoint.")
@@ -48,13 +49,13 @@ def _fit_summary(run) -> str:
               "implies --mlflow).")
 @click.option("--register", metavar="NAME", help="Register the trained model in MLflow's model registry as NAME "
               "(implies --mlflow).")
-def fit(spec, overrides, epochs, data_dir, device, distribute, workers, task_index, runs_root, name, resume_dir,
+def fit(spec, overrides, epochs, data_dir, device, distribute, workers, worker_index, runs_root, name, resume_dir,
         mlflow, mlflow_uri, register):
     """Train SPEC and evaluate it on the test set, in a new run directory."""
     from .. import api
-    from ..train.distribute import cluster_from_flags
+    from ..train.cluster import cluster_from_flags
 
-    cluster = cluster_from_flags(workers, task_index)
+    cluster = cluster_from_flags(workers, worker_index)
     if resume_dir:
         run = api.resume(resume_dir, epochs, data_dir=data_dir, device=device, distribute=distribute,
                          overrides=overrides, spec=spec or None, cluster=cluster, reporter=reporter(),

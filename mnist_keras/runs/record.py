@@ -176,6 +176,7 @@ class RunState(_Record):
     pid: int | None = Field(None, ge=1, le=MAX_INT)  # the process that trained it last, on `host`
     host: str | None = None
     tracking: Tracking | None = None  # the MLflow run it is logged to (runtime.tracking: mlflow)
+    cluster: list[str] | None = None  # multi_worker: the workers' addresses, by which the same command resumes it
 
     def process_alive(self) -> bool:
         """True when the process that last wrote this record still runs on this machine."""

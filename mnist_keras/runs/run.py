@@ -13,7 +13,7 @@ from typing import Any, Literal, Protocol
 
 from ..errors import UserError
 from ..spec import Spec, dump_spec, load_spec
-from .files import create_run_dir, open_run_dir, run_file, write_text
+from .files import create_run_dir, open_run_dir, run_file, training_holder, write_text
 from .record import Best, Epoch, Provenance, RunMetrics, RunState, Status, Stop, read_metrics, read_state, \
     write_metrics, write_state
 
@@ -169,3 +169,21 @@ def model_target(target: str | Path, spec_file: str | None = None) -> tuple[Spec
         raise UserError(f"{path}: no spec.yaml beside this model; pass --spec SPEC (the spec it was trained with)")
     run = open_run(home) if home else None
     return (load_spec(spec_file) if spec_file else run.spec), path, run
+
+
+def unfinished_cluster_run(runs: str | Path, spec: Spec, cluster: list[str]) -> Path | None:
+    """The newest run under `runs/NAME` that a multi_worker command with this spec and these workers' addresses
+    began and did not finish (interrupted, failed, or killed), and that no process trains: the run the same
+    command on every worker resumes."""
+    text = dump_spec(spec)
+    for run_dir in sorted((Path(runs) / spec.name).glob("*/state.json"), key=lambda p: p.parent.name, reverse=True):
+        run_dir = run_dir.parent
+        try:
+            state = read_state(run_dir)
+            same = (run_dir / "spec.yaml").read_text() == text
+        except (UserError, OSError):
+            continue
+        if same and state.cluster == cluster and state.status in ("running", "interrupted", "failed") \
+                and state.checkpoint and not training_holder(run_dir):
+            return run_dir
+    return None

@@ -35,6 +35,8 @@ class Runtime(StrictModel):
     distribute: Literal["none", "mirrored", "multi_worker"] = Field(
         "none", description="mirrored: this machine's GPUs; multi_worker: several machines")
     gpus: list[NonNegativeInt] | None = Field(None, description="the GPUs distribute uses (default: all)")
+    cluster_wait: Annotated[int, Field(ge=1, le=86_400)] = Field(
+        300, description="multi_worker: seconds each worker waits for all the others to start, then exit 2")
     mixed_precision: bool | Literal["float16", "bfloat16", "auto"] = Field(
         False, description="true: float16 on GPU, bfloat16 on CPU; auto: bfloat16 where the hardware computes in it "
         "(CPUs with AVX512_BF16 or AMX, GPUs of compute capability 8.0 and up), else float32")

@@ -11,20 +11,13 @@ directory (a shared folder, or a copy) and only reads it.
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from ..errors import UserError
+from .cluster import PeerWatch, cluster_from_environment, form, is_chief, me
 
 NO_GPU = "TensorFlow sees no GPU on this machine (`mnist-keras devices` lists what it sees)"
 
@@ -38,139 +31,14 @@ class Placement:
     strategy: Any = None
     on_gpu: bool = False
     is_chief: bool = True  # false on the workers of a cluster that write nothing
+    cluster: dict | None = None  # multi_worker: the TF_CONFIG of the cluster
+    peers: PeerWatch | None = None  # multi_worker: which other worker stops answering first
 
     def scope(self) -> AbstractContextManager:
         """Create, compile and load models inside this."""
         from ..backend import tf
 
         return self.strategy.scope() if self.strategy else tf.device(self.device)
-
-
-def cluster_from_flags(workers: tuple[str, ...], task_index: int | None) -> dict | None:
-    """The TF_CONFIG that `--worker HOST:PORT ... --task-index N` describe; None without those flags."""
-    if not workers and task_index is None:
-        return None
-    if not workers or task_index is None:
-        raise UserError("--worker and --task-index go together: --worker HOST:PORT once per worker "
-                        "(the same list, in the same order, on every worker) and --task-index N for this one")
-    for address in workers:
-        if not re.fullmatch(r"[^\s:]+:\d{1,5}", address):
-            raise UserError(f"--worker: expected HOST:PORT (e.g. 10.0.0.2:12345), got {address!r}")
-    if task_index >= len(workers):
-        raise UserError(f"--task-index: {task_index} is not one of the {len(workers)} workers (0-{len(workers) - 1})")
-    return {"cluster": {"worker": list(workers)}, "task": {"type": "worker", "index": task_index}}
-
-
-def cluster_from_environment() -> dict:
-    """TF_CONFIG, checked enough to give a clear message instead of a TensorFlow traceback."""
-    text = os.environ.get("TF_CONFIG")
-    if not text:
-        raise UserError("runtime.distribute: multi_worker needs the cluster: set TF_CONFIG, or pass "
-                        "--worker HOST:PORT once per worker and --task-index N")
-    shape = 'expected {"cluster": {"worker": ["HOST:PORT", ...]}, "task": {"type": "worker", "index": N}}'
-    try:
-        config = json.loads(text)
-    except ValueError as err:
-        raise UserError(f"TF_CONFIG: {shape} (not JSON: {err})") from None
-    cluster = config.get("cluster") if isinstance(config, dict) else None
-    task = config.get("task") if isinstance(config, dict) else None
-    if not isinstance(cluster, dict) or not isinstance(task, dict):
-        raise UserError(f"TF_CONFIG: {shape}")
-    for kind, members in cluster.items():
-        if kind not in ("chief", "worker") or not isinstance(members, list) or not members:
-            raise UserError(f"TF_CONFIG: cluster.{str(kind)[:40]} must be a non-empty list of HOST:PORT "
-                            "addresses, and only chief and worker lists are supported")
-        for address in members:
-            if not isinstance(address, str) or not re.fullmatch(r"[^\s:]+:\d{1,5}", address):
-                raise UserError(f"TF_CONFIG: cluster.{kind}: expected HOST:PORT strings, got {str(address)[:60]!r}")
-    if "worker" not in cluster:
-        raise UserError(f"TF_CONFIG: the cluster has no worker list; {shape}")
-    kind, index = task.get("type"), task.get("index")
-    if kind not in cluster:
-        raise UserError(f"TF_CONFIG: task.type {str(kind)[:40]!r} is not one of the cluster's lists ({', '.join(cluster)})")
-    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(cluster[kind]):
-        raise UserError(f"TF_CONFIG: task index {str(index)[:40]} is not one of the {len(cluster[kind])} "
-                        f"{kind} addresses (0-{len(cluster[kind]) - 1})")
-    return config
-
-
-_WATCHDOG = """
-import ctypes, os, signal, sys, time
-pid, status = int(sys.argv[1]), f"/proc/{sys.argv[1]}/status"
-libc = ctypes.CDLL(None)
-def to_main_thread(sig):  # its handler needs the GIL, which the main thread holds: any other thread would wait
-    try:
-        libc.tgkill(pid, pid, sig)
-    except AttributeError:  # a C library without tgkill
-        os.kill(pid, sig)
-while True:
-    try:
-        pending = int(next(l for l in open(status) if l.startswith("ShdPnd:")).split()[1], 16)
-    except (OSError, StopIteration):
-        sys.exit(0)  # the worker is gone
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        if pending & (1 << (sig - 1)):
-            sys.stderr.write(f"\\nstopped by {sig.name} while waiting for the other workers\\n")
-            to_main_thread(signal.SIGUSR1)  # its C-level handler exits 128 + the signal
-            for _ in range(50):
-                time.sleep(0.1)
-                if not os.path.exists(status):
-                    sys.exit(0)
-            os.kill(pid, signal.SIGKILL)  # the handler could not run
-            sys.exit(0)
-    time.sleep(0.1)
-"""
-
-
-def _exit_for_pending_stop(_signum: int) -> None:
-    """The watchdog's SIGUSR1, run by the C signal handler on the main thread, which holds the GIL inside
-    TensorFlow: end the process as the shell would report the pending stop, 128 + its number (130 for
-    Ctrl-C, 143 for SIGTERM)."""
-    pending = signal.sigpending() & {signal.SIGINT, signal.SIGTERM}
-    os._exit(128 + min(pending, default=signal.SIGINT))
-
-
-@contextmanager
-def stoppable_wait() -> Iterator[None]:
-    """Let Ctrl-C and SIGTERM end the process while the main thread waits inside TensorFlow's C++ for the
-    other workers, holding the GIL (no Python handler or thread runs) while TensorFlow takes SIGTERM as a
-    preemption notice. Both signals are blocked in every thread meanwhile (TensorFlow's own threads block
-    them from the start, see backend.py), so they stay pending, and a small watchdog process that reads
-    this process's pending signals from /proc names the signal and sends SIGUSR1, whose handler (a C-level
-    one, through ctypes) exits with the code a stop by that signal has: 130 for Ctrl-C. (Without /proc they
-    wait until the wait is over.)"""
-    import ctypes
-
-    stops = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
-    libc = ctypes.CDLL(None)
-    libc.signal.restype, libc.signal.argtypes = ctypes.c_void_p, [ctypes.c_int, ctypes.c_void_p]
-    handler = ctypes.CFUNCTYPE(None, ctypes.c_int)(_exit_for_pending_stop)  # referenced until restored
-    previous = libc.signal(signal.SIGUSR1, ctypes.cast(handler, ctypes.c_void_p))
-    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid())]) \
-        if os.path.exists(f"/proc/{os.getpid()}/status") else None
-    try:
-        yield
-    finally:
-        if watchdog:
-            watchdog.kill()
-            watchdog.wait()
-        libc.signal(signal.SIGUSR1, previous)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
-
-
-@contextmanager
-def scratch_run_dir(chief_run_dir: Path | None) -> Iterator[Path]:
-    """Where a worker other than the chief saves: Keras 3 runs collective ops in model.save under
-    MultiWorkerMirroredStrategy, so every worker must save what the chief saves, in step with it.
-    A copy of the chief's run directory to resume it (or an empty one), deleted at the end."""
-    with tempfile.TemporaryDirectory(prefix="mnist-keras-worker-") as folder:
-        run_dir = Path(folder) / "run"
-        if chief_run_dir:
-            shutil.copytree(chief_run_dir, run_dir)
-        else:
-            (run_dir / "checkpoints").mkdir(parents=True)
-        yield run_dir
 
 
 def chosen_gpus(runtime, gpus: list) -> list[int]:
@@ -246,17 +114,15 @@ def multi_worker(runtime, gpus: list, cluster: dict, notify: Callable[[str], Non
         indices = chosen_gpus(runtime, gpus)
         tf.config.set_visible_devices([gpus[i] for i in indices], "GPU")
         local = f"{len(indices)} GPU(s)"
-    os.environ["TF_CONFIG"] = json.dumps(cluster)
-    task, members = cluster["task"], cluster["cluster"]
-    count = sum(len(members.get(kind, [])) for kind in ("chief", "worker"))
-    me = f"{task['type']} {task['index']} of {count}"
-    notify(f"mnist-keras: {me} waiting for the other workers "
-           f"({', '.join(members.get('chief', []) + members['worker'])}); Ctrl-C stops")
+    members = cluster["cluster"]
+    notify(f"mnist-keras: {me(cluster)} waiting for the other workers "
+           f"({', '.join(members.get('chief', []) + members['worker'])}, at most {runtime.cluster_wait} s); "
+           "Ctrl-C stops")
     work_around_keras_multi_worker_bugs()
-    with stoppable_wait():
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    return Placement(f"multi_worker, {me} ({local}), {strategy.num_replicas_in_sync} replicas in all",
-                     strategy=strategy, on_gpu=bool(gpus), is_chief=strategy.extended.should_checkpoint)
+    strategy = form(cluster, runtime.cluster_wait)
+    return Placement(f"multi_worker, {me(cluster)} ({local}), {strategy.num_replicas_in_sync} replicas in all",
+                     strategy=strategy, on_gpu=bool(gpus), is_chief=is_chief(cluster), cluster=cluster,
+                     peers=PeerWatch(cluster))
 
 
 def cpu_has_bfloat16() -> bool:

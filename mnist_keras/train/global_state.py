@@ -53,7 +53,7 @@ def _restore_tensorflow(saved: dict[str, Any] | None) -> None:
 def kept_global_state():
     """Within the block training may set any of these; on leaving it, each is as it was before."""
     # NumPy only if the caller has it: imported here it would start OpenBLAS' threads before backend.py can
-    # block Ctrl-C in them (train/distribute.py's stoppable_wait needs every thread to block it)
+    # block Ctrl-C in them (train/cluster.py's bounded_wait needs every thread to block it)
     numpy = sys.modules.get("numpy")
     python_seed, saved = random.getstate(), _tensorflow_state()
     numpy_seed = numpy.random.get_state() if numpy else None

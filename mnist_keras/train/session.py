@@ -14,9 +14,11 @@ from ..errors import Interrupted, TrainingFailed, UserError
 from ..reporter import Reporter
 from ..runs.files import check_no_links, check_not_training, remove_partial_files, training_lock
 from ..runs.record import BackboneRun, RunState, read_state
-from ..runs.run import Run, RunObserver, open_run
+from ..runs.run import Run, RunObserver, open_run, unfinished_cluster_run
 from ..spec import Spec, dump_spec
 from ..spec.data_section import absolute
+from .cluster import addresses, agree, cluster_from_environment, from_chief, is_chief, lost_worker, me, \
+    scratch_run_dir
 from .lr_find import LRFinding, check_range, range_test, write_figure
 
 
@@ -41,6 +43,13 @@ def fit_run(spec: Spec, runs: str | Path = "runs", *, data_dir: str | None = Non
     `callbacks`: Keras callbacks run after the run's own each epoch (a benchmark's test-set probe); `observer` is
     told of the run's lifecycle (an experiment tracker)."""
     spec = _with(spec, **{"runtime.device": device, "runtime.distribute": distribute})
+    if spec.runtime.distribute == "multi_worker":
+        cluster = cluster or cluster_from_environment()
+        earlier = unfinished_cluster_run(runs, spec, addresses(cluster)) if is_chief(cluster) else None
+        if earlier:
+            (reporter or Reporter())(f"mnist-keras: resuming {earlier}, which these workers began and did not finish")
+            return resume_run(earlier, data_dir=data_dir, cluster=cluster, reporter=reporter, callbacks=callbacks,
+                              observer=observer)
     state = RunState(status="running", epochs_done=0, data_dir=data_dir and absolute(data_dir), overrides=spec.overrides,
                      backbone=BackboneRun.of(spec))
     return _train(spec, None, runs, state, reporter or Reporter(), cluster, callbacks=tuple(callbacks),
@@ -114,8 +123,10 @@ def _train(spec: Spec, run_dir: Path | None, runs: str | Path | None, state: Run
             prepared = prepare(spec, state.data_dir, cluster, reporter)
     except KeyboardInterrupt:
         raise Interrupted("interrupted before training began; nothing was written") from None
-    if not prepared.placement.is_chief:
-        return _train_worker(spec, run_dir, prepared, state, reporter)
+    if prepared.placement.cluster:
+        shared = _start_together(prepared.placement, spec, run_dir, state)
+        if not prepared.placement.is_chief:
+            return _train_worker(spec, shared, prepared, reporter)
     new = run_dir is None
     run = Run.create(runs, spec.name, spec, state) if new else Run(run_dir, spec, state)
     run.observer = observer
@@ -141,7 +152,40 @@ def _train(spec: Spec, run_dir: Path | None, runs: str | Path | None, state: Run
             raise TrainingFailed(f"cannot write {err.filename or run.path}: {err.strerror or err}; training stopped "
                                  f"after epoch {state.epochs_done}, whose checkpoint is kept. Free some space (or "
                                  f"fix the folder), then resume with: mnist-keras fit --resume {run.path}") from None
+        except Exception as err:
+            lost = _lost_worker(err, prepared.placement, state)
+            if lost is None:
+                raise
+            run.stop("failed")
+            raise lost from None
     return run
+
+
+def _start_together(placement, spec: Spec, run_dir: Path | None, state: RunState) -> dict[str, bytes]:
+    """Before the first step of a multi_worker run: every worker's spec compared with the chief's, and the chief's
+    record and checkpoint, when it resumes a run, given to the other workers (what they return)."""
+    agree(placement.strategy, placement.cluster, json.dumps(spec.model_dump(mode="json", exclude={"runtime"}),
+                                                            sort_keys=True))
+    files = None
+    if placement.is_chief:
+        state.cluster, files = addresses(placement.cluster), {}
+        if run_dir is not None and state.checkpoint:
+            files["state.json"] = json.dumps(state.model_dump(mode="json")).encode()
+            for name in {state.checkpoint, state.best and state.best.file} - {None}:
+                if (run_dir / name).is_file():
+                    files[name] = (run_dir / name).read_bytes()
+    return from_chief(placement.strategy, files)
+
+
+def _lost_worker(err: Exception, placement, state: RunState) -> TrainingFailed | None:
+    """The error to stop with when `err` is TensorFlow's for a worker that stopped answering, else None."""
+    lost = lost_worker(err, placement.cluster, placement.peers) if placement.cluster else None
+    if lost is None:
+        return None
+    kept = f"after epoch {state.epochs_done}, which the chief's run keeps" if state.epochs_done else \
+        "before the first epoch ended"
+    return TrainingFailed(f"{me(placement.cluster)}: lost {lost} in epoch {state.epochs_done + 1}; training stopped "
+                          f"{kept}. Run the same command on every worker again to go on from there")
 
 
 def _check_untouched(run_dir: Path, state: RunState) -> None:
@@ -152,12 +196,14 @@ def _check_untouched(run_dir: Path, state: RunState) -> None:
                         f"{now.status} after epoch {now.epochs_done}); run the command again to go on from there")
 
 
-def _train_worker(spec: Spec, chief_run_dir: Path | None, prepared, state: RunState, reporter: Reporter) -> Run:
-    """Train as a multi_worker worker other than the chief: in step with it, in a scratch copy of its run."""
-    from .distribute import scratch_run_dir
+def _train_worker(spec: Spec, shared: dict[str, bytes], prepared, reporter: Reporter) -> Run:
+    """Train as a multi_worker worker other than the chief: in step with it, in a scratch folder that holds the
+    chief's record and checkpoint (`shared`) when it resumes a run."""
     from .loop import train_run
 
-    with scratch_run_dir(chief_run_dir) as scratch:
+    with scratch_run_dir(shared) as scratch:
+        state = read_state(scratch) if "state.json" in shared else \
+            RunState(status="running", epochs_done=0, overrides=spec.overrides, backbone=BackboneRun.of(spec))
         run = Run(scratch, spec, state)
         try:
             with _ctrl_c_kept():
@@ -167,6 +213,11 @@ def _train_worker(spec: Spec, chief_run_dir: Path | None, prepared, state: RunSt
                                  "last good checkpoint") from None
         except KeyboardInterrupt:
             raise Interrupted(f"{prepared.placement.described}: interrupted") from None
+        except Exception as err:
+            lost = _lost_worker(err, prepared.placement, state)
+            if lost is None:
+                raise
+            raise lost from None
     return Run(None, spec, state, run.metrics)
 
 
