@@ -182,3 +182,119 @@ def test_an_address_that_never_answers_is_reported_in_bounded_time(tmp_path):
     assert took < 30, took
     assert f"worker 1 at 10.77.0.99:{PORT}: no answer" in output and "within 5 s" in output, output
     assert "Traceback" not in output and not (tmp_path / "host-0" / "runs" / "small").exists()
+
+
+SWEEP_SPEC = """
+name: tiny
+seed: 7
+data: {source: bundled, max_train: 3000, validation: 256, batch_size: 16, shuffle: 1000}
+model:
+  layers: [flatten, {dense: {units: 32, activation: relu}}, {dense: 10}]
+train:
+  epochs: 6
+  optimizer: {type: adam, learning_rate: 0.003}
+  tensorboard: {enabled: false}
+"""
+
+SWEEP = """spec: tiny.yaml
+trials: 5
+sampler: random
+space:
+  train.optimizer.learning_rate: {loguniform: [1.0e-3, 3.0e-2]}
+"""
+
+
+def sweep_command(sweep_file: str, storage: str, study: str, *more: str) -> list[str]:
+    """The command every host of a sweep runs (docs/kubernetes/sweep.yaml runs it)."""
+    return [sys.executable, "-m", "mnist_keras", "sweep", sweep_file, "--storage", storage, "--study", study,
+            "--jobs", "1", *more]
+
+
+@pytest.fixture
+def database_host(tmp_path):
+    """Four hosts, a PostgreSQL server on the fourth (at its own address, port 5432): (hosts, storage URL)."""
+    import pwd
+    import shutil
+    import tempfile
+
+    from test_sweeps_postgres import BINARIES, as_owner
+
+    if not BINARIES:
+        pytest.skip("PostgreSQL's server binaries are not installed (apt-get install postgresql)")
+    owner = pwd.getpwnam("postgres").pw_name  # the server refuses to run as root
+    bin_dir, folder = Path(BINARIES[-1]), Path(tempfile.mkdtemp(prefix="mnist-keras-pg-"))
+    shutil.chown(folder, owner)
+    try:
+        subprocess.run(as_owner(owner, bin_dir / "initdb", "-D", folder / "data", "-U", "postgres", "--auth=trust"),
+                       check=True, capture_output=True)
+        with open(folder / "data" / "pg_hba.conf", "a") as rules:  # the hosts' bridge
+            rules.write("host all all 10.77.0.0/24 trust\n")
+        with Hosts(4) as hosts:
+            db = hosts[3]
+            options = f"-p 5432 -k {folder} -c listen_addresses={db.address}"
+            subprocess.run(db.command(as_owner(owner, bin_dir / "pg_ctl", "-D", folder / "data", "-o", options, "-l",
+                                               folder / "log", "-w", "start")), check=True, capture_output=True)
+            yield hosts[:3], f"postgresql://postgres@{db.address}:5432/postgres"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+TRIALS = """
+import json, sys
+import optuna
+from mnist_keras.sweeps.study import quiet, retry_of
+with quiet():
+    trials = optuna.load_study(study_name=sys.argv[2], storage=sys.argv[1]).trials
+print(json.dumps([{"number": t.number, "state": t.state.name, "params": t.params, "user_attrs": t.user_attrs,
+                   "retry_of": retry_of(t)} for t in trials]))
+"""
+
+
+def study_trials(host, storage: str, study: str) -> list[dict]:
+    """The study's trials, read on `host` (the database is on the hosts' bridge, out of this machine's reach)."""
+    read = subprocess.run(host.command([sys.executable, "-c", TRIALS, storage, study]), env=environment(),
+                          capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(read.stdout)
+
+
+def test_a_sweep_on_three_hosts_retries_the_trial_of_a_host_killed_mid_trial(tmp_path, database_host):
+    hosts, storage = database_host
+    sweepers = []
+    for host in hosts:
+        folder = tmp_path / f"host-{host.index}"
+        folder.mkdir()
+        (folder / "tiny.yaml").write_text(SWEEP_SPEC)
+        (folder / "sweep.yaml").write_text(SWEEP)
+        sweepers.append(Worker(host, sweep_command("sweep.yaml", storage, "shared"), folder, "sweep"))
+        time.sleep(1)  # the first creates the study's tables
+    deadline = time.monotonic() + 180
+    while not any(json.loads(path.read_text() or "{}").get("epochs_done", 0) >= 1 and
+                  json.loads(path.read_text() or "{}").get("status") == "running"
+                  for path in (tmp_path / "host-1" / "runs" / "shared").glob("*/state.json")):
+        assert sweepers[1].proc.poll() is None and time.monotonic() < deadline, sweepers[1].output()
+        time.sleep(0.05)
+    hosts[1].kill()  # in the middle of a trial: an epoch done, more to go
+    (killed,) = [t for t in study_trials(hosts[0], storage, "shared")
+                 if t["user_attrs"].get("run_host") == hosts[1].name and t["state"] == "RUNNING"]
+    for sweeper in (sweepers[0], sweepers[2]):
+        assert sweeper.wait(300) == 0, sweeper.output()
+
+    trials = study_trials(hosts[0], storage, "shared")
+    complete = [t for t in trials if t["state"] == "COMPLETE"]
+    assert len(complete) == 5 and [t["number"] for t in trials if t["state"] != "COMPLETE"] == [killed["number"]]
+    (retry,) = [t for t in complete if t["retry_of"] == killed["number"]]  # the killed one failed and was retried
+    assert retry["params"] == killed["params"] and retry["user_attrs"]["run_host"] in (hosts[0].name, hosts[2].name)
+    names = {host.name: tmp_path / f"host-{host.index}" for host in hosts}
+    runs = [(t["user_attrs"]["run_host"], t["user_attrs"]["run_dir"]) for t in complete]
+    assert len(set(runs)) == 5  # each trained once, to completion, in a run of its own
+    for host, run_dir in runs:  # on the disk of the host that ran it
+        assert json.loads((names[host] / run_dir / "state.json").read_text())["status"] == "finished"
+    for host in (hosts[0], hosts[2]):
+        shown = subprocess.run(host.command(sweep_command("sweep.yaml", storage, "shared", "--show")),
+                               cwd=names[host.name], env=environment(), capture_output=True, text=True, timeout=120)
+        assert shown.returncode == 0, shown.stderr
+        table = shown.stdout
+        for t in trials:
+            assert re.search(rf"^\s*\d+\s+{t['number']}\s", table, re.MULTILINE), (t["number"], table)
+        others = [run_dir for run_host, run_dir in runs if run_host != host.name]
+        assert all(f":{run_dir}" in table for run_dir in others), table

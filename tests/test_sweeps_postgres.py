@@ -25,7 +25,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _as_owner(owner: str | None, *command) -> list[str]:
+def as_owner(owner: str | None, *command) -> list[str]:
     return ["runuser", "-u", owner, "--", *command] if owner else list(command)
 
 
@@ -45,15 +45,15 @@ def postgres_url():
     if owner:
         shutil.chown(folder, owner)
     data = folder / "data"
-    subprocess.run(_as_owner(owner, bin_dir / "initdb", "-D", data, "-U", "postgres", "--auth=trust"),
+    subprocess.run(as_owner(owner, bin_dir / "initdb", "-D", data, "-U", "postgres", "--auth=trust"),
                    check=True, capture_output=True)
     options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
-    subprocess.run(_as_owner(owner, bin_dir / "pg_ctl", "-D", data, "-o", options, "-l", folder / "log", "-w",
+    subprocess.run(as_owner(owner, bin_dir / "pg_ctl", "-D", data, "-o", options, "-l", folder / "log", "-w",
                              "start"), check=True, capture_output=True)
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run(_as_owner(owner, bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "stop"), capture_output=True)
+        subprocess.run(as_owner(owner, bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "stop"), capture_output=True)
         shutil.rmtree(folder, ignore_errors=True)
 
 

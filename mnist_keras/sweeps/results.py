@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,10 +63,12 @@ def trial_rows(sweep: Sweep, study: optuna.Study) -> list[TrialRow]:
     ranked = sorted(trials, key=lambda t: (t.state not in FINISHED, t.value is None, sign * (t.value or 0), t.number))
     rows = []
     for t in ranked:
-        run_dir = t.user_attrs.get("run_dir")
-        run = summarize(Path(run_dir)) if isinstance(run_dir, str) and Path(run_dir).is_dir() else None
+        run_dir, host = t.user_attrs.get("run_dir"), t.user_attrs.get("run_host", socket.gethostname())
+        here = isinstance(run_dir, str) and host == socket.gethostname()
+        run = summarize(Path(run_dir)) if here and Path(run_dir).is_dir() else None
+        shown = None if not isinstance(run_dir, str) else run_dir if here else f"{host}:{run_dir}"
         rows.append(TrialRow(t.number, dict(t.params), t.value, t.user_attrs.get("epochs"), _state(t, retried_as),
-                             run_dir if isinstance(run_dir, str) else None, run))
+                             shown, run))
     return rows
 
 

@@ -114,11 +114,12 @@ class TrialRunner:
         return f"{self.label}trial {trial.number}{again}: {shown} -> {outcome} | {trial.user_attrs.get('run_dir')}"
 
     def _run(self, trial: optuna.Trial, params: dict) -> Run:
-        """The trial's run: a crashed trial's (inherited in the retry's user attributes) when its directory is on
-        this machine under RUNS/<study>, else a new one, recorded in the trial with its spec before anything
-        trains in it."""
+        """The trial's run: a crashed trial's (inherited in the retry's user attributes) when it was made on this
+        machine and its directory is under RUNS/<study>, else a new one, recorded in the trial (with the machine)
+        and its spec before anything trains in it."""
         recorded, folder = trial.user_attrs.get("run_dir"), self.runs / trial.study.study_name
-        inherited = isinstance(recorded, str) and Path(recorded).is_dir() and \
+        here = trial.user_attrs.get("run_host", socket.gethostname()) == socket.gethostname()
+        inherited = here and isinstance(recorded, str) and Path(recorded).is_dir() and \
             Path(recorded).resolve().parent == folder.resolve()
         if inherited and (Path(recorded) / "state.json").is_file():
             return open_run(recorded)
@@ -126,6 +127,7 @@ class TrialRunner:
         state = RunState(data_dir=self.data_dir, overrides=spec.overrides)
         run = Run(Path(recorded), spec, state) if inherited else Run.create(self.runs, folder.name, spec, state)
         trial.set_user_attr("run_dir", str(run.path))
+        trial.set_user_attr("run_host", socket.gethostname())  # another machine's path may name a run here
         run.write_spec()
         run.save()
         trial.set_user_attr("spec", dump_spec(spec))  # what the best spec is, read from any machine
