@@ -62,7 +62,7 @@ def place(runtime, cluster: dict | None, notify: Callable[[str], None]) -> Place
     Call before TensorFlow creates its first tensor (MultiWorkerMirroredStrategy requires it).
     """
     if cluster and runtime.distribute != "multi_worker":
-        raise UserError("--worker/--task-index describe a cluster: use them with --distribute multi_worker")
+        raise UserError("--workers/--worker-index describe a cluster: use them with --distribute multi_worker")
     from ..backend import tf
 
     gpus = tf.config.list_physical_devices("GPU")
@@ -118,6 +118,9 @@ def multi_worker(runtime, gpus: list, cluster: dict, notify: Callable[[str], Non
     notify(f"mnist-keras: {me(cluster)} waiting for the other workers "
            f"({', '.join(members.get('chief', []) + members['worker'])}, at most {runtime.cluster_wait} s); "
            "Ctrl-C stops")
+    if runtime.steps_per_execution != 1:
+        notify(f"note: runtime.steps_per_execution: {runtime.steps_per_execution} runs as 1 under multi_worker (Keras "
+               "3's loop of several steps per call fails under MultiWorkerMirroredStrategy)")
     work_around_keras_multi_worker_bugs()
     strategy = form(cluster, runtime.cluster_wait)
     return Placement(f"multi_worker, {me(cluster)} ({local}), {strategy.num_replicas_in_sync} replicas in all",

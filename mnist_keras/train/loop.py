@@ -178,6 +178,8 @@ def train_run(run: Run, prepared: Prepared, notify: Callable[[str], None], verbo
                     notify(f"stage {stage.number}: epochs {first + 1}-{min(stage.end, spec.train.epochs)}, "
                            f"{sum(math.prod(w.shape) for w in model.trainable_weights):,} trainable parameters, "
                            f"{stage.spec.train.optimizer.type} at learning rate {current_lr(model):.3g}")
+                if placement.cluster:  # Keras 3's multi-step loop fails under MultiWorkerMirroredStrategy
+                    model.steps_per_execution = 1
                 model.fit(
                     pipes.train if first == start else pipes.train_from(first), epochs=min(stage.end, spec.train.epochs),
                     initial_epoch=first, steps_per_epoch=pipes.steps_per_epoch,
