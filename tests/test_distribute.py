@@ -261,3 +261,37 @@ def test_a_worker_waiting_for_the_others_stops_on_ctrl_c(write_spec, tmp_path, s
             proc.kill()
             proc.wait()
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_port_taken_on_this_machine_is_a_clear_error(write_spec, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (other,) = free_ports(1)
+        result = CliRunner().invoke(main, ["fit", str(write_spec(SPEC)), "--runs", str(tmp_path / "runs"),
+                                           "--distribute", "multi_worker", "--workers",
+                                           f"127.0.0.1:{port},127.0.0.1:{other}", "--worker-index", "0"])
+    assert result.exit_code == 2, result.output
+    assert f"worker 0 of 2: cannot listen on 127.0.0.1:{port}" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_workers_with_different_specs_all_stop_naming_the_one_that_differs(write_spec, tmp_path):
+    spec = write_spec(SPEC)
+    cluster = ["--workers", ",".join(f"127.0.0.1:{port}" for port in free_ports(2))]
+    procs = [Forked("none", "fit", spec, "--runs", tmp_path / f"runs-{index}", "--distribute", "multi_worker",
+                    *cluster, "--worker-index", index, *(["--set", "train.epochs=3"] if index else []),
+                    cwd=tmp_path, merge=True) for index in range(2)]
+    try:
+        codes = [proc.wait(timeout=240) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=60)
+    outputs = [proc.stdout() for proc in procs]
+    assert codes == [2, 2], "\n".join(outputs)
+    for output in outputs:
+        assert "the spec of worker 1 at 127.0.0.1:" in output and "is not the chief's" in output, output
+    assert not list((tmp_path / "runs-0").glob("*/*/checkpoints/*.keras"))  # nothing trained

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import re
 import shlex
-from pathlib import Path
 
 import pytest
 import yaml

@@ -338,6 +338,9 @@ def agree(strategy, cluster: dict, spec_text: str) -> None:
     per_task = replicas // len(everyone)
     differ = sorted({slot // per_task for slot in np.flatnonzero(digests != digests[0])})
     if differ:
+        from tensorflow.python.eager import context
+
+        context.context().wait_at_barrier("mnist-keras: the specs compared", 60_000)  # no one leaves before all know
         names = ", ".join(f"{task_name(*everyone[i][:2])} at {everyone[i][2]}" for i in differ)
         raise UserError(f"{me(cluster)}: the spec of {names} is not the chief's: run the same spec, with the same "
                         "--set values, on every worker")
