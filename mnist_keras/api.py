@@ -180,6 +180,19 @@ def lr_find(spec: Spec | str | Path, overrides: Sequence[Any] = (), *, steps: in
 
 
 @keeps_global_state
+def tune_runtime(spec: Spec | str | Path, overrides: Sequence[Any] = (), *, data_dir: str | None = None,
+                 reporter: Reporter | None = None):
+    """runtime.autotune's measurement of `spec` (a Spec, or a spec file loaded with `overrides`) on this machine:
+    float32, mixed precision where the hardware computes in it, XLA and several steps per call, each timed for a
+    few dozen steps of the spec's model on its training data; returns the RuntimeChoice (the values chosen, the
+    fields the spec pins, every timing). No run directory is made, and the process's global settings are left as
+    found."""
+    from .train.session import tune_runtime as measure
+
+    return measure(_spec_of(spec, overrides, data_dir), data_dir, reporter or Reporter())
+
+
+@keeps_global_state
 def evaluate(target: str | Path, *, data_dir: str | None = None, spec_file: str | None = None,
              reporter: Reporter | None = None) -> Evaluation:
     """Test-set figures of a run's model (or a .keras file): an Evaluation (test metrics, accuracy per class by

@@ -16,7 +16,7 @@ from .deployment import export_command, serve
 from .results import report, runs
 from .specs import schema, summary, validate
 from .sweeps import sweep
-from .training import devices, evaluate, fit, lr_find, predict
+from .training import devices, evaluate, fit, lr_find, predict, tune_runtime
 
 
 class Group(click.Group):
@@ -65,6 +65,6 @@ def main():
     """Declarative Keras models: YAML specs in, trained models and TensorBoard runs out."""
 
 
-for command in (data_group, validate, summary, schema, fit, lr_find, sweep, runs, report, devices, evaluate, serve,
+for command in (data_group, validate, summary, schema, fit, lr_find, tune_runtime, sweep, runs, report, devices, evaluate, serve,
                 predict, export_command):
     main.add_command(command)

@@ -100,6 +100,33 @@ def lr_find(spec, overrides, steps, min_lr, max_lr, out, data_dir):
         note_line(f"note: {note}")
 
 
+@click.command("tune-runtime")
+@click.argument("spec")
+@overrides_option
+@click.option("--data-dir", type=click.Path(), help="A folder with the dataset's files (IDX or .npz), tried first.")
+def tune_runtime(spec, overrides, data_dir):
+    """Choose SPEC's runtime by measurement: what `runtime.autotune: true` does before a run's first epoch.
+
+    Float32 without XLA, one step per call, is the reference; mixed precision (where the hardware computes in it),
+    XLA and several steps per call are each timed on the spec's model and training data for a few dozen steps, and
+    kept when faster and their loss after those steps is float32's within 5%. Fields the spec sets are not
+    measured. Prints every timing and the values to write in the spec; trains no run.
+    """
+    from ..api import tune_runtime as measure
+    from ..train.autotune import TOLERANCE, TUNED
+
+    choice = measure(spec, overrides, data_dir=data_dir, reporter=reporter())
+    for timing in choice.timings:
+        loss = "nan" if timing.loss is None else f"{timing.loss:.4f}"
+        verdict = "reference" if timing is choice.timings[0] else "agrees" if timing.agrees else \
+            f"rejected: not float32's loss within {TOLERANCE:.0%}"
+        click.echo(f"  {timing.choice:<50} {timing.images_per_second:>10,.0f} images/s   loss {loss}   {verdict}")
+    chosen = ", ".join(f"runtime.{name}={getattr(choice, name)}".replace("=False", "=false").replace("=True", "=true")
+                       for name in TUNED if name not in choice.pinned)
+    kept = f" (kept from the spec: {', '.join(choice.pinned)})" if choice.pinned else ""
+    click.echo(f"chosen: {chosen or 'nothing to choose'}{kept}")
+
+
 @click.command()
 def devices():
     """What TensorFlow sees: CPUs, and GPUs with their memory and compute capability."""

@@ -98,6 +98,26 @@ class RangeTest(_Record):
     steps: int = Field(ge=1, le=MAX_INT)
 
 
+class Timing(_Record):
+    """One runtime measured by `runtime.autotune`: its training speed and its loss after the same steps."""
+
+    choice: str
+    images_per_second: float = Field(ge=0)
+    loss: float | None
+    agrees: bool  # its loss is float32's within autotune.TOLERANCE
+
+
+class RuntimeChoice(_Record):
+    """`runtime.autotune`: the fields the spec set (kept as they are), what the measurement chose for the others,
+    and the timings it chose by; the choice holds for the whole run, resumes included."""
+
+    pinned: list[str] = []
+    mixed_precision: bool | str | None = None
+    jit_compile: bool | None = None
+    steps_per_execution: int | str | None = None
+    timings: list[Timing] = []
+
+
 class _Open(_Record):
     """A record whose other keys are kept as they were written (a newer Keras metric, a data source's own facts)."""
 
@@ -177,6 +197,7 @@ class RunState(_Record):
     host: str | None = None
     tracking: Tracking | None = None  # the MLflow run it is logged to (runtime.tracking: mlflow)
     cluster: list[str] | None = None  # multi_worker: the workers' addresses, by which the same command resumes it
+    autotune: RuntimeChoice | None = None  # runtime.autotune: the runtime measured before the first epoch
 
     def process_alive(self) -> bool:
         """True when the process that last wrote this record still runs on this machine."""

@@ -45,6 +45,10 @@ class Runtime(StrictModel):
     # progress bar, per-batch callbacks and the NaN check then see only the end of each epoch.
     steps_per_execution: Union[PositiveInt, Literal["epoch"]] = Field(
         1, description="steps per call into TensorFlow: N (a divisor of the epoch's steps) or epoch")
+    autotune: bool = Field(
+        False, description="before the first epoch, time mixed precision, jit_compile and steps_per_execution on "
+        "this model and machine for a few seconds and keep the fastest whose loss agrees with float32; the fields the "
+        "spec sets are kept")
     deterministic: bool = Field(False, description="deterministic TensorFlow ops: bit-exact repeats, slower")
     threads: Threads = Field(Threads(), description="TensorFlow's thread pools")
     tracking: Literal["none", "mlflow"] = Field(

@@ -108,6 +108,31 @@ def _resumed_model(spec: Spec, run_dir: Path, state: RunState, steps_per_epoch: 
     return model
 
 
+def _tuned_runtime(run: Run, placement: Placement, pipes, class_weight, notify: Callable[[str], None]) -> Spec:
+    """The spec to train with: under runtime.autotune, with the runtime measured before the first epoch (recorded in
+    the run, which run.begin saves, and never measured again) and its precision policy set."""
+    from ..runs.record import RuntimeChoice
+    from .autotune import applied, pinned_fields, tune
+    from .distribute import precision_policy
+
+    spec, state = run.spec, run.state
+    if not spec.runtime.autotune:
+        return spec
+    if placement.cluster or placement.strategy:
+        notify("note: runtime.autotune measures on one device; under a strategy the spec's runtime is kept")
+        return spec
+    if state.autotune is None:  # a run made elsewhere (a sweep's trial)
+        state.autotune = RuntimeChoice(pinned=pinned_fields(spec))
+    if not state.autotune.timings:
+        with placement.scope():
+            state.autotune = tune(spec, state.autotune.pinned, placement.on_gpu, pipes.train, class_weight, notify)
+    tuned = applied(spec, state.autotune)
+    policy = precision_policy(tuned.runtime, placement)
+    keras.mixed_precision.set_global_policy(policy)
+    placement.described = placement.described.split(", mixed_")[0] + ("" if policy == "float32" else f", {policy}")
+    return tuned
+
+
 def _ended(state: RunState) -> str:
     """Why a session has no epoch to train: the run stopped itself, or every epoch is done."""
     return f"stopped after epoch {state.stopped.epoch} ({state.stopped.reason()})" if state.stopped else \
@@ -140,6 +165,7 @@ def train_run(run: Run, prepared: Prepared, notify: Callable[[str], None], verbo
     start = state.epochs_done
     pipes = make_pipelines(spec, data, start_epoch=start, cache_dir=run_dir / "cache", notify=notify)
     class_weight = class_weight_of(spec, data, pipes)
+    spec = _tuned_runtime(run, placement, pipes, class_weight, notify)
     stages = spec.stages()
     current = next((s for s in stages if s.first <= start < s.end), stages[-1])
     todo = [] if state.stopped else [s for s in stages if s.end > start]  # a run that stopped itself trains no more

@@ -13,12 +13,13 @@ from typing import Any, Callable, Sequence
 from ..errors import Interrupted, TrainingFailed, UserError
 from ..reporter import Reporter
 from ..runs.files import check_no_links, check_not_training, remove_partial_files, training_lock
-from ..runs.record import BackboneRun, RunState, read_state
+from ..runs.record import BackboneRun, RunState, RuntimeChoice, read_state
 from ..runs.run import Run, RunObserver, open_run, unfinished_cluster_run
 from ..spec import Spec, dump_spec
 from ..spec.data_section import absolute
 from .cluster import addresses, agree, cluster_from_environment, from_chief, is_chief, lost_worker, me, \
     scratch_run_dir
+from .autotune import pinned_fields
 from .lr_find import LRFinding, check_range, range_test, write_figure
 
 
@@ -42,6 +43,7 @@ def fit_run(spec: Spec, runs: str | Path = "runs", *, data_dir: str | None = Non
     `device` and `distribute` override the spec's runtime; `cluster` is a TF_CONFIG mapping for multi_worker;
     `callbacks`: Keras callbacks run after the run's own each epoch (a benchmark's test-set probe); `observer` is
     told of the run's lifecycle (an experiment tracker)."""
+    pinned = pinned_fields(spec)  # before _with, which sets every field
     spec = _with(spec, **{"runtime.device": device, "runtime.distribute": distribute})
     if spec.runtime.distribute == "multi_worker":
         cluster = cluster or cluster_from_environment()
@@ -51,7 +53,7 @@ def fit_run(spec: Spec, runs: str | Path = "runs", *, data_dir: str | None = Non
             return resume_run(earlier, data_dir=data_dir, cluster=cluster, reporter=reporter, callbacks=callbacks,
                               observer=observer)
     state = RunState(status="running", epochs_done=0, data_dir=data_dir and absolute(data_dir), overrides=spec.overrides,
-                     backbone=BackboneRun.of(spec))
+                     backbone=BackboneRun.of(spec), autotune=RuntimeChoice(pinned=pinned) if spec.runtime.autotune else None)
     return _train(spec, None, runs, state, reporter or Reporter(), cluster, callbacks=tuple(callbacks),
                   observer=observer)
 
@@ -219,6 +221,24 @@ def _train_worker(spec: Spec, shared: dict[str, bytes], prepared, reporter: Repo
                 raise
             raise lost from None
     return Run(None, spec, state, run.metrics)
+
+
+def tune_runtime(spec: Spec, data_dir: str | None, notify: Callable[[str], None]):
+    """`mnist-keras tune-runtime`: runtime.autotune's measurement on the spec's device and training data, without
+    training a run; the RuntimeChoice (nothing left behind: a disk cache, without data.cache_dir, in a scratch
+    folder)."""
+    from ..data import make_pipelines
+    from .autotune import pinned_fields, tune
+    from .loop import class_weight_of, prepare
+
+    if spec.runtime.distribute != "none":
+        raise UserError("runtime.distribute: tune-runtime measures on one device; --set runtime.distribute=none")
+    pinned = pinned_fields(spec)
+    prepared = prepare(spec, data_dir, None, notify)
+    with tempfile.TemporaryDirectory(prefix="mnist-keras-tune-") as scratch, prepared.placement.scope():
+        pipes = make_pipelines(spec, prepared.data, cache_dir=scratch, notify=notify)
+        return tune(spec, pinned, prepared.placement.on_gpu, pipes.train, class_weight_of(spec, prepared.data, pipes),
+                    notify)
 
 
 def find_learning_rate(spec: Spec, data_dir: str | None, steps: int, min_lr: float, max_lr: float,
