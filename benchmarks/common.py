@@ -51,6 +51,7 @@ def arguments(description: str, threads: bool = False, tuned: bool = False) -> a
     parser.add_argument("--mean", type=float, default=0.1307)
     parser.add_argument("--std", type=float, default=0.3081)
     parser.add_argument("--out", required=True, help="write the per-epoch report (JSON) here")
+    parser.add_argument("--mixed-bfloat16", action="store_true", help="Keras' mixed_bfloat16 policy")
     if threads:
         parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: PyTorch's choice)")
     if tuned:

@@ -38,8 +38,8 @@ class TestProbe(keras.callbacks.Callback):
         self.report.epoch(train_seconds, logs["epoch_seconds"], accuracy, time.perf_counter() - start)
 
 
-def make_callbacks(spec, run, state, images_per_epoch):
-    callbacks, guard = original_make_callbacks(spec, run, state, images_per_epoch)
+def make_callbacks(run, images_per_epoch):
+    callbacks, guard = original_make_callbacks(run, images_per_epoch)
     return [*callbacks, TestProbe(images_per_epoch)], guard
 
 

@@ -18,6 +18,8 @@ import tensorflow as tf
 from common import Report, arguments, learning_rate, load_mnist
 
 args = arguments(__doc__.splitlines()[0], tuned=True)
+if args.mixed_bfloat16:  # the precision mnist-keras trains the spec in here (runtime.mixed_precision: auto)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
 data = load_mnist(args.data_dir)
 n_train = len(data["x_train"]) - args.validation
 x_train, y_train = data["x_train"][:n_train], data["y_train"][:n_train]
@@ -85,6 +87,8 @@ else:
         keras.layers.Dense(10),
     ])
 
+if args.mixed_bfloat16:  # the logits and the loss in float32
+    model.add(keras.layers.Activation("linear", dtype="float32"))
 steps_per_epoch = -(-n_train // args.batch_size)
 warmup = round(args.warmup_epochs * steps_per_epoch)
 schedule = keras.optimizers.schedules.CosineDecay(

@@ -48,6 +48,14 @@ def baseline_args(spec, epochs: int) -> list[str]:
             "--validation", str(n_val), "--mean", str(norm.mean), "--std", str(norm.std)]
 
 
+def _bfloat16(spec) -> bool:
+    """Whether mnist-keras trains the spec in mixed bfloat16 on this CPU (so the Keras baselines do too)."""
+    from mnist_keras.train.distribute import cpu_has_bfloat16
+
+    choice = spec.runtime.mixed_precision
+    return choice in (True, "bfloat16") or (choice == "auto" and cpu_has_bfloat16())
+
+
 def run(command: list[str], log: Path, extra_env: dict | None = None) -> tuple[float, float, float]:
     """Run `command`; return (start time, end time, peak resident memory in MiB). Exits if it fails."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "benchmarks")]), **(extra_env or {})}
@@ -72,7 +80,8 @@ def measure(who: str, model: str, args, spec, epochs: int, work: Path) -> dict:
                   "D": "benchmarks/keras_baseline.py", "E": "benchmarks/keras_baseline.py"}[who]
         command = [python, script, "--model", model, "--data-dir", args.data_dir, "--out", str(report),
                    *baseline_args(spec, epochs), *(["--threads", str(args.torch_threads)] if who == "C" else []),
-                   *(["--tuned"] if who in "DE" else [])]
+                   *(["--tuned"] if who in "DE" else []),
+                   *(["--mixed-bfloat16"] if who in "BDE" and _bfloat16(spec) else [])]
     load = os.getloadavg()[0]
     started, ended, rss = run(command, work / f"{who}.log", {"TF_ENABLE_ONEDNN_OPTS": "1"} if who == "E" else None)
     epochs_seen = json.loads(report.read_text())["epochs"]
@@ -96,7 +105,9 @@ def summarize(model: str, spec, epochs: int, results: dict[str, list[dict]], tor
     names = {"A": "A mnist-keras fit", "B": "B Keras tutorial", "C": f"C PyTorch ({torch_threads} thread)",
              "D": "D Keras tuned", "E": "E D + oneDNN"}
     rate = {}
-    lines = [f"{model}: batch {spec.data.batch_size}, {epochs} epochs, {len(results['A'])} repeats (medians)",
+    precision = "mixed bfloat16" if _bfloat16(spec) else "float32"
+    lines = [f"{model}: batch {spec.data.batch_size}, {epochs} epochs, {len(results['A'])} repeats (medians), "
+             f"{precision} in every column but C",
              f"  {'':22}{'s/epoch':>8}{'images/s':>10}{'test acc':>10}"
              f"{'to ' + format(TARGET_ACCURACY[model], '.1%'):>16}{'command':>9}{'peak RSS':>10}"]
     for who, runs in results.items():
@@ -123,6 +134,7 @@ def main() -> None:
     parser.add_argument("--onednn-column", action="store_true",
                         help="add column E: D with TF_ENABLE_ONEDNN_OPTS=1, as mnist-keras runs")
     parser.add_argument("--models", nargs="+", choices=sorted(TARGET_ACCURACY), default=["lenet5", "dense", "fast"])
+    parser.add_argument("--without-torch", action="store_true", help="leave out column C (PyTorch not installed)")
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch.set_num_threads for C (on a shared 2-core machine 1 is far faster than 2)")
     args = parser.parse_args()
@@ -130,25 +142,19 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     from mnist_keras.spec.loader import load_spec
 
-    print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPU cores "
-          f"({platform_cpu()}), python {sys.version.split()[0]}", flush=True)
+    from common import machine
+
+    print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {machine()}, python {sys.version.split()[0]}", flush=True)
     for model in args.models:
         spec = load_spec(ROOT / "model_specs" / f"{model}.yaml")
         epochs = args.epochs or spec.train.epochs
-        columns = COLUMNS[model] + ("E" if args.onednn_column else "")
+        columns = COLUMNS[model].replace("C", "" if args.without_torch else "C") + ("E" if args.onednn_column else "")
         results: dict[str, list[dict]] = {who: [] for who in columns}
         for _ in range(args.repeats):
             for who in results:
                 with tempfile.TemporaryDirectory(prefix="mnist-keras-bench-") as work:
                     results[who].append(measure(who, model, args, spec, epochs, Path(work)))
         print(summarize(model, spec, epochs, results, args.torch_threads), flush=True)
-
-
-def platform_cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 if __name__ == "__main__":
