@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -27,6 +28,7 @@ from typing import Iterator
 from ..errors import UserError
 
 HEARTBEAT_S = 10  # a worker silent this long is lost (TensorFlow's coordination service heartbeat timeout)
+LINGER_S = 3  # a worker that lost another stays this long before it exits (its port open: see lost_worker)
 ADDRESS = re.compile(r"[^\s:,/]+:\d{1,5}")
 SHAPE = 'expected {"cluster": {"worker": ["HOST:PORT", ...]}, "task": {"type": "worker", "index": N}}'
 
@@ -282,12 +284,14 @@ _PEER_FAILURE = re.compile(r"Collective ops is aborted|CoordinationService|unhea
 def lost_worker(err: BaseException, cluster: dict, watch: PeerWatch | None) -> str | None:
     """Who was lost when `err` is TensorFlow's error for a worker that stopped answering ("worker 1 at
     10.0.0.3:12345 (its process ended)"), None for any other error: the first worker `watch` saw silent, else
-    the one TensorFlow's message names."""
+    the one TensorFlow's message names. Waits LINGER_S first: every worker that stops for a lost one does, so a
+    watch slow to run (a busy machine) still finds the lost worker silent before the others."""
     from ..backend import tf
 
     text = str(err)
     if not isinstance(err, tf.errors.OpError) or not _PEER_FAILURE.search(text):
         return None
+    time.sleep(LINGER_S)  # with the port still open, so the others' watches see the lost worker go first, not this one
     seen = watch.first_lost(wait_s=3) if watch else None
     if seen:
         return seen
