@@ -128,7 +128,7 @@ def browser():
 
 # The modules that take longest, first: pytest-xdist hands each worker one module at a time in this order, so the
 # short ones fill the gaps at the end instead of one long module running alone while the other workers wait.
-LONGEST_FIRST = ["test_tracking", "test_hostile_streaming", "test_transfer", "test_faults", "test_sweeps",
+LONGEST_FIRST = ["test_hosts", "test_tracking", "test_hostile_streaming", "test_transfer", "test_faults", "test_sweeps",
                  "test_own_images", "test_run_records", "test_export", "test_api", "test_serve", "test_sweeps_input",
                  "test_distribute",
                  "test_recipes_train", "test_sweeps_postgres", "test_train", "test_hostile_specs", "test_sweeps_grid",
