@@ -112,6 +112,20 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
+def ended(procs: list, within: float = 240) -> tuple[list, list[str]]:
+    """The workers' exit codes and outputs once all have ended (killed, and None, when still running after
+    `within` seconds)."""
+    deadline, codes = time.monotonic() + within, []
+    for proc in procs:
+        try:
+            codes.append(proc.wait(timeout=max(1.0, deadline - time.monotonic())))
+        except TimeoutError:  # faults.Forked's
+            proc.kill()
+            proc.wait(timeout=60)
+            codes.append(None)
+    return codes, [proc.stdout() for proc in procs]
+
+
 def test_two_workers_train_in_step_and_only_the_chief_writes(write_spec, tmp_path):
     from mnist_keras.train.loop import weights_digest
     from mnist_keras.model.objects import load_model
@@ -125,14 +139,8 @@ def test_two_workers_train_in_step_and_only_the_chief_writes(write_spec, tmp_pat
             procs.append(Forked("none", "fit", spec, "--epochs", "1", "--runs", tmp_path / f"runs-{index}",
                                 "--distribute", "multi_worker", *cluster, "--task-index", index, cwd=tmp_path,
                                 env={"TMPDIR": str(scratch)}, merge=True))
-        deadline = time.monotonic() + 240
-        codes = [proc.wait(timeout=max(1.0, deadline - time.monotonic())) for proc in procs]
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=60)
-    outputs = [proc.stdout() for proc in procs]
+        codes, outputs = ended(procs)
     assert codes == [0, 0], "\n".join(outputs)
 
     chief_run = run_dir(tmp_path / "runs-0", "small")
@@ -283,14 +291,7 @@ def test_workers_with_different_specs_all_stop_naming_the_one_that_differs(write
     procs = [Forked("none", "fit", spec, "--runs", tmp_path / f"runs-{index}", "--distribute", "multi_worker",
                     *cluster, "--worker-index", index, *(["--set", "train.epochs=3"] if index else []),
                     cwd=tmp_path, merge=True) for index in range(2)]
-    try:
-        codes = [proc.wait(timeout=240) for proc in procs]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=60)
-    outputs = [proc.stdout() for proc in procs]
+    codes, outputs = ended(procs)
     assert codes == [2, 2], "\n".join(outputs)
     for output in outputs:
         assert "the spec of worker 1 at 127.0.0.1:" in output and "is not the chief's" in output, output
