@@ -308,19 +308,17 @@ def lost_worker(err: BaseException, cluster: dict, watch: PeerWatch | None) -> s
     return ", ".join(f"{task_name(*key)} at {where[key]}" for key in lost) or "a worker"
 
 
-def _all_sum(strategy, value, first_only: bool):
-    """The sum over every replica of `value` (a numpy array), or, with `first_only`, replica 0's value (the
-    chief's first device) given to all."""
+def _from_first(strategy, value):
+    """Replica 0's `value` (a numpy array; the chief's first device), given to every replica."""
     from ..backend import tf
 
     @tf.function(autograph=False)
-    def add(local):
+    def given(local):
         context = tf.distribute.get_replica_context()
-        if first_only:
-            local = local * tf.cast(tf.equal(context.replica_id_in_sync_group, 0), local.dtype)
-        return context.all_reduce("SUM", local)
+        first = tf.cast(tf.equal(context.replica_id_in_sync_group, 0), local.dtype)
+        return context.all_reduce("SUM", local * first)
 
-    return strategy.experimental_local_results(strategy.run(add, args=(tf.constant(value),)))[0].numpy()
+    return strategy.experimental_local_results(strategy.run(given, args=(tf.constant(value),)))[0].numpy()
 
 
 def agree(strategy, cluster: dict, spec_text: str) -> None:
@@ -357,9 +355,9 @@ def from_chief(strategy, files: dict[str, bytes] | None) -> dict[str, bytes]:
     if files is not None:
         header = json.dumps({name: len(data) for name, data in files.items()}).encode()
         payload = len(header).to_bytes(8, "big") + header + b"".join(files.values())
-    size = int(_all_sum(strategy, np.array([len(payload) if files is not None else 0], np.int64), True)[0])
+    size = int(_from_first(strategy, np.array([len(payload) if files is not None else 0], np.int64))[0])
     mine = np.frombuffer(payload, np.uint8).astype(np.int32) if files is not None else np.zeros(size, np.int32)
-    payload = _all_sum(strategy, mine, True).astype(np.uint8).tobytes()
+    payload = _from_first(strategy, mine).astype(np.uint8).tobytes()
     length = int.from_bytes(payload[:8], "big")
     sizes, offset, shared = json.loads(payload[8:8 + length]), 8 + length, {}
     for name, count in sizes.items():

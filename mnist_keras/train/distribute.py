@@ -5,8 +5,7 @@ tf.distribute.MultiWorkerMirroredStrategy across machines; and the mixed-precisi
 worker), and the learning rate is never rescaled, so a spec takes the same steps on 1 or 8 GPUs.
 Under multi_worker every worker runs the same command; worker 0 (or the `chief` task of TF_CONFIG)
 is the chief: it alone creates and writes the run directory. The other workers write nothing there
-(they save into a scratch folder deleted at the end); to resume, each one is given the chief's run
-directory (a shared folder, or a copy) and only reads it.
+(they save into a scratch folder deleted at the end) and take what they resume from the chief (train/cluster.py).
 """
 
 from __future__ import annotations

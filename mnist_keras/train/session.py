@@ -228,7 +228,7 @@ def tune_runtime(spec: Spec, data_dir: str | None, notify: Callable[[str], None]
     training a run; the RuntimeChoice (nothing left behind: a disk cache, without data.cache_dir, in a scratch
     folder)."""
     from ..data import make_pipelines
-    from .autotune import pinned_fields, tune
+    from .autotune import tune
     from .loop import class_weight_of, prepare
 
     if spec.runtime.distribute != "none":
