@@ -50,6 +50,8 @@ class SweepResult:
 def _state(trial: FrozenTrial, retried_as: dict[int, int]) -> str:
     if trial.number in retried_as:
         return f"crashed, retried as #{retried_as[trial.number]}"
+    if trial.user_attrs.get("surplus"):
+        return "not trained: beyond the plan"
     if trial.state == TrialState.FAIL and "error" in trial.user_attrs:
         return "failed: " + clip(trial.user_attrs["error"], 40)
     return {TrialState.COMPLETE: "finished"}.get(trial.state, trial.state.name.lower())

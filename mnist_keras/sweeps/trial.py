@@ -19,7 +19,7 @@ from ..runs.run import Run, open_run
 from ..spec import dump_spec
 from ..train.session import resume_run
 from .file import Sweep
-from .study import FailedTrial, retry_of, suggest
+from .study import FINISHED, FailedTrial, planned_trials, retry_of, suggest
 
 
 class ReportToTrial(keras.callbacks.Callback):
@@ -63,6 +63,9 @@ class TrialRunner:
     def objective(self, trial: optuna.Trial) -> float:
         """Train the trial: its best objective value; optuna.TrialPruned when pruned, FailedTrial (its message in
         the user attribute `error`) when training failed."""
+        if self._beyond_the_plan(trial):
+            trial.set_user_attr("surplus", True)
+            raise FailedTrial("beyond the sweep's planned trials")
         params = suggest(trial, self.sweep)
         self.current = trial.number
         trial.set_user_attr("process", {"trial": trial.number, "host": socket.gethostname(), "pid": os.getpid()})
@@ -88,6 +91,15 @@ class TrialRunner:
         self._outcome("COMPLETE", value)
         return value
 
+    def _beyond_the_plan(self, trial: optuna.Trial) -> bool:
+        """Whether workers that drew at the same moment made this trial one more than the sweep plans: the trials
+        ahead of it, done or in flight, fill the plan already. It is then failed untrained (`surplus`), so the study
+        ends with exactly the planned trials and a dead machine's trial is still waited for and retried."""
+        ahead = [t for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number and (
+            t.state in (*FINISHED, TrialState.RUNNING, TrialState.WAITING) or
+            (t.state == TrialState.FAIL and "error" in t.user_attrs))]
+        return len(ahead) >= planned_trials(self.sweep)
+
     def _outcome(self, state: str, value: float | None = None) -> None:
         if self.tracker is not None:
             self.tracker.outcome(state, value)
@@ -103,6 +115,8 @@ class TrialRunner:
     def summary(self, trial: FrozenTrial) -> str:
         """The line a trial ends with: its values and how it ended (and, for a retry, what it retried)."""
         shown, metric = _shown(trial.params), self.sweep.config.objective.metric
+        if trial.user_attrs.get("surplus"):
+            return f"{self.label}trial {trial.number}: not trained, another worker drew the sweep's last trial with it"
         if trial.state == TrialState.FAIL:
             return f"{self.label}trial {trial.number}: {shown} -> failed: {trial.user_attrs.get('error')}"
         epochs = trial.user_attrs.get("epochs", 0)
