@@ -101,3 +101,17 @@ def test_fields_the_spec_sets_are_never_measured(write_spec, tmp_path):
 def test_tune_runtime_measures_on_one_device(write_spec, setting):
     result = in_process("tune-runtime", write_spec(SPEC), "--set", setting)
     assert result.returncode == 2 and "tune-runtime measures on one device" in result.stderr, result.stderr
+
+
+def test_a_model_xla_cannot_compile_is_neither_tried_with_it_nor_warned_about(write_spec, tmp_path):
+    rotating = SPEC.replace("    - conv2d: {filters: 4", "    - random_rotation: {factor: 0.05}\n    - conv2d: {filters: 4")
+    tuned = in_process("tune-runtime", write_spec(rotating.replace(", deterministic: true", "")))
+    assert tuned.returncode == 0, tuned.stderr
+    assert "note: XLA not tried: Keras cannot compile RandomRotation with it" in tuned.stderr
+    assert "XLA on" not in tuned.stdout and "UserWarning" not in tuned.stderr
+
+    pinned = in_process("fit", write_spec(rotating.replace("{autotune: true, deterministic: true}", "{jit_compile: true}")),
+                        "--runs", tmp_path / "runs", "--epochs", "1")
+    assert pinned.returncode == 0, pinned.stderr
+    assert "note: runtime.jit_compile: true runs without XLA: Keras cannot compile RandomRotation" in pinned.stderr
+    assert "UserWarning" not in pinned.stdout + pinned.stderr

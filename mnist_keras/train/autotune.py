@@ -42,14 +42,15 @@ def applied(spec: Spec, choice: RuntimeChoice | None) -> Spec:
     return with_runtime(spec, **{name: getattr(choice, name) for name in TUNED if name not in choice.pinned})
 
 
-def _alternatives(spec: Spec, on_gpu: bool) -> dict[str, list]:
-    """The values tried besides the reference's: XLA not under runtime.deterministic, which Keras runs without it."""
+def _alternatives(spec: Spec, on_gpu: bool, without_xla: list[str]) -> dict[str, list]:
+    """The values tried besides the reference's: XLA neither under runtime.deterministic nor for a model with layers
+    XLA cannot compile (`without_xla`), both of which Keras runs without it."""
     from .distribute import cpu_has_bfloat16, gpu_has_bfloat16
 
     precisions = (["float16"] + (["bfloat16"] if gpu_has_bfloat16() else [])) if on_gpu else \
         (["bfloat16"] if cpu_has_bfloat16() else [])
-    return {"mixed_precision": precisions, "jit_compile": [] if spec.runtime.deterministic else [True],
-            "steps_per_execution": ["epoch"]}
+    xla = not spec.runtime.deterministic and not without_xla
+    return {"mixed_precision": precisions, "jit_compile": [True] if xla else [], "steps_per_execution": ["epoch"]}
 
 
 def _label(values: dict) -> str:
@@ -86,6 +87,8 @@ def tune(spec: Spec, pinned: list[str], on_gpu: bool, train, class_weight,
          notify: Callable[[str], None]) -> RuntimeChoice:
     """Measure the unpinned fields, one at a time, and return the choice with every timing."""
     from ..backend import keras
+    from ..model.build import build_model
+    from .compile import layers_without_xla
 
     policy = keras.mixed_precision.global_policy().name
     train = train.repeat().take(STEPS).cache()  # the same batches for every candidate, read once
@@ -99,7 +102,10 @@ def tune(spec: Spec, pinned: list[str], on_gpu: bool, train, class_weight,
     if best != reference:
         speed, loss = measure(with_runtime(spec, **best), train, class_weight, on_gpu)
         timings.append(Timing(choice=_label(best), images_per_second=speed, loss=loss, agrees=True))
-    for name, values in _alternatives(spec, on_gpu).items():
+    without_xla = [] if "jit_compile" in pinned else layers_without_xla(build_model(spec))
+    if without_xla:
+        notify(f"note: XLA not tried: Keras cannot compile {', '.join(without_xla)} with it")
+    for name, values in _alternatives(spec, on_gpu, without_xla).items():
         if name in pinned:
             continue
         for value in values:

@@ -114,15 +114,27 @@ def make_loss_and_metrics(spec: Spec):
     return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=smoothing), ["accuracy"]
 
 
+def layers_without_xla(model) -> list[str]:
+    """The Keras classes of the model's layers (nested ones too) that XLA cannot compile: Keras runs such a model
+    without XLA whatever jit_compile says, so compile_model does it without Keras' warning."""
+    names, todo = [], list(model.layers)
+    while todo:
+        layer = todo.pop(0)
+        names += [] if layer.supports_jit or type(layer).__name__ in names else [type(layer).__name__]
+        todo += getattr(layer, "layers", [])
+    return names
+
+
 def compile_model(model, spec: Spec, steps_per_epoch: int, found: float | None = None) -> None:
-    """Compile as the spec says; `found`: the rate `learning_rate: auto` stands for (make_schedule)."""
+    """Compile as the spec says; `found`: the rate `learning_rate: auto` stands for (make_schedule). jit_compile
+    applies where every layer supports XLA (layers_without_xla)."""
     loss, metrics = make_loss_and_metrics(spec)
     group = spec.runtime.steps_per_execution
     optimizer = spec.train.optimizer.keras(make_schedule(spec, steps_per_epoch, found))
     cycle_momentum(optimizer, spec, steps_per_epoch)
     model.compile(
         optimizer=optimizer, loss=loss, metrics=metrics,
-        jit_compile=spec.runtime.jit_compile, steps_per_execution=steps_per_epoch if group == "epoch" else group,
+        jit_compile=spec.runtime.jit_compile and not layers_without_xla(model), steps_per_execution=steps_per_epoch if group == "epoch" else group,
     )
     build_before_tracing(model)
 

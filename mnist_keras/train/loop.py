@@ -25,7 +25,7 @@ from ..runs.record import RangeTest, RunMetrics, RunState, TestMetrics
 from ..runs.run import Run
 from ..spec import Spec
 from .callbacks import finite_or_none, make_callbacks, restore_best_weights, restore_rng_state
-from .compile import compile_model, current_lr, cycle_momentum, make_schedule, spans_the_run
+from .compile import compile_model, current_lr, cycle_momentum, layers_without_xla, make_schedule, spans_the_run
 from .distribute import Placement, configure
 from .ema import with_averaged_weights
 from .progress import LiveProgbar
@@ -189,6 +189,8 @@ def train_run(run: Run, prepared: Prepared, notify: Callable[[str], None], verbo
         if verbose:
             callbacks.append(LiveProgbar(poll=spec.runtime.steps_per_execution != 1, epochs=spec.train.epochs))
         callbacks = with_averaged_weights(callbacks, spec, resumed=compiled is not None)
+        if spec.runtime.jit_compile and (without := layers_without_xla(model)):
+            notify(f"note: runtime.jit_compile: true runs without XLA: Keras cannot compile {', '.join(without)} with it")
         run.begin(placement.described, data.provenance, data.class_names)
         notify(f"mnist-keras: training {spec.name} on {placement.described}, {pipes.n_train:,} train / "
                f"{pipes.n_val:,} validation / {pipes.n_test:,} test images, " +
