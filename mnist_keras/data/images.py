@@ -148,10 +148,12 @@ def fitted_pixels(image, image_shape: list[int], fit: str) -> np.ndarray:
     height, width = image_shape[:2]
     rgb = image_shape[2:] == [3] and not image.mode.startswith(("I", "F"))
     image = _over_white(image).convert("RGB") if rgb else _gray(image)
-    pixels = np.asarray(_fitted(image, height, width, fit), np.float32)
+    pixels = np.asarray(_fitted(image, height, width, fit))
+    if pixels.dtype != np.uint8:  # gray ("F"): rounded to bytes
+        pixels = np.clip(pixels.round(), 0, 255).astype(np.uint8)
     if len(image_shape) == 3 and pixels.ndim == 2:
         pixels = np.repeat(pixels[..., np.newaxis], image_shape[2], axis=-1)
-    return np.clip(pixels.round(), 0, 255).astype(np.uint8)
+    return pixels
 
 
 def fitted_arrays(x: np.ndarray, image_shape: list[int], fit: str) -> np.ndarray:
