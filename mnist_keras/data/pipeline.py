@@ -21,7 +21,7 @@ from ..errors import UserError
 from ..spec import Data, Preprocess, Spec
 from .mixing import mixer
 from .sources import Arrays, _silent
-from .streaming import Stream, cache_mode, file_images
+from .streaming import Stream, cache_mode, file_images, readers
 
 
 @dataclass
@@ -159,7 +159,7 @@ def make_pipelines(spec: Spec, data, start_epoch: int = 0, cache_dir: str | None
                     lambda batch: x.images(batch).batch(d.batch_size).concatenate(nothing).take(1))
 
             out = orders.flat_map(plain(read))
-            out = out.map(plain(lambda x, i: (images(x), labels(tf.gather(y, i)))), num_parallel_calls=tf.data.AUTOTUNE)
+            out = out.map(plain(lambda x, i: (images(x), labels(tf.gather(y, i)))), num_parallel_calls=readers())
         else:
             cached = mode == "memory"
             with tf.device("/CPU:0"):
@@ -174,11 +174,11 @@ def make_pipelines(spec: Spec, data, start_epoch: int = 0, cache_dir: str | None
             out = out.enumerate(mixed_from).map(plain(mix), num_parallel_calls=2)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        # Gathering batches from memory needs no tuning, and tf.data's autotuning thread held the iterator's
-        # deletion, so model.fit's return, for 1.5-12 s at random (README, Performance): off for in-memory data.
-        options.autotune.enabled = streamed
+        # Off: tf.data's autotuning thread held the iterator's deletion, so model.fit's return, for 1.5-12 s at
+        # random, and halved the rate of streamed images in about one run of three (docs/performance.md).
+        options.autotune.enabled = False
         out = out.with_options(options)
-        return out.prefetch(tf.data.AUTOTUNE if streamed else 2) if d.prefetch else out
+        return out.prefetch(2) if d.prefetch else out
 
     seed = tf.constant(spec.seed, tf.int64)
 

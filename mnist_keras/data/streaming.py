@@ -34,6 +34,12 @@ CHECKSUM = 16  # bytes of blake2b digest after the pixels of each cached image
 CHUNK = 16  # images read per call into Python (one call costs about a tenth of a JPEG's decoding)
 
 
+def readers() -> int:
+    """Calls into Python reading images at once: one per CPU this process may run on. tf.data's autotuning,
+    which would choose it, halved the rate in about one run of three (docs/performance.md, Own images)."""
+    return len(os.sched_getaffinity(0))
+
+
 def cache_mode(data: Data) -> str:
     """data.cache as memory, disk or none (older specs say true for memory, false for none)."""
     return {True: "memory", False: "none"}.get(data.cache, data.cache)
@@ -55,7 +61,7 @@ class Stream:
         with `refill` the order's first images are read again in its place, so an epoch keeps its batches."""
         from ..backend import tf
         read = tf.data.Dataset.from_tensor_slices(order).batch(CHUNK).map(
-            lambda i: (*self.read(i), i), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+            lambda i: (*self.read(i), i), num_parallel_calls=readers(), deterministic=True).unbatch()
         if not self.skip:
             def check(image, ok, i):
                 with tf.control_dependencies([tf.debugging.Assert(ok, ["an image file failed to decode", i])]):
