@@ -37,7 +37,7 @@ CHUNK = 16  # images read per call into Python (one call costs about a tenth of 
 def readers() -> int:
     """Calls into Python reading images at once: one per CPU this process may run on. tf.data's autotuning,
     which would choose it, halved the rate in about one run of three (docs/performance.md, Own images)."""
-    return len(os.sched_getaffinity(0))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def cache_mode(data: Data) -> str:

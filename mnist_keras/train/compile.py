@@ -134,7 +134,8 @@ def compile_model(model, spec: Spec, steps_per_epoch: int, found: float | None =
     cycle_momentum(optimizer, spec, steps_per_epoch)
     model.compile(
         optimizer=optimizer, loss=loss, metrics=metrics,
-        jit_compile=spec.runtime.jit_compile and not layers_without_xla(model), steps_per_execution=steps_per_epoch if group == "epoch" else group,
+        jit_compile=spec.runtime.jit_compile and not layers_without_xla(model),
+        steps_per_execution=steps_per_epoch if group == "epoch" else group,
     )
     build_before_tracing(model)
 
