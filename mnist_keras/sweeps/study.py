@@ -255,10 +255,15 @@ def planned_trials(sweep: Sweep) -> int:
     return min(grid_size(sweep), sweep.config.trials)
 
 
+def is_done(trial: FrozenTrial) -> bool:
+    """Whether the trial counts as done: it finished, was pruned or failed in training (a NaN loss); one that
+    crashed does not: its retry counts instead."""
+    return trial.state in FINISHED or (trial.state == TrialState.FAIL and "error" in trial.user_attrs)
+
+
 def counts(trials: list[FrozenTrial]) -> tuple[int, int, int]:
-    """(done, running, waiting): a trial is done when it finished, was pruned or failed in training (a NaN
-    loss); one that crashed is not: its retry counts instead."""
-    done = sum(t.state in FINISHED or (t.state == TrialState.FAIL and "error" in t.user_attrs) for t in trials)
+    """(done, running, waiting), done as is_done says."""
+    done = sum(is_done(t) for t in trials)
     running = sum(t.state == TrialState.RUNNING for t in trials)
     return done, running, sum(t.state == TrialState.WAITING for t in trials)
 

@@ -19,7 +19,7 @@ from ..runs.run import Run, open_run
 from ..spec import dump_spec
 from ..train.session import resume_run
 from .file import Sweep
-from .study import FINISHED, FailedTrial, planned_trials, retry_of, suggest
+from .study import FailedTrial, is_done, planned_trials, retry_of, suggest
 
 
 class ReportToTrial(keras.callbacks.Callback):
@@ -96,8 +96,7 @@ class TrialRunner:
         ahead of it, done or in flight, fill the plan already. It is then failed untrained (`surplus`), so the study
         ends with exactly the planned trials and a dead machine's trial is still waited for and retried."""
         ahead = [t for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number and (
-            t.state in (*FINISHED, TrialState.RUNNING, TrialState.WAITING) or
-            (t.state == TrialState.FAIL and "error" in t.user_attrs))]
+            is_done(t) or t.state in (TrialState.RUNNING, TrialState.WAITING))]
         return len(ahead) >= planned_trials(self.sweep)
 
     def _outcome(self, state: str, value: float | None = None) -> None:
