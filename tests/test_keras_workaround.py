@@ -66,11 +66,22 @@ def test_keras_multi_worker_bug_is_still_there_and_the_patch_mends_it():
     assert patched == ["patched trained", "patched trained"], outcomes
 
 
-def test_training_without_multi_worker_leaves_keras_unpatched(write_spec, tmp_path):
-    import mnist_keras as mk
-    from keras.src.backend.tensorflow import trainer
+UNPATCHED = """
+import sys
+import mnist_keras as mk
+from keras.src.backend.tensorflow import trainer
+spec = mk.load_spec(sys.argv[1])
+mk.fit(spec, runs=sys.argv[2])
+print("patched" if getattr(trainer, "_mnist_keras_patched", False) else "unpatched")
+"""
 
+
+def test_training_without_multi_worker_leaves_keras_unpatched(write_spec, tmp_path):
+    """In a fresh process: another test in this one may have trained multi_worker, which patches Keras for good."""
     spec = write_spec("name: p\ndata: {source: bundled, max_train: 128, validation: 64, batch_size: 64}\n"
                       "model: {layers: [flatten, {dense: 10}]}\ntrain: {epochs: 1, tensorboard: {enabled: false}}\n")
-    mk.fit(mk.load_spec(spec), runs=tmp_path / "runs")
-    assert not getattr(trainer, "_mnist_keras_patched", False)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", UNPATCHED, str(spec), str(tmp_path / "runs")], env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "unpatched", done.stdout
