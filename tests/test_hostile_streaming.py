@@ -30,6 +30,7 @@ from PIL import Image
 
 import mnist_keras as mk
 from conftest import ROOT
+from mnist_keras.data.streaming import CHECKSUM
 from mnist_keras.errors import Error
 
 CLASSES = ("a", "b", "c")
@@ -183,7 +184,7 @@ def test_odd_files_train_in_every_cache_mode(tmp_path, cache, fit_mode, shape, p
     assert sum(counts(out)) == 24 + extra and "skipped" not in out and "left out" not in out
     if cache == "disk":
         copies = list((tmp_path / "cache").glob("*/*.u8"))
-        assert len(copies) == 24 + extra and {p.stat().st_size for p in copies} == {28 * 28 + 16}
+        assert len(copies) == 24 + extra and {p.stat().st_size for p in copies} == {28 * 28 + CHECKSUM}
 
 
 def test_data_check_decodes_the_odd_files(tmp_path):
@@ -375,7 +376,7 @@ def test_a_cached_copy_damaged_during_training_is_rebuilt(tmp_path):
     victim, code, out = corrupt_when_training_ends(tmp_path, "disk", a_cached_test_image)
     clean(out)
     assert code == 0 and f"note: {victim}: a damaged copy in the disk cache" in out, out
-    assert victim.stat().st_size == 28 * 28 + 16
+    assert victim.stat().st_size == 28 * 28 + CHECKSUM
 
 
 def test_an_image_changed_before_a_resume_is_refused_or_decoded_again(tmp_path):

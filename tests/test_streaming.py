@@ -116,8 +116,7 @@ def decoded(tmp_path, image: np.ndarray, shape, fit="stretch", suffix=".png") ->
     path, = write_images(tmp_path, image[None], suffix)
     spec = make_spec(image_shape=list(shape), preprocess={"fit": fit} if fit != "stretch" else {})
     stream = file_images(spec, "train", [path], "none", None, print)
-    (got, index), = stream.images(tf.constant([0])).as_numpy_iterator()
-    return got
+    return stream.batch(tf.constant([0])).numpy()[0]
 
 
 @pytest.mark.parametrize("fit", ["stretch", "crop", "pad"])
