@@ -53,7 +53,7 @@ def split_sizes(data: Data, n: int) -> tuple[int, int]:
 def pixels(x, prep: Preprocess):
     """x * scale + offset, then (x - mean) / std, as one multiply and one add at most; for float numpy arrays and
     tensors alike (per-channel mean and std as lists of floats, which take the array's dtype)."""
-    if not prep.normalize:  # a pass over the pixels left out where it changes nothing (a tenth of a streamed batch)
+    if not prep.normalize:  # no pass over a batch's float32 pixels where it would change nothing
         x = x if prep.scale == 1 else x * prep.scale
         return x if prep.offset == 0 else x + prep.offset
     mean, std = prep.normalize.mean, prep.normalize.std  # `imagenet` is its mean and std once the spec is validated

@@ -2,13 +2,13 @@
 
 Every data.cache choice decodes with the one decoder, images.image_array (Pillow, as `predict` does):
 what `data check` and `cache: memory` accept streams, and an image over 40 megapixels is refused by its
-header before it is decoded. tf.data calls it for each image as it is drawn (tf.numpy_function, in
-parallel: Pillow decodes and resizes without holding Python's lock). `file_images` gives what the
+header before it is decoded. tf.data calls it for each batch as it is drawn (tf.numpy_function, batches
+in parallel: Pillow decodes and resizes without holding Python's lock). `file_images` gives what the
 pipeline takes a split's images from: with `cache: memory`, one uint8 array decoded once; with
 `none`, a Stream that decodes each image as it is drawn; with `disk`, a Stream that reads each image's
 decoded copy from one file per image in the cache folder (random access, so each epoch's shuffle stays
 exact), decoding and writing the copy first where it is missing or damaged: each copy ends with its
-checksum, so a truncated or altered copy is named and rebuilt. An image that fails to decode at run
+CRC-32, so a truncated or altered copy is named and rebuilt. An image that fails to decode at run
 time stops the run with its file named (Pipelines.failure), or under `on_bad_file: skip` is left out
 with a note.
 """
