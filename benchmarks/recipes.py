@@ -10,7 +10,9 @@ its seconds fall outside the run's epoch times. Per row: the final test accuracy
 and min over the seeds; seconds per epoch (median over the epochs after the first); the time to 99.5% test
 accuracy (the run's epoch seconds summed to the end of the first epoch that reaches it, mean over the seeds that
 reach it). --max-train N trains on N images and holds out N // 10 (a smoke run); --out writes every run's
-per-epoch figures as JSON, rewritten after each run.
+per-epoch figures as JSON, rewritten after each run. A run already in --out with the same overrides is kept,
+not trained again, and so are its other rows, so the table (about 12 hours of a 2-core CPU) can be filled over
+several sittings; each run records its own date and machine, and the table says when they are more than one.
 """
 
 from __future__ import annotations
@@ -130,6 +132,20 @@ def summary(name: str, runs: list[dict]) -> str:
             f"{statistics.mean(r['seconds_per_epoch'] for r in runs):9.1f}{target}  {len(reached)}/{len(runs)}")
 
 
+def recorded(out: str | None) -> tuple[dict[str, list[dict]], dict[str, dict]]:
+    """The rows an earlier invocation wrote to `out` (none without the file) and their runs by overrides; exit 2 if
+    the file is not such JSON."""
+    if not out or not Path(out).exists():
+        return {}, {}
+    try:
+        rows = json.loads(Path(out).read_text())["rows"]
+        return rows, {json.dumps(run["overrides"]): run for runs in rows.values() for run in runs}
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        print(f"error: {out}: not the runs of an earlier benchmarks/recipes.py ({type(err).__name__}: {err}); "
+              "move it away or name another --out", file=sys.stderr)
+        sys.exit(2)
+
+
 def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True, help="a folder with the four MNIST IDX files")
@@ -166,19 +182,25 @@ def main() -> None:
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\nmachine: {machine()}\ncommand: {command}\n"
           f"test accuracy per epoch: a Keras callback passed to mk.fit (callbacks=) predicts the test set after each "
           f"epoch, outside the epoch's seconds; dashboards off in every run\n{legend(args.rows)}", flush=True)
+    rows, before = recorded(args.out)
     results: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
-                     "command": command, "target": TARGET, "rows": {}}
+                     "command": command, "target": TARGET,
+                     "rows": {name: runs for name, runs in rows.items() if name not in plan}}  # other rows kept
     with tempfile.TemporaryDirectory(prefix="mnist-keras-recipes-") as work:
         for name, seeded in plan.items():
             runs = results["rows"][name] = []
             for overrides in seeded:
-                run = train(overrides, args.data_dir, Path(work))
-                runs.append({"overrides": overrides, **run})
+                run = before.get(json.dumps(overrides))
+                kept = f" (kept from {args.out}: {run['date']}, {run['machine']})" if run else ""
+                if not run:
+                    run = {"overrides": overrides, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                           "machine": machine(), **train(overrides, args.data_dir, Path(work))}
+                runs.append(run)
                 reached = run["to_target"]
                 print(f"  {name} seed {run['seed']}: {run['test_accuracy']:.2%} after {len(run['epochs'])} epochs, "
                       f"{run['seconds_per_epoch']:.1f} s/epoch, {TARGET:.1%} "
-                      f"{'at epoch %d (%.0f s)' % (reached['epoch'], reached['seconds']) if reached else 'not reached'}",
-                      flush=True)
+                      f"{'at epoch %d (%.0f s)' % (reached['epoch'], reached['seconds']) if reached else 'not reached'}"
+                      f"{kept}", flush=True)
                 if args.out:
                     Path(args.out).write_text(json.dumps(results, indent=1))
     first = next(iter(results["rows"].values()))[0]
@@ -191,6 +213,10 @@ def main() -> None:
     for name, runs in results["rows"].items():
         print(summary(name, runs))
     done = [run for runs in results["rows"].values() for run in runs]
+    machines = sorted({run["machine"] for run in done})
+    if len(machines) > 1:
+        print(f"the runs come from {len(machines)} machines, so seconds compare only within one: " + "; ".join(
+            f"{sum(run['machine'] == m for run in done)} on {m}" for m in machines))
     print(f"the probe's last epoch matches the run's own test evaluation (within 1e-4) in "
           f"{sum(run['probe_agrees'] for run in done)} of {len(done)} runs")
 

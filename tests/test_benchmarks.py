@@ -62,3 +62,37 @@ def test_the_image_pipelines_compared_each_read_the_folder_twice_alike(tmp_path)
         assert first == second and (first == 40 if program.startswith("keras") else 30 <= first <= 40), program
         if program == "mnist-keras disk":  # the second epoch read the copies the first wrote
             assert len(list(work.glob("train-*/*.u8"))) == first
+
+
+def test_the_recipes_table_keeps_what_an_earlier_sitting_trained(tmp_path):
+    """A second run of benchmarks/recipes.py with the same --out trains only the runs it lacks and keeps the rest,
+    other rows too; an --out that is not its JSON stops it with exit 2 before anything trains."""
+    import json
+    import subprocess
+
+    import numpy as np
+    from test_data import write_folder
+
+    sample = np.load(ROOT / "mnist_keras/data/mnist_sample.npz")
+    data = write_folder(tmp_path / "mnist", {key: sample[key] for key in sample.files})
+    out = tmp_path / "recipes.json"
+
+    def recipes(rows: str):
+        return subprocess.run([sys.executable, str(ROOT / "benchmarks/recipes.py"), "--data-dir", str(data), "--seeds",
+                               "1", "--epochs", "1", "--max-train", "220", "--rows", rows, "--out", str(out)],
+                              capture_output=True, text=True, timeout=300)
+
+    first = recipes("best")
+    assert first.returncode == 0, first.stderr[-2000:]
+    trained = json.loads(out.read_text())["rows"]["best"][0]
+    second = recipes("one_cycle")
+    assert second.returncode == 0, second.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert rows["best"] == [trained] and len(rows["one_cycle"]) == 1, rows.keys()
+    third = recipes("best,one_cycle")
+    assert third.returncode == 0 and json.loads(out.read_text())["rows"] == rows, third.stderr[-2000:]
+    assert third.stdout.count(f"(kept from {out}: ") == 2, third.stdout
+    out.write_text('{"rows": [1, 2]}')
+    broken = recipes("best")
+    assert broken.returncode == 2 and f"error: {out}: not the runs of an earlier benchmarks/recipes.py" in broken.stderr
+    assert out.read_text() == '{"rows": [1, 2]}'
