@@ -135,14 +135,18 @@ def summary(name: str, runs: list[dict]) -> str:
 def recorded(out: str | None) -> tuple[dict[str, list[dict]], dict[str, dict]]:
     """The rows an earlier invocation wrote to `out` (none without the file) and their runs by overrides; exit 2 if
     the file is not such JSON."""
+    from mnist_keras.errors import UserError
+    from mnist_keras.runs.files import read_json
+
     if not out or not Path(out).exists():
         return {}, {}
     try:
-        rows = json.loads(Path(out).read_text())["rows"]
+        rows = read_json(Path(out))["rows"]
         return rows, {json.dumps(run["overrides"]): run for runs in rows.values() for run in runs}
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
-        print(f"error: {out}: not the runs of an earlier benchmarks/recipes.py ({type(err).__name__}: {err}); "
-              "move it away or name another --out", file=sys.stderr)
+    except (UserError, KeyError, TypeError, AttributeError) as err:
+        reason = err.messages[0] if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+        print(f"error: {out}: not the runs of an earlier benchmarks/recipes.py ({reason}); move it away or name "
+              "another --out", file=sys.stderr)
         sys.exit(2)
 
 
@@ -167,6 +171,7 @@ def arguments() -> argparse.Namespace:
 def main() -> None:
     args = arguments()
     import mnist_keras as mk
+    from mnist_keras.runs.files import write_text
 
     common = ["train.tensorboard.enabled=false", *([f"train.epochs={args.epochs}"] if args.epochs else []),
               *([f"data.max_train={args.max_train}", f"data.validation={args.max_train // 10}"] if args.max_train else [])]
@@ -201,8 +206,8 @@ def main() -> None:
                       f"{run['seconds_per_epoch']:.1f} s/epoch, {TARGET:.1%} "
                       f"{'at epoch %d (%.0f s)' % (reached['epoch'], reached['seconds']) if reached else 'not reached'}"
                       f"{kept}", flush=True)
-                if args.out:
-                    Path(args.out).write_text(json.dumps(results, indent=1))
+                if args.out:  # whole or not at all, so a sitting stopped while it writes loses nothing
+                    write_text(Path(args.out), json.dumps(results, indent=1))
     first = next(iter(results["rows"].values()))[0]
     data, versions = first["data"], first["versions"]
     (n_train, n_val), counts = first["split"], data["counts"]
