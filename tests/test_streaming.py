@@ -207,9 +207,10 @@ def test_a_colour_folder_trains_above_chance(tmp_path):
 
 
 def test_streaming_memory_stays_flat():
-    """Peak RSS of one epoch over 1,500 vs 250 images (96x96 RGB PNG, cache: none) differs by far less than the
-    138 MB that 1,250 more decoded images take as float32 (benchmarks/image_pipeline.py rss, run side by side)."""
+    """Peak RSS of one epoch over 3,000 vs 250 images (96x96 RGB PNG, cache: none) differs by far less than the
+    76 MB that 2,750 more decoded images take as uint8 (304 MB as float32; benchmarks/image_pipeline.py rss, run
+    side by side). Between runs it moves by up to 25 MB."""
     runs = [subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "image_pipeline.py"), "rss", str(n)],
-                             stdout=subprocess.PIPE, text=True) for n in (250, 1500)]
+                             stdout=subprocess.PIPE, text=True) for n in (250, 3000)]
     small_set, large_set = (int(run.communicate()[0].split("peak RSS ")[1].split(" MB")[0]) for run in runs)
-    assert large_set - small_set < 20, (small_set, large_set)
+    assert large_set - small_set < 40, (small_set, large_set)
